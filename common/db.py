@@ -1,0 +1,71 @@
+"""Database plumbing every service shares (no business rules)."""
+from contextlib import contextmanager
+
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from common.errors import ServiceUnavailable
+
+# pool_pre_ping replaces connections that died with a Postgres restart.
+ENGINE_OPTIONS = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+
+_psycopg_made_green = False
+
+
+def make_psycopg2_green():
+    """Let psycopg2 yield to the eventlet hub while it waits on the network.
+
+    Without it one slow query blocks every worker of the service. Call once,
+    at import of a service module, before the first connection is made.
+    """
+    global _psycopg_made_green
+    if not _psycopg_made_green:
+        from psycogreen.eventlet import patch_psycopg
+
+        patch_psycopg()
+        _psycopg_made_green = True
+
+
+@contextmanager
+def transaction(db):
+    """One unit of work: commit on success, roll back whole on any error.
+
+    A lost or refused database connection becomes ServiceUnavailable (503);
+    integrity errors pass through for the caller to name precisely.
+    """
+    session = db.get_session()
+    try:
+        yield session
+        session.commit()
+    except IntegrityError:
+        _rollback_quietly(session)
+        raise
+    except DBAPIError as exc:
+        _rollback_quietly(session)
+        if exc.connection_invalidated or _is_connection_error(exc):
+            raise ServiceUnavailable("The database is unavailable.", {"database": "unreachable"}) from None
+        raise
+    except BaseException:
+        _rollback_quietly(session)
+        raise
+    finally:
+        session.close()
+
+
+def _rollback_quietly(session):
+    # On a dead connection rollback fails too; the original error matters more.
+    try:
+        session.rollback()
+    except DBAPIError:
+        pass
+
+
+def _is_connection_error(exc):
+    import psycopg2
+
+    return isinstance(exc.orig, (psycopg2.OperationalError, psycopg2.InterfaceError))
+
+
+def constraint_name(integrity_error):
+    """The name of the constraint an IntegrityError violated, if Postgres said."""
+    diag = getattr(integrity_error.orig, "diag", None)
+    return getattr(diag, "constraint_name", None)

@@ -1,0 +1,100 @@
+"""Domain errors that cross RPC as themselves.
+
+Nameko serializes an exception raised in a worker as its dotted path and
+args; `deserialize_to_instance` registers each class so the caller gets the
+same class back (not a bare RemoteError). The gateway maps `http_status` and
+`code` straight into the contract's error shape.
+"""
+import json
+
+from nameko.exceptions import deserialize_to_instance
+
+
+class DomainError(Exception):
+    http_status = 500
+    code = "internal_error"
+
+    def __init__(self, message, details=None):
+        if isinstance(details, str):  # coming back over RPC, see below
+            details = json.loads(details)
+        details = details or {}
+        # Nameko stringifies every non-string scalar in exception args, so the
+        # details travel as JSON text and numbers stay numbers.
+        super().__init__(message, json.dumps(details, default=str))
+        self.message = message
+        self.details = details
+
+    def __str__(self):
+        return self.message
+
+    def to_dict(self):
+        return {"code": self.code, "message": self.message, "details": self.details}
+
+
+@deserialize_to_instance
+class ValidationFailed(DomainError):
+    """Bad input; details map each bad field to its messages."""
+    http_status = 400
+    code = "validation_failed"
+
+
+@deserialize_to_instance
+class NotFound(DomainError):
+    http_status = 404
+    code = "not_found"
+
+
+@deserialize_to_instance
+class AlreadyExists(DomainError):
+    """A unique field (customer email, product sku) is taken."""
+    http_status = 409
+    code = "already_exists"
+
+
+@deserialize_to_instance
+class InsufficientStock(DomainError):
+    http_status = 409
+    code = "insufficient_stock"
+
+
+@deserialize_to_instance
+class UnknownCustomer(DomainError):
+    http_status = 422
+    code = "unknown_customer"
+
+
+@deserialize_to_instance
+class UnknownSku(DomainError):
+    http_status = 422
+    code = "unknown_sku"
+
+
+@deserialize_to_instance
+class Unprocessable(DomainError):
+    """Well-formed input the domain cannot act on (e.g. mixed currencies)."""
+    http_status = 422
+    code = "unprocessable"
+
+
+@deserialize_to_instance
+class ServiceUnavailable(DomainError):
+    """The broker, a service or the database cannot be reached."""
+    http_status = 503
+    code = "service_unavailable"
+
+
+@deserialize_to_instance
+class UpstreamTimeout(DomainError):
+    http_status = 504
+    code = "upstream_timeout"
+
+
+@deserialize_to_instance
+class InvalidTransition(DomainError):
+    """The resource's current state does not allow this change."""
+    http_status = 409
+    code = "invalid_transition"
+
+
+# Raised by entrypoints on purpose: nameko logs these as expected, not as crashes.
+EXPECTED_ERRORS = (DomainError,)

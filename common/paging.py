@@ -1,0 +1,33 @@
+"""Opaque keyset cursors: base64url JSON of the last row's sort key.
+
+Storage queries fetch `limit + 1` rows; `split_page` keeps `limit` of them
+and makes a cursor only when there really is a next page.
+"""
+import base64
+import binascii
+import json
+
+from common.errors import ValidationFailed
+
+
+def encode_cursor(key):
+    raw = json.dumps(key, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor, parse_key=lambda key: key):
+    """The sort key inside `cursor` (None for the first page), through `parse_key`."""
+    if cursor is None:
+        return None
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        return parse_key(json.loads(base64.urlsafe_b64decode(padded.encode())))
+    except (binascii.Error, ValueError, TypeError, IndexError, AttributeError):
+        raise ValidationFailed("Invalid cursor.", {"cursor": ["Not a cursor this API issued."]}) from None
+
+
+def split_page(rows, limit, key_of):
+    """(the page, the cursor of the next page or None) from `limit + 1` rows."""
+    page = rows[:limit]
+    next_cursor = encode_cursor(key_of(page[-1])) if len(rows) > limit else None
+    return page, next_cursor

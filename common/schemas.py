@@ -1,0 +1,166 @@
+"""Marshmallow schemas: the one definition of every request and resource.
+
+The gateway validates requests with the *Input schemas, services validate
+again with the same classes (so `nameko shell` callers get the same rules),
+and services dump resources with the resource schemas. Unknown fields are
+rejected (marshmallow's default RAISE) so typos surface as 400s.
+"""
+import decimal
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate
+
+MONEY_PLACES = decimal.Decimal("0.01")
+MAX_MONEY = decimal.Decimal("1000000000")
+MAX_STOCK = 1_000_000_000
+MAX_ORDER_QUANTITY = 100_000
+MAX_ORDER_LINES = 100
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+
+
+class Money(fields.Decimal):
+    """A decimal with at most two places, carried as a string ("59.98").
+
+    Unlike a plain Decimal(places=2) it rejects "1.999" instead of rounding it.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("validate", validate.Range(min=0, max=MAX_MONEY))
+        super().__init__(places=None, as_string=True, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        number = super()._deserialize(value, attr, data, **kwargs)
+        if number.as_tuple().exponent < -2:
+            raise ValidationError("Must have at most two decimal places.")
+        return number.quantize(MONEY_PLACES)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None:
+            return None
+        return str(decimal.Decimal(value).quantize(MONEY_PLACES))
+
+
+def _text(max_length, **kwargs):
+    return fields.String(validate=validate.Length(min=1, max=max_length), **kwargs)
+
+
+class AddressSchema(Schema):
+    line1 = _text(200, required=True)
+    line2 = fields.String(validate=validate.Length(max=200), allow_none=True)
+    city = _text(100, required=True)
+    postal_code = _text(20, required=True)
+    country = _text(100, required=True)
+
+
+# ---- requests -------------------------------------------------------------
+
+class CustomerInput(Schema):
+    name = _text(200, required=True)
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    shipping_address = fields.Nested(AddressSchema, allow_none=True)
+
+
+class ProductInput(Schema):
+    sku = fields.String(required=True, validate=validate.Regexp(
+        SKU_PATTERN, error="Letters, digits, '.', '_' or '-', at most 64."))
+    name = _text(200, required=True)
+    description = fields.String(load_default="", validate=validate.Length(max=2000))
+    unit_price = Money(required=True)
+    currency = fields.String(load_default="USD", validate=validate.Regexp(
+        r"^[A-Z]{3}$", error="An ISO 4217 code such as USD."))
+    stock = fields.Integer(strict=True, load_default=0,
+                           validate=validate.Range(min=0, max=MAX_STOCK))
+    low_stock_threshold = fields.Integer(strict=True, load_default=0,
+                                         validate=validate.Range(min=0, max=MAX_STOCK))
+
+
+class OrderItemInput(Schema):
+    sku = fields.String(required=True, validate=validate.Regexp(SKU_PATTERN))
+    quantity = fields.Integer(strict=True, required=True,
+                              validate=validate.Range(min=1, max=MAX_ORDER_QUANTITY))
+    # Prices come from inventory at order time; a client-sent price is ignored.
+    unit_price = fields.Raw(load_only=True)
+
+    @post_load
+    def _drop_client_price(self, data, **kwargs):
+        data.pop("unit_price", None)
+        return data
+
+
+class OrderInput(Schema):
+    customer_id = fields.UUID(required=True)
+    items = fields.List(fields.Nested(OrderItemInput), required=True,
+                        validate=validate.Length(min=1, max=MAX_ORDER_LINES))
+    shipping_address = fields.Nested(AddressSchema, allow_none=True)
+    # Computed by the server; a client-sent total is ignored.
+    total_amount = fields.Raw(load_only=True)
+
+    @post_load
+    def _drop_client_total(self, data, **kwargs):
+        data.pop("total_amount", None)
+        return data
+
+
+class ListQuery(Schema):
+    limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
+    cursor = fields.String(load_default=None, validate=validate.Length(max=500))
+
+
+# ---- resources (responses and events) ------------------------------------
+
+class CustomerSchema(Schema):
+    id = fields.UUID()
+    name = fields.String()
+    email = fields.String()
+    shipping_address = fields.Nested(AddressSchema, allow_none=True)
+    created_at = fields.AwareDateTime()
+    updated_at = fields.AwareDateTime()
+
+
+class ProductSchema(Schema):
+    sku = fields.String()
+    name = fields.String()
+    description = fields.String()
+    unit_price = Money()
+    currency = fields.String()
+    stock = fields.Integer()
+    reserved = fields.Integer()
+    available = fields.Integer()
+    low_stock_threshold = fields.Integer()
+    created_at = fields.AwareDateTime()
+    updated_at = fields.AwareDateTime()
+
+
+class OrderItemSchema(Schema):
+    sku = fields.String()
+    quantity = fields.Integer()
+    unit_price = Money()
+    line_total = Money()
+
+
+class OrderSchema(Schema):
+    id = fields.UUID()
+    customer_id = fields.UUID()
+    status = fields.String()
+    items = fields.List(fields.Nested(OrderItemSchema))
+    total_amount = Money()
+    currency = fields.String()
+    shipping_address = fields.Nested(AddressSchema, allow_none=True)
+    carrier = fields.String(allow_none=True)
+    tracking_number = fields.String(allow_none=True)
+    version = fields.Integer()
+    created_at = fields.AwareDateTime()
+    updated_at = fields.AwareDateTime()
+
+
+def load_or_raise(schema, data, **kwargs):
+    """Validate `data`; bad input becomes ValidationFailed naming each field."""
+    from common.errors import ValidationFailed
+
+    if not isinstance(data, dict):
+        raise ValidationFailed("The body must be a JSON object.", {"_schema": ["Not an object."]})
+    try:
+        return schema.load(data, **kwargs)
+    except ValidationError as exc:
+        raise ValidationFailed("Some fields are invalid.", exc.normalized_messages()) from None

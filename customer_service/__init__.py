@@ -1,0 +1,1 @@
+"""customer_service: a Nameko service (entrypoints in service.py)."""

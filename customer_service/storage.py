@@ -1,0 +1,63 @@
+"""customers schema: SQLAlchemy model and queries."""
+import uuid
+from datetime import datetime, timezone
+
+from sqlalchemy import MetaData, String, Text, select, tuple_
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import func
+from sqlalchemy.types import DateTime
+
+from common.db import constraint_name
+from common.errors import AlreadyExists
+
+SCHEMA = "customers"
+
+
+class CustomersBase(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA)
+
+
+class Customer(CustomersBase):
+    __tablename__ = "customers"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    shipping_address: Mapped[dict | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+def insert_customer(session, fields):
+    now = datetime.now(timezone.utc)
+    customer = Customer(id=uuid.uuid4(), created_at=now, updated_at=now, **fields)
+    session.add(customer)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if constraint_name(exc) == "customers_email_key":
+            raise AlreadyExists("A customer with this email exists.", {"email": fields["email"]}) from None
+        raise
+    return customer
+
+
+def get_customer(session, customer_id):
+    return session.get(Customer, customer_id)
+
+
+def get_customers(session, customer_ids):
+    return session.scalars(select(Customer).where(Customer.id.in_(customer_ids))).all()
+
+
+def list_customers(session, limit, after=None):
+    """Customers oldest first; `after` is the (created_at, id) of the last one seen."""
+    query = select(Customer).order_by(Customer.created_at, Customer.id).limit(limit)
+    if after is not None:
+        query = query.where(tuple_(Customer.created_at, Customer.id) > tuple_(*after))
+    return session.scalars(query).all()
+
+
+def ping(session):
+    session.execute(select(1))

@@ -1,0 +1,173 @@
+"""The HTTP gateway: validates, then forwards each call over RPC.
+
+It owns no database; every route is one or two RPC calls through the
+process's pool of started proxies.
+"""
+import re
+import uuid
+
+from flask import Flask, current_app, g, jsonify, request
+from nameko.exceptions import UnknownService
+from werkzeug.exceptions import UnsupportedMediaType
+
+from common.config import Settings
+from common.context import REQUEST_ID_KEY
+from common.errors import DomainError, ServiceUnavailable, UpstreamTimeout, ValidationFailed
+from common.rpc_pool import RpcProxyPool
+from common.schemas import CustomerInput, ListQuery, OrderInput, ProductInput
+from gateway.errors import register_error_handlers
+
+API = "/api/v1"
+SERVICES = ("customer_service", "inventory_service", "order_service")
+MAX_BODY_BYTES = 64 * 1024
+DATABASE_DOWN = "database unreachable"
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def create_app(settings=None, rpc_pool=None):
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.sort_keys = False
+    app.extensions["rpc_pool"] = rpc_pool or RpcProxyPool(
+        settings.nameko_config(), timeout=settings.rpc_timeout, max_size=settings.rpc_pool_size)
+
+    register_error_handlers(app)
+    app.before_request(_assign_request_id)
+    app.after_request(_echo_request_id)
+    _register_routes(app)
+    return app
+
+
+def _assign_request_id():
+    incoming = request.headers.get("X-Request-ID", "")
+    g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+
+
+def _echo_request_id(response):
+    response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+    return response
+
+
+def rpc():
+    """A pooled cluster proxy carrying this request's context."""
+    return current_app.extensions["rpc_pool"].cluster({REQUEST_ID_KEY: g.request_id})
+
+
+def json_body(schema):
+    """The request's JSON object, checked against `schema` (400 naming bad fields)."""
+    if not request.is_json:
+        raise UnsupportedMediaType("Send JSON with Content-Type: application/json.")
+    body = request.get_json(silent=True)
+    if body is None and request.get_data():
+        raise ValidationFailed("The body is not valid JSON.", {"body": ["Malformed JSON."]})
+    if not isinstance(body, dict):
+        raise ValidationFailed("The body must be a JSON object.", {"body": ["Not an object."]})
+    errors = schema.validate(body)
+    if errors:
+        raise ValidationFailed("Some fields are invalid.", errors)
+    return body
+
+
+def list_query():
+    args = request.args.to_dict()
+    errors = ListQuery().validate(args)
+    if errors:
+        raise ValidationFailed("Some query parameters are invalid.", errors)
+    query = ListQuery().load(args)
+    return query["limit"], query["cursor"]
+
+
+def created(resource, location):
+    response = jsonify(resource)
+    response.status_code = 201
+    response.headers["Location"] = location
+    return response
+
+
+def _register_routes(app):
+    @app.get("/health")
+    def health():
+        checks = {"broker": "ok"}
+        try:
+            with rpc() as cluster:
+                for service in SERVICES:
+                    checks[service] = _service_health(cluster, service)
+        except ServiceUnavailable:
+            checks["broker"] = "unreachable"
+        except UpstreamTimeout:
+            pass
+        for service in SERVICES:
+            checks.setdefault(service, "unknown" if checks["broker"] != "ok" else "timeout")
+        states = {checks[service] for service in SERVICES}
+        checks["database"] = ("unreachable" if DATABASE_DOWN in states
+                              else "ok" if "ok" in states else "unknown")
+        down = sorted(name for name, state in checks.items() if state != "ok")
+        if not down:
+            return jsonify({"status": "ok", "checks": checks})
+        body = {"status": "unavailable", "checks": checks,
+                "error": {"code": "service_unavailable", "message": "Down: " + ", ".join(down),
+                          "details": checks}}
+        return jsonify(body), 503
+
+    @app.post(f"{API}/customers")
+    def create_customer():
+        body = json_body(CustomerInput())
+        with rpc() as cluster:
+            customer = cluster.customer_service.create_customer(body)
+        return created(customer, f"{API}/customers/{customer['id']}")
+
+    @app.get(f"{API}/customers/<customer_id>")
+    def get_customer(customer_id):
+        with rpc() as cluster:
+            return jsonify(cluster.customer_service.get_customer(customer_id))
+
+    @app.get(f"{API}/customers")
+    def list_customers():
+        limit, cursor = list_query()
+        with rpc() as cluster:
+            return jsonify(cluster.customer_service.list_customers(limit, cursor))
+
+    @app.post(f"{API}/products")
+    def create_product():
+        body = json_body(ProductInput())
+        with rpc() as cluster:
+            product = cluster.inventory_service.create_product(body)
+        return created(product, f"{API}/products/{product['sku']}")
+
+    @app.get(f"{API}/products/<sku>")
+    def get_product(sku):
+        with rpc() as cluster:
+            return jsonify(cluster.inventory_service.get_product(sku))
+
+    @app.get(f"{API}/products")
+    def list_products():
+        limit, cursor = list_query()
+        with rpc() as cluster:
+            return jsonify(cluster.inventory_service.list_products(limit, cursor))
+
+    @app.post(f"{API}/orders")
+    def create_order():
+        body = json_body(OrderInput())
+        with rpc() as cluster:
+            order = cluster.order_service.create_order(body)
+        return created(order, f"{API}/orders/{order['id']}")
+
+    @app.get(f"{API}/orders/<order_id>")
+    def get_order(order_id):
+        with rpc() as cluster:
+            order = cluster.order_service.get_order(order_id)
+        response = jsonify(order)
+        response.set_etag(str(order["version"]))
+        return response
+
+
+def _service_health(cluster, service):
+    """'ok', or what is wrong with `service`."""
+    try:
+        getattr(cluster, service).health()
+    except UnknownService:
+        return "not running"
+    except DomainError as exc:
+        return DATABASE_DOWN if "database" in exc.details else exc.code
+    return "ok"

@@ -1,0 +1,1 @@
+"""inventory_service: a Nameko service (entrypoints in service.py)."""

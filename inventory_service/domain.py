@@ -1,0 +1,72 @@
+"""Inventory rules: plain Python, no I/O."""
+import uuid
+
+from common.errors import InsufficientStock, InvalidTransition, UnknownSku, ValidationFailed
+from common.schemas import load_or_raise
+from inventory_service.schemas import ReserveInput
+
+
+def reservation_plan(order_id, items):
+    """(order UUID, [(sku, quantity)] in sku order) for a reserve call.
+
+    Sku order is the lock order: concurrent reservations touching the same
+    products lock them in the same sequence and cannot deadlock.
+    """
+    data = load_or_raise(ReserveInput(), {"order_id": order_id, "items": items})
+    skus = [item["sku"] for item in data["items"]]
+    if len(set(skus)) != len(skus):
+        raise ValidationFailed("Each sku may appear once.", {"items": ["Duplicate sku."]})
+    plan = sorted((item["sku"], item["quantity"]) for item in data["items"])
+    return data["order_id"], plan
+
+
+def parse_order_id(value):
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise ValidationFailed("Invalid order id.", {"order_id": ["Not a valid UUID."]}) from None
+
+
+def check_all_known(plan, known_skus):
+    unknown = [sku for sku, _ in plan if sku not in known_skus]
+    if unknown:
+        raise UnknownSku("Unknown sku: " + ", ".join(unknown), {"skus": unknown})
+
+
+def shortage(plan, failed_sku, available_by_sku):
+    """The InsufficientStock error: `failed_sku` first, then every other short sku."""
+    requested = dict(plan)
+    short = [
+        {"sku": sku, "requested": requested[sku], "available": max(available_by_sku.get(sku, 0), 0)}
+        for sku in [failed_sku] + [sku for sku, _ in plan if sku != failed_sku]
+        if sku == failed_sku or available_by_sku.get(sku, 0) < requested[sku]
+    ]
+    first = short[0]
+    return InsufficientStock(
+        f"Not enough stock for {first['sku']}: {first['available']} available.",
+        {**first, "items": short},
+    )
+
+
+def check_can_release(reservation):
+    if reservation.status == "committed":
+        raise InvalidTransition("The reservation was committed (order shipped).",
+                                {"order_id": str(reservation.order_id), "status": "committed"})
+
+
+def check_can_commit(reservation):
+    if reservation.status == "released":
+        raise InvalidTransition("The reservation was released.",
+                                {"order_id": str(reservation.order_id), "status": "released"})
+
+
+def reservation_view(reservation, items):
+    return {
+        "order_id": str(reservation.order_id),
+        "status": reservation.status,
+        "items": [
+            {"sku": item.sku, "quantity": item.quantity,
+             "unit_price": str(item.unit_price), "currency": item.currency}
+            for item in items
+        ],
+    }

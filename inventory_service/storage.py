@@ -1,0 +1,180 @@
+"""inventory schema: products and stock reservations.
+
+Stock safety lives in SQL: a reservation is one conditional UPDATE per sku
+(`stock - reserved >= quantity`), taken in sku order inside one transaction,
+and CHECK constraints refuse any row with reserved > stock. Whatever the
+concurrency, no two orders can hold the same unit.
+"""
+import uuid
+from datetime import datetime, timezone
+from decimal import Decimal
+
+from sqlalchemy import (CheckConstraint, ForeignKey, Integer, MetaData, Numeric, String,
+                        Text, select, update)
+from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import func
+from sqlalchemy.types import DateTime
+
+from common.db import constraint_name
+from common.errors import AlreadyExists
+
+SCHEMA = "inventory"
+
+
+class InventoryBase(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA)
+
+
+class Product(InventoryBase):
+    __tablename__ = "products"
+    __table_args__ = (
+        CheckConstraint("stock >= 0", name="stock_not_negative"),
+        CheckConstraint("reserved >= 0", name="reserved_not_negative"),
+        CheckConstraint("reserved <= stock", name="reserved_within_stock"),
+        CheckConstraint("unit_price >= 0", name="price_not_negative"),
+    )
+
+    sku: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    unit_price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    currency: Mapped[str] = mapped_column(String(3))
+    stock: Mapped[int] = mapped_column(Integer)
+    reserved: Mapped[int] = mapped_column(Integer, default=0)
+    low_stock_threshold: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    @property
+    def available(self):
+        return self.stock - self.reserved
+
+
+class Reservation(InventoryBase):
+    """One per order: its state makes reserve/release/commit idempotent."""
+    __tablename__ = "reservations"
+
+    order_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))  # reserved | released | committed
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ReservationItem(InventoryBase):
+    __tablename__ = "reservation_items"
+
+    order_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("inventory.reservations.order_id", ondelete="CASCADE"),
+        primary_key=True)
+    sku: Mapped[str] = mapped_column(String(64), ForeignKey("inventory.products.sku"), primary_key=True)
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
+    currency: Mapped[str] = mapped_column(String(3))
+
+
+def _now():
+    return datetime.now(timezone.utc)
+
+
+def insert_product(session, fields):
+    now = _now()
+    product = Product(reserved=0, created_at=now, updated_at=now, **fields)
+    session.add(product)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        if constraint_name(exc) == "products_pkey":
+            raise AlreadyExists("A product with this sku exists.", {"sku": fields["sku"]}) from None
+        raise
+    return product
+
+
+def get_product(session, sku):
+    return session.get(Product, sku)
+
+
+def get_products(session, skus):
+    return session.scalars(select(Product).where(Product.sku.in_(skus)).order_by(Product.sku)).all()
+
+
+def list_products(session, limit, after_sku=None):
+    query = select(Product).order_by(Product.sku).limit(limit)
+    if after_sku is not None:
+        query = query.where(Product.sku > after_sku)
+    return session.scalars(query).all()
+
+
+def start_reservation(session, order_id):
+    """Claim `order_id`; False if a reservation for it already exists.
+
+    The primary key, not a prior SELECT, decides: two concurrent calls for
+    one order serialize on it and only the first goes on to take stock.
+    """
+    claimed = session.execute(
+        insert(Reservation)
+        .values(order_id=order_id, status="reserved", created_at=_now(), updated_at=_now())
+        .on_conflict_do_nothing(index_elements=["order_id"])
+        .returning(Reservation.order_id)
+    ).first()
+    return claimed is not None
+
+
+def take_stock(session, sku, quantity):
+    """Reserve `quantity` of `sku` if that many are available; the product row, or None."""
+    return session.execute(
+        update(Product)
+        .where(Product.sku == sku, Product.stock - Product.reserved >= quantity)
+        .values(reserved=Product.reserved + quantity, updated_at=_now())
+        .returning(Product)
+    ).scalar_one_or_none()
+
+
+def add_reservation_item(session, order_id, product, quantity):
+    session.add(ReservationItem(order_id=order_id, sku=product.sku, quantity=quantity,
+                                unit_price=product.unit_price, currency=product.currency))
+
+
+def get_reservation(session, order_id, lock=False):
+    query = select(Reservation).where(Reservation.order_id == order_id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalars(query).first()
+
+
+def reservation_items(session, order_id):
+    return session.scalars(
+        select(ReservationItem).where(ReservationItem.order_id == order_id).order_by(ReservationItem.sku)
+    ).all()
+
+
+def give_back_stock(session, sku, quantity):
+    session.execute(
+        update(Product).where(Product.sku == sku)
+        .values(reserved=Product.reserved - quantity, updated_at=_now())
+    )
+
+
+def set_reservation_status(session, reservation, status):
+    reservation.status = status
+    reservation.updated_at = _now()
+
+
+def ping(session):
+    session.execute(select(1))
+
+
+def available_stock(session, skus):
+    """{sku: stock - reserved} as committed right now (no cached rows)."""
+    rows = session.execute(
+        select(Product.sku, Product.stock - Product.reserved).where(Product.sku.in_(skus)))
+    return dict(rows.all())
+
+
+def commit_stock(session, sku, quantity):
+    """Turn a reservation of `quantity` into a permanent decrement of stock."""
+    session.execute(
+        update(Product).where(Product.sku == sku)
+        .values(stock=Product.stock - quantity, reserved=Product.reserved - quantity, updated_at=_now())
+    )

@@ -1,0 +1,1 @@
+"""order_service: a Nameko service (entrypoints in service.py)."""

@@ -1,0 +1,93 @@
+"""Fixtures that start the real stack once per test session."""
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests import support
+
+
+@pytest.fixture(scope="session")
+def broker():
+    vhost, amqp_uri = support.create_vhost()
+    yield amqp_uri
+    support.delete_vhost(vhost)
+
+
+@pytest.fixture(scope="session")
+def database():
+    """A throwaway database migrated to head: (name, url)."""
+    name, url = support.create_database()
+    support.alembic(url, "upgrade", "head")
+    yield name, url
+    support.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def stack(broker, database):
+    env = {
+        **os.environ,
+        # The Procfile says `python` and `gunicorn`: make them this interpreter's.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "AMQP_URI": broker,
+        "DATABASE_URL": database[1],
+        "GATEWAY_PORT": str(support.free_port()),
+        "GATEWAY_WORKERS": "2",
+        "GATEWAY_THREADS": "16",
+        "RPC_TIMEOUT": "10",
+        "LOG_LEVEL": "INFO",
+    }
+    running = support.Stack(env, support.OUTPUT / "stack.log")
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def api(stack):
+    """An HTTP session against the gateway: api.post('/api/v1/...', json=...)."""
+    return ApiClient(stack.base_url)
+
+
+@pytest.fixture
+def db_name(database):
+    return database[0]
+
+
+@pytest.fixture
+def order_events(broker, stack):
+    listener = support.EventListener(broker, "order_service", ["order_created"])
+    yield listener
+    listener.close()
+
+
+class ApiClient(requests.Session):
+    def __init__(self, base_url):
+        super().__init__()
+        self.base_url = base_url
+
+    def request(self, method, url, *args, **kwargs):
+        kwargs.setdefault("timeout", 30)
+        return super().request(method, self.base_url + url, *args, **kwargs)
+
+    def create_customer(self, **overrides):
+        body = {"name": "Ada Lovelace", "email": f"ada-{uuid.uuid4().hex[:10]}@example.com",
+                "shipping_address": {"line1": "12 Analytical Way", "city": "London",
+                                     "postal_code": "N1 9GU", "country": "GB"}}
+        body.update(overrides)
+        response = self.post("/api/v1/customers", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def create_product(self, **overrides):
+        body = {"sku": f"SKU-{uuid.uuid4().hex[:10]}", "name": "Widget", "description": "A widget",
+                "unit_price": "29.99", "currency": "EUR", "stock": 5}
+        body.update(overrides)
+        response = self.post("/api/v1/products", json=body)
+        assert response.status_code == 201, response.text
+        return response.json()

@@ -1,0 +1,185 @@
+"""Starting and observing the real stack for integration tests.
+
+Everything is real: the services and the gateway run as their own processes
+from the Procfile (exactly what `make run` starts), against the machine's
+RabbitMQ in a throwaway virtual host and Postgres in a throwaway database.
+"""
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+import psycopg2
+import requests
+from kombu import Connection, Exchange, Queue
+
+ROOT = Path(__file__).resolve().parent.parent
+OUTPUT = ROOT / "test-output"
+BROKER_HOST = os.environ.get("TEST_BROKER_HOST", "127.0.0.1")
+PG_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres")
+PG_URL_BASE = os.environ.get("TEST_PG_URL_BASE", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---- broker ----------------------------------------------------------------
+
+def create_vhost():
+    """A fresh RabbitMQ virtual host, so no other running stack can answer our RPCs."""
+    name = f"oms-test-{uuid.uuid4().hex[:8]}"
+    ctl = shutil.which("rabbitmqctl")
+    if ctl is None:
+        raise RuntimeError("rabbitmqctl is needed to make a throwaway virtual host")
+    subprocess.run([ctl, "-q", "add_vhost", name], check=True, capture_output=True)
+    subprocess.run([ctl, "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+                   check=True, capture_output=True)
+    return name, f"amqp://guest:guest@{BROKER_HOST}:5672/{quote(name, safe='')}"
+
+
+def delete_vhost(name):
+    subprocess.run([shutil.which("rabbitmqctl"), "-q", "delete_vhost", name], capture_output=True)
+
+
+class EventListener:
+    """Collects events from a service's topic exchange (`<service>.events`).
+
+    Bind before causing the event: the queue only sees what is published
+    after it exists.
+    """
+
+    def __init__(self, amqp_uri, service, event_types):
+        self.events = queue.Queue()
+        self._connection = Connection(amqp_uri)
+        exchange = Exchange(f"{service}.events", type="topic", durable=True)
+        self._queue = Queue(f"test-listener-{uuid.uuid4().hex}", exchange=exchange,
+                            bindings=None, exclusive=True, auto_delete=True)
+        channel = self._connection.channel()
+        exchange.declare(channel=channel)
+        self._queue = self._queue.bind(channel)
+        self._queue.declare()
+        for event_type in event_types:
+            self._queue.bind_to(exchange=exchange, routing_key=event_type)
+        self._consumer = self._connection.Consumer(self._queue, callbacks=[self._on_message],
+                                                   accept=["json"])
+        self._consumer.consume()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, daemon=True)
+        self._thread.start()
+
+    def _on_message(self, body, message):
+        self.events.put(body)
+        message.ack()
+
+    def _drain(self):
+        while not self._stop.is_set():
+            try:
+                self._connection.drain_events(timeout=0.2)
+            except socket.timeout:
+                continue
+
+    def wait_for(self, predicate, timeout=10):
+        deadline = time.monotonic() + timeout
+        seen = []
+        while time.monotonic() < deadline:
+            try:
+                event = self.events.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            seen.append(event)
+            if predicate(event):
+                return event
+        raise AssertionError(f"no matching event within {timeout}s; saw {seen}")
+
+    def close(self):
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self._connection.release()
+
+
+# ---- database --------------------------------------------------------------
+
+def create_database():
+    name = f"oms_test_{uuid.uuid4().hex[:8]}"
+    conn = psycopg2.connect(PG_DSN + " dbname=postgres")
+    conn.autocommit = True
+    conn.cursor().execute(f'CREATE DATABASE "{name}"')
+    conn.close()
+    return name, f"{PG_URL_BASE}/{name}"
+
+
+def drop_database(name):
+    conn = psycopg2.connect(PG_DSN + " dbname=postgres")
+    conn.autocommit = True
+    conn.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    conn.close()
+
+
+def query(db_name, sql, *params):
+    """Rows from the test database, read directly (not through any service)."""
+    with psycopg2.connect(PG_DSN + f" dbname={db_name}") as conn, conn.cursor() as cur:
+        cur.execute(sql, params)
+        return cur.fetchall()
+
+
+def alembic(db_url, *args):
+    env = {**os.environ, "DATABASE_URL": db_url}
+    return subprocess.run([sys.executable, "-m", "alembic", *args], cwd=ROOT, env=env,
+                          check=True, capture_output=True, text=True)
+
+
+# ---- processes -------------------------------------------------------------
+
+class Stack:
+    """The Procfile's processes (three services + gateway) under honcho."""
+
+    def __init__(self, env, log_path):
+        self.env = env
+        self.log_path = log_path
+        self.base_url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+        self.process = None
+
+    def start(self, timeout=60):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "honcho", "start", "-f", "Procfile"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the stack exited; see {self.log_path}")
+            try:
+                last = requests.get(self.base_url + "/health", timeout=5)
+                if last.status_code == 200:
+                    return
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"stack not healthy after {timeout}s: "
+                           f"{last.text if last is not None else 'no answer'}; see {self.log_path}")
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # honcho stops its children in turn
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
