@@ -1,0 +1,35 @@
+# Two commands for a fresh clone: `make run` (the stack) and `make test` (the suite).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: run test unit integration migrate downgrade shell install clean
+
+run: $(STAMP)  ## set up and run the whole stack natively, until Ctrl-C
+	bash scripts/run.sh
+
+test: $(STAMP)  ## set up and run every test (unit + integration against the real broker and database)
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest tests/unit
+
+integration: $(STAMP)
+	$(PY) -m pytest tests/integration
+
+migrate: $(STAMP)  ## create the database if missing and migrate it to head
+	$(PY) -m scripts.infra ensure-db
+	$(PY) -m alembic upgrade head
+
+shell: $(STAMP)  ## nameko shell against the running stack
+	$(PY) -m common.nameko_cli shell --config config.yml
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) test-output .pytest_cache *.egg-info

@@ -1,0 +1,65 @@
+"""order_service's orchestration with its dependencies replaced (nameko worker_factory)."""
+import uuid
+from unittest.mock import MagicMock
+
+import pytest
+from nameko.testing.services import worker_factory
+
+from common.errors import InsufficientStock, NotFound, UnknownCustomer
+from order_service.service import OrderService
+
+CUSTOMER = {"id": str(uuid.uuid4()), "shipping_address": None}
+
+
+def _order_input(quantity=2):
+    return {"customer_id": CUSTOMER["id"], "items": [{"sku": "A", "quantity": quantity}]}
+
+
+def _service():
+    service = worker_factory(OrderService)
+    service.customer_rpc.get_customer.return_value = CUSTOMER
+    service.inventory_rpc.reserve.side_effect = lambda order_id, lines: {
+        "order_id": order_id, "status": "reserved",
+        "items": [{"sku": "A", "quantity": 2, "unit_price": "29.99", "currency": "EUR"}]}
+    return service
+
+
+def test_create_order_persists_then_emits():
+    service = _service()
+    order = service.create_order(_order_input())
+    assert order["total_amount"] == "59.98"
+    session = service.db.get_session.return_value
+    session.commit.assert_called_once()
+    event_type, envelope = service.dispatch.call_args.args
+    assert event_type == "order_created" and envelope["data"] == order
+    service.inventory_rpc.release.assert_not_called()
+
+
+def test_unknown_customer_reserves_nothing():
+    service = _service()
+    service.customer_rpc.get_customer.side_effect = NotFound("no")
+    with pytest.raises(UnknownCustomer):
+        service.create_order(_order_input())
+    service.inventory_rpc.reserve.assert_not_called()
+
+
+def test_refused_reservation_writes_nothing():
+    service = _service()
+    service.inventory_rpc.reserve.side_effect = InsufficientStock("short", {"sku": "A", "available": 1})
+    with pytest.raises(InsufficientStock):
+        service.create_order(_order_input())
+    service.db.get_session.assert_not_called()
+    service.dispatch.assert_not_called()
+
+
+def test_failed_persist_releases_the_reservation_and_emits_nothing():
+    service = _service()
+    session = MagicMock()
+    session.commit.side_effect = RuntimeError("disk full")
+    service.db.get_session.return_value = session
+    with pytest.raises(RuntimeError):
+        service.create_order(_order_input())
+    reserved_for = service.inventory_rpc.reserve.call_args.args[0]
+    service.inventory_rpc.release.assert_called_once_with(reserved_for)
+    session.rollback.assert_called_once()
+    service.dispatch.assert_not_called()
