@@ -183,3 +183,31 @@ class Stack:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+class Gateway:
+    """A gateway alone (no services), for testing what it does when parts are missing."""
+
+    def __init__(self, env, log_path):
+        self.env = {**env, "GATEWAY_PORT": str(free_port()), "GATEWAY_WORKERS": "1"}
+        self.log_path = log_path
+        self.base_url = f"http://127.0.0.1:{self.env['GATEWAY_PORT']}"
+        self.process = None
+
+    def __enter__(self):
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn_conf.py", "gateway.wsgi:app"],
+            cwd=ROOT, env=self.env, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                requests.get(self.base_url + "/health", timeout=15)
+                return self
+            except requests.ConnectionError:
+                time.sleep(0.2)
+        raise RuntimeError(f"gateway did not listen; see {self.log_path}")
+
+    def __exit__(self, *exc):
+        self.process.terminate()
+        self.process.wait(timeout=20)

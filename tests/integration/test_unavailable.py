@@ -1,0 +1,58 @@
+"""503 and 504: what the gateway answers when a part is missing or slow."""
+import threading
+
+import psycopg2
+import requests
+
+from tests import support
+
+
+def test_stopped_services_are_named_and_calls_get_503(stack, tmp_path):
+    # A second, empty virtual host: the broker answers but no service listens there.
+    vhost, amqp_uri = support.create_vhost()
+    try:
+        with support.Gateway({**stack.env, "AMQP_URI": amqp_uri}, tmp_path / "gateway.log") as gateway:
+            health = requests.get(gateway.base_url + "/health", timeout=15)
+            assert health.status_code == 503
+            checks = health.json()["checks"]
+            assert checks["broker"] == "ok"
+            assert checks["order_service"] == "not running"
+            assert "order_service" in health.json()["error"]["message"]
+
+            response = requests.get(gateway.base_url + "/api/v1/products", timeout=15)
+            assert response.status_code == 503
+            assert response.json()["error"]["details"] == {"service": "inventory_service"}
+    finally:
+        support.delete_vhost(vhost)
+
+
+def test_unreachable_broker_is_503(stack, tmp_path):
+    dead_broker = f"amqp://guest:guest@127.0.0.1:{support.free_port()}/"
+    with support.Gateway({**stack.env, "AMQP_URI": dead_broker}, tmp_path / "gateway.log") as gateway:
+        health = requests.get(gateway.base_url + "/health", timeout=15)
+        assert health.status_code == 503
+        assert health.json()["checks"]["broker"] == "unreachable"
+        response = requests.post(gateway.base_url + "/api/v1/customers", timeout=15,
+                                 json={"name": "A", "email": "a@example.com"})
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "service_unavailable"
+
+
+def test_a_service_slower_than_rpc_timeout_is_504(stack, api, db_name, tmp_path):
+    customer = api.create_customer()
+    # Hold a lock the service's query must wait for: the service is really slow.
+    blocker = psycopg2.connect(support.PG_DSN + f" dbname={db_name}")
+    cursor = blocker.cursor()
+    cursor.execute("LOCK TABLE customers.customers IN ACCESS EXCLUSIVE MODE")
+    try:
+        with support.Gateway({**stack.env, "RPC_TIMEOUT": "1"}, tmp_path / "gateway.log") as gateway:
+            response = requests.get(f"{gateway.base_url}/api/v1/customers/{customer['id']}", timeout=15)
+            assert response.status_code == 504
+            assert response.json()["error"]["code"] == "upstream_timeout"
+            blocker.rollback()
+            # The pool discarded the timed-out proxy; the next call is served normally.
+            again = requests.get(f"{gateway.base_url}/api/v1/customers/{customer['id']}", timeout=15)
+            assert again.status_code == 200
+            assert again.json()["id"] == customer["id"]
+    finally:
+        blocker.close()
