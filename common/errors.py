@@ -96,5 +96,26 @@ class InvalidTransition(DomainError):
     code = "invalid_transition"
 
 
+@deserialize_to_instance
+class VersionConflict(DomainError):
+    """If-Match named a version the resource no longer has."""
+    http_status = 412
+    code = "version_conflict"
+
+
+@deserialize_to_instance
+class IdempotencyKeyReused(DomainError):
+    """The Idempotency-Key was first used with a different request body."""
+    http_status = 422
+    code = "idempotency_key_reused"
+
+
+@deserialize_to_instance
+class StockBelowReserved(DomainError):
+    """A stock change would leave fewer units than orders have reserved."""
+    http_status = 409
+    code = "stock_below_reserved"
+
+
 # Raised by entrypoints on purpose: nameko logs these as expected, not as crashes.
 EXPECTED_ERRORS = (DomainError,)

@@ -6,6 +6,8 @@ and makes a cursor only when there really is a next page.
 import base64
 import binascii
 import json
+import uuid
+from datetime import datetime
 
 from common.errors import ValidationFailed
 
@@ -31,3 +33,13 @@ def split_page(rows, limit, key_of):
     page = rows[:limit]
     next_cursor = encode_cursor(key_of(page[-1])) if len(rows) > limit else None
     return page, next_cursor
+
+
+def created_id_key(row):
+    """The sort key of lists ordered by (created_at, id)."""
+    return [row.created_at.isoformat(), str(row.id)]
+
+
+def parse_created_id_key(key):
+    created_at, row_id = key
+    return datetime.fromisoformat(created_at), uuid.UUID(row_id)

@@ -7,7 +7,9 @@ rejected (marshmallow's default RAISE) so typos surface as 400s.
 """
 import decimal
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate
+from datetime import timezone
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
 
 MONEY_PLACES = decimal.Decimal("0.01")
 MAX_MONEY = decimal.Decimal("1000000000")
@@ -102,9 +104,60 @@ class OrderInput(Schema):
         return data
 
 
+ORDER_STATUSES = ("pending", "processing", "shipped", "delivered", "cancelled")
+
+
+class AtLeastOneField(Schema):
+    """A partial update: any of the fields, but not none of them."""
+
+    @validates_schema
+    def _not_empty(self, data, **kwargs):
+        if not data:
+            raise ValidationError("Send at least one field to change.", "_schema")
+
+
+class CustomerPatch(AtLeastOneField):
+    name = _text(200)
+    email = fields.Email(validate=validate.Length(max=254))
+    shipping_address = fields.Nested(AddressSchema, allow_none=True)
+
+
+class ProductPatch(AtLeastOneField):
+    name = _text(200)
+    description = fields.String(validate=validate.Length(max=2000))
+    unit_price = Money()
+    stock = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_STOCK))
+    low_stock_threshold = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_STOCK))
+
+
+class OrderUpdateInput(AtLeastOneField):
+    """PUT /orders/{id}: new items and/or shipping address, while pending."""
+    items = fields.List(fields.Nested(OrderItemInput),
+                        validate=validate.Length(min=1, max=MAX_ORDER_LINES))
+    shipping_address = fields.Nested(AddressSchema, allow_none=True)
+
+
+class ShippingInput(AtLeastOneField):
+    shipping_address = fields.Nested(AddressSchema, allow_none=True)
+    carrier = fields.String(validate=validate.Length(min=1, max=100), allow_none=True)
+    tracking_number = fields.String(validate=validate.Length(min=1, max=100), allow_none=True)
+
+
+class StatusInput(Schema):
+    status = fields.String(required=True, validate=validate.OneOf(ORDER_STATUSES))
+
+
 class ListQuery(Schema):
     limit = fields.Integer(load_default=20, validate=validate.Range(min=1, max=100))
     cursor = fields.String(load_default=None, validate=validate.Length(max=500))
+
+
+class OrderListQuery(ListQuery):
+    status = fields.String(validate=validate.OneOf(ORDER_STATUSES))
+    customer_id = fields.UUID()
+    # ISO-8601; a time without an offset is taken as UTC.
+    created_after = fields.AwareDateTime(default_timezone=timezone.utc)
+    created_before = fields.AwareDateTime(default_timezone=timezone.utc)
 
 
 # ---- resources (responses and events) ------------------------------------
@@ -152,6 +205,13 @@ class OrderSchema(Schema):
     version = fields.Integer()
     created_at = fields.AwareDateTime()
     updated_at = fields.AwareDateTime()
+
+
+class StatusChangeSchema(Schema):
+    from_status = fields.String(data_key="from", allow_none=True)
+    to_status = fields.String(data_key="to")
+    changed_at = fields.AwareDateTime(data_key="at")
+    changed_by = fields.String(data_key="by")
 
 
 def load_or_raise(schema, data, **kwargs):

@@ -1,11 +1,12 @@
 """Customer rules: plain Python, no I/O."""
 import uuid
-from datetime import datetime
 
 
-def normalize_new_customer(fields):
+def normalize(fields):
     """Emails compare case-insensitively, so they are stored lower-cased."""
-    return {**fields, "name": fields["name"].strip() or fields["name"], "email": fields["email"].lower()}
+    if "email" in fields:
+        return {**fields, "email": fields["email"].lower()}
+    return fields
 
 
 def parse_customer_id(value):
@@ -14,13 +15,3 @@ def parse_customer_id(value):
         return uuid.UUID(str(value))
     except ValueError:
         return None
-
-
-def list_key(customer):
-    """Customers are listed oldest first; ties broken by id."""
-    return [customer.created_at.isoformat(), str(customer.id)]
-
-
-def parse_list_key(key):
-    created_at, customer_id = key
-    return datetime.fromisoformat(created_at), uuid.UUID(customer_id)

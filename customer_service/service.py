@@ -6,9 +6,9 @@ from nameko_sqlalchemy import Database
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound
-from common.events import emit_after_commit
-from common.paging import decode_cursor, split_page
-from common.schemas import CustomerInput, CustomerSchema, ListQuery, load_or_raise
+from common.outbox import OutboxRelay
+from common.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
+from common.schemas import CustomerInput, CustomerPatch, CustomerSchema, ListQuery, load_or_raise
 from customer_service import domain, storage
 
 make_psycopg2_green()
@@ -16,29 +16,37 @@ make_psycopg2_green()
 customer_schema = CustomerSchema()
 
 
-class CustomerService:
+class CustomerService(OutboxRelay):
     name = "customer_service"
 
     db = Database(storage.CustomersBase, engine_options=ENGINE_OPTIONS)
     dispatch = EventDispatcher()
+    outbox = storage.outbox
     request_id = RequestId()
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def create_customer(self, data):
-        fields = domain.normalize_new_customer(load_or_raise(CustomerInput(), data))
+        fields = domain.normalize(load_or_raise(CustomerInput(), data))
         with transaction(self.db) as session:
             customer = customer_schema.dump(storage.insert_customer(session, fields))
-        emit_after_commit(self.dispatch, "customer_created", customer, self.request_id)
+            event = self.outbox.add(session, "customer_created", customer, self.request_id)
+        self.publish_now([event])
         return customer
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
-    def get_customer(self, customer_id):
-        parsed = domain.parse_customer_id(customer_id)
+    def update_customer(self, customer_id, data):
+        changes = domain.normalize(load_or_raise(CustomerPatch(), data))
         with transaction(self.db) as session:
-            customer = storage.get_customer(session, parsed) if parsed else None
-            if customer is None:
-                raise NotFound("No such customer.", {"id": str(customer_id)})
-            return customer_schema.dump(customer)
+            customer = self._customer(session, customer_id, lock=True)
+            updated = customer_schema.dump(storage.update_customer(session, customer, changes))
+            event = self.outbox.add(session, "customer_updated", updated, self.request_id)
+        self.publish_now([event])
+        return updated
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def get_customer(self, customer_id):
+        with transaction(self.db) as session:
+            return customer_schema.dump(self._customer(session, customer_id))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_customers(self, customer_ids):
@@ -49,11 +57,12 @@ class CustomerService:
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_customers(self, limit=20, cursor=None):
+        """Oldest first."""
         query = load_or_raise(ListQuery(), {"limit": limit, "cursor": cursor})
-        after = decode_cursor(query["cursor"], domain.parse_list_key)
+        after = decode_cursor(query["cursor"], parse_created_id_key)
         with transaction(self.db) as session:
             rows = storage.list_customers(session, query["limit"] + 1, after)
-            page, next_cursor = split_page(rows, query["limit"], domain.list_key)
+            page, next_cursor = split_page(rows, query["limit"], created_id_key)
             return {"items": customer_schema.dump(page, many=True), "next_cursor": next_cursor}
 
     @rpc
@@ -61,3 +70,10 @@ class CustomerService:
         with transaction(self.db) as session:
             storage.ping(session)
         return {"service": self.name, "database": "ok"}
+
+    def _customer(self, session, customer_id, lock=False):
+        parsed = domain.parse_customer_id(customer_id)
+        customer = storage.get_customer(session, parsed, lock=lock) if parsed else None
+        if customer is None:
+            raise NotFound("No such customer.", {"id": str(customer_id)})
+        return customer

@@ -2,7 +2,7 @@
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import MetaData, String, Text, select, tuple_
+from sqlalchemy import MetaData, String, select, tuple_
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -11,6 +11,7 @@ from sqlalchemy.types import DateTime
 
 from common.db import constraint_name
 from common.errors import AlreadyExists
+from common.outbox import Outbox, outbox_model
 
 SCHEMA = "customers"
 
@@ -30,21 +31,36 @@ class Customer(CustomersBase):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+outbox = Outbox(outbox_model(CustomersBase))
+
+
 def insert_customer(session, fields):
     now = datetime.now(timezone.utc)
     customer = Customer(id=uuid.uuid4(), created_at=now, updated_at=now, **fields)
     session.add(customer)
+    _flush_unique_email(session, fields.get("email"))
+    return customer
+
+
+def update_customer(session, customer, changes):
+    for field, value in changes.items():
+        setattr(customer, field, value)
+    customer.updated_at = datetime.now(timezone.utc)
+    _flush_unique_email(session, changes.get("email"))
+    return customer
+
+
+def _flush_unique_email(session, email):
     try:
         session.flush()
     except IntegrityError as exc:
         if constraint_name(exc) == "customers_email_key":
-            raise AlreadyExists("A customer with this email exists.", {"email": fields["email"]}) from None
+            raise AlreadyExists("A customer with this email exists.", {"email": email}) from None
         raise
-    return customer
 
 
-def get_customer(session, customer_id):
-    return session.get(Customer, customer_id)
+def get_customer(session, customer_id, lock=False):
+    return session.get(Customer, customer_id, with_for_update=lock)
 
 
 def get_customers(session, customer_ids):

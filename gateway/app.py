@@ -12,9 +12,10 @@ from werkzeug.exceptions import UnsupportedMediaType
 
 from common.config import Settings
 from common.context import REQUEST_ID_KEY
-from common.errors import DomainError, ServiceUnavailable, UpstreamTimeout, ValidationFailed
+from common.errors import DomainError, ServiceUnavailable, UpstreamTimeout, ValidationFailed, VersionConflict
 from common.rpc_pool import RpcProxyPool
-from common.schemas import CustomerInput, ListQuery, OrderInput, ProductInput
+from common.schemas import (CustomerInput, CustomerPatch, ListQuery, OrderInput, OrderListQuery,
+                            OrderUpdateInput, ProductInput, ProductPatch, ShippingInput, StatusInput)
 from gateway.errors import register_error_handlers
 
 API = "/api/v1"
@@ -69,13 +70,39 @@ def json_body(schema):
     return body
 
 
-def list_query():
+def query_args(schema):
+    """The query string checked against `schema`, as strings (services parse them again)."""
     args = request.args.to_dict()
-    errors = ListQuery().validate(args)
+    errors = schema.validate(args)
     if errors:
         raise ValidationFailed("Some query parameters are invalid.", errors)
-    query = ListQuery().load(args)
+    return args
+
+
+def page_args():
+    query = ListQuery().load(query_args(ListQuery()))
     return query["limit"], query["cursor"]
+
+
+def expected_version():
+    """The order version named by If-Match, or None (no header, or `*`): last write wins."""
+    if "If-Match" not in request.headers:
+        return None
+    tags = request.if_match
+    if tags.star_tag:
+        return None
+    versions = [int(tag) for tag in tags.as_set(include_weak=True) if tag.isdigit()]
+    if not versions:
+        raise VersionConflict("If-Match names no version of this order.",
+                              {"if_match": request.headers["If-Match"]})
+    return versions[0]
+
+
+def order_response(order, status=200):
+    response = jsonify(order)
+    response.status_code = status
+    response.set_etag(str(order["version"]))
+    return response
 
 
 def created(resource, location):
@@ -124,9 +151,15 @@ def _register_routes(app):
 
     @app.get(f"{API}/customers")
     def list_customers():
-        limit, cursor = list_query()
+        limit, cursor = page_args()
         with rpc() as cluster:
             return jsonify(cluster.customer_service.list_customers(limit, cursor))
+
+    @app.patch(f"{API}/customers/<customer_id>")
+    def update_customer(customer_id):
+        body = json_body(CustomerPatch())
+        with rpc() as cluster:
+            return jsonify(cluster.customer_service.update_customer(customer_id, body))
 
     @app.post(f"{API}/products")
     def create_product():
@@ -142,24 +175,70 @@ def _register_routes(app):
 
     @app.get(f"{API}/products")
     def list_products():
-        limit, cursor = list_query()
+        limit, cursor = page_args()
         with rpc() as cluster:
             return jsonify(cluster.inventory_service.list_products(limit, cursor))
+
+    @app.patch(f"{API}/products/<sku>")
+    def update_product(sku):
+        body = json_body(ProductPatch())
+        with rpc() as cluster:
+            return jsonify(cluster.inventory_service.update_product(sku, body))
 
     @app.post(f"{API}/orders")
     def create_order():
         body = json_body(OrderInput())
+        key = request.headers.get("Idempotency-Key")
         with rpc() as cluster:
-            order = cluster.order_service.create_order(body)
-        return created(order, f"{API}/orders/{order['id']}")
+            order = cluster.order_service.create_order(body, idempotency_key=key)
+        response = order_response(order, 201)
+        response.headers["Location"] = f"{API}/orders/{order['id']}"
+        return response
+
+    @app.get(f"{API}/orders")
+    def list_orders():
+        filters = query_args(OrderListQuery())
+        limit, cursor = filters.pop("limit", 20), filters.pop("cursor", None)
+        with rpc() as cluster:
+            return jsonify(cluster.order_service.list_orders(filters, int(limit), cursor))
 
     @app.get(f"{API}/orders/<order_id>")
     def get_order(order_id):
         with rpc() as cluster:
-            order = cluster.order_service.get_order(order_id)
-        response = jsonify(order)
-        response.set_etag(str(order["version"]))
-        return response
+            return order_response(cluster.order_service.get_order(order_id))
+
+    @app.put(f"{API}/orders/<order_id>")
+    def update_order(order_id):
+        body = json_body(OrderUpdateInput())
+        version = expected_version()
+        with rpc() as cluster:
+            return order_response(cluster.order_service.update_order(order_id, body, version))
+
+    @app.put(f"{API}/orders/<order_id>/shipping")
+    def update_shipping(order_id):
+        body = json_body(ShippingInput())
+        version = expected_version()
+        with rpc() as cluster:
+            return order_response(cluster.order_service.update_shipping(order_id, body, version))
+
+    @app.put(f"{API}/orders/<order_id>/status")
+    def update_status(order_id):
+        body = json_body(StatusInput())
+        version = expected_version()
+        with rpc() as cluster:
+            return order_response(cluster.order_service.update_status(order_id, body, version))
+
+    @app.delete(f"{API}/orders/<order_id>")
+    def delete_order(order_id):
+        version = expected_version()
+        with rpc() as cluster:
+            cluster.order_service.delete_order(order_id, version)
+        return "", 204
+
+    @app.get(f"{API}/orders/<order_id>/history")
+    def order_history(order_id):
+        with rpc() as cluster:
+            return jsonify(cluster.order_service.order_history(order_id))
 
 
 def _service_health(cluster, service):

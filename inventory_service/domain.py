@@ -1,7 +1,7 @@
 """Inventory rules: plain Python, no I/O."""
 import uuid
 
-from common.errors import InsufficientStock, InvalidTransition, UnknownSku, ValidationFailed
+from common.errors import InsufficientStock, InvalidTransition, StockBelowReserved, UnknownSku, ValidationFailed
 from common.schemas import load_or_raise
 from inventory_service.schemas import ReserveInput
 
@@ -70,3 +70,36 @@ def reservation_view(reservation, items):
             for item in items
         ],
     }
+
+
+def replacement_deltas(old_items, plan):
+    """[(sku, new - old quantity)] for every sku whose quantity changes, in sku order."""
+    old = {item.sku: item.quantity for item in old_items}
+    new = dict(plan)
+    return [(sku, new.get(sku, 0) - old.get(sku, 0))
+            for sku in sorted(old.keys() | new.keys())
+            if new.get(sku, 0) != old.get(sku, 0)]
+
+
+def check_can_replace(reservation):
+    if reservation.status != "reserved":
+        raise InvalidTransition(f"The reservation was {reservation.status}.",
+                                {"order_id": str(reservation.order_id), "status": reservation.status})
+
+
+def check_stock_covers_reserved(product, changes):
+    if "stock" in changes and changes["stock"] < product.reserved:
+        raise StockBelowReserved(
+            f"Stock cannot go below the {product.reserved} units reserved by orders.",
+            {"sku": product.sku, "stock": changes["stock"], "reserved": product.reserved})
+
+
+def fell_below_threshold(available_before, threshold_before, product):
+    """True when this change took the product's available stock below its threshold."""
+    return (product.available < product.low_stock_threshold
+            and available_before >= threshold_before)
+
+
+def stock_event(reservation_view, products):
+    """The data of stock_reserved / stock_released / stock_committed."""
+    return {**reservation_view, "products": products}

@@ -1,4 +1,8 @@
-"""inventory_service: Nameko entrypoints only; rules in domain, SQL in storage."""
+"""inventory_service: Nameko entrypoints only; rules in domain, SQL in storage.
+
+reserve / replace_reservation / release / commit are idempotent per order id
+and each runs in one transaction with its stock_* events in the outbox.
+"""
 from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 from nameko_sqlalchemy import Database
@@ -6,8 +10,9 @@ from nameko_sqlalchemy import Database
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound
+from common.outbox import OutboxRelay
 from common.paging import decode_cursor, split_page
-from common.schemas import ListQuery, ProductInput, ProductSchema, load_or_raise
+from common.schemas import ListQuery, ProductInput, ProductPatch, ProductSchema, load_or_raise
 from inventory_service import domain, storage
 
 make_psycopg2_green()
@@ -15,11 +20,12 @@ make_psycopg2_green()
 product_schema = ProductSchema()
 
 
-class InventoryService:
+class InventoryService(OutboxRelay):
     name = "inventory_service"
 
     db = Database(storage.InventoryBase, engine_options=ENGINE_OPTIONS)
     dispatch = EventDispatcher()
+    outbox = storage.outbox
     request_id = RequestId()
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -29,12 +35,23 @@ class InventoryService:
             return product_schema.dump(storage.insert_product(session, fields))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def update_product(self, sku, data):
+        """Change price, name, description, threshold or stock (never below reserved)."""
+        changes = load_or_raise(ProductPatch(), data)
+        with transaction(self.db) as session:
+            product = self._product(session, sku, lock=True)
+            domain.check_stock_covers_reserved(product, changes)
+            before = (product.available, product.low_stock_threshold)
+            product = storage.update_product(session, product, changes)
+            events = self._low_stock_events(session, [(product, *before)])
+            updated = product_schema.dump(product)
+        self.publish_now(events)
+        return updated
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_product(self, sku):
         with transaction(self.db) as session:
-            product = storage.get_product(session, str(sku))
-            if product is None:
-                raise NotFound("No such product.", {"sku": str(sku)})
-            return product_schema.dump(product)
+            return product_schema.dump(self._product(session, sku))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_products(self, skus):
@@ -44,6 +61,7 @@ class InventoryService:
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_products(self, limit=20, cursor=None):
+        """By sku."""
         query = load_or_raise(ListQuery(), {"limit": limit, "cursor": cursor})
         after_sku = decode_cursor(query["cursor"], str)
         with transaction(self.db) as session:
@@ -58,48 +76,123 @@ class InventoryService:
         Idempotent per order_id: a repeated call returns the first reservation.
         """
         order_uuid, plan = domain.reservation_plan(order_id, items)
+        events = []
         with transaction(self.db) as session:
             if not storage.start_reservation(session, order_uuid):
                 existing = storage.get_reservation(session, order_uuid)
                 return domain.reservation_view(existing, storage.reservation_items(session, order_uuid))
             skus = [sku for sku, _ in plan]
             domain.check_all_known(plan, {product.sku for product in storage.get_products(session, skus)})
+            changed = []
             for sku, quantity in plan:
-                product = storage.take_stock(session, sku, quantity)
-                if product is None:
-                    # The transaction rolls back whole: nothing stays reserved.
-                    raise domain.shortage(plan, sku, storage.available_stock(session, skus))
+                product = self._take(session, plan, sku, quantity)
                 storage.add_reservation_item(session, order_uuid, product, quantity)
-            session.flush()
-            reservation = storage.get_reservation(session, order_uuid)
-            return domain.reservation_view(reservation, storage.reservation_items(session, order_uuid))
+                changed.append((product, product.available + quantity, product.low_stock_threshold))
+            view = self._view(session, order_uuid)
+            events = (self._stock_events(session, "stock_reserved", view, changed)
+                      + self._low_stock_events(session, changed))
+        self.publish_now(events)
+        return view
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def replace_reservation(self, order_id, items):
+        """Make the order's reservation exactly `items`, all-or-nothing, at current prices.
+
+        If the new items cannot be reserved the old reservation stands.
+        """
+        order_uuid, plan = domain.reservation_plan(order_id, items)
+        with transaction(self.db) as session:
+            reservation = self._reservation(session, order_uuid)
+            domain.check_can_replace(reservation)
+            skus = [sku for sku, _ in plan]
+            domain.check_all_known(plan, {product.sku for product in storage.get_products(session, skus)})
+            old_items = storage.reservation_items(session, order_uuid)
+            held = {item.sku: item.quantity for item in old_items}
+            changed = []
+            for sku, delta in domain.replacement_deltas(old_items, plan):
+                if delta > 0:
+                    product = self._take(session, plan, sku, delta, already_held=held)
+                else:
+                    product = storage.give_back_stock(session, sku, -delta)
+                changed.append((product, product.available + delta, product.low_stock_threshold))
+            products = {product.sku: product for product in storage.get_products(session, skus)}
+            storage.replace_reservation_items(session, order_uuid, [(products[sku], qty) for sku, qty in plan])
+            view = self._view(session, order_uuid)
+            events = (self._stock_events(session, "stock_reserved", view, changed)
+                      + self._low_stock_events(session, changed))
+        self.publish_now(events)
+        return view
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def release(self, order_id):
         """Give the order's reserved stock back. Idempotent per order_id."""
-        return self._settle(order_id, "released", domain.check_can_release, storage.give_back_stock)
+        return self._settle(order_id, "released", domain.check_can_release,
+                            storage.give_back_stock, "stock_released")
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def commit(self, order_id):
         """Make the order's reservation a permanent stock decrement. Idempotent per order_id."""
-        return self._settle(order_id, "committed", domain.check_can_commit, storage.commit_stock)
-
-    def _settle(self, order_id, final_status, check_allowed, apply_to_stock):
-        order_uuid = domain.parse_order_id(order_id)
-        with transaction(self.db) as session:
-            reservation = storage.get_reservation(session, order_uuid, lock=True)
-            if reservation is None:
-                raise NotFound("No reservation for this order.", {"order_id": str(order_id)})
-            items = storage.reservation_items(session, order_uuid)
-            if reservation.status != final_status:
-                check_allowed(reservation)
-                for item in items:
-                    apply_to_stock(session, item.sku, item.quantity)
-                storage.set_reservation_status(session, reservation, final_status)
-            return domain.reservation_view(reservation, items)
+        return self._settle(order_id, "committed", domain.check_can_commit,
+                            storage.commit_stock, "stock_committed")
 
     @rpc
     def health(self):
         with transaction(self.db) as session:
             storage.ping(session)
         return {"service": self.name, "database": "ok"}
+
+    # -- helpers (no entrypoints) ------------------------------------------
+
+    def _settle(self, order_id, final_status, check_allowed, apply_to_stock, event_type):
+        order_uuid = domain.parse_order_id(order_id)
+        events = []
+        with transaction(self.db) as session:
+            reservation = self._reservation(session, order_uuid)
+            items = storage.reservation_items(session, order_uuid)
+            if reservation.status != final_status:
+                check_allowed(reservation)
+                # Neither releasing nor committing lowers available stock: no stock_low here.
+                changed = [(apply_to_stock(session, item.sku, item.quantity), None, None) for item in items]
+                storage.set_reservation_status(session, reservation, final_status)
+                events = self._stock_events(session, event_type,
+                                            domain.reservation_view(reservation, items), changed)
+            view = domain.reservation_view(reservation, items)
+        self.publish_now(events)
+        return view
+
+    def _take(self, session, plan, sku, quantity, already_held=None):
+        product = storage.take_stock(session, sku, quantity)
+        if product is None:
+            # The transaction rolls back whole: nothing stays reserved.
+            available = storage.available_stock(session, [s for s, _ in plan])
+            for held_sku, held in (already_held or {}).items():
+                available[held_sku] = available.get(held_sku, 0) + held
+            raise domain.shortage(plan, sku, available)
+        return product
+
+    def _stock_events(self, session, event_type, view, changed):
+        """[the stock_reserved/released/committed event], with the products after the change."""
+        products = product_schema.dump([product for product, _, _ in changed], many=True)
+        return [self.outbox.add(session, event_type, domain.stock_event(view, products), self.request_id)]
+
+    def _low_stock_events(self, session, changed):
+        """stock_low for each changed product that just fell below its threshold."""
+        return [self.outbox.add(session, "stock_low", product_schema.dump(product), self.request_id)
+                for product, available_before, threshold_before in changed
+                if domain.fell_below_threshold(available_before, threshold_before, product)]
+
+    def _view(self, session, order_uuid):
+        return domain.reservation_view(storage.get_reservation(session, order_uuid),
+                                       storage.reservation_items(session, order_uuid))
+
+    def _reservation(self, session, order_uuid):
+        reservation = storage.get_reservation(session, order_uuid, lock=True)
+        if reservation is None:
+            raise NotFound("No reservation for this order.", {"order_id": str(order_uuid)})
+        return reservation
+
+    def _product(self, session, sku, lock=False):
+        product = storage.get_product(session, str(sku), lock=lock)
+        if product is None:
+            raise NotFound("No such product.", {"sku": str(sku)})
+        return product

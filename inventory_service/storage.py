@@ -19,6 +19,7 @@ from sqlalchemy.types import DateTime
 
 from common.db import constraint_name
 from common.errors import AlreadyExists
+from common.outbox import Outbox, outbox_model
 
 SCHEMA = "inventory"
 
@@ -74,6 +75,9 @@ class ReservationItem(InventoryBase):
     currency: Mapped[str] = mapped_column(String(3))
 
 
+outbox = Outbox(outbox_model(InventoryBase))
+
+
 def _now():
     return datetime.now(timezone.utc)
 
@@ -91,8 +95,16 @@ def insert_product(session, fields):
     return product
 
 
-def get_product(session, sku):
-    return session.get(Product, sku)
+def get_product(session, sku, lock=False):
+    return session.get(Product, sku, with_for_update=lock)
+
+
+def update_product(session, product, changes):
+    for field, value in changes.items():
+        setattr(product, field, value)
+    product.updated_at = _now()
+    session.flush()
+    return product
 
 
 def get_products(session, skus):
@@ -150,10 +162,12 @@ def reservation_items(session, order_id):
 
 
 def give_back_stock(session, sku, quantity):
-    session.execute(
+    """Un-reserve `quantity` of `sku`; the product row after."""
+    return session.execute(
         update(Product).where(Product.sku == sku)
         .values(reserved=Product.reserved - quantity, updated_at=_now())
-    )
+        .returning(Product)
+    ).scalar_one()
 
 
 def set_reservation_status(session, reservation, status):
@@ -173,8 +187,17 @@ def available_stock(session, skus):
 
 
 def commit_stock(session, sku, quantity):
-    """Turn a reservation of `quantity` into a permanent decrement of stock."""
-    session.execute(
+    """Turn a reservation of `quantity` into a permanent decrement of stock; the product after."""
+    return session.execute(
         update(Product).where(Product.sku == sku)
         .values(stock=Product.stock - quantity, reserved=Product.reserved - quantity, updated_at=_now())
-    )
+        .returning(Product)
+    ).scalar_one()
+
+
+def replace_reservation_items(session, order_id, new_items):
+    """new_items: [(product, quantity)] with the prices in force now."""
+    session.query(ReservationItem).filter(ReservationItem.order_id == order_id).delete()
+    for product, quantity in new_items:
+        add_reservation_item(session, order_id, product, quantity)
+    session.flush()

@@ -1,12 +1,30 @@
 """Order rules: plain Python, no I/O."""
+import hashlib
+import json
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from datetime import datetime
 from decimal import Decimal
 
-from common.errors import Unprocessable, ValidationFailed
+from common.errors import IdempotencyKeyReused, InvalidTransition, Unprocessable, ValidationFailed, VersionConflict
 
-PENDING = "pending"
+PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED = (
+    "pending", "processing", "shipped", "delivered", "cancelled")
+
+# The contract's status machine: the only legal moves.
+TRANSITIONS = {
+    PENDING: (PROCESSING, CANCELLED),
+    PROCESSING: (SHIPPED, CANCELLED),
+    SHIPPED: (DELIVERED,),
+    DELIVERED: (),
+    CANCELLED: (),
+}
+# What each new status does to the order's stock reservation.
+STOCK_ACTION = {SHIPPED: "commit", CANCELLED: "release"}
+EDITABLE = (PENDING,)
+SHIPPING_EDITABLE = (PENDING, PROCESSING)
+DELETABLE = (PENDING, CANCELLED)
+MAX_IDEMPOTENCY_KEY = 200
 
 
 def merge_lines(items):
@@ -17,8 +35,8 @@ def merge_lines(items):
     return [{"sku": sku, "quantity": quantity} for sku, quantity in sorted(quantities.items())]
 
 
-def price_order(order_id, customer, lines, reservation, shipping_address, now=None):
-    """The order row and its item rows, priced from the reservation.
+def price_lines(lines, reservation):
+    """(currency, total, item rows) priced from the reservation.
 
     Prices come from inventory (the reservation records the price each unit
     was reserved at); totals are computed here, never taken from the client.
@@ -28,22 +46,24 @@ def price_order(order_id, customer, lines, reservation, shipping_address, now=No
     if len(currencies) != 1:
         raise Unprocessable("All items of an order must share one currency.",
                             {"currencies": sorted(currencies)})
-    item_rows = []
+    rows = []
     for line in lines:
         unit_price = Decimal(reserved[line["sku"]]["unit_price"])
-        item_rows.append({
-            "sku": line["sku"],
-            "quantity": line["quantity"],
-            "unit_price": unit_price,
-            "line_total": unit_price * line["quantity"],
-        })
-    now = now or datetime.now(timezone.utc)
+        rows.append({"sku": line["sku"], "quantity": line["quantity"], "unit_price": unit_price,
+                     "line_total": unit_price * line["quantity"]})
+    total = sum((row["line_total"] for row in rows), Decimal("0.00"))
+    return currencies.pop(), total, rows
+
+
+def new_order(order_id, customer, lines, reservation, shipping_address, now):
+    """The order row and its item rows for a new, pending order."""
+    currency, total, item_rows = price_lines(lines, reservation)
     order_row = {
         "id": order_id,
         "customer_id": uuid.UUID(customer["id"]),
         "status": PENDING,
-        "currency": currencies.pop(),
-        "total_amount": sum((row["line_total"] for row in item_rows), Decimal("0.00")),
+        "currency": currency,
+        "total_amount": total,
         "shipping_address": shipping_address if shipping_address is not None else customer.get("shipping_address"),
         "version": 1,
         "created_at": now,
@@ -52,16 +72,61 @@ def price_order(order_id, customer, lines, reservation, shipping_address, now=No
     return order_row, item_rows
 
 
-def parse_order_id(value):
-    """A UUID, or None when `value` cannot name an order."""
+def touch(order, now: datetime):
+    """Every change bumps the version (the ETag) and updated_at."""
+    order.version += 1
+    order.updated_at = now
+
+
+def check_version(order, expected_version):
+    if expected_version is not None and order.version != expected_version:
+        raise VersionConflict("The order changed since you read it.",
+                              {"expected_version": expected_version, "current_version": order.version})
+
+
+def check_status_in(order, allowed, action):
+    if order.status not in allowed:
+        raise InvalidTransition(f"Cannot {action} an order that is {order.status}.",
+                                {"status": order.status, "allowed_statuses": list(allowed)})
+
+
+def check_transition(order, new_status):
+    allowed = TRANSITIONS[order.status]
+    if new_status not in allowed:
+        raise InvalidTransition(f"An order cannot go from {order.status} to {new_status}.",
+                                {"status": order.status, "requested": new_status, "allowed": list(allowed)})
+    if new_status == SHIPPED:
+        missing = [field for field in ("carrier", "tracking_number") if not getattr(order, field)]
+        if missing:
+            raise InvalidTransition("Set the carrier and tracking number (PUT .../shipping) before shipping.",
+                                    {"status": order.status, "requested": new_status, "missing": missing})
+
+
+def parse_uuid(value):
+    """A UUID, or None when `value` cannot be one."""
     try:
         return uuid.UUID(str(value))
     except ValueError:
         return None
 
 
-def require_uuid(value, field):
-    parsed = parse_order_id(value)
-    if parsed is None:
-        raise ValidationFailed(f"Invalid {field}.", {field: ["Not a valid UUID."]})
-    return parsed
+def check_idempotency_key(key):
+    key = str(key)
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise ValidationFailed("Invalid Idempotency-Key.",
+                               {"Idempotency-Key": [f"1 to {MAX_IDEMPOTENCY_KEY} printable characters."]})
+    return key
+
+
+def request_fingerprint(data):
+    """The same body in any key order has the same fingerprint."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def replay(first_use, fingerprint):
+    """The response to repeat for a reused key, or IdempotencyKeyReused."""
+    if first_use.request_hash != fingerprint:
+        raise IdempotencyKeyReused("This Idempotency-Key was used with a different request.",
+                                   {"order_id": str(first_use.order_id)})
+    return first_use.response

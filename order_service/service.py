@@ -1,64 +1,196 @@
-"""order_service: Nameko entrypoints only; rules in domain, SQL in storage."""
+"""order_service: Nameko entrypoints only; rules in domain, SQL in storage.
+
+Every change to an order runs in one orders-database transaction that holds
+the order's row lock; the inventory call it needs (reserve, replace, release,
+commit: all idempotent per order) happens inside it, and the event is written
+to the outbox in it. So a failure anywhere leaves no half-made change here,
+and what inventory did is undone (release / replace back) when the order
+transaction does not commit.
+"""
 import logging
 import uuid
+from datetime import datetime, timezone
 
 from nameko.events import EventDispatcher
 from nameko.rpc import RpcProxy, rpc
 from nameko_sqlalchemy import Database
 
-from common.context import RequestId
+from common.context import Actor, RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound, UnknownCustomer
-from common.events import emit_after_commit
-from common.schemas import OrderInput, OrderSchema, load_or_raise
+from common.outbox import OutboxRelay
+from common.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
+from common.schemas import (OrderInput, OrderListQuery, OrderSchema, OrderUpdateInput, ShippingInput,
+                            StatusChangeSchema, StatusInput, load_or_raise)
 from order_service import domain, storage
 
 make_psycopg2_green()
 
 log = logging.getLogger(__name__)
 order_schema = OrderSchema()
+history_schema = StatusChangeSchema(many=True)
 
 
-class OrderService:
+def _now():
+    return datetime.now(timezone.utc)
+
+
+class OrderService(OutboxRelay):
     name = "order_service"
 
     db = Database(storage.OrdersBase, engine_options=ENGINE_OPTIONS)
     dispatch = EventDispatcher()
+    outbox = storage.outbox
     request_id = RequestId()
+    actor = Actor()
     customer_rpc = RpcProxy("customer_service")
     inventory_rpc = RpcProxy("inventory_service")
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
-    def create_order(self, data):
-        """Check the customer, reserve stock at current prices, persist, emit order_created."""
+    def create_order(self, data, idempotency_key=None):
+        """Check the customer, reserve stock at current prices, persist, emit order_created.
+
+        With an idempotency key, a repeat of the same body returns the first
+        order again and creates nothing; a different body is refused.
+        """
         order_input = load_or_raise(OrderInput(), data)
         lines = domain.merge_lines(order_input["items"])
-        try:
-            customer = self.customer_rpc.get_customer(str(order_input["customer_id"]))
-        except NotFound:
-            raise UnknownCustomer("No such customer.", {"customer_id": str(order_input["customer_id"])}) from None
-
         order_id = uuid.uuid4()
-        reservation = self.inventory_rpc.reserve(str(order_id), lines)
+        reserved = False
         try:
-            order_row, item_rows = domain.price_order(
-                order_id, customer, lines, reservation, order_input.get("shipping_address"))
             with transaction(self.db) as session:
+                if idempotency_key is not None:
+                    key = domain.check_idempotency_key(idempotency_key)
+                    fingerprint = domain.request_fingerprint(data)
+                    first_use = storage.claim_idempotency_key(session, key, fingerprint, order_id, _now())
+                    if first_use is not None:
+                        return domain.replay(first_use, fingerprint)
+                customer = self._existing_customer(order_input["customer_id"])
+                reservation = self.inventory_rpc.reserve(str(order_id), lines)
+                reserved = True
+                order_row, item_rows = domain.new_order(
+                    order_id, customer, lines, reservation, order_input.get("shipping_address"), _now())
                 order = order_schema.dump(storage.insert_order(session, order_row, item_rows))
+                storage.add_status_change(session, order_id, None, domain.PENDING, self.actor, order_row["created_at"])
+                if idempotency_key is not None:
+                    storage.remember_response(session, key, order)
+                event = self.outbox.add(session, "order_created", order, self.request_id)
         except BaseException:
-            self._release_quietly(order_id)
+            if reserved:
+                self._undo(self.inventory_rpc.release, order_id)
             raise
-        emit_after_commit(self.dispatch, "order_created", order, self.request_id)
+        self.publish_now([event])
         return order
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_order(self, order_id):
-        parsed = domain.parse_order_id(order_id)
         with transaction(self.db) as session:
-            order = storage.get_order(session, parsed) if parsed else None
-            if order is None:
-                raise NotFound("No such order.", {"id": str(order_id)})
-            return order_schema.dump(order)
+            return order_schema.dump(self._order(session, order_id))
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def list_orders(self, filters=None, limit=20, cursor=None):
+        """Newest first. filters: status, customer_id, created_after, created_before."""
+        query = load_or_raise(OrderListQuery(), {**(filters or {}), "limit": limit, "cursor": cursor})
+        after = decode_cursor(query.pop("cursor"), parse_created_id_key)
+        limit = query.pop("limit")
+        with transaction(self.db) as session:
+            rows = storage.list_orders(session, query, limit + 1, after)
+            page, next_cursor = split_page(rows, limit, created_id_key)
+            return {"items": order_schema.dump(page, many=True), "next_cursor": next_cursor}
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def update_order(self, order_id, data, expected_version=None):
+        """Replace items and/or the shipping address of a pending order.
+
+        New items are re-reserved all-or-nothing and re-priced at current
+        prices; if they cannot be reserved the old reservation stands.
+        """
+        changes = load_or_raise(OrderUpdateInput(), data)
+        replaced_lines = None
+        try:
+            with transaction(self.db) as session:
+                order = self._order(session, order_id, lock=True)
+                domain.check_version(order, expected_version)
+                domain.check_status_in(order, domain.EDITABLE, "change the items of")
+                if "items" in changes:
+                    old_lines = [{"sku": item.sku, "quantity": item.quantity} for item in order.items]
+                    lines = domain.merge_lines(changes["items"])
+                    reservation = self.inventory_rpc.replace_reservation(str(order.id), lines)
+                    replaced_lines = old_lines
+                    order.currency, order.total_amount, item_rows = domain.price_lines(lines, reservation)
+                    storage.replace_items(session, order, item_rows)
+                if "shipping_address" in changes:
+                    order.shipping_address = changes["shipping_address"]
+                domain.touch(order, _now())
+                updated = order_schema.dump(order)
+                event = self.outbox.add(session, "order_updated", updated, self.request_id)
+        except BaseException:
+            if replaced_lines is not None:
+                self._undo(self.inventory_rpc.replace_reservation, order_id, replaced_lines)
+            raise
+        self.publish_now([event])
+        return updated
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def update_shipping(self, order_id, data, expected_version=None):
+        """Set any of shipping_address, carrier, tracking_number before the order ships."""
+        changes = load_or_raise(ShippingInput(), data)
+        with transaction(self.db) as session:
+            order = self._order(session, order_id, lock=True)
+            domain.check_version(order, expected_version)
+            domain.check_status_in(order, domain.SHIPPING_EDITABLE, "change the shipping of")
+            for field, value in changes.items():
+                setattr(order, field, value)
+            domain.touch(order, _now())
+            updated = order_schema.dump(order)
+            event = self.outbox.add(session, "order_updated", updated, self.request_id)
+        self.publish_now([event])
+        return updated
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def update_status(self, order_id, data, expected_version=None):
+        """Move the order along the contract's status machine.
+
+        shipped commits the stock reservation, cancelled releases it.
+        """
+        new_status = load_or_raise(StatusInput(), data)["status"]
+        with transaction(self.db) as session:
+            order = self._order(session, order_id, lock=True)
+            domain.check_version(order, expected_version)
+            domain.check_transition(order, new_status)
+            stock_action = domain.STOCK_ACTION.get(new_status)
+            if stock_action:
+                getattr(self.inventory_rpc, stock_action)(str(order.id))
+            now = _now()
+            storage.add_status_change(session, order.id, order.status, new_status, self.actor, now)
+            order.status = new_status
+            domain.touch(order, now)
+            updated = order_schema.dump(order)
+            event = self.outbox.add(session, "order_status_changed", updated, self.request_id)
+        self.publish_now([event])
+        return updated
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def delete_order(self, order_id, expected_version=None):
+        """Delete a pending or cancelled order and release its stock."""
+        with transaction(self.db) as session:
+            order = self._order(session, order_id, lock=True)
+            domain.check_version(order, expected_version)
+            domain.check_status_in(order, domain.DELETABLE, "delete")
+            deleted = order_schema.dump(order)
+            self.inventory_rpc.release(str(order.id))
+            storage.delete_order(session, order)
+            event = self.outbox.add(session, "order_deleted", deleted, self.request_id)
+        self.publish_now([event])
+        return deleted
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def order_history(self, order_id):
+        """Every status change of the order, oldest first: from, to, at, by."""
+        with transaction(self.db) as session:
+            order = self._order(session, order_id)
+            return {"order_id": str(order.id),
+                    "items": history_schema.dump(storage.status_history(session, order.id))}
 
     @rpc
     def health(self):
@@ -66,10 +198,25 @@ class OrderService:
             storage.ping(session)
         return {"service": self.name, "database": "ok"}
 
-    def _release_quietly(self, order_id):
-        # Compensation for a reservation whose order was not persisted.
+    # -- helpers (no entrypoints) ------------------------------------------
+
+    def _order(self, session, order_id, lock=False):
+        parsed = domain.parse_uuid(order_id)
+        order = storage.get_order(session, parsed, lock=lock) if parsed else None
+        if order is None:
+            raise NotFound("No such order.", {"id": str(order_id)})
+        return order
+
+    def _existing_customer(self, customer_id):
         try:
-            self.inventory_rpc.release(str(order_id))
+            return self.customer_rpc.get_customer(str(customer_id))
+        except NotFound:
+            raise UnknownCustomer("No such customer.", {"customer_id": str(customer_id)}) from None
+
+    def _undo(self, inventory_call, order_id, *args):
+        # Compensation when the order transaction did not commit after inventory changed.
+        try:
+            inventory_call(str(order_id), *args)
         except Exception:
-            log.exception("could not release the reservation of unsaved order %s", order_id)
+            log.exception("could not undo the stock change of order %s", order_id)
 

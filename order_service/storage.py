@@ -3,11 +3,14 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import ForeignKey, Integer, MetaData, Numeric, String, select
-from sqlalchemy.dialects.postgresql import JSONB, UUID
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship, selectinload
+from sqlalchemy import (BigInteger, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, select,
+                        text, tuple_)
+from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
+
+from common.outbox import Outbox, outbox_model
 
 SCHEMA = "orders"
 
@@ -18,6 +21,12 @@ class OrdersBase(DeclarativeBase):
 
 class Order(OrdersBase):
     __tablename__ = "orders"
+    # Keyset paging is newest first, optionally within one customer or status.
+    __table_args__ = (
+        Index("ix_orders_created", text("created_at DESC"), text("id DESC")),
+        Index("ix_orders_customer_created", "customer_id", text("created_at DESC"), text("id DESC")),
+        Index("ix_orders_status_created", "status", text("created_at DESC"), text("id DESC")),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     # A customer id from customer_service: no foreign key across schemas.
@@ -47,6 +56,33 @@ class OrderItem(OrdersBase):
     line_total: Mapped[Decimal] = mapped_column(Numeric(20, 2))
 
 
+class StatusChange(OrdersBase):
+    __tablename__ = "order_status_history"
+    __table_args__ = (Index("ix_order_status_history_order", "order_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    order_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("orders.orders.id", ondelete="CASCADE"))
+    from_status: Mapped[str | None] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    changed_by: Mapped[str] = mapped_column(String(200))
+
+
+class IdempotencyKey(OrdersBase):
+    """The first successful POST /orders for a key, replayed for its repeats."""
+    __tablename__ = "idempotency_keys"
+
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    order_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    response: Mapped[dict | None] = mapped_column(JSONB)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+outbox = Outbox(outbox_model(OrdersBase))
+
+
 def insert_order(session, order_fields, item_fields):
     order = Order(**order_fields, items=[OrderItem(**item) for item in item_fields])
     session.add(order)
@@ -54,10 +90,70 @@ def insert_order(session, order_fields, item_fields):
     return order
 
 
-def get_order(session, order_id):
+def get_order(session, order_id, lock=False):
+    query = select(Order).where(Order.id == order_id)
+    if lock:
+        # Serializes every change to one order, across workers and instances.
+        query = query.with_for_update()
+    return session.scalars(query).first()
+
+
+def list_orders(session, filters, limit, after=None):
+    """Newest first; `after` is the (created_at, id) of the last order seen."""
+    query = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)
+    if "status" in filters:
+        query = query.where(Order.status == filters["status"])
+    if "customer_id" in filters:
+        query = query.where(Order.customer_id == filters["customer_id"])
+    if "created_after" in filters:
+        query = query.where(Order.created_at > filters["created_after"])
+    if "created_before" in filters:
+        query = query.where(Order.created_at < filters["created_before"])
+    if after is not None:
+        query = query.where(tuple_(Order.created_at, Order.id) < tuple_(*after))
+    return session.scalars(query).all()
+
+
+def replace_items(session, order, item_fields):
+    order.items = [OrderItem(order_id=order.id, **item) for item in item_fields]
+    session.flush()
+
+
+def add_status_change(session, order_id, from_status, to_status, actor, at):
+    session.add(StatusChange(order_id=order_id, from_status=from_status, to_status=to_status,
+                             changed_at=at, changed_by=actor))
+
+
+def status_history(session, order_id):
     return session.scalars(
-        select(Order).where(Order.id == order_id).options(selectinload(Order.items))
+        select(StatusChange).where(StatusChange.order_id == order_id).order_by(StatusChange.id)).all()
+
+
+def delete_order(session, order):
+    session.delete(order)
+    session.flush()
+
+
+def claim_idempotency_key(session, key, request_hash, order_id, at):
+    """Claim `key` for a new order, or return the row of whoever holds it.
+
+    The primary key decides: a concurrent claim of the same key waits here
+    until the holder's transaction ends, then sees its row (or, if the
+    holder rolled back, claims the key itself). None means "claimed: go on".
+    """
+    claimed = session.execute(
+        insert(IdempotencyKey)
+        .values(key=key, request_hash=request_hash, order_id=order_id, created_at=at)
+        .on_conflict_do_nothing(index_elements=["key"])
+        .returning(IdempotencyKey.key)
     ).first()
+    if claimed is not None:
+        return None
+    return session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == key)).one()
+
+
+def remember_response(session, key, response):
+    session.get(IdempotencyKey, key).response = response
 
 
 def ping(session):

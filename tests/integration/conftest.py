@@ -60,10 +60,23 @@ def db_name(database):
 
 
 @pytest.fixture
-def order_events(broker, stack):
-    listener = support.EventListener(broker, "order_service", ["order_created"])
-    yield listener
-    listener.close()
+def listen(broker, stack):
+    """listen("order_service", "order_created", ...) -> an EventListener, closed after the test."""
+    listeners = []
+
+    def start(service, *event_types):
+        listener = support.EventListener(broker, service, event_types)
+        listeners.append(listener)
+        return listener
+
+    yield start
+    for listener in listeners:
+        listener.close()
+
+
+@pytest.fixture
+def order_events(listen):
+    return listen("order_service", "order_created")
 
 
 class ApiClient(requests.Session):
@@ -91,3 +104,23 @@ class ApiClient(requests.Session):
         response = self.post("/api/v1/products", json=body)
         assert response.status_code == 201, response.text
         return response.json()
+
+    def create_order(self, customer, *lines, headers=None):
+        """lines: (product, quantity) pairs; returns the 201 response's order."""
+        response = self.post("/api/v1/orders", headers=headers, json={
+            "customer_id": customer["id"],
+            "items": [{"sku": product["sku"], "quantity": quantity} for product, quantity in lines]})
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def set_status(self, order, status, **headers):
+        return self.put(f"/api/v1/orders/{order['id']}/status", json={"status": status}, headers=headers)
+
+    def ship_details(self, order):
+        response = self.put(f"/api/v1/orders/{order['id']}/shipping",
+                            json={"carrier": "DHL", "tracking_number": "JD0146000000001"})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def product(self, sku):
+        return self.get(f"/api/v1/products/{sku}").json()

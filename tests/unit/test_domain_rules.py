@@ -1,4 +1,5 @@
 import uuid
+from datetime import datetime, timezone
 from decimal import Decimal
 
 import pytest
@@ -8,6 +9,7 @@ from inventory_service import domain as inventory
 from order_service import domain as orders
 
 ORDER_ID = str(uuid.uuid4())
+NOW = datetime(2026, 11, 21, tzinfo=timezone.utc)
 
 
 def test_reservation_plan_is_in_sku_order_and_refuses_duplicates():
@@ -49,8 +51,8 @@ def _reservation(*items):
 def test_order_is_priced_from_the_reservation():
     customer = {"id": str(uuid.uuid4()), "shipping_address": {"line1": "x"}}
     lines = [{"sku": "A", "quantity": 3}, {"sku": "B", "quantity": 1}]
-    order, items = orders.price_order(uuid.UUID(ORDER_ID), customer, lines,
-                                      _reservation(("A", "0.10", "EUR"), ("B", "19.99", "EUR")), None)
+    order, items = orders.new_order(uuid.UUID(ORDER_ID), customer, lines,
+                                    _reservation(("A", "0.10", "EUR"), ("B", "19.99", "EUR")), None, NOW)
     assert order["total_amount"] == Decimal("20.29")
     assert [item["line_total"] for item in items] == [Decimal("0.30"), Decimal("19.99")]
     assert order["currency"] == "EUR" and order["status"] == "pending"
@@ -60,6 +62,5 @@ def test_order_is_priced_from_the_reservation():
 def test_an_order_has_one_currency():
     customer = {"id": str(uuid.uuid4())}
     with pytest.raises(Unprocessable):
-        orders.price_order(uuid.UUID(ORDER_ID), customer,
-                           [{"sku": "A", "quantity": 1}, {"sku": "B", "quantity": 1}],
-                           _reservation(("A", "1.00", "EUR"), ("B", "1.00", "USD")), None)
+        orders.price_lines([{"sku": "A", "quantity": 1}, {"sku": "B", "quantity": 1}],
+                           _reservation(("A", "1.00", "EUR"), ("B", "1.00", "USD")))

@@ -24,14 +24,19 @@ def _service():
     return service
 
 
-def test_create_order_persists_then_emits():
+def _outbox_rows(session):
+    return [call.args[0] for call in session.add.call_args_list
+            if type(call.args[0]).__name__ == "OutboxEvent"]
+
+
+def test_create_order_persists_with_its_event_in_one_transaction():
     service = _service()
     order = service.create_order(_order_input())
     assert order["total_amount"] == "59.98"
     session = service.db.get_session.return_value
-    session.commit.assert_called_once()
-    event_type, envelope = service.dispatch.call_args.args
-    assert event_type == "order_created" and envelope["data"] == order
+    [event] = _outbox_rows(session)
+    assert event.event_type == "order_created" and event.payload["data"] == order
+    assert session.commit.call_count >= 1
     service.inventory_rpc.release.assert_not_called()
 
 
@@ -48,8 +53,11 @@ def test_refused_reservation_writes_nothing():
     service.inventory_rpc.reserve.side_effect = InsufficientStock("short", {"sku": "A", "available": 1})
     with pytest.raises(InsufficientStock):
         service.create_order(_order_input())
-    service.db.get_session.assert_not_called()
-    service.dispatch.assert_not_called()
+    session = service.db.get_session.return_value
+    session.commit.assert_not_called()
+    session.rollback.assert_called()
+    assert _outbox_rows(session) == []
+    service.inventory_rpc.release.assert_not_called()
 
 
 def test_failed_persist_releases_the_reservation_and_emits_nothing():
@@ -61,5 +69,5 @@ def test_failed_persist_releases_the_reservation_and_emits_nothing():
         service.create_order(_order_input())
     reserved_for = service.inventory_rpc.reserve.call_args.args[0]
     service.inventory_rpc.release.assert_called_once_with(reserved_for)
-    session.rollback.assert_called_once()
+    session.rollback.assert_called()
     service.dispatch.assert_not_called()
