@@ -129,4 +129,4 @@ def replay(first_use, fingerprint):
     if first_use.request_hash != fingerprint:
         raise IdempotencyKeyReused("This Idempotency-Key was used with a different request.",
                                    {"order_id": str(first_use.order_id)})
-    return first_use.response
+    return json.loads(first_use.response)

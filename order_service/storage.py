@@ -1,10 +1,11 @@
 """orders schema: SQLAlchemy models and queries."""
+import json
 import uuid
 from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import (BigInteger, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, select,
-                        text, tuple_)
+                        Text, text, tuple_)
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql import func
@@ -76,7 +77,7 @@ class IdempotencyKey(OrdersBase):
     key: Mapped[str] = mapped_column(String(200), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
-    response: Mapped[dict | None] = mapped_column(JSONB)
+    response: Mapped[str | None] = mapped_column(Text)  # JSON text: JSONB would reorder keys
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -153,7 +154,7 @@ def claim_idempotency_key(session, key, request_hash, order_id, at):
 
 
 def remember_response(session, key, response):
-    session.get(IdempotencyKey, key).response = response
+    session.get(IdempotencyKey, key).response = json.dumps(response)
 
 
 def ping(session):

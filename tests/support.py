@@ -130,7 +130,7 @@ def query(db_name, sql, *params):
     """Rows from the test database, read directly (not through any service)."""
     with psycopg2.connect(PG_DSN + f" dbname={db_name}") as conn, conn.cursor() as cur:
         cur.execute(sql, params)
-        return cur.fetchall()
+        return cur.fetchall() if cur.description else []
 
 
 def alembic(db_url, *args):

@@ -51,7 +51,8 @@ def upgrade():
         sa.Column("key", sa.String(200), primary_key=True),
         sa.Column("request_hash", sa.String(64), nullable=False),
         sa.Column("order_id", UUID(as_uuid=True), nullable=False),
-        sa.Column("response", JSONB),
+        # JSON text, not JSONB: a replay must repeat the first response byte for byte.
+        sa.Column("response", sa.Text),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         schema="orders",
     )
