@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test unit integration migrate downgrade shell install clean
+.PHONY: run test unit integration migrate token shell install clean
 
 run: $(STAMP)  ## set up and run the whole stack natively, until Ctrl-C
 	bash scripts/run.sh
@@ -20,6 +20,9 @@ integration: $(STAMP)
 migrate: $(STAMP)  ## create the database if missing and migrate it to head
 	$(PY) -m scripts.infra ensure-db
 	$(PY) -m alembic upgrade head
+
+token: $(STAMP)  ## print a bearer token: make token ROLE=admin | ROLE=customer CUSTOMER_ID=<uuid>
+	@$(PY) -m scripts.token --role $(or $(ROLE),admin) $(if $(CUSTOMER_ID),--customer-id $(CUSTOMER_ID))
 
 shell: $(STAMP)  ## nameko shell against the running stack
 	$(PY) -m common.nameko_cli shell --config config.yml

@@ -21,6 +21,7 @@ class Settings:
     rpc_timeout: float
     log_level: str
     rpc_pool_size: int
+    environment: str
 
     @classmethod
     def from_env(cls, env=None):
@@ -33,6 +34,7 @@ class Settings:
             rpc_timeout=float(env.get("RPC_TIMEOUT", "10")),
             log_level=env.get("LOG_LEVEL", "INFO").upper(),
             rpc_pool_size=int(env.get("RPC_POOL_SIZE", "16")),
+            environment=env.get("ENV", "development").lower(),
         )
 
     def nameko_config(self):

@@ -117,5 +117,19 @@ class StockBelowReserved(DomainError):
     code = "stock_below_reserved"
 
 
+@deserialize_to_instance
+class Unauthenticated(DomainError):
+    """No valid bearer token (HTTP), or no caller in the RPC context data."""
+    http_status = 401
+    code = "unauthenticated"
+
+
+@deserialize_to_instance
+class Forbidden(DomainError):
+    """The caller is known but may not do this."""
+    http_status = 403
+    code = "forbidden"
+
+
 # Raised by entrypoints on purpose: nameko logs these as expected, not as crashes.
 EXPECTED_ERRORS = (DomainError,)

@@ -3,6 +3,7 @@ from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 from nameko_sqlalchemy import Database
 
+from common.auth import ADMIN, SERVICE, CallerProvider, required
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound
@@ -23,9 +24,11 @@ class CustomerService(OutboxRelay):
     dispatch = EventDispatcher()
     outbox = storage.outbox
     request_id = RequestId()
+    caller = CallerProvider()
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def create_customer(self, data):
+        required(self.caller).require(ADMIN, SERVICE)
         fields = domain.normalize(load_or_raise(CustomerInput(), data))
         with transaction(self.db) as session:
             customer = customer_schema.dump(storage.insert_customer(session, fields))
@@ -35,9 +38,10 @@ class CustomerService(OutboxRelay):
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def update_customer(self, customer_id, data):
+        caller = required(self.caller)
         changes = domain.normalize(load_or_raise(CustomerPatch(), data))
         with transaction(self.db) as session:
-            customer = self._customer(session, customer_id, lock=True)
+            customer = self._customer(session, caller, customer_id, lock=True)
             updated = customer_schema.dump(storage.update_customer(session, customer, changes))
             event = self.outbox.add(session, "customer_updated", updated, self.request_id)
         self.publish_now([event])
@@ -45,23 +49,27 @@ class CustomerService(OutboxRelay):
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_customer(self, customer_id):
+        caller = required(self.caller)
         with transaction(self.db) as session:
-            return customer_schema.dump(self._customer(session, customer_id))
+            return customer_schema.dump(self._customer(session, caller, customer_id))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_customers(self, customer_ids):
         """The customers among `customer_ids` that exist; unknown ids are left out."""
-        parsed = [p for p in map(domain.parse_customer_id, customer_ids) if p]
+        caller = required(self.caller)
+        parsed = [p for p in map(domain.parse_customer_id, customer_ids) if p and caller.owns(p)]
         with transaction(self.db) as session:
             return customer_schema.dump(storage.get_customers(session, parsed), many=True)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_customers(self, limit=20, cursor=None):
-        """Oldest first."""
+        """Oldest first; a customer sees only their own record."""
+        caller = required(self.caller)
         query = load_or_raise(ListQuery(), {"limit": limit, "cursor": cursor})
         after = decode_cursor(query["cursor"], parse_created_id_key)
+        only_id = domain.parse_customer_id(caller.customer_id) if caller.is_customer else None
         with transaction(self.db) as session:
-            rows = storage.list_customers(session, query["limit"] + 1, after)
+            rows = storage.list_customers(session, query["limit"] + 1, after, only_id)
             page, next_cursor = split_page(rows, query["limit"], created_id_key)
             return {"items": customer_schema.dump(page, many=True), "next_cursor": next_cursor}
 
@@ -71,9 +79,11 @@ class CustomerService(OutboxRelay):
             storage.ping(session)
         return {"service": self.name, "database": "ok"}
 
-    def _customer(self, session, customer_id, lock=False):
+    def _customer(self, session, caller, customer_id, lock=False):
+        """The customer, or NotFound: also for another customer's record, so ids cannot be probed."""
         parsed = domain.parse_customer_id(customer_id)
-        customer = storage.get_customer(session, parsed, lock=lock) if parsed else None
+        visible = parsed is not None and caller.owns(parsed)
+        customer = storage.get_customer(session, parsed, lock=lock) if visible else None
         if customer is None:
             raise NotFound("No such customer.", {"id": str(customer_id)})
         return customer

@@ -67,9 +67,11 @@ def get_customers(session, customer_ids):
     return session.scalars(select(Customer).where(Customer.id.in_(customer_ids))).all()
 
 
-def list_customers(session, limit, after=None):
+def list_customers(session, limit, after=None, only_id=None):
     """Customers oldest first; `after` is the (created_at, id) of the last one seen."""
     query = select(Customer).order_by(Customer.created_at, Customer.id).limit(limit)
+    if only_id is not None:
+        query = query.where(Customer.id == only_id)
     if after is not None:
         query = query.where(tuple_(Customer.created_at, Customer.id) > tuple_(*after))
     return session.scalars(query).all()

@@ -10,9 +10,11 @@ from flask import Flask, current_app, g, jsonify, request
 from nameko.exceptions import UnknownService
 from werkzeug.exceptions import UnsupportedMediaType
 
-from common.config import Settings
+from common.auth import CALLER_KEY, verify_token
+from common.config import DEVELOPMENT_JWT_SECRET, Settings
 from common.context import REQUEST_ID_KEY
-from common.errors import DomainError, ServiceUnavailable, UpstreamTimeout, ValidationFailed, VersionConflict
+from common.errors import (DomainError, ServiceUnavailable, Unauthenticated, UpstreamTimeout, ValidationFailed,
+                           VersionConflict)
 from common.rpc_pool import RpcProxyPool
 from common.schemas import (CustomerInput, CustomerPatch, ListQuery, OrderInput, OrderListQuery,
                             OrderUpdateInput, ProductInput, ProductPatch, ShippingInput, StatusInput)
@@ -22,12 +24,17 @@ API = "/api/v1"
 SERVICES = ("customer_service", "inventory_service", "order_service")
 MAX_BODY_BYTES = 64 * 1024
 DATABASE_DOWN = "database unreachable"
+PUBLIC_PATHS = {f"{API}/openapi.json"}
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 def create_app(settings=None, rpc_pool=None):
     settings = settings or Settings.from_env()
+    if settings.environment == "production" and settings.jwt_secret == DEVELOPMENT_JWT_SECRET:
+        raise RuntimeError("Refusing to start: ENV=production with the development JWT_SECRET. "
+                           "Set JWT_SECRET to a secret of your own.")
     app = Flask(__name__)
+    app.config["JWT_SECRET"] = settings.jwt_secret
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
     app.extensions["rpc_pool"] = rpc_pool or RpcProxyPool(
@@ -35,6 +42,7 @@ def create_app(settings=None, rpc_pool=None):
 
     register_error_handlers(app)
     app.before_request(_assign_request_id)
+    app.before_request(_authenticate)
     app.after_request(_echo_request_id)
     _register_routes(app)
     return app
@@ -45,6 +53,17 @@ def _assign_request_id():
     g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
 
 
+def _authenticate():
+    """Every /api/v1 route needs `Authorization: Bearer <JWT>`; g.caller is who it names."""
+    g.caller = None
+    if not request.path.startswith(API + "/") or request.path in PUBLIC_PATHS:
+        return
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Send Authorization: Bearer <token>.", {"authorization": "missing"})
+    g.caller = verify_token(token.strip(), current_app.config["JWT_SECRET"])
+
+
 def _echo_request_id(response):
     response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
     return response
@@ -52,7 +71,10 @@ def _echo_request_id(response):
 
 def rpc():
     """A pooled cluster proxy carrying this request's context."""
-    return current_app.extensions["rpc_pool"].cluster({REQUEST_ID_KEY: g.request_id})
+    context = {REQUEST_ID_KEY: g.request_id}
+    if g.get("caller") is not None:
+        context[CALLER_KEY] = g.caller.to_context()
+    return current_app.extensions["rpc_pool"].cluster(context)
 
 
 def json_body(schema):

@@ -17,7 +17,10 @@ def error_response(status, code, message, details=None):
 def register_error_handlers(app):
     @app.errorhandler(DomainError)
     def domain_error(exc):
-        return error_response(exc.http_status, exc.code, exc.message, exc.details)
+        response = error_response(exc.http_status, exc.code, exc.message, exc.details)
+        if exc.http_status == 401:
+            response[0].headers["WWW-Authenticate"] = 'Bearer realm="api"'
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(exc):

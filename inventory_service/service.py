@@ -7,6 +7,7 @@ from nameko.events import EventDispatcher
 from nameko.rpc import rpc
 from nameko_sqlalchemy import Database
 
+from common.auth import ADMIN, SERVICE, CallerProvider, required
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound
@@ -27,9 +28,11 @@ class InventoryService(OutboxRelay):
     dispatch = EventDispatcher()
     outbox = storage.outbox
     request_id = RequestId()
+    caller = CallerProvider()
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def create_product(self, data):
+        required(self.caller).require(ADMIN)
         fields = load_or_raise(ProductInput(), data)
         with transaction(self.db) as session:
             return product_schema.dump(storage.insert_product(session, fields))
@@ -37,6 +40,7 @@ class InventoryService(OutboxRelay):
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def update_product(self, sku, data):
         """Change price, name, description, threshold or stock (never below reserved)."""
+        required(self.caller).require(ADMIN)
         changes = load_or_raise(ProductPatch(), data)
         with transaction(self.db) as session:
             product = self._product(session, sku, lock=True)
@@ -50,18 +54,21 @@ class InventoryService(OutboxRelay):
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_product(self, sku):
+        required(self.caller)
         with transaction(self.db) as session:
             return product_schema.dump(self._product(session, sku))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_products(self, skus):
         """The products among `skus` that exist, in sku order; unknown skus are left out."""
+        required(self.caller)
         with transaction(self.db) as session:
             return product_schema.dump(storage.get_products(session, [str(s) for s in skus]), many=True)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_products(self, limit=20, cursor=None):
         """By sku."""
+        required(self.caller)
         query = load_or_raise(ListQuery(), {"limit": limit, "cursor": cursor})
         after_sku = decode_cursor(query["cursor"], str)
         with transaction(self.db) as session:
@@ -75,6 +82,7 @@ class InventoryService(OutboxRelay):
 
         Idempotent per order_id: a repeated call returns the first reservation.
         """
+        required(self.caller).require(ADMIN, SERVICE)
         order_uuid, plan = domain.reservation_plan(order_id, items)
         events = []
         with transaction(self.db) as session:
@@ -100,6 +108,7 @@ class InventoryService(OutboxRelay):
 
         If the new items cannot be reserved the old reservation stands.
         """
+        required(self.caller).require(ADMIN, SERVICE)
         order_uuid, plan = domain.reservation_plan(order_id, items)
         with transaction(self.db) as session:
             reservation = self._reservation(session, order_uuid)
@@ -144,6 +153,7 @@ class InventoryService(OutboxRelay):
     # -- helpers (no entrypoints) ------------------------------------------
 
     def _settle(self, order_id, final_status, check_allowed, apply_to_stock, event_type):
+        required(self.caller).require(ADMIN, SERVICE)
         order_uuid = domain.parse_order_id(order_id)
         events = []
         with transaction(self.db) as session:

@@ -6,7 +6,8 @@ from collections import Counter
 from datetime import datetime
 from decimal import Decimal
 
-from common.errors import IdempotencyKeyReused, InvalidTransition, Unprocessable, ValidationFailed, VersionConflict
+from common.errors import (Forbidden, IdempotencyKeyReused, InvalidTransition, Unprocessable, ValidationFailed,
+                           VersionConflict)
 
 PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED = (
     "pending", "processing", "shipped", "delivered", "cancelled")
@@ -130,3 +131,28 @@ def replay(first_use, fingerprint):
         raise IdempotencyKeyReused("This Idempotency-Key was used with a different request.",
                                    {"order_id": str(first_use.order_id)})
     return json.loads(first_use.response)
+
+
+# ---- who may do what (the caller is a common.auth.Caller) ------------------
+
+
+def check_may_order_for(caller, customer_id):
+    if not caller.owns(customer_id):
+        raise Forbidden("You may create orders only for yourself.", {"customer_id": str(customer_id)})
+
+
+def check_may_set_status(caller, new_status):
+    """Customers may only cancel (their own orders); admins and services move orders along."""
+    if caller.is_customer and new_status != CANCELLED:
+        raise Forbidden("Customers may only cancel their orders.", {"status": new_status, "allowed": [CANCELLED]})
+
+
+def restrict_to_caller(caller, filters):
+    """Narrow list filters to the caller's own orders; False if nothing can match."""
+    if not caller.is_customer:
+        return True
+    own = uuid.UUID(caller.customer_id)
+    if filters.get("customer_id", own) != own:
+        return False
+    filters["customer_id"] = own
+    return True

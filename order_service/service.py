@@ -12,10 +12,11 @@ import uuid
 from datetime import datetime, timezone
 
 from nameko.events import EventDispatcher
-from nameko.rpc import RpcProxy, rpc
+from nameko.rpc import rpc
 from nameko_sqlalchemy import Database
 
-from common.context import Actor, RequestId
+from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, required
+from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound, UnknownCustomer
 from common.outbox import OutboxRelay
@@ -42,9 +43,9 @@ class OrderService(OutboxRelay):
     dispatch = EventDispatcher()
     outbox = storage.outbox
     request_id = RequestId()
-    actor = Actor()
-    customer_rpc = RpcProxy("customer_service")
-    inventory_rpc = RpcProxy("inventory_service")
+    caller = CallerProvider()
+    customer_rpc = ServiceRpcProxy("customer_service")
+    inventory_rpc = ServiceRpcProxy("inventory_service")
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def create_order(self, data, idempotency_key=None):
@@ -53,7 +54,9 @@ class OrderService(OutboxRelay):
         With an idempotency key, a repeat of the same body returns the first
         order again and creates nothing; a different body is refused.
         """
+        caller = required(self.caller)
         order_input = load_or_raise(OrderInput(), data)
+        domain.check_may_order_for(caller, order_input["customer_id"])
         lines = domain.merge_lines(order_input["items"])
         order_id = uuid.uuid4()
         reserved = False
@@ -71,7 +74,8 @@ class OrderService(OutboxRelay):
                 order_row, item_rows = domain.new_order(
                     order_id, customer, lines, reservation, order_input.get("shipping_address"), _now())
                 order = order_schema.dump(storage.insert_order(session, order_row, item_rows))
-                storage.add_status_change(session, order_id, None, domain.PENDING, self.actor, order_row["created_at"])
+                storage.add_status_change(session, order_id, None, domain.PENDING, caller.sub,
+                                          order_row["created_at"])
                 if idempotency_key is not None:
                     storage.remember_response(session, key, order)
                 event = self.outbox.add(session, "order_created", order, self.request_id)
@@ -84,15 +88,22 @@ class OrderService(OutboxRelay):
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_order(self, order_id):
+        caller = required(self.caller)
         with transaction(self.db) as session:
-            return order_schema.dump(self._order(session, order_id))
+            return order_schema.dump(self._order(session, caller, order_id))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_orders(self, filters=None, limit=20, cursor=None):
-        """Newest first. filters: status, customer_id, created_after, created_before."""
+        """Newest first. filters: status, customer_id, created_after, created_before.
+
+        A customer lists only their own orders.
+        """
+        caller = required(self.caller)
         query = load_or_raise(OrderListQuery(), {**(filters or {}), "limit": limit, "cursor": cursor})
         after = decode_cursor(query.pop("cursor"), parse_created_id_key)
         limit = query.pop("limit")
+        if not domain.restrict_to_caller(caller, query):
+            return {"items": [], "next_cursor": None}
         with transaction(self.db) as session:
             rows = storage.list_orders(session, query, limit + 1, after)
             page, next_cursor = split_page(rows, limit, created_id_key)
@@ -105,11 +116,12 @@ class OrderService(OutboxRelay):
         New items are re-reserved all-or-nothing and re-priced at current
         prices; if they cannot be reserved the old reservation stands.
         """
+        caller = required(self.caller)
         changes = load_or_raise(OrderUpdateInput(), data)
         replaced_lines = None
         try:
             with transaction(self.db) as session:
-                order = self._order(session, order_id, lock=True)
+                order = self._order(session, caller, order_id, lock=True)
                 domain.check_version(order, expected_version)
                 domain.check_status_in(order, domain.EDITABLE, "change the items of")
                 if "items" in changes:
@@ -134,9 +146,11 @@ class OrderService(OutboxRelay):
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def update_shipping(self, order_id, data, expected_version=None):
         """Set any of shipping_address, carrier, tracking_number before the order ships."""
+        caller = required(self.caller)
         changes = load_or_raise(ShippingInput(), data)
         with transaction(self.db) as session:
-            order = self._order(session, order_id, lock=True)
+            order = self._order(session, caller, order_id, lock=True)
+            caller.require(ADMIN, SERVICE)
             domain.check_version(order, expected_version)
             domain.check_status_in(order, domain.SHIPPING_EDITABLE, "change the shipping of")
             for field, value in changes.items():
@@ -153,16 +167,18 @@ class OrderService(OutboxRelay):
 
         shipped commits the stock reservation, cancelled releases it.
         """
+        caller = required(self.caller)
         new_status = load_or_raise(StatusInput(), data)["status"]
         with transaction(self.db) as session:
-            order = self._order(session, order_id, lock=True)
+            order = self._order(session, caller, order_id, lock=True)
+            domain.check_may_set_status(caller, new_status)
             domain.check_version(order, expected_version)
             domain.check_transition(order, new_status)
             stock_action = domain.STOCK_ACTION.get(new_status)
             if stock_action:
                 getattr(self.inventory_rpc, stock_action)(str(order.id))
             now = _now()
-            storage.add_status_change(session, order.id, order.status, new_status, self.actor, now)
+            storage.add_status_change(session, order.id, order.status, new_status, caller.sub, now)
             order.status = new_status
             domain.touch(order, now)
             updated = order_schema.dump(order)
@@ -173,8 +189,10 @@ class OrderService(OutboxRelay):
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def delete_order(self, order_id, expected_version=None):
         """Delete a pending or cancelled order and release its stock."""
+        caller = required(self.caller)
         with transaction(self.db) as session:
-            order = self._order(session, order_id, lock=True)
+            order = self._order(session, caller, order_id, lock=True)
+            caller.require(ADMIN, SERVICE)
             domain.check_version(order, expected_version)
             domain.check_status_in(order, domain.DELETABLE, "delete")
             deleted = order_schema.dump(order)
@@ -187,8 +205,9 @@ class OrderService(OutboxRelay):
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def order_history(self, order_id):
         """Every status change of the order, oldest first: from, to, at, by."""
+        caller = required(self.caller)
         with transaction(self.db) as session:
-            order = self._order(session, order_id)
+            order = self._order(session, caller, order_id)
             return {"order_id": str(order.id),
                     "items": history_schema.dump(storage.status_history(session, order.id))}
 
@@ -200,10 +219,11 @@ class OrderService(OutboxRelay):
 
     # -- helpers (no entrypoints) ------------------------------------------
 
-    def _order(self, session, order_id, lock=False):
+    def _order(self, session, caller, order_id, lock=False):
+        """The order, or NotFound: also for another customer's order, so ids cannot be probed."""
         parsed = domain.parse_uuid(order_id)
         order = storage.get_order(session, parsed, lock=lock) if parsed else None
-        if order is None:
+        if order is None or not caller.owns(order.customer_id):
             raise NotFound("No such order.", {"id": str(order_id)})
         return order
 

@@ -26,6 +26,19 @@ OUTPUT = ROOT / "test-output"
 BROKER_HOST = os.environ.get("TEST_BROKER_HOST", "127.0.0.1")
 PG_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres")
 PG_URL_BASE = os.environ.get("TEST_PG_URL_BASE", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+# The stack under test gets its own secret, so tokens prove the configured one is used.
+JWT_SECRET = "test-only-jwt-secret-for-the-test-stack"
+
+
+def token(role="admin", customer_id=None, secret=JWT_SECRET, **kwargs):
+    from common.auth import issue_token
+
+    sub = f"customer:{customer_id}" if role == "customer" else f"{role}-tester"
+    return issue_token(secret, sub, role, customer_id, **kwargs)
+
+
+def bearer(role="admin", customer_id=None, **kwargs):
+    return {"Authorization": f"Bearer {token(role, customer_id, **kwargs)}"}
 
 
 def free_port():

@@ -39,6 +39,7 @@ def stack(broker, database):
         "GATEWAY_THREADS": "16",
         "RPC_TIMEOUT": "10",
         "LOG_LEVEL": "INFO",
+        "JWT_SECRET": support.JWT_SECRET,
     }
     running = support.Stack(env, support.OUTPUT / "stack.log")
     try:
@@ -80,9 +81,16 @@ def order_events(listen):
 
 
 class ApiClient(requests.Session):
-    def __init__(self, base_url):
+    """Sends an admin token unless made with `as_customer`."""
+
+    def __init__(self, base_url, auth_headers=None):
         super().__init__()
         self.base_url = base_url
+        self.auth_headers = auth_headers or support.bearer("admin")
+        self.headers.update(self.auth_headers)
+
+    def as_customer(self, customer):
+        return ApiClient(self.base_url, support.bearer("customer", customer["id"]))
 
     def request(self, method, url, *args, **kwargs):
         kwargs.setdefault("timeout", 30)

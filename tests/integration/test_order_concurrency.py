@@ -7,15 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from tests.support import query
+from tests.support import bearer, query
 
 LEGAL = {("pending", "processing"), ("pending", "cancelled"), ("processing", "shipped"),
          ("processing", "cancelled"), ("shipped", "delivered"), (None, "pending")}
 
 
-def _post(url, **kwargs):
+def _post(url, headers=None, **kwargs):
     # One connection per call: these run from many threads at once.
-    return requests.post(url, timeout=60, **kwargs)
+    return requests.post(url, timeout=60, headers={**bearer("admin"), **(headers or {})}, **kwargs)
 
 
 def test_100_concurrent_orders_for_30_units(api, db_name):
@@ -58,7 +58,7 @@ def test_20_concurrent_status_changes_leave_a_legal_state_and_chain(api):
     targets = [random.choice(["processing", "shipped", "delivered", "cancelled"]) for _ in range(20)]
 
     with ThreadPoolExecutor(max_workers=20) as pool:
-        statuses = list(pool.map(lambda status: requests.put(url, json={"status": status}, timeout=60).status_code,
+        statuses = list(pool.map(lambda status: requests.put(url, json={"status": status}, headers=api.auth_headers, timeout=60).status_code,
                                  targets))
 
     assert set(statuses) <= {200, 409}

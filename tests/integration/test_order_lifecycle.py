@@ -125,8 +125,8 @@ def test_history_records_every_change(api, customer):
     history = api.get(f"/api/v1/orders/{order['id']}/history")
     assert history.status_code == 200
     moves = [(entry["from"], entry["to"], entry["by"]) for entry in history.json()["items"]]
-    assert moves == [(None, "pending", "system"), ("pending", "processing", "system"),
-                     ("processing", "shipped", "system"), ("shipped", "delivered", "system")]
+    assert moves == [(None, "pending", "admin-tester"), ("pending", "processing", "admin-tester"),
+                     ("processing", "shipped", "admin-tester"), ("shipped", "delivered", "admin-tester")]
     assert all(entry["at"].endswith("+00:00") for entry in history.json()["items"])
     assert api.get(f"/api/v1/orders/{uuid.uuid4()}/history").status_code == 404
 

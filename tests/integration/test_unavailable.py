@@ -19,7 +19,7 @@ def test_stopped_services_are_named_and_calls_get_503(stack, tmp_path):
             assert checks["order_service"] == "not running"
             assert "order_service" in health.json()["error"]["message"]
 
-            response = requests.get(gateway.base_url + "/api/v1/products", timeout=15)
+            response = requests.get(gateway.base_url + "/api/v1/products", headers=support.bearer(), timeout=15)
             assert response.status_code == 503
             assert response.json()["error"]["details"] == {"service": "inventory_service"}
     finally:
@@ -32,7 +32,7 @@ def test_unreachable_broker_is_503(stack, tmp_path):
         health = requests.get(gateway.base_url + "/health", timeout=15)
         assert health.status_code == 503
         assert health.json()["checks"]["broker"] == "unreachable"
-        response = requests.post(gateway.base_url + "/api/v1/customers", timeout=15,
+        response = requests.post(gateway.base_url + "/api/v1/customers", timeout=15, headers=support.bearer(),
                                  json={"name": "A", "email": "a@example.com"})
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "service_unavailable"
@@ -46,12 +46,14 @@ def test_a_service_slower_than_rpc_timeout_is_504(stack, api, db_name, tmp_path)
     cursor.execute("LOCK TABLE customers.customers IN ACCESS EXCLUSIVE MODE")
     try:
         with support.Gateway({**stack.env, "RPC_TIMEOUT": "1"}, tmp_path / "gateway.log") as gateway:
-            response = requests.get(f"{gateway.base_url}/api/v1/customers/{customer['id']}", timeout=15)
+            response = requests.get(f"{gateway.base_url}/api/v1/customers/{customer['id']}",
+                                    headers=support.bearer(), timeout=15)
             assert response.status_code == 504
             assert response.json()["error"]["code"] == "upstream_timeout"
             blocker.rollback()
             # The pool discarded the timed-out proxy; the next call is served normally.
-            again = requests.get(f"{gateway.base_url}/api/v1/customers/{customer['id']}", timeout=15)
+            again = requests.get(f"{gateway.base_url}/api/v1/customers/{customer['id']}",
+                                 headers=support.bearer(), timeout=15)
             assert again.status_code == 200
             assert again.json()["id"] == customer["id"]
     finally:

@@ -5,6 +5,7 @@ from unittest.mock import MagicMock
 import pytest
 from nameko.testing.services import worker_factory
 
+from common.auth import Caller
 from common.errors import InsufficientStock, NotFound, UnknownCustomer
 from order_service.service import OrderService
 
@@ -16,7 +17,7 @@ def _order_input(quantity=2):
 
 
 def _service():
-    service = worker_factory(OrderService)
+    service = worker_factory(OrderService, caller=Caller("tester", "admin"))
     service.customer_rpc.get_customer.return_value = CUSTOMER
     service.inventory_rpc.reserve.side_effect = lambda order_id, lines: {
         "order_id": order_id, "status": "reserved",

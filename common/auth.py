@@ -1,0 +1,114 @@
+"""Who is calling: bearer tokens (PyJWT) and the caller identity sent over RPC.
+
+The gateway turns a verified token into a `Caller` and sends it in Nameko
+context data under "caller"; every service reads it back with
+`CallerProvider` and enforces its own rules, so RPC callers (nameko shell,
+other services) meet the same checks as HTTP clients. A service calling
+another through `ServiceRpcProxy` is the caller itself (role "service"):
+it has already checked the end user.
+"""
+import copy
+import time
+import uuid
+from dataclasses import asdict, dataclass
+
+import jwt
+from nameko.contextdata import ContextDataProvider
+from nameko.rpc import RpcProxy
+
+from common.errors import Forbidden, Unauthenticated
+
+ADMIN, CUSTOMER, SERVICE = "admin", "customer", "service"
+TOKEN_ROLES = (ADMIN, CUSTOMER)  # "service" never comes from a token
+CALLER_KEY = "caller"
+ALGORITHM = "HS256"
+
+
+@dataclass(frozen=True)
+class Caller:
+    sub: str
+    role: str
+    customer_id: str | None = None
+
+    @property
+    def is_customer(self):
+        return self.role == CUSTOMER
+
+    def owns(self, customer_id):
+        """Whether this caller may see the records of `customer_id`."""
+        return not self.is_customer or str(customer_id) == self.customer_id
+
+    def require(self, *roles):
+        if self.role not in roles:
+            raise Forbidden("You may not do this.", {"role": self.role, "allowed_roles": list(roles)})
+
+    def to_context(self):
+        return asdict(self)
+
+    @classmethod
+    def from_context(cls, data):
+        if not isinstance(data, dict) or data.get("role") not in (*TOKEN_ROLES, SERVICE):
+            return None
+        return cls(sub=str(data.get("sub") or data["role"]), role=data["role"],
+                   customer_id=data.get("customer_id"))
+
+
+def issue_token(secret, sub, role, customer_id=None, ttl_seconds=3600):
+    now = int(time.time())
+    claims = {"sub": sub, "role": role, "iat": now, "exp": now + ttl_seconds}
+    if customer_id is not None:
+        claims["customer_id"] = str(customer_id)
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(token, secret):
+    """The Caller a token names; Unauthenticated saying why if it is not valid."""
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "role"]})
+    except jwt.ExpiredSignatureError:
+        raise Unauthenticated("The token has expired.", {"token": "expired"}) from None
+    except jwt.InvalidSignatureError:
+        raise Unauthenticated("The token's signature is not valid.", {"token": "bad signature"}) from None
+    except jwt.InvalidTokenError as exc:
+        raise Unauthenticated("The token is not valid.", {"token": str(exc)}) from None
+    role = claims["role"]
+    if role not in TOKEN_ROLES:
+        raise Unauthenticated("The token's role is not one of admin, customer.", {"role": str(role)})
+    customer_id = claims.get("customer_id")
+    if role == CUSTOMER:
+        try:
+            customer_id = str(uuid.UUID(str(customer_id)))
+        except ValueError:
+            raise Unauthenticated("A customer token needs a customer_id claim.", {"customer_id": "missing"}) from None
+    return Caller(sub=str(claims["sub"]), role=role, customer_id=customer_id)
+
+
+class CallerProvider(ContextDataProvider):
+    """The Caller of this worker, or None when the RPC carried none."""
+    context_key = CALLER_KEY
+
+    def get_dependency(self, worker_ctx):
+        return Caller.from_context(worker_ctx.data.get(self.context_key))
+
+
+def required(caller):
+    """The caller, or Unauthenticated: every data RPC needs one."""
+    if caller is None:
+        raise Unauthenticated(
+            "This RPC needs a caller in the context data (see README: nameko shell).",
+            {"context_data": CALLER_KEY})
+    return caller
+
+
+class ServiceRpcProxy(RpcProxy):
+    """RpcProxy whose calls carry this service as the caller.
+
+    The request id and other context data pass through unchanged; only the
+    caller is replaced, because this service has checked the end user itself.
+    """
+
+    def get_dependency(self, worker_ctx):
+        as_service = copy.copy(worker_ctx)
+        as_service.data = {**worker_ctx.data,
+                           CALLER_KEY: {"sub": worker_ctx.service_name, "role": SERVICE}}
+        return super().get_dependency(as_service)
