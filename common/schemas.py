@@ -9,14 +9,37 @@ import decimal
 
 from datetime import timezone
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import Schema as BaseSchema
+from marshmallow import ValidationError, fields, post_load, pre_load, validate, validates_schema
 
 MONEY_PLACES = decimal.Decimal("0.01")
 MAX_MONEY = decimal.Decimal("1000000000")
 MAX_STOCK = 1_000_000_000
 MAX_ORDER_QUANTITY = 100_000
 MAX_ORDER_LINES = 100
-SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"  # \Z: "$" would let a trailing newline in
+
+
+def _has_nul(value):
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(map(_has_nul, value))
+    return False
+
+
+class Schema(BaseSchema):
+    """Every schema here refuses NUL characters, which Postgres cannot store in text."""
+
+    @pre_load
+    def _refuse_nul(self, data, **kwargs):
+        if isinstance(data, dict):
+            bad = {key: ["Must not contain NUL characters."] for key, value in data.items() if _has_nul(value)}
+            if bad:
+                raise ValidationError(bad)
+        return data
 
 
 class Money(fields.Decimal):
@@ -35,6 +58,8 @@ class Money(fields.Decimal):
         number = super()._deserialize(value, attr, data, **kwargs)
         if number.as_tuple().exponent < -2:
             raise ValidationError("Must have at most two decimal places.")
+        if abs(number) > MAX_MONEY:  # before quantize, which fails on huge exponents
+            raise ValidationError(f"Must be at most {MAX_MONEY}.")
         return number.quantize(MONEY_PLACES)
 
     def _serialize(self, value, attr, obj, **kwargs):

@@ -7,6 +7,7 @@ from common.auth import ADMIN, SERVICE, CallerProvider, required
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound
+from common.log import RequestLogContext
 from common.outbox import OutboxRelay
 from common.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
 from common.schemas import CustomerInput, CustomerPatch, CustomerSchema, ListQuery, load_or_raise
@@ -24,6 +25,7 @@ class CustomerService(OutboxRelay):
     dispatch = EventDispatcher()
     outbox = storage.outbox
     request_id = RequestId()
+    log_context = RequestLogContext()
     caller = CallerProvider()
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)

@@ -3,7 +3,10 @@
 It owns no database; every route is one or two RPC calls through the
 process's pool of started proxies.
 """
+import logging
+import logging.config
 import re
+import time
 import uuid
 
 from flask import Flask, current_app, g, jsonify, request
@@ -13,12 +16,15 @@ from werkzeug.exceptions import UnsupportedMediaType
 from common.auth import CALLER_KEY, verify_token
 from common.config import DEVELOPMENT_JWT_SECRET, Settings
 from common.context import REQUEST_ID_KEY
+from common.log import logging_config, set_request_id, set_service
 from common.errors import (DomainError, ServiceUnavailable, Unauthenticated, UpstreamTimeout, ValidationFailed,
                            VersionConflict)
 from common.rpc_pool import RpcProxyPool
 from common.schemas import (CustomerInput, CustomerPatch, ListQuery, OrderInput, OrderListQuery,
                             OrderUpdateInput, ProductInput, ProductPatch, ShippingInput, StatusInput)
 from gateway.errors import register_error_handlers
+
+access_log = logging.getLogger("gateway.access")
 
 API = "/api/v1"
 SERVICES = ("customer_service", "inventory_service", "order_service")
@@ -33,6 +39,8 @@ def create_app(settings=None, rpc_pool=None):
     if settings.environment == "production" and settings.jwt_secret == DEVELOPMENT_JWT_SECRET:
         raise RuntimeError("Refusing to start: ENV=production with the development JWT_SECRET. "
                            "Set JWT_SECRET to a secret of your own.")
+    logging.config.dictConfig(logging_config(settings.log_level))
+    set_service("gateway")
     app = Flask(__name__)
     app.config["JWT_SECRET"] = settings.jwt_secret
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -44,13 +52,16 @@ def create_app(settings=None, rpc_pool=None):
     app.before_request(_assign_request_id)
     app.before_request(_authenticate)
     app.after_request(_echo_request_id)
+    app.after_request(_log_request)
     _register_routes(app)
     return app
 
 
 def _assign_request_id():
+    g.started = time.perf_counter()
     incoming = request.headers.get("X-Request-ID", "")
     g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+    set_request_id(g.request_id)
 
 
 def _authenticate():
@@ -66,6 +77,15 @@ def _authenticate():
 
 def _echo_request_id(response):
     response.headers["X-Request-ID"] = g.get("request_id") or uuid.uuid4().hex
+    return response
+
+
+def _log_request(response):
+    """One access line per request, in the same JSON shape as every other line."""
+    duration_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)
+    access_log.info("%s %s %s", request.method, request.path, response.status_code, extra={
+        "method": request.method, "path": request.path, "status": response.status_code,
+        "duration_ms": duration_ms})
     return response
 
 

@@ -1,8 +1,8 @@
 """Every error leaves the gateway in the contract's shape, never as a stack trace."""
 import logging
 
-from flask import jsonify
-from werkzeug.exceptions import HTTPException
+from flask import jsonify, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from common.errors import DomainError
 
@@ -22,6 +22,13 @@ def register_error_handlers(app):
             response[0].headers["WWW-Authenticate"] = 'Bearer realm="api"'
         return response
 
+    @app.errorhandler(RequestEntityTooLarge)
+    def too_large(exc):
+        _discard_body()
+        limit = app.config.get("MAX_CONTENT_LENGTH")
+        return error_response(413, "payload_too_large", f"The body is larger than {limit} bytes.",
+                              {"max_bytes": limit})
+
     @app.errorhandler(HTTPException)
     def http_error(exc):
         code = exc.name.lower().replace(" ", "_")
@@ -31,3 +38,21 @@ def register_error_handlers(app):
     def unexpected_error(exc):
         log.exception("unhandled error")
         return error_response(500, "internal_error", "Something went wrong on our side.")
+
+
+DRAIN_AT_MOST = 16 * 1024 * 1024
+
+
+def _discard_body():
+    """Read (and drop) an oversized body before answering 413.
+
+    Answering while the client is still sending makes the server close the
+    connection under it, and the client sees a reset instead of the 413.
+    """
+    stream = request.environ.get("wsgi.input")
+    remaining = min(request.content_length or 0, DRAIN_AT_MOST)
+    while stream is not None and remaining > 0:
+        chunk = stream.read(min(remaining, 64 * 1024))
+        if not chunk:
+            break
+        remaining -= len(chunk)

@@ -1,8 +1,9 @@
 """Inventory rules: plain Python, no I/O."""
+import re
 import uuid
 
 from common.errors import InsufficientStock, InvalidTransition, StockBelowReserved, UnknownSku, ValidationFailed
-from common.schemas import load_or_raise
+from common.schemas import SKU_PATTERN, load_or_raise
 from inventory_service.schemas import ReserveInput
 
 
@@ -18,6 +19,10 @@ def reservation_plan(order_id, items):
         raise ValidationFailed("Each sku may appear once.", {"items": ["Duplicate sku."]})
     plan = sorted((item["sku"], item["quantity"]) for item in data["items"])
     return data["order_id"], plan
+
+
+def is_sku(value):
+    return isinstance(value, str) and re.match(SKU_PATTERN, value) is not None
 
 
 def parse_order_id(value):

@@ -11,6 +11,7 @@ from common.auth import ADMIN, SERVICE, CallerProvider, required
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound
+from common.log import RequestLogContext
 from common.outbox import OutboxRelay
 from common.paging import decode_cursor, split_page
 from common.schemas import ListQuery, ProductInput, ProductPatch, ProductSchema, load_or_raise
@@ -28,6 +29,7 @@ class InventoryService(OutboxRelay):
     dispatch = EventDispatcher()
     outbox = storage.outbox
     request_id = RequestId()
+    log_context = RequestLogContext()
     caller = CallerProvider()
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -63,7 +65,8 @@ class InventoryService(OutboxRelay):
         """The products among `skus` that exist, in sku order; unknown skus are left out."""
         required(self.caller)
         with transaction(self.db) as session:
-            return product_schema.dump(storage.get_products(session, [str(s) for s in skus]), many=True)
+            skus = [str(sku) for sku in skus if domain.is_sku(sku)]
+            return product_schema.dump(storage.get_products(session, skus), many=True)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_products(self, limit=20, cursor=None):
@@ -202,7 +205,8 @@ class InventoryService(OutboxRelay):
         return reservation
 
     def _product(self, session, sku, lock=False):
-        product = storage.get_product(session, str(sku), lock=lock)
+        # A string that cannot be a sku names no product (and never reaches SQL).
+        product = storage.get_product(session, str(sku), lock=lock) if domain.is_sku(sku) else None
         if product is None:
             raise NotFound("No such product.", {"sku": str(sku)})
         return product

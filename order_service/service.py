@@ -19,6 +19,7 @@ from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, require
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound, UnknownCustomer
+from common.log import RequestLogContext
 from common.outbox import OutboxRelay
 from common.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
 from common.schemas import (OrderInput, OrderListQuery, OrderSchema, OrderUpdateInput, ShippingInput,
@@ -43,6 +44,7 @@ class OrderService(OutboxRelay):
     dispatch = EventDispatcher()
     outbox = storage.outbox
     request_id = RequestId()
+    log_context = RequestLogContext()
     caller = CallerProvider()
     customer_rpc = ServiceRpcProxy("customer_service")
     inventory_rpc = ServiceRpcProxy("inventory_service")

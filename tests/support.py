@@ -165,7 +165,7 @@ class Stack:
 
     def start(self, timeout=60):
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "wb")  # one run per file: the logging tests read it
         self.process = subprocess.Popen(
             [sys.executable, "-m", "honcho", "start", "-f", "Procfile"],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
