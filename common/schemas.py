@@ -192,6 +192,7 @@ class CustomerSchema(Schema):
     name = fields.String()
     email = fields.String()
     shipping_address = fields.Nested(AddressSchema, allow_none=True)
+    orders_count = fields.Integer()
     created_at = fields.AwareDateTime()
     updated_at = fields.AwareDateTime()
 

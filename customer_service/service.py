@@ -4,6 +4,7 @@ from nameko.rpc import rpc
 from nameko_sqlalchemy import Database
 
 from common.auth import ADMIN, SERVICE, CallerProvider, required
+from common.consumers import first_time, reliable_event_handler
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound
@@ -74,6 +75,14 @@ class CustomerService(OutboxRelay):
             rows = storage.list_customers(session, query["limit"] + 1, after, only_id)
             page, next_cursor = split_page(rows, query["limit"], created_id_key)
             return {"items": customer_schema.dump(page, many=True), "next_cursor": next_cursor}
+
+    @reliable_event_handler("order_service", "order_created")
+    def on_order_created(self, envelope):
+        """Count the customer's orders, once per event however often it is delivered."""
+        order = envelope["data"]
+        with transaction(self.db) as session:
+            if first_time(session, storage.ProcessedEvent, envelope["event_id"], "count_order"):
+                storage.count_order(session, domain.parse_customer_id(order["customer_id"]))
 
     @rpc
     def health(self):

@@ -2,7 +2,7 @@
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import MetaData, String, select, tuple_
+from sqlalchemy import Integer, MetaData, String, select, tuple_, update
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -11,6 +11,7 @@ from sqlalchemy.types import DateTime
 
 from common.db import constraint_name
 from common.errors import AlreadyExists
+from common.consumers import processed_events_model
 from common.outbox import Outbox, outbox_model
 
 SCHEMA = "customers"
@@ -27,11 +28,14 @@ class Customer(CustomersBase):
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(254), unique=True)
     shipping_address: Mapped[dict | None] = mapped_column(JSONB)
+    # Fed by order_created events (a read model; eventually consistent).
+    orders_count: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 outbox = Outbox(outbox_model(CustomersBase))
+ProcessedEvent = processed_events_model(CustomersBase)
 
 
 def insert_customer(session, fields):
@@ -79,3 +83,8 @@ def list_customers(session, limit, after=None, only_id=None):
 
 def ping(session):
     session.execute(select(1))
+
+
+def count_order(session, customer_id):
+    session.execute(update(Customer).where(Customer.id == customer_id)
+                    .values(orders_count=Customer.orders_count + 1))

@@ -108,3 +108,12 @@ def fell_below_threshold(available_before, threshold_before, product):
 def stock_event(reservation_view, products):
     """The data of stock_reserved / stock_released / stock_committed."""
     return {**reservation_view, "products": products}
+
+
+def reconcile_action(order_status):
+    """What a held reservation should become, given its order's status (None: no order)."""
+    if order_status in (None, "cancelled"):
+        return "release"
+    if order_status in ("shipped", "delivered"):
+        return "commit"
+    return None

@@ -3,11 +3,17 @@
 reserve / replace_reservation / release / commit are idempotent per order id
 and each runs in one transaction with its stock_* events in the outbox.
 """
+import logging
+import os
+from datetime import datetime, timedelta, timezone
+
 from nameko.events import EventDispatcher
+from nameko.exceptions import UnknownService
 from nameko.rpc import rpc
+from nameko.timer import timer
 from nameko_sqlalchemy import Database
 
-from common.auth import ADMIN, SERVICE, CallerProvider, required
+from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, required
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound
@@ -18,6 +24,12 @@ from common.schemas import ListQuery, ProductInput, ProductPatch, ProductSchema,
 from inventory_service import domain, storage
 
 make_psycopg2_green()
+
+log = logging.getLogger(__name__)
+RECONCILE_INTERVAL_SECONDS = float(os.environ.get("RECONCILE_INTERVAL_SECONDS", "30"))
+# Longer than order_service's ORDER_CREATE_DEADLINE_SECONDS: an order still being
+# created can never lose its reservation to the reconciler.
+RESERVATION_GRACE = timedelta(seconds=float(os.environ.get("RESERVATION_GRACE_SECONDS", "120")))
 
 product_schema = ProductSchema()
 
@@ -31,6 +43,7 @@ class InventoryService(OutboxRelay):
     request_id = RequestId()
     log_context = RequestLogContext()
     caller = CallerProvider()
+    order_rpc = ServiceRpcProxy("order_service")
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def create_product(self, data):
@@ -138,14 +151,46 @@ class InventoryService(OutboxRelay):
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def release(self, order_id):
         """Give the order's reserved stock back. Idempotent per order_id."""
+        required(self.caller).require(ADMIN, SERVICE)
         return self._settle(order_id, "released", domain.check_can_release,
                             storage.give_back_stock, "stock_released")
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def commit(self, order_id):
         """Make the order's reservation a permanent stock decrement. Idempotent per order_id."""
+        required(self.caller).require(ADMIN, SERVICE)
         return self._settle(order_id, "committed", domain.check_can_commit,
                             storage.commit_stock, "stock_committed")
+
+    @timer(interval=RECONCILE_INTERVAL_SECONDS)
+    def reconcile_reservations(self):
+        """Settle reservations whose order is gone, never committed, or already moved on.
+
+        Covers an order_service that died between reserve and commit, and a
+        release or commit that failed after the order changed.
+        """
+        with transaction(self.db) as session:
+            stale = storage.stale_reservations(session, datetime.now(timezone.utc) - RESERVATION_GRACE, 200)
+            order_ids = [str(reservation.order_id) for reservation in stale]
+            storage.mark_checked(session, stale)
+        if not order_ids:
+            return
+        try:
+            states = self.order_rpc.order_states(order_ids)
+        except UnknownService:
+            log.warning("reconciler: order_service is not running; will retry")
+            return
+        for order_id in order_ids:
+            action = domain.reconcile_action(states.get(order_id))
+            if action == "release":
+                self._settle(order_id, "released", domain.check_can_release, storage.give_back_stock,
+                             "stock_released")
+            elif action == "commit":
+                self._settle(order_id, "committed", domain.check_can_commit, storage.commit_stock,
+                             "stock_committed")
+            if action:
+                log.info("reconciler: %s reservation of order %s (order: %s)", action, order_id,
+                         states.get(order_id, "missing"))
 
     @rpc
     def health(self):
@@ -156,7 +201,6 @@ class InventoryService(OutboxRelay):
     # -- helpers (no entrypoints) ------------------------------------------
 
     def _settle(self, order_id, final_status, check_allowed, apply_to_stock, event_type):
-        required(self.caller).require(ADMIN, SERVICE)
         order_uuid = domain.parse_order_id(order_id)
         events = []
         with transaction(self.db) as session:

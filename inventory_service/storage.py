@@ -9,8 +9,8 @@ import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from sqlalchemy import (CheckConstraint, ForeignKey, Integer, MetaData, Numeric, String,
-                        Text, select, update)
+from sqlalchemy import (CheckConstraint, ForeignKey, Index, Integer, MetaData, Numeric, String,
+                        Text, select, text, update)
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -58,9 +58,15 @@ class Reservation(InventoryBase):
     __tablename__ = "reservations"
 
     order_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    __table_args__ = (
+        Index("ix_reservations_to_check", "checked_at", postgresql_where=text("status = 'reserved'")),
+    )
+
     status: Mapped[str] = mapped_column(String(16))  # reserved | released | committed
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # When the reconciler last confirmed (or the reservation was made): see stale_reservations.
+    checked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class ReservationItem(InventoryBase):
@@ -126,7 +132,7 @@ def start_reservation(session, order_id):
     """
     claimed = session.execute(
         insert(Reservation)
-        .values(order_id=order_id, status="reserved", created_at=_now(), updated_at=_now())
+        .values(order_id=order_id, status="reserved", created_at=_now(), updated_at=_now(), checked_at=_now())
         .on_conflict_do_nothing(index_elements=["order_id"])
         .returning(Reservation.order_id)
     ).first()
@@ -201,3 +207,16 @@ def replace_reservation_items(session, order_id, new_items):
     for product, quantity in new_items:
         add_reservation_item(session, order_id, product, quantity)
     session.flush()
+
+
+def stale_reservations(session, checked_before, limit):
+    """Held reservations nobody has confirmed since `checked_before`, locked, oldest first."""
+    return session.scalars(
+        select(Reservation).where(Reservation.status == "reserved", Reservation.checked_at < checked_before)
+        .order_by(Reservation.checked_at).limit(limit).with_for_update(skip_locked=True)
+    ).all()
+
+
+def mark_checked(session, reservations):
+    for reservation in reservations:
+        reservation.checked_at = _now()

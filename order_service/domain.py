@@ -1,13 +1,14 @@
 """Order rules: plain Python, no I/O."""
 import hashlib
 import json
+import os
 import uuid
 from collections import Counter
 from datetime import datetime
 from decimal import Decimal
 
-from common.errors import (Forbidden, IdempotencyKeyReused, InvalidTransition, Unprocessable, ValidationFailed,
-                           VersionConflict)
+from common.errors import (Forbidden, IdempotencyKeyReused, InvalidTransition, Unprocessable, UpstreamTimeout,
+                           ValidationFailed, VersionConflict)
 
 PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED = (
     "pending", "processing", "shipped", "delivered", "cancelled")
@@ -26,6 +27,10 @@ EDITABLE = (PENDING,)
 SHIPPING_EDITABLE = (PENDING, PROCESSING)
 DELETABLE = (PENDING, CANCELLED)
 MAX_IDEMPOTENCY_KEY = 200
+# An order not committed this long after its reservation began is abandoned
+# (and its reservation released); inventory's reconciler waits longer than this
+# (RESERVATION_GRACE_SECONDS) before it releases reservations without an order.
+CREATE_DEADLINE_SECONDS = float(os.environ.get("ORDER_CREATE_DEADLINE_SECONDS", "30"))
 
 
 def merge_lines(items):
@@ -71,6 +76,16 @@ def new_order(order_id, customer, lines, reservation, shipping_address, now):
         "updated_at": now,
     }
     return order_row, item_rows
+
+
+def customer_from_directory(known):
+    return {"id": str(known.id), "shipping_address": known.shipping_address}
+
+
+def check_create_deadline(started, now):
+    if now - started > CREATE_DEADLINE_SECONDS:
+        raise UpstreamTimeout("Creating the order took too long; nothing was created.",
+                              {"deadline_seconds": CREATE_DEADLINE_SECONDS})
 
 
 def touch(order, now: datetime):

@@ -8,6 +8,7 @@ and what inventory did is undone (release / replace back) when the order
 transaction does not commit.
 """
 import logging
+import time
 import uuid
 from datetime import datetime, timezone
 
@@ -16,6 +17,7 @@ from nameko.rpc import rpc
 from nameko_sqlalchemy import Database
 
 from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, required
+from common.consumers import first_time, reliable_event_handler
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.errors import EXPECTED_ERRORS, NotFound, UnknownCustomer
@@ -61,6 +63,7 @@ class OrderService(OutboxRelay):
         domain.check_may_order_for(caller, order_input["customer_id"])
         lines = domain.merge_lines(order_input["items"])
         order_id = uuid.uuid4()
+        started = time.monotonic()
         reserved = False
         try:
             with transaction(self.db) as session:
@@ -70,7 +73,7 @@ class OrderService(OutboxRelay):
                     first_use = storage.claim_idempotency_key(session, key, fingerprint, order_id, _now())
                     if first_use is not None:
                         return domain.replay(first_use, fingerprint)
-                customer = self._existing_customer(order_input["customer_id"])
+                customer = self._existing_customer(session, order_input["customer_id"])
                 reservation = self.inventory_rpc.reserve(str(order_id), lines)
                 reserved = True
                 order_row, item_rows = domain.new_order(
@@ -81,6 +84,7 @@ class OrderService(OutboxRelay):
                 if idempotency_key is not None:
                     storage.remember_response(session, key, order)
                 event = self.outbox.add(session, "order_created", order, self.request_id)
+                domain.check_create_deadline(started, time.monotonic())
         except BaseException:
             if reserved:
                 self._undo(self.inventory_rpc.release, order_id)
@@ -213,6 +217,22 @@ class OrderService(OutboxRelay):
             return {"order_id": str(order.id),
                     "items": history_schema.dump(storage.status_history(session, order.id))}
 
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def order_states(self, order_ids):
+        """{order id: status} for the ids that name an order (for inventory's reconciler)."""
+        required(self.caller).require(ADMIN, SERVICE)
+        parsed = [p for p in map(domain.parse_uuid, order_ids) if p]
+        with transaction(self.db) as session:
+            return storage.order_states(session, parsed)
+
+    @reliable_event_handler("customer_service", "customer_created")
+    def on_customer_created(self, envelope):
+        self._remember_customer(envelope)
+
+    @reliable_event_handler("customer_service", "customer_updated")
+    def on_customer_updated(self, envelope):
+        self._remember_customer(envelope)
+
     @rpc
     def health(self):
         with transaction(self.db) as session:
@@ -229,11 +249,23 @@ class OrderService(OutboxRelay):
             raise NotFound("No such order.", {"id": str(order_id)})
         return order
 
-    def _existing_customer(self, customer_id):
+    def _existing_customer(self, session, customer_id):
+        """The customer from the local directory (customers are never deleted, so a
+        hit proves existence), else from customer_service: one RPC hop saved."""
+        known = storage.known_customer(session, customer_id)
+        if known is not None:
+            return domain.customer_from_directory(known)
         try:
             return self.customer_rpc.get_customer(str(customer_id))
         except NotFound:
             raise UnknownCustomer("No such customer.", {"customer_id": str(customer_id)}) from None
+
+    def _remember_customer(self, envelope):
+        customer = envelope["data"]
+        with transaction(self.db) as session:
+            if first_time(session, storage.ProcessedEvent, envelope["event_id"], "remember_customer"):
+                storage.remember_customer(session, uuid.UUID(customer["id"]), customer.get("shipping_address"),
+                                          datetime.fromisoformat(customer["updated_at"]))
 
     def _undo(self, inventory_call, order_id, *args):
         # Compensation when the order transaction did not commit after inventory changed.

@@ -11,6 +11,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
+from common.consumers import processed_events_model
 from common.outbox import Outbox, outbox_model
 
 SCHEMA = "orders"
@@ -81,7 +82,17 @@ class IdempotencyKey(OrdersBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class KnownCustomer(OrdersBase):
+    """customer_service's customers as their events told us (a local read model)."""
+    __tablename__ = "known_customers"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    shipping_address: Mapped[dict | None] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 outbox = Outbox(outbox_model(OrdersBase))
+ProcessedEvent = processed_events_model(OrdersBase)
 
 
 def insert_order(session, order_fields, item_fields):
@@ -159,3 +170,23 @@ def remember_response(session, key, response):
 
 def ping(session):
     session.execute(select(1))
+
+
+def known_customer(session, customer_id):
+    return session.get(KnownCustomer, customer_id)
+
+
+def remember_customer(session, customer_id, shipping_address, updated_at):
+    """Upsert; an older event never overwrites a newer one (events may arrive out of order)."""
+    statement = insert(KnownCustomer).values(id=customer_id, shipping_address=shipping_address,
+                                             updated_at=updated_at)
+    session.execute(statement.on_conflict_do_update(
+        index_elements=["id"],
+        set_={"shipping_address": statement.excluded.shipping_address,
+              "updated_at": statement.excluded.updated_at},
+        where=KnownCustomer.updated_at < statement.excluded.updated_at))
+
+
+def order_states(session, order_ids):
+    rows = session.execute(select(Order.id, Order.status).where(Order.id.in_(order_ids)))
+    return {str(order_id): status for order_id, status in rows}

@@ -69,10 +69,10 @@ def test_migrations_upgrade_and_downgrade_on_an_empty_database():
         tables = support.query(name, "SELECT table_schema || '.' || table_name FROM information_schema.tables "
                                      "WHERE table_schema IN ('customers', 'inventory', 'orders') ORDER BY 1")
         assert [t for (t,) in tables] == [
-            "customers.customers", "customers.outbox",
+            "customers.customers", "customers.outbox", "customers.processed_events",
             "inventory.outbox", "inventory.products", "inventory.reservation_items", "inventory.reservations",
-            "orders.idempotency_keys", "orders.order_items", "orders.order_status_history", "orders.orders",
-            "orders.outbox"]
+            "orders.idempotency_keys", "orders.known_customers", "orders.order_items",
+            "orders.order_status_history", "orders.orders", "orders.outbox", "orders.processed_events"]
         # The models and the migrations describe the same tables.
         support.alembic(url, "check")
         support.alembic(url, "downgrade", "base")

@@ -18,6 +18,7 @@ def _order_input(quantity=2):
 
 def _service():
     service = worker_factory(OrderService, caller=Caller("tester", "admin"))
+    service.db.get_session.return_value.get.return_value = None  # not in the local customer directory
     service.customer_rpc.get_customer.return_value = CUSTOMER
     service.inventory_rpc.reserve.side_effect = lambda order_id, lines: {
         "order_id": order_id, "status": "reserved",
@@ -64,6 +65,7 @@ def test_refused_reservation_writes_nothing():
 def test_failed_persist_releases_the_reservation_and_emits_nothing():
     service = _service()
     session = MagicMock()
+    session.get.return_value = None
     session.commit.side_effect = RuntimeError("disk full")
     service.db.get_session.return_value = session
     with pytest.raises(RuntimeError):
@@ -72,3 +74,12 @@ def test_failed_persist_releases_the_reservation_and_emits_nothing():
     service.inventory_rpc.release.assert_called_once_with(reserved_for)
     session.rollback.assert_called()
     service.dispatch.assert_not_called()
+
+
+def test_a_customer_known_from_events_needs_no_rpc():
+    service = _service()
+    known = MagicMock(id=uuid.UUID(CUSTOMER["id"]), shipping_address={"line1": "x"})
+    service.db.get_session.return_value.get.return_value = known
+    order = service.create_order(_order_input())
+    service.customer_rpc.get_customer.assert_not_called()
+    assert order["shipping_address"] == {"line1": "x"}

@@ -1,0 +1,109 @@
+"""Event consumers that neither lose nor double an event.
+
+- `reliable_event_handler`: a Nameko event handler whose failures are
+  retried with exponential backoff (through a per-queue retry queue whose
+  messages expire back into the handler's queue), and after
+  EVENT_MAX_RETRIES go to the `dead-letters` queue through RabbitMQ's
+  dead-letter exchange: never acked away, never requeued forever.
+- `first_time`: records an event id in the consumer's `processed_events`
+  table in the same transaction as the handler's effect, so a redelivered
+  event has no second effect.
+"""
+import logging
+import os
+from datetime import datetime, timezone
+
+from kombu import Connection, Exchange, Queue
+from nameko.amqp.publish import Publisher
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.events import EventHandler
+from sqlalchemy import String
+from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import DateTime
+
+log = logging.getLogger(__name__)
+
+DEAD_LETTER_EXCHANGE = "dead-letters"
+DEAD_LETTER_QUEUE = "dead-letters"
+RETRIES_HEADER = "x-retries"
+MAX_RETRIES = int(os.environ.get("EVENT_MAX_RETRIES", "5"))
+RETRY_BASE_SECONDS = float(os.environ.get("EVENT_RETRY_BASE_SECONDS", "1"))
+
+
+def dead_letter_topology():
+    """The dead-letter exchange and the one queue that keeps every dead letter."""
+    exchange = Exchange(DEAD_LETTER_EXCHANGE, type="fanout", durable=True)
+    return exchange, Queue(DEAD_LETTER_QUEUE, exchange=exchange, durable=True)
+
+
+def retry_queue_name(queue_name):
+    return f"{queue_name}.retry"
+
+
+class ReliableEventHandler(EventHandler):
+    def setup(self):
+        super().setup()
+        name = self.queue.name
+        # Rejected messages go to the dead-letter exchange, not away.
+        self.queue = Queue(name, exchange=self.queue.exchange, routing_key=self.queue.routing_key,
+                           durable=True, auto_delete=False,
+                           queue_arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE})
+        # Nobody consumes the retry queue: each message waits out its expiration,
+        # then RabbitMQ dead-letters it straight back into the handler's queue.
+        retry = Queue(retry_queue_name(name), durable=True, queue_arguments={
+            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": name})
+        dead_exchange, dead_queue = dead_letter_topology()
+        amqp_uri = self.container.config[AMQP_URI_CONFIG_KEY]
+        # Its own (pooled, confirmed) connection: never write on the consumer's channel from a worker.
+        self.retry_publisher = Publisher(amqp_uri)
+        with Connection(amqp_uri) as connection:
+            channel = connection.channel()
+            for entity in (dead_exchange, dead_queue, retry):
+                entity.bind(channel).declare()
+
+    def handle_message_processed(self, message, result=None, exc_info=None):
+        if exc_info is None:
+            self.queue_consumer.ack_message(message)
+            return
+        retries = int((message.headers or {}).get(RETRIES_HEADER, 0))
+        if retries >= MAX_RETRIES:
+            log.error("event on %s failed %d times: dead-lettered", self.queue.name, retries + 1)
+            message.reject(requeue=False)
+            return
+        delay = RETRY_BASE_SECONDS * 2 ** retries
+        log.warning("event on %s failed (%r); retry %d in %.1fs",
+                    self.queue.name, exc_info[1], retries + 1, delay)
+        self.retry_publisher.publish(
+            message.payload, exchange="", routing_key=retry_queue_name(self.queue.name),
+            headers={**(message.headers or {}), RETRIES_HEADER: retries + 1}, expiration=delay)
+        self.queue_consumer.ack_message(message)
+
+
+reliable_event_handler = ReliableEventHandler.decorator
+
+
+def processed_events_model(base):
+    """The `processed_events` table in `base`'s schema."""
+
+    class ProcessedEvent(base):
+        __tablename__ = "processed_events"
+
+        event_id: Mapped[str] = mapped_column(UUID(as_uuid=False), primary_key=True)
+        handler: Mapped[str] = mapped_column(String(100))
+        processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    return ProcessedEvent
+
+
+def first_time(session, model, event_id, handler):
+    """Record `event_id` in the caller's transaction; False if it was handled before.
+
+    Concurrent deliveries of one event serialize on the primary key: the
+    second waits for the first's transaction and then sees the row.
+    """
+    inserted = session.execute(
+        insert(model).values(event_id=event_id, handler=handler, processed_at=datetime.now(timezone.utc))
+        .on_conflict_do_nothing(index_elements=["event_id"]).returning(model.event_id)
+    ).first()
+    return inserted is not None
