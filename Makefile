@@ -3,13 +3,17 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: run test unit integration migrate token shell install clean
+.PHONY: run test faults unit integration migrate token dead-letters replay-dead-letters shell install clean
 
 run: $(STAMP)  ## set up and run the whole stack natively, until Ctrl-C
 	bash scripts/run.sh
 
-test: $(STAMP)  ## set up and run every test (unit + integration against the real broker and database)
-	$(PY) -m pytest
+test: $(STAMP)  ## set up and run every test: unit, integration, then the fault tests
+	$(PY) -m pytest tests/unit tests/integration
+	$(MAKE) --no-print-directory faults
+
+faults: $(STAMP)  ## broker/Postgres restarts, kill -9, poison events: each against a fresh stack
+	$(PY) -m pytest tests/faults -s
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
@@ -24,6 +28,12 @@ migrate: $(STAMP)  ## create the database if missing and migrate it to head
 token: $(STAMP)  ## print a bearer token: make token ROLE=admin | ROLE=customer CUSTOMER_ID=<uuid>
 	@$(PY) -m scripts.token --role $(or $(ROLE),admin) $(if $(CUSTOMER_ID),--customer-id $(CUSTOMER_ID))
 
+dead-letters: $(STAMP)  ## list events that failed every retry
+	@$(PY) -m scripts.dead_letters list
+
+replay-dead-letters: $(STAMP)  ## send dead letters back to their handlers (after the fix)
+	@$(PY) -m scripts.dead_letters replay
+
 shell: $(STAMP)  ## nameko shell against the running stack
 	$(PY) -m common.nameko_cli shell --config config.yml
 
@@ -36,3 +46,4 @@ $(STAMP): pyproject.toml
 
 clean:
 	rm -rf $(VENV) test-output .pytest_cache *.egg-info
+

@@ -18,6 +18,8 @@ from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import EventHandler
 from sqlalchemy import String
+
+from common.entrypoints import BROKER_ERRORS
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
@@ -74,9 +76,14 @@ class ReliableEventHandler(EventHandler):
         delay = RETRY_BASE_SECONDS * 2 ** retries
         log.warning("event on %s failed (%r); retry %d in %.1fs",
                     self.queue.name, exc_info[1], retries + 1, delay)
-        self.retry_publisher.publish(
-            message.payload, exchange="", routing_key=retry_queue_name(self.queue.name),
-            headers={**(message.headers or {}), RETRIES_HEADER: retries + 1}, expiration=delay)
+        try:
+            self.retry_publisher.publish(
+                message.payload, exchange="", routing_key=retry_queue_name(self.queue.name),
+                headers={**(message.headers or {}), RETRIES_HEADER: retries + 1}, expiration=delay)
+        except BROKER_ERRORS as exc:
+            # Left unacknowledged: the broker redelivers it once the connection is back.
+            log.warning("could not schedule the retry (%r); the event will be redelivered", exc)
+            return
         self.queue_consumer.ack_message(message)
 
 

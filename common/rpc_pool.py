@@ -12,16 +12,14 @@ import threading
 from collections import deque
 from contextlib import contextmanager
 
-from amqp.exceptions import ConnectionError as AmqpConnectionError
-from kombu.exceptions import OperationalError
 from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.standalone.rpc import ClusterRpcProxy
 
+from common.entrypoints import BROKER_ERRORS
 from common.errors import ServiceUnavailable, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
-BROKER_ERRORS = (OSError, OperationalError, AmqpConnectionError)
 
 
 class RpcProxyPool:

@@ -177,12 +177,23 @@ class ListQuery(Schema):
     cursor = fields.String(load_default=None, validate=validate.Length(max=500))
 
 
+class UtcDateTime(fields.AwareDateTime):
+    """ISO-8601, loaded as UTC (no offset = UTC): Postgres refuses offsets beyond ±15:59 (a 500 before)."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return moment.astimezone(timezone.utc)
+        except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+            raise ValidationError("Out of range.") from None
+
+
 class OrderListQuery(ListQuery):
     status = fields.String(validate=validate.OneOf(ORDER_STATUSES))
     customer_id = fields.UUID()
     # ISO-8601; a time without an offset is taken as UTC.
-    created_after = fields.AwareDateTime(default_timezone=timezone.utc)
-    created_before = fields.AwareDateTime(default_timezone=timezone.utc)
+    created_after = UtcDateTime(default_timezone=timezone.utc)
+    created_before = UtcDateTime(default_timezone=timezone.utc)
 
 
 # ---- resources (responses and events) ------------------------------------

@@ -1,12 +1,12 @@
 """customer_service: Nameko entrypoints only; rules in domain, SQL in storage."""
 from nameko.events import EventDispatcher
-from nameko.rpc import rpc
 from nameko_sqlalchemy import Database
 
 from common.auth import ADMIN, SERVICE, CallerProvider, required
 from common.consumers import first_time, reliable_event_handler
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
+from common.entrypoints import rpc
 from common.errors import EXPECTED_ERRORS, NotFound
 from common.log import RequestLogContext
 from common.outbox import OutboxRelay

@@ -232,7 +232,8 @@ def _register_routes(app):
         body = json_body(OrderInput())
         key = request.headers.get("Idempotency-Key")
         with rpc() as cluster:
-            order = cluster.order_service.create_order(body, idempotency_key=key)
+            # attempt_id: a redelivery of this RPC message must not create a second order.
+            order = cluster.order_service.create_order(body, idempotency_key=key, attempt_id=str(uuid.uuid4()))
         response = order_response(order, 201)
         response.headers["Location"] = f"{API}/orders/{order['id']}"
         return response

@@ -9,13 +9,13 @@ from datetime import datetime, timedelta, timezone
 
 from nameko.events import EventDispatcher
 from nameko.exceptions import UnknownService
-from nameko.rpc import rpc
 from nameko.timer import timer
 from nameko_sqlalchemy import Database
 
 from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, required
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
+from common.entrypoints import rpc
 from common.errors import EXPECTED_ERRORS, NotFound
 from common.log import RequestLogContext
 from common.outbox import OutboxRelay

@@ -27,6 +27,7 @@ EDITABLE = (PENDING,)
 SHIPPING_EDITABLE = (PENDING, PROCESSING)
 DELETABLE = (PENDING, CANCELLED)
 MAX_IDEMPOTENCY_KEY = 200
+IDEMPOTENCY_RETENTION_HOURS = float(os.environ.get("IDEMPOTENCY_RETENTION_HOURS", "24"))
 # An order not committed this long after its reservation began is abandoned
 # (and its reservation released); inventory's reconciler waits longer than this
 # (RESERVATION_GRACE_SECONDS) before it releases reservations without an order.
@@ -126,12 +127,22 @@ def parse_uuid(value):
         return None
 
 
-def check_idempotency_key(key):
-    key = str(key)
-    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
-        raise ValidationFailed("Invalid Idempotency-Key.",
-                               {"Idempotency-Key": [f"1 to {MAX_IDEMPOTENCY_KEY} printable characters."]})
-    return key
+def storage_key(idempotency_key, attempt_id):
+    """The key a create is recorded under, or None.
+
+    A client's Idempotency-Key makes its retries safe; without one, the
+    gateway's per-request attempt id still makes a redelivered RPC message
+    (say, after order_service died before acking it) create nothing twice.
+    """
+    if idempotency_key is not None:
+        key = str(idempotency_key)
+        if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+            raise ValidationFailed("Invalid Idempotency-Key.",
+                                   {"Idempotency-Key": [f"1 to {MAX_IDEMPOTENCY_KEY} printable characters."]})
+        return f"client:{key}"
+    if attempt_id is not None:
+        return f"attempt:{parse_uuid(attempt_id) or 'invalid'}"
+    return None
 
 
 def request_fingerprint(data):

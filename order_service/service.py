@@ -10,16 +10,17 @@ transaction does not commit.
 import logging
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from nameko.events import EventDispatcher
-from nameko.rpc import rpc
+from nameko.timer import timer
 from nameko_sqlalchemy import Database
 
 from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, required
 from common.consumers import first_time, reliable_event_handler
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
+from common.entrypoints import rpc
 from common.errors import EXPECTED_ERRORS, NotFound, UnknownCustomer
 from common.log import RequestLogContext
 from common.outbox import OutboxRelay
@@ -52,11 +53,13 @@ class OrderService(OutboxRelay):
     inventory_rpc = ServiceRpcProxy("inventory_service")
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
-    def create_order(self, data, idempotency_key=None):
+    def create_order(self, data, idempotency_key=None, attempt_id=None):
         """Check the customer, reserve stock at current prices, persist, emit order_created.
 
         With an idempotency key, a repeat of the same body returns the first
         order again and creates nothing; a different body is refused.
+        attempt_id (the gateway sets one per HTTP request) does the same for
+        a redelivery of this very call.
         """
         caller = required(self.caller)
         order_input = load_or_raise(OrderInput(), data)
@@ -67,8 +70,8 @@ class OrderService(OutboxRelay):
         reserved = False
         try:
             with transaction(self.db) as session:
-                if idempotency_key is not None:
-                    key = domain.check_idempotency_key(idempotency_key)
+                key = domain.storage_key(idempotency_key, attempt_id)
+                if key is not None:
                     fingerprint = domain.request_fingerprint(data)
                     first_use = storage.claim_idempotency_key(session, key, fingerprint, order_id, _now())
                     if first_use is not None:
@@ -81,7 +84,7 @@ class OrderService(OutboxRelay):
                 order = order_schema.dump(storage.insert_order(session, order_row, item_rows))
                 storage.add_status_change(session, order_id, None, domain.PENDING, caller.sub,
                                           order_row["created_at"])
-                if idempotency_key is not None:
+                if key is not None:
                     storage.remember_response(session, key, order)
                 event = self.outbox.add(session, "order_created", order, self.request_id)
                 domain.check_create_deadline(started, time.monotonic())
@@ -224,6 +227,12 @@ class OrderService(OutboxRelay):
         parsed = [p for p in map(domain.parse_uuid, order_ids) if p]
         with transaction(self.db) as session:
             return storage.order_states(session, parsed)
+
+    @timer(interval=3600)
+    def prune_idempotency_keys(self):
+        cutoff = _now() - timedelta(hours=domain.IDEMPOTENCY_RETENTION_HOURS)
+        with transaction(self.db) as session:
+            storage.prune_idempotency_keys(session, cutoff)
 
     @reliable_event_handler("customer_service", "customer_created")
     def on_customer_created(self, envelope):

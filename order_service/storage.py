@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import (BigInteger, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, select,
+from sqlalchemy import (BigInteger, delete, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, select,
                         Text, text, tuple_)
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -75,7 +75,7 @@ class IdempotencyKey(OrdersBase):
     """The first successful POST /orders for a key, replayed for its repeats."""
     __tablename__ = "idempotency_keys"
 
-    key: Mapped[str] = mapped_column(String(200), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     response: Mapped[str | None] = mapped_column(Text)  # JSON text: JSONB would reorder keys
@@ -190,3 +190,7 @@ def remember_customer(session, customer_id, shipping_address, updated_at):
 def order_states(session, order_ids):
     rows = session.execute(select(Order.id, Order.status).where(Order.id.in_(order_ids)))
     return {str(order_id): status for order_id, status in rows}
+
+
+def prune_idempotency_keys(session, older_than):
+    session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < older_than))

@@ -224,3 +224,79 @@ class Gateway:
     def __exit__(self, *exc):
         self.process.terminate()
         self.process.wait(timeout=20)
+
+
+class ProcessStack:
+    """The Procfile's processes started one by one, so a test can kill and restart any of them."""
+
+    def __init__(self, env, log_dir):
+        self.env = env
+        self.log_dir = log_dir
+        self.base_url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+        self.commands = {}
+        for line in (ROOT / "Procfile").read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                name, command = line.split(":", 1)
+                self.commands[name.strip()] = command.strip()
+        self.processes = {}
+
+    def start(self, *names, timeout=60):
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for name in names or self.commands:
+            import shlex
+
+            log = open(self.log_dir / f"{name}.log", "ab")
+            self.processes[name] = subprocess.Popen(
+                shlex.split(self.commands[name]), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        if not names:
+            self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.base_url + "/health", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"stack not healthy after {timeout}s; logs in {self.log_dir}")
+
+    def kill(self, name, sig=signal.SIGKILL):
+        process = self.processes[name]
+        process.send_signal(sig)
+        return process
+
+    def stop(self):
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def restart_broker():
+    """Stop and start the RabbitMQ application (connections drop; durable state stays)."""
+    ctl = shutil.which("rabbitmqctl")
+    subprocess.run([ctl, "-q", "stop_app"], check=True, capture_output=True)
+    return lambda: (subprocess.run([ctl, "-q", "start_app"], check=True, capture_output=True),
+                    subprocess.run([ctl, "-q", "await_startup"], check=True, capture_output=True))
+
+
+def postgres_cluster():
+    version = sorted(os.listdir("/etc/postgresql"))[0] if os.path.isdir("/etc/postgresql") else None
+    if version is None or shutil.which("pg_ctlcluster") is None:
+        raise RuntimeError("restarting Postgres needs pg_ctlcluster (Debian's postgresql-common)")
+    return version
+
+
+def restart_postgres(down_seconds):
+    version = postgres_cluster()
+    command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main"]
+    subprocess.run(command + ["stop", "-m", "fast"], check=True, capture_output=True)
+    time.sleep(down_seconds)
+    subprocess.run(command + ["start"], check=True, capture_output=True)
