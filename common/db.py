@@ -5,8 +5,12 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from common.errors import ServiceUnavailable
 
-# pool_pre_ping replaces connections that died with a Postgres restart.
-ENGINE_OPTIONS = {"pool_pre_ping": True, "pool_size": 10, "max_overflow": 10}
+# No pool_pre_ping (a round trip per transaction): after a Postgres restart the
+# first transaction on a dead connection fails (503) and SQLAlchemy then
+# replaces every pooled connection made before the failure.
+# One connection per Nameko worker (MAX_WORKERS, default 10) and a little slack:
+# a stack must fit Postgres's max_connections (default 100) twice over.
+ENGINE_OPTIONS = {"pool_size": 10, "max_overflow": 2}
 
 _psycopg_made_green = False
 

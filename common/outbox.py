@@ -1,33 +1,41 @@
 """Transactional outbox: an event exists if and only if its change committed.
 
 A service writes the event row in the same transaction as the change
-(`Outbox.add`). After the commit it publishes at once (`Outbox.relay` with
-the new ids); a Nameko timer (`OutboxRelay`) publishes whatever that missed
-(broker down, process killed between commit and publish), with backoff,
-until the broker confirms it. Publishing is at-least-once: consumers
-deduplicate by `event_id`.
+(`Outbox.add`) and, after the commit, wakes its `OutboxRelay`. The relay is
+one background greenthread per service process: woken after each commit and
+every OUTBOX_RELAY_INTERVAL seconds, it publishes due rows in batches with
+publisher confirms, marks them sent, and backs off rows the broker would not
+take. Rows are locked with SKIP LOCKED, so several instances of a service
+never send one row at once. Publishing is at-least-once (a crash between
+publish and mark resends): consumers deduplicate by `event_id`.
+
+Publishing off the request path keeps an order's reply from waiting on the
+broker's confirm, and batching marks many rows sent in one UPDATE.
 """
 import logging
 import os
+import threading
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from nameko.timer import timer
-from sqlalchemy import Index, Integer, String, delete, select, text
+from nameko.amqp.publish import Publisher
+from nameko.constants import AMQP_URI_CONFIG_KEY
+from nameko.extensions import DependencyProvider
+from nameko.standalone.events import get_event_exchange
+from nameko_sqlalchemy.database import DB_URIS_KEY
+from sqlalchemy import Index, Integer, String, create_engine, delete, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
-from common.db import transaction
-from common.errors import ServiceUnavailable
 from common.events import make_envelope
 
 log = logging.getLogger(__name__)
 
 RELAY_INTERVAL_SECONDS = float(os.environ.get("OUTBOX_RELAY_INTERVAL", "1"))
-# The timer leaves fresh rows to the after-commit publish for this long.
-FRESH_GRACE = timedelta(seconds=2)
 RETENTION = timedelta(hours=float(os.environ.get("OUTBOX_RETENTION_HOURS", "168")))
+PRUNE_EVERY_SECONDS = 3600
 BATCH_SIZE = 200
 MAX_BACKOFF_SECONDS = 60
 
@@ -61,65 +69,92 @@ class Outbox:
         envelope = make_envelope(event_type, data, request_id)
         now = datetime.now(timezone.utc)
         session.add(self.model(event_id=uuid.UUID(envelope["event_id"]), event_type=event_type,
-                               payload=envelope, created_at=now, next_attempt_at=now + FRESH_GRACE,
-                               attempts=0))
+                               payload=envelope, created_at=now, next_attempt_at=now, attempts=0))
         return envelope
 
-    def relay(self, db, dispatch, event_ids=None):
-        """Publish unsent events (the given ones, or all that are due); the number sent.
 
-        Rows are locked with SKIP LOCKED, so the after-commit publish, the
-        timer and other instances of the service never send one row at once.
-        """
+class OutboxRelay(DependencyProvider):
+    """The service's background publisher; `self.<name>.wake()` after a commit with events."""
+
+    def __init__(self, outbox):
+        self.model = outbox.model
+        self._wake = threading.Event()  # green under eventlet's monkey patching
+        self._running = False
+
+    def setup(self):
+        config = self.container.config
+        base_name = self.model.__mro__[1].__name__  # the service's declarative base
+        db_uri = config[DB_URIS_KEY][f"{self.container.service_name}:{base_name}"]
+        self.engine = create_engine(db_uri, pool_size=2, max_overflow=0)
+        exchange = get_event_exchange(self.container.service_name, config)
+        self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY], exchange=exchange, declare=[exchange])
+
+    def start(self):
+        self._running = True
+        self._thread = self.container.spawn_managed_thread(self._run, identifier="outbox_relay")
+
+    def stop(self):
+        # Workers have finished by now: one last pass sends what they wrote.
+        self._running = False
+        self._wake.set()
+        self._thread.wait()
+        self.engine.dispose()
+
+    def kill(self):
+        self._running = False
+        self.engine.dispose()
+
+    def get_dependency(self, worker_ctx):
+        return self
+
+    def wake(self):
+        self._wake.set()
+
+    def _run(self):
+        last_prune = time.monotonic()
+        while True:
+            self._wake.wait(RELAY_INTERVAL_SECONDS)
+            self._wake.clear()
+            try:
+                while self.relay_batch() == BATCH_SIZE:
+                    pass
+                if time.monotonic() - last_prune > PRUNE_EVERY_SECONDS:
+                    self.prune()
+                    last_prune = time.monotonic()
+            except Exception as exc:  # database or broker down: keep trying, never die
+                log.warning("outbox relay: %r; retrying", exc)
+            if not self._running:
+                return
+
+    def relay_batch(self):
+        """Publish up to BATCH_SIZE due events, oldest first; the number of rows looked at."""
         model = self.model
         now = datetime.now(timezone.utc)
-        query = select(model).where(model.sent_at.is_(None))
-        if event_ids is not None:
-            query = query.where(model.event_id.in_(event_ids))
-        else:
-            query = query.where(model.next_attempt_at <= now)
-        query = query.order_by(model.created_at).limit(BATCH_SIZE).with_for_update(skip_locked=True)
-        sent = 0
-        with transaction(db) as session:
-            for row in session.scalars(query):
+        with self.engine.begin() as connection:
+            rows = connection.execute(
+                select(model.event_id, model.event_type, model.payload, model.attempts)
+                .where(model.sent_at.is_(None), model.next_attempt_at <= now)
+                .order_by(model.created_at).limit(BATCH_SIZE).with_for_update(skip_locked=True)
+            ).all()
+            sent = []
+            for row in rows:
                 try:
-                    dispatch(row.event_type, row.payload)
+                    self.publisher.publish(row.payload, routing_key=row.event_type)
                 except Exception as exc:
-                    row.attempts += 1
-                    delay = min(2 ** row.attempts, MAX_BACKOFF_SECONDS)
-                    row.next_attempt_at = now + timedelta(seconds=delay)
+                    delay = min(2 ** (row.attempts + 1), MAX_BACKOFF_SECONDS)
+                    connection.execute(update(model).where(model.event_id == row.event_id).values(
+                        attempts=row.attempts + 1, next_attempt_at=now + timedelta(seconds=delay)))
                     log.warning("event %s not published (attempt %d, next in %ss): %r",
-                                row.event_id, row.attempts, delay, exc)
-                    break  # the broker is likely down: the rest waits for the timer
-                row.sent_at = datetime.now(timezone.utc)
-                sent += 1
-        return sent
+                                row.event_id, row.attempts + 1, delay, exc)
+                    break  # the broker is likely down: the rest waits
+                sent.append(row.event_id)
+            if sent:
+                connection.execute(update(model).where(model.event_id.in_(sent))
+                                   .values(sent_at=datetime.now(timezone.utc)))
+        return len(rows) if len(sent) == len(rows) else 0
 
-    def prune(self, db, retention=RETENTION):
+    def prune(self, retention=RETENTION):
         """Delete events sent longer ago than `retention`."""
-        cutoff = datetime.now(timezone.utc) - retention
-        with transaction(db) as session:
-            session.execute(delete(self.model).where(self.model.sent_at < cutoff))
-
-
-class OutboxRelay:
-    """Mixed into a service that has `db`, `dispatch` and `outbox`: the relay timers."""
-
-    @timer(interval=RELAY_INTERVAL_SECONDS)
-    def relay_outbox(self):
-        try:
-            self.outbox.relay(self.db, self.dispatch)
-        except ServiceUnavailable:
-            log.warning("outbox relay: the database is unavailable; retrying")
-
-    @timer(interval=3600)
-    def prune_outbox(self):
-        self.outbox.prune(self.db)
-
-    def publish_now(self, envelopes):
-        """After commit: try to publish these events at once (the timer retries on failure)."""
-        if envelopes:
-            try:
-                self.outbox.relay(self.db, self.dispatch, [e["event_id"] for e in envelopes])
-            except Exception:
-                log.exception("after-commit publish failed; the relay timer will retry")
+        with self.engine.begin() as connection:
+            connection.execute(delete(self.model).where(
+                self.model.sent_at < datetime.now(timezone.utc) - retention))

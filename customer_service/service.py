@@ -1,5 +1,4 @@
 """customer_service: Nameko entrypoints only; rules in domain, SQL in storage."""
-from nameko.events import EventDispatcher
 from nameko_sqlalchemy import Database
 
 from common.auth import ADMIN, SERVICE, CallerProvider, required
@@ -19,12 +18,12 @@ make_psycopg2_green()
 customer_schema = CustomerSchema()
 
 
-class CustomerService(OutboxRelay):
+class CustomerService:
     name = "customer_service"
 
     db = Database(storage.CustomersBase, engine_options=ENGINE_OPTIONS)
-    dispatch = EventDispatcher()
     outbox = storage.outbox
+    outbox_relay = OutboxRelay(storage.outbox)
     request_id = RequestId()
     log_context = RequestLogContext()
     caller = CallerProvider()
@@ -36,7 +35,7 @@ class CustomerService(OutboxRelay):
         with transaction(self.db) as session:
             customer = customer_schema.dump(storage.insert_customer(session, fields))
             event = self.outbox.add(session, "customer_created", customer, self.request_id)
-        self.publish_now([event])
+        self.outbox_relay.wake()
         return customer
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -47,7 +46,7 @@ class CustomerService(OutboxRelay):
             customer = self._customer(session, caller, customer_id, lock=True)
             updated = customer_schema.dump(storage.update_customer(session, customer, changes))
             event = self.outbox.add(session, "customer_updated", updated, self.request_id)
-        self.publish_now([event])
+        self.outbox_relay.wake()
         return updated
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)

@@ -65,6 +65,16 @@ def check_can_commit(reservation):
                                 {"order_id": str(reservation.order_id), "status": "released"})
 
 
+def new_reservation_view(order_id, lines):
+    """The view of a reservation just made: lines are (product, quantity)."""
+    return {
+        "order_id": str(order_id),
+        "status": "reserved",
+        "items": [{"sku": product.sku, "quantity": quantity, "unit_price": str(product.unit_price),
+                   "currency": product.currency} for product, quantity in lines],
+    }
+
+
 def reservation_view(reservation, items):
     return {
         "order_id": str(reservation.order_id),

@@ -7,7 +7,6 @@ import logging
 import os
 from datetime import datetime, timedelta, timezone
 
-from nameko.events import EventDispatcher
 from nameko.exceptions import UnknownService
 from nameko.timer import timer
 from nameko_sqlalchemy import Database
@@ -34,12 +33,12 @@ RESERVATION_GRACE = timedelta(seconds=float(os.environ.get("RESERVATION_GRACE_SE
 product_schema = ProductSchema()
 
 
-class InventoryService(OutboxRelay):
+class InventoryService:
     name = "inventory_service"
 
     db = Database(storage.InventoryBase, engine_options=ENGINE_OPTIONS)
-    dispatch = EventDispatcher()
     outbox = storage.outbox
+    outbox_relay = OutboxRelay(storage.outbox)
     request_id = RequestId()
     log_context = RequestLogContext()
     caller = CallerProvider()
@@ -64,7 +63,7 @@ class InventoryService(OutboxRelay):
             product = storage.update_product(session, product, changes)
             events = self._low_stock_events(session, [(product, *before)])
             updated = product_schema.dump(product)
-        self.publish_now(events)
+        self.outbox_relay.wake()
         return updated
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -100,22 +99,20 @@ class InventoryService(OutboxRelay):
         """
         required(self.caller).require(ADMIN, SERVICE)
         order_uuid, plan = domain.reservation_plan(order_id, items)
-        events = []
         with transaction(self.db) as session:
             if not storage.start_reservation(session, order_uuid):
                 existing = storage.get_reservation(session, order_uuid)
                 return domain.reservation_view(existing, storage.reservation_items(session, order_uuid))
-            skus = [sku for sku, _ in plan]
-            domain.check_all_known(plan, {product.sku for product in storage.get_products(session, skus)})
             changed = []
             for sku, quantity in plan:
                 product = self._take(session, plan, sku, quantity)
                 storage.add_reservation_item(session, order_uuid, product, quantity)
                 changed.append((product, product.available + quantity, product.low_stock_threshold))
-            view = self._view(session, order_uuid)
-            events = (self._stock_events(session, "stock_reserved", view, changed)
-                      + self._low_stock_events(session, changed))
-        self.publish_now(events)
+            view = domain.new_reservation_view(order_uuid, [(product, quantity) for (product, _, _), (_, quantity)
+                                                            in zip(changed, plan)])
+            self._stock_events(session, "stock_reserved", view, changed)
+            self._low_stock_events(session, changed)
+        self.outbox_relay.wake()
         return view
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -145,7 +142,7 @@ class InventoryService(OutboxRelay):
             view = self._view(session, order_uuid)
             events = (self._stock_events(session, "stock_reserved", view, changed)
                       + self._low_stock_events(session, changed))
-        self.publish_now(events)
+        self.outbox_relay.wake()
         return view
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -214,14 +211,16 @@ class InventoryService(OutboxRelay):
                 events = self._stock_events(session, event_type,
                                             domain.reservation_view(reservation, items), changed)
             view = domain.reservation_view(reservation, items)
-        self.publish_now(events)
+        self.outbox_relay.wake()
         return view
 
     def _take(self, session, plan, sku, quantity, already_held=None):
         product = storage.take_stock(session, sku, quantity)
         if product is None:
-            # The transaction rolls back whole: nothing stays reserved.
-            available = storage.available_stock(session, [s for s, _ in plan])
+            # The transaction rolls back whole: nothing stays reserved. Unknown skus first.
+            skus = [s for s, _ in plan]
+            domain.check_all_known(plan, {known.sku for known in storage.get_products(session, skus)})
+            available = storage.available_stock(session, skus)
             for held_sku, held in (already_held or {}).items():
                 available[held_sku] = available.get(held_sku, 0) + held
             raise domain.shortage(plan, sku, available)

@@ -127,22 +127,37 @@ def parse_uuid(value):
         return None
 
 
-def storage_key(idempotency_key, attempt_id):
-    """The key a create is recorded under, or None.
+def new_order_id(attempt_id):
+    """The id of the order a create makes.
 
-    A client's Idempotency-Key makes its retries safe; without one, the
-    gateway's per-request attempt id still makes a redelivered RPC message
-    (say, after order_service died before acking it) create nothing twice.
+    The gateway sends a fresh attempt id with every HTTP request and it
+    becomes the order's id: if the broker redelivers the call (say
+    order_service died before acknowledging it), the second run finds the
+    order the first one committed instead of making another.
     """
-    if idempotency_key is not None:
-        key = str(idempotency_key)
-        if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
-            raise ValidationFailed("Invalid Idempotency-Key.",
-                                   {"Idempotency-Key": [f"1 to {MAX_IDEMPOTENCY_KEY} printable characters."]})
-        return f"client:{key}"
-    if attempt_id is not None:
-        return f"attempt:{parse_uuid(attempt_id) or 'invalid'}"
-    return None
+    if attempt_id is None:
+        return uuid.uuid4()
+    parsed = parse_uuid(attempt_id)
+    if parsed is None:
+        raise ValidationFailed("Invalid attempt id.", {"attempt_id": ["Not a valid UUID."]})
+    return parsed
+
+
+def check_same_caller(caller, order):
+    """A repeated attempt id answers only the caller it could have been theirs."""
+    if not caller.owns(order.customer_id):
+        raise ValidationFailed("This attempt id names another order.", {"attempt_id": ["Already used."]})
+    return order
+
+
+def check_idempotency_key(key):
+    if key is None:
+        return None
+    key = str(key)
+    if not 1 <= len(key) <= MAX_IDEMPOTENCY_KEY or not key.isprintable():
+        raise ValidationFailed("Invalid Idempotency-Key.",
+                               {"Idempotency-Key": [f"1 to {MAX_IDEMPOTENCY_KEY} printable characters."]})
+    return key
 
 
 def request_fingerprint(data):

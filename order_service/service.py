@@ -12,14 +12,14 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from nameko.events import EventDispatcher
 from nameko.timer import timer
 from nameko_sqlalchemy import Database
+from sqlalchemy.exc import IntegrityError
 
 from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, required
 from common.consumers import first_time, reliable_event_handler
 from common.context import RequestId
-from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
+from common.db import ENGINE_OPTIONS, constraint_name, make_psycopg2_green, transaction
 from common.entrypoints import rpc
 from common.errors import EXPECTED_ERRORS, NotFound, UnknownCustomer
 from common.log import RequestLogContext
@@ -40,12 +40,12 @@ def _now():
     return datetime.now(timezone.utc)
 
 
-class OrderService(OutboxRelay):
+class OrderService:
     name = "order_service"
 
     db = Database(storage.OrdersBase, engine_options=ENGINE_OPTIONS)
-    dispatch = EventDispatcher()
     outbox = storage.outbox
+    outbox_relay = OutboxRelay(storage.outbox)
     request_id = RequestId()
     log_context = RequestLogContext()
     caller = CallerProvider()
@@ -65,12 +65,17 @@ class OrderService(OutboxRelay):
         order_input = load_or_raise(OrderInput(), data)
         domain.check_may_order_for(caller, order_input["customer_id"])
         lines = domain.merge_lines(order_input["items"])
-        order_id = uuid.uuid4()
+        # A redelivered call carries the same attempt id, hence the same order id.
+        order_id = domain.new_order_id(attempt_id)
         started = time.monotonic()
         reserved = False
         try:
             with transaction(self.db) as session:
-                key = domain.storage_key(idempotency_key, attempt_id)
+                if attempt_id is not None:
+                    done_before = storage.get_order(session, order_id)
+                    if done_before is not None:
+                        return order_schema.dump(domain.check_same_caller(caller, done_before))
+                key = domain.check_idempotency_key(idempotency_key)
                 if key is not None:
                     fingerprint = domain.request_fingerprint(data)
                     first_use = storage.claim_idempotency_key(session, key, fingerprint, order_id, _now())
@@ -86,13 +91,20 @@ class OrderService(OutboxRelay):
                                           order_row["created_at"])
                 if key is not None:
                     storage.remember_response(session, key, order)
-                event = self.outbox.add(session, "order_created", order, self.request_id)
+                self.outbox.add(session, "order_created", order, self.request_id)
                 domain.check_create_deadline(started, time.monotonic())
+        except IntegrityError as exc:
+            if constraint_name(exc) != "orders_pkey":
+                self._undo(self.inventory_rpc.release, order_id)
+                raise
+            # A redelivery of this call committed first; the reservation is that order's.
+            with transaction(self.db) as session:
+                return order_schema.dump(storage.get_order(session, order_id))
         except BaseException:
             if reserved:
                 self._undo(self.inventory_rpc.release, order_id)
             raise
-        self.publish_now([event])
+        self.outbox_relay.wake()
         return order
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -149,7 +161,7 @@ class OrderService(OutboxRelay):
             if replaced_lines is not None:
                 self._undo(self.inventory_rpc.replace_reservation, order_id, replaced_lines)
             raise
-        self.publish_now([event])
+        self.outbox_relay.wake()
         return updated
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -167,7 +179,7 @@ class OrderService(OutboxRelay):
             domain.touch(order, _now())
             updated = order_schema.dump(order)
             event = self.outbox.add(session, "order_updated", updated, self.request_id)
-        self.publish_now([event])
+        self.outbox_relay.wake()
         return updated
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -192,7 +204,7 @@ class OrderService(OutboxRelay):
             domain.touch(order, now)
             updated = order_schema.dump(order)
             event = self.outbox.add(session, "order_status_changed", updated, self.request_id)
-        self.publish_now([event])
+        self.outbox_relay.wake()
         return updated
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -208,7 +220,7 @@ class OrderService(OutboxRelay):
             self.inventory_rpc.release(str(order.id))
             storage.delete_order(session, order)
             event = self.outbox.add(session, "order_deleted", deleted, self.request_id)
-        self.publish_now([event])
+        self.outbox_relay.wake()
         return deleted
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)

@@ -4,7 +4,7 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import (BigInteger, delete, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, select,
+from sqlalchemy import (BigInteger, delete, update, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, select,
                         Text, text, tuple_)
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -75,7 +75,7 @@ class IdempotencyKey(OrdersBase):
     """The first successful POST /orders for a key, replayed for its repeats."""
     __tablename__ = "idempotency_keys"
 
-    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    key: Mapped[str] = mapped_column(String(200), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     order_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     response: Mapped[str | None] = mapped_column(Text)  # JSON text: JSONB would reorder keys
@@ -165,7 +165,7 @@ def claim_idempotency_key(session, key, request_hash, order_id, at):
 
 
 def remember_response(session, key, response):
-    session.get(IdempotencyKey, key).response = json.dumps(response)
+    session.execute(update(IdempotencyKey).where(IdempotencyKey.key == key).values(response=json.dumps(response)))
 
 
 def ping(session):

@@ -48,7 +48,7 @@ def upgrade():
 
     op.create_table(
         "idempotency_keys",
-        sa.Column("key", sa.String(255), primary_key=True),  # "client:<key>" or "attempt:<uuid>"
+        sa.Column("key", sa.String(200), primary_key=True),
         sa.Column("request_hash", sa.String(64), nullable=False),
         sa.Column("order_id", UUID(as_uuid=True), nullable=False),
         # JSON text, not JSONB: a replay must repeat the first response byte for byte.

@@ -73,7 +73,7 @@ def test_failed_persist_releases_the_reservation_and_emits_nothing():
     reserved_for = service.inventory_rpc.reserve.call_args.args[0]
     service.inventory_rpc.release.assert_called_once_with(reserved_for)
     session.rollback.assert_called()
-    service.dispatch.assert_not_called()
+    service.outbox_relay.wake.assert_not_called()
 
 
 def test_a_customer_known_from_events_needs_no_rpc():
