@@ -5,11 +5,13 @@ is restarting) raises inside the container's worker thread and kills the
 whole service. Here the failed reply is logged and left unacknowledged: the
 caller times out (504), the broker redelivers the request when it is back,
 and handlers are idempotent where that matters (create_order's attempt id).
+`harden_nameko_acks` closes the same hole in acknowledgements.
 """
 import logging
 
 from amqp.exceptions import ConnectionError as AmqpConnectionError
 from kombu.exceptions import OperationalError
+from nameko.messaging import QueueConsumer
 from nameko.rpc import Rpc
 
 log = logging.getLogger(__name__)
@@ -28,3 +30,31 @@ class ResilientRpc(Rpc):
 
 
 rpc = ResilientRpc.decorator
+
+
+def harden_nameko_acks():
+    """Acking on a connection the broker just reset must not kill the service.
+
+    nameko 2.14's QueueConsumer ignores only amqp's ConnectionError there, but
+    a reset socket raises OSError; the container then dies. Either way the
+    broker has reclaimed the message (it will redeliver it), so the ack is
+    moot: ignore both. Called once at service import.
+    """
+    if getattr(QueueConsumer, "_acks_hardened", False):
+        return
+    original_ack, original_requeue = QueueConsumer.ack_message, QueueConsumer.requeue_message
+
+    def ack_message(self, message):
+        try:
+            original_ack(self, message)
+        except OSError as exc:
+            log.warning("ack on a dead connection ignored (the broker redelivers): %r", exc)
+
+    def requeue_message(self, message):
+        try:
+            original_requeue(self, message)
+        except OSError as exc:
+            log.warning("requeue on a dead connection ignored (the broker redelivers): %r", exc)
+
+    QueueConsumer.ack_message, QueueConsumer.requeue_message = ack_message, requeue_message
+    QueueConsumer._acks_hardened = True

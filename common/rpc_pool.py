@@ -12,7 +12,9 @@ import threading
 from collections import deque
 from contextlib import contextmanager
 
+from nameko.amqp.publish import Publisher
 from nameko.exceptions import RpcTimeout, UnknownService
+from nameko.rpc import MethodProxy
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from common.entrypoints import BROKER_ERRORS
@@ -20,6 +22,37 @@ from common.errors import ServiceUnavailable, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
+class FailFastPublisher(Publisher):
+    """nameko's publisher retries a broker connection for ~10 s, holding the
+    caller all that time; give up within about a second and answer 503."""
+    retry_policy = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 0.5}
+    transport_options = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 0.5}
+
+
+class FailFastMethodProxy(MethodProxy):
+    publisher_cls = FailFastPublisher
+
+
+class _FailFastCluster:
+    """`cluster.service.method(...)` over a started standalone proxy, failing fast."""
+
+    def __init__(self, standalone):
+        self._standalone = standalone
+
+    def __getattr__(self, service_name):
+        return _FailFastService(self._standalone, service_name)
+
+    __getitem__ = __getattr__
+
+
+class _FailFastService:
+    def __init__(self, standalone, service_name):
+        self._standalone = standalone
+        self._service_name = service_name
+
+    def __getattr__(self, method_name):
+        return FailFastMethodProxy(self._standalone._worker_ctx, self._service_name, method_name,
+                                   self._standalone._reply_listener)
 
 
 class RpcProxyPool:
@@ -45,7 +78,7 @@ class RpcProxyPool:
             # The proxy's worker context is what nameko sends as context data.
             standalone._worker_ctx.data = dict(context_data or {})
             try:
-                yield standalone._proxy
+                yield _FailFastCluster(standalone)
             except RpcTimeout:
                 self._discard(standalone)
                 raise UpstreamTimeout("A service did not answer in time.",

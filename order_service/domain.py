@@ -83,6 +83,13 @@ def customer_from_directory(known):
     return {"id": str(known.id), "shipping_address": known.shipping_address}
 
 
+def check_reservation_held(reservation):
+    """A reservation already released or committed belongs to an attempt that ended."""
+    if reservation["status"] != "reserved":
+        raise InvalidTransition("This attempt already failed; send the request again.",
+                                {"reservation": reservation["status"]})
+
+
 def check_create_deadline(started, now):
     if now - started > CREATE_DEADLINE_SECONDS:
         raise UpstreamTimeout("Creating the order took too long; nothing was created.",

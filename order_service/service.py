@@ -14,13 +14,12 @@ from datetime import datetime, timedelta, timezone
 
 from nameko.timer import timer
 from nameko_sqlalchemy import Database
-from sqlalchemy.exc import IntegrityError
 
 from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, required
 from common.consumers import first_time, reliable_event_handler
 from common.context import RequestId
-from common.db import ENGINE_OPTIONS, constraint_name, make_psycopg2_green, transaction
-from common.entrypoints import rpc
+from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
+from common.entrypoints import harden_nameko_acks, rpc
 from common.errors import EXPECTED_ERRORS, NotFound, UnknownCustomer
 from common.log import RequestLogContext
 from common.outbox import OutboxRelay
@@ -30,6 +29,7 @@ from common.schemas import (OrderInput, OrderListQuery, OrderSchema, OrderUpdate
 from order_service import domain, storage
 
 make_psycopg2_green()
+harden_nameko_acks()
 
 log = logging.getLogger(__name__)
 order_schema = OrderSchema()
@@ -68,22 +68,23 @@ class OrderService:
         # A redelivered call carries the same attempt id, hence the same order id.
         order_id = domain.new_order_id(attempt_id)
         started = time.monotonic()
-        reserved = False
-        try:
-            with transaction(self.db) as session:
-                if attempt_id is not None:
-                    done_before = storage.get_order(session, order_id)
-                    if done_before is not None:
-                        return order_schema.dump(domain.check_same_caller(caller, done_before))
-                key = domain.check_idempotency_key(idempotency_key)
-                if key is not None:
-                    fingerprint = domain.request_fingerprint(data)
-                    first_use = storage.claim_idempotency_key(session, key, fingerprint, order_id, _now())
-                    if first_use is not None:
-                        return domain.replay(first_use, fingerprint)
-                customer = self._existing_customer(session, order_input["customer_id"])
-                reservation = self.inventory_rpc.reserve(str(order_id), lines)
-                reserved = True
+        with transaction(self.db) as session:
+            # Runs of one attempt (the original and a redelivery) take turns, so
+            # one can never undo the reservation of the order the other made.
+            storage.lock_order_id(session, order_id)
+            done_before = storage.get_order(session, order_id) if attempt_id is not None else None
+            if done_before is not None:
+                return order_schema.dump(domain.check_same_caller(caller, done_before))
+            key = domain.check_idempotency_key(idempotency_key)
+            if key is not None:
+                fingerprint = domain.request_fingerprint(data)
+                first_use = storage.claim_idempotency_key(session, key, fingerprint, order_id, _now())
+                if first_use is not None:
+                    return domain.replay(first_use, fingerprint)
+            customer = self._existing_customer(session, order_input["customer_id"])
+            reservation = self.inventory_rpc.reserve(str(order_id), lines)
+            try:
+                domain.check_reservation_held(reservation)
                 order_row, item_rows = domain.new_order(
                     order_id, customer, lines, reservation, order_input.get("shipping_address"), _now())
                 order = order_schema.dump(storage.insert_order(session, order_row, item_rows))
@@ -92,18 +93,14 @@ class OrderService:
                 if key is not None:
                     storage.remember_response(session, key, order)
                 self.outbox.add(session, "order_created", order, self.request_id)
+                session.flush()
                 domain.check_create_deadline(started, time.monotonic())
-        except IntegrityError as exc:
-            if constraint_name(exc) != "orders_pkey":
-                self._undo(self.inventory_rpc.release, order_id)
+            except BaseException:
+                # Still under the lock, before the rollback. (Should the commit
+                # itself fail, inventory's reconciler releases the reservation.)
+                if reservation["status"] == "reserved":
+                    self._undo(self.inventory_rpc.release, order_id)
                 raise
-            # A redelivery of this call committed first; the reservation is that order's.
-            with transaction(self.db) as session:
-                return order_schema.dump(storage.get_order(session, order_id))
-        except BaseException:
-            if reserved:
-                self._undo(self.inventory_rpc.release, order_id)
-            raise
         self.outbox_relay.wake()
         return order
 

@@ -4,8 +4,8 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import (BigInteger, delete, update, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, select,
-                        Text, text, tuple_)
+from sqlalchemy import (BigInteger, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, Text, delete,
+                        select, text, tuple_, update)
 from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql import func
@@ -100,6 +100,11 @@ def insert_order(session, order_fields, item_fields):
     session.add(order)
     session.flush()
     return order
+
+
+def lock_order_id(session, order_id):
+    """A transaction-scoped advisory lock on an order id (it may not exist yet)."""
+    session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(str(order_id), 0))))
 
 
 def get_order(session, order_id, lock=False):

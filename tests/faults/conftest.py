@@ -5,6 +5,7 @@ apart from the integration suite (`make faults`, which `make test` runs last).
 """
 import os
 import sys
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -63,12 +64,22 @@ class Load:
         self.results.append((response.status_code, order_id))
 
     def start(self, count, pause=0.0):
-        futures = []
-        for i in range(count):
-            futures.append(self.pool.submit(self._one, i))
-            if pause:
-                time.sleep(pause)
-        return futures
+        """Send `count` requests, one every `pause` seconds, from the background."""
+        def submit_all():
+            futures = [self._submit(i, pause) for i in range(count)]
+            for future in futures:
+                future.result()
+
+        self._submitter = threading.Thread(target=submit_all)
+        self._submitter.start()
+
+    def _submit(self, i, pause):
+        future = self.pool.submit(self._one, i)
+        time.sleep(pause)
+        return future
+
+    def wait(self):
+        self._submitter.join()
 
     def statuses(self):
         return [status for status, _ in self.results]

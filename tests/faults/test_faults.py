@@ -42,14 +42,13 @@ def _assert_nothing_lost_or_doubled(numbers, load, stack):
 def test_broker_restart_during_500_creates(fault_stack):
     customer, product = seed(fault_stack)
     load = Load(fault_stack, customer, product)
-    futures = load.start(500, pause=0.01)
+    load.start(500, pause=0.01)
     time.sleep(1.5)
     start_again = support.restart_broker()
     time.sleep(3)
     during_outage = requests.get(fault_stack.base_url + "/health", timeout=15)
     start_again()
-    for future in futures:
-        future.result()
+    load.wait()
     assert during_outage.status_code == 503
 
     # Callers succeed again within seconds of the broker's return.
@@ -57,7 +56,7 @@ def test_broker_restart_during_500_creates(fault_stack):
                                             timeout=15).status_code == 201, timeout=20)
     wait_until(_settled(fault_stack, customer, product), timeout=60)
     numbers = summary("broker restart", load, fault_stack, customer, product)
-    assert numbers["503"] + numbers["504"] > 0, "the outage was not seen at all"
+    assert numbers["503"] > 0, "callers during the outage should get a quick 503"
     assert numbers["201"] > 0
     _assert_nothing_lost_or_doubled(numbers, load, fault_stack)
 
@@ -65,13 +64,12 @@ def test_broker_restart_during_500_creates(fault_stack):
 def test_kill_9_order_service_during_load(fault_stack):
     customer, product = seed(fault_stack)
     load = Load(fault_stack, customer, product)
-    futures = load.start(300, pause=0.01)
+    load.start(300, pause=0.01)
     time.sleep(1.0)
     fault_stack.kill("orders", signal.SIGKILL).wait()
     time.sleep(1.5)
     fault_stack.start("orders")
-    for future in futures:
-        future.result()
+    load.wait()
     # After the reconciler's grace, no reservation outlives an order that never committed.
     wait_until(_settled(fault_stack, customer, product), timeout=60)
     numbers = summary("kill -9 order_service", load, fault_stack, customer, product)
@@ -82,11 +80,10 @@ def test_kill_9_order_service_during_load(fault_stack):
 def test_postgres_restart_during_load(fault_stack):
     customer, product = seed(fault_stack)
     load = Load(fault_stack, customer, product)
-    futures = load.start(300, pause=0.01)
+    load.start(300, pause=0.01)
     time.sleep(1.0)
     support.restart_postgres(down_seconds=2)
-    for future in futures:
-        future.result()
+    load.wait()
     assert wait_until(lambda: requests.post(load.url, json=load.body, headers=load.headers,
                                             timeout=15).status_code == 201, timeout=30)
     wait_until(_settled(fault_stack, customer, product), timeout=60)

@@ -66,7 +66,8 @@ def test_failed_persist_releases_the_reservation_and_emits_nothing():
     service = _service()
     session = MagicMock()
     session.get.return_value = None
-    session.commit.side_effect = RuntimeError("disk full")
+    session.scalars.return_value.first.return_value = None  # no earlier run of this attempt
+    session.flush.side_effect = RuntimeError("disk full")
     service.db.get_session.return_value = session
     with pytest.raises(RuntimeError):
         service.create_order(_order_input())
@@ -83,3 +84,22 @@ def test_a_customer_known_from_events_needs_no_rpc():
     order = service.create_order(_order_input())
     service.customer_rpc.get_customer.assert_not_called()
     assert order["shipping_address"] == {"line1": "x"}
+
+
+def test_a_redelivered_attempt_returns_the_first_order_and_reserves_nothing():
+    from datetime import datetime, timezone
+    from decimal import Decimal
+
+    from order_service.storage import Order
+
+    service = _service()
+    attempt = uuid.uuid4()
+    committed = Order(id=attempt, customer_id=uuid.UUID(CUSTOMER["id"]), status="pending", currency="EUR",
+                      total_amount=Decimal("59.98"), version=1, items=[],
+                      created_at=datetime.now(timezone.utc), updated_at=datetime.now(timezone.utc))
+    service.db.get_session.return_value.scalars.return_value.first.return_value = committed
+
+    again = service.create_order(_order_input(), attempt_id=str(attempt))
+
+    assert again["id"] == str(attempt)
+    service.inventory_rpc.reserve.assert_not_called()
