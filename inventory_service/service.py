@@ -104,13 +104,11 @@ class InventoryService:
             if not storage.start_reservation(session, order_uuid):
                 existing = storage.get_reservation(session, order_uuid)
                 return domain.reservation_view(existing, storage.reservation_items(session, order_uuid))
-            changed = []
-            for sku, quantity in plan:
-                product = self._take(session, plan, sku, quantity)
-                storage.add_reservation_item(session, order_uuid, product, quantity)
-                changed.append((product, product.available + quantity, product.low_stock_threshold))
-            view = domain.new_reservation_view(order_uuid, [(product, quantity) for (product, _, _), (_, quantity)
-                                                            in zip(changed, plan)])
+            lines = [(self._take(session, plan, sku, quantity), quantity) for sku, quantity in plan]
+            storage.add_reservation_items(session, order_uuid, lines)
+            changed = [(product, product.available + quantity, product.low_stock_threshold)
+                       for product, quantity in lines]
+            view = domain.new_reservation_view(order_uuid, lines)
             self._stock_events(session, "stock_reserved", view, changed)
             self._low_stock_events(session, changed)
         self.outbox_relay.wake()

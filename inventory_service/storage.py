@@ -6,6 +6,7 @@ and CHECK constraints refuse any row with reserved > stock. Whatever the
 concurrency, no two orders can hold the same unit.
 """
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
@@ -84,6 +85,36 @@ class ReservationItem(InventoryBase):
 outbox = Outbox(outbox_model(InventoryBase))
 
 
+@dataclass(frozen=True)
+class ProductSnapshot:
+    """A product as an UPDATE ... RETURNING left it (no ORM identity-map work on the hot path)."""
+    sku: str
+    name: str
+    description: str
+    unit_price: Decimal
+    currency: str
+    stock: int
+    reserved: int
+    low_stock_threshold: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def available(self):
+        return self.stock - self.reserved
+
+
+_products = Product.__table__
+
+
+def _update_stock(session, sku, values, *conditions):
+    row = session.connection().execute(
+        update(_products).where(_products.c.sku == sku, *conditions).values(**values, updated_at=_now())
+        .returning(*_products.c)
+    ).first()
+    return ProductSnapshot(**row._mapping) if row is not None else None
+
+
 def _now():
     return datetime.now(timezone.utc)
 
@@ -130,7 +161,7 @@ def start_reservation(session, order_id):
     The primary key, not a prior SELECT, decides: two concurrent calls for
     one order serialize on it and only the first goes on to take stock.
     """
-    claimed = session.execute(
+    claimed = session.connection().execute(
         insert(Reservation)
         .values(order_id=order_id, status="reserved", created_at=_now(), updated_at=_now(), checked_at=_now())
         .on_conflict_do_nothing(index_elements=["order_id"])
@@ -140,18 +171,17 @@ def start_reservation(session, order_id):
 
 
 def take_stock(session, sku, quantity):
-    """Reserve `quantity` of `sku` if that many are available; the product row, or None."""
-    return session.execute(
-        update(Product)
-        .where(Product.sku == sku, Product.stock - Product.reserved >= quantity)
-        .values(reserved=Product.reserved + quantity, updated_at=_now())
-        .returning(Product)
-    ).scalar_one_or_none()
+    """Reserve `quantity` of `sku` if that many are available; the product after, or None."""
+    return _update_stock(session, sku, {"reserved": _products.c.reserved + quantity},
+                         _products.c.stock - _products.c.reserved >= quantity)
 
 
-def add_reservation_item(session, order_id, product, quantity):
-    session.add(ReservationItem(order_id=order_id, sku=product.sku, quantity=quantity,
-                                unit_price=product.unit_price, currency=product.currency))
+def add_reservation_items(session, order_id, lines):
+    """lines: (product, quantity), each at the product's price now."""
+    session.connection().execute(insert(ReservationItem.__table__), [
+        {"order_id": order_id, "sku": product.sku, "quantity": quantity,
+         "unit_price": product.unit_price, "currency": product.currency}
+        for product, quantity in lines])
 
 
 def get_reservation(session, order_id, lock=False):
@@ -168,12 +198,8 @@ def reservation_items(session, order_id):
 
 
 def give_back_stock(session, sku, quantity):
-    """Un-reserve `quantity` of `sku`; the product row after."""
-    return session.execute(
-        update(Product).where(Product.sku == sku)
-        .values(reserved=Product.reserved - quantity, updated_at=_now())
-        .returning(Product)
-    ).scalar_one()
+    """Un-reserve `quantity` of `sku`; the product after."""
+    return _update_stock(session, sku, {"reserved": _products.c.reserved - quantity})
 
 
 def set_reservation_status(session, reservation, status):
@@ -194,18 +220,14 @@ def available_stock(session, skus):
 
 def commit_stock(session, sku, quantity):
     """Turn a reservation of `quantity` into a permanent decrement of stock; the product after."""
-    return session.execute(
-        update(Product).where(Product.sku == sku)
-        .values(stock=Product.stock - quantity, reserved=Product.reserved - quantity, updated_at=_now())
-        .returning(Product)
-    ).scalar_one()
+    return _update_stock(session, sku, {"stock": _products.c.stock - quantity,
+                                        "reserved": _products.c.reserved - quantity})
 
 
 def replace_reservation_items(session, order_id, new_items):
     """new_items: [(product, quantity)] with the prices in force now."""
     session.query(ReservationItem).filter(ReservationItem.order_id == order_id).delete()
-    for product, quantity in new_items:
-        add_reservation_item(session, order_id, product, quantity)
+    add_reservation_items(session, order_id, new_items)
     session.flush()
 
 

@@ -72,6 +72,8 @@ def new_order(order_id, customer, lines, reservation, shipping_address, now):
         "currency": currency,
         "total_amount": total,
         "shipping_address": shipping_address if shipping_address is not None else customer.get("shipping_address"),
+        "carrier": None,
+        "tracking_number": None,
         "version": 1,
         "created_at": now,
         "updated_at": now,

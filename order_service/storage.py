@@ -96,15 +96,20 @@ ProcessedEvent = processed_events_model(OrdersBase)
 
 
 def insert_order(session, order_fields, item_fields):
-    order = Order(**order_fields, items=[OrderItem(**item) for item in item_fields])
-    session.add(order)
-    session.flush()
-    return order
+    """Insert a new order and its items (Core: no ORM bookkeeping on the hottest path);
+    returns the order as a dict with its items."""
+    connection = session.connection()
+    connection.execute(insert(Order.__table__).values(**order_fields))
+    connection.execute(insert(OrderItem.__table__), [{"order_id": order_fields["id"], **item} for item in item_fields])
+    return {**order_fields, "items": item_fields}
+
+
+_LOCK_ORDER_ID = text("SELECT pg_advisory_xact_lock(hashtextextended(:order_id, 0))")
 
 
 def lock_order_id(session, order_id):
     """A transaction-scoped advisory lock on an order id (it may not exist yet)."""
-    session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(str(order_id), 0))))
+    session.connection().execute(_LOCK_ORDER_ID, {"order_id": str(order_id)})
 
 
 def get_order(session, order_id, lock=False):
@@ -137,8 +142,8 @@ def replace_items(session, order, item_fields):
 
 
 def add_status_change(session, order_id, from_status, to_status, actor, at):
-    session.add(StatusChange(order_id=order_id, from_status=from_status, to_status=to_status,
-                             changed_at=at, changed_by=actor))
+    session.connection().execute(insert(StatusChange.__table__).values(
+        order_id=order_id, from_status=from_status, to_status=to_status, changed_at=at, changed_by=actor))
 
 
 def status_history(session, order_id):

@@ -27,8 +27,13 @@ def _service():
 
 
 def _outbox_rows(session):
-    return [call.args[0] for call in session.add.call_args_list
-            if type(call.args[0]).__name__ == "OutboxEvent"]
+    """The outbox rows the service inserted (Core INSERTs through the session's connection)."""
+    rows = []
+    for call in session.connection.return_value.execute.call_args_list:
+        statement = call.args[0]
+        if getattr(getattr(statement, "table", None), "name", None) == "outbox":
+            rows.append(statement.compile().params)
+    return rows
 
 
 def test_create_order_persists_with_its_event_in_one_transaction():
@@ -37,7 +42,8 @@ def test_create_order_persists_with_its_event_in_one_transaction():
     assert order["total_amount"] == "59.98"
     session = service.db.get_session.return_value
     [event] = _outbox_rows(session)
-    assert event.event_type == "order_created" and event.payload["data"] == order
+    assert event["event_type"] == "order_created" and event["payload"]["data"] == order
+    service.outbox_relay.wake.assert_called_once()
     assert session.commit.call_count >= 1
     service.inventory_rpc.release.assert_not_called()
 
