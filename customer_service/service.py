@@ -5,7 +5,7 @@ from common.auth import ADMIN, SERVICE, CallerProvider, required
 from common.consumers import first_time, reliable_event_handler
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
-from common.entrypoints import harden_nameko_acks, rpc
+from common.entrypoints import configure_nameko, rpc
 from common.errors import EXPECTED_ERRORS, NotFound
 from common.log import RequestLogContext
 from common.outbox import OutboxRelay
@@ -14,7 +14,7 @@ from common.schemas import CustomerInput, CustomerPatch, CustomerSchema, ListQue
 from customer_service import domain, storage
 
 make_psycopg2_green()
-harden_nameko_acks()
+configure_nameko()
 
 customer_schema = CustomerSchema()
 

@@ -14,7 +14,7 @@ from nameko_sqlalchemy import Database
 from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, required
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
-from common.entrypoints import harden_nameko_acks, rpc
+from common.entrypoints import configure_nameko, rpc
 from common.errors import EXPECTED_ERRORS, NotFound
 from common.log import RequestLogContext
 from common.outbox import OutboxRelay
@@ -23,7 +23,7 @@ from common.schemas import ListQuery, ProductInput, ProductPatch, ProductSchema,
 from inventory_service import domain, storage
 
 make_psycopg2_green()
-harden_nameko_acks()
+configure_nameko()
 
 log = logging.getLogger(__name__)
 RECONCILE_INTERVAL_SECONDS = float(os.environ.get("RECONCILE_INTERVAL_SECONDS", "30"))

@@ -19,7 +19,7 @@ from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, require
 from common.consumers import first_time, reliable_event_handler
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
-from common.entrypoints import harden_nameko_acks, rpc
+from common.entrypoints import configure_nameko, rpc
 from common.errors import EXPECTED_ERRORS, NotFound, UnknownCustomer
 from common.log import RequestLogContext
 from common.outbox import OutboxRelay
@@ -29,7 +29,7 @@ from common.schemas import (OrderInput, OrderListQuery, OrderSchema, OrderUpdate
 from order_service import domain, storage
 
 make_psycopg2_green()
-harden_nameko_acks()
+configure_nameko()
 
 log = logging.getLogger(__name__)
 order_schema = OrderSchema()
