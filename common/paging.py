@@ -36,7 +36,9 @@ def split_page(rows, limit, key_of):
 
 
 def created_id_key(row):
-    """The sort key of lists ordered by (created_at, id)."""
+    """The sort key of lists ordered by (created_at, id); rows are objects or dicts."""
+    if isinstance(row, dict):
+        return [row["created_at"].isoformat(), str(row["id"])]
     return [row.created_at.isoformat(), str(row.id)]
 
 

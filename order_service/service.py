@@ -107,8 +107,12 @@ class OrderService:
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_order(self, order_id):
         caller = required(self.caller)
+        parsed = domain.parse_uuid(order_id)
         with transaction(self.db) as session:
-            return order_schema.dump(self._order(session, caller, order_id))
+            order = storage.order_view(session, parsed) if parsed else None
+        if order is None or not caller.owns(order["customer_id"]):
+            raise NotFound("No such order.", {"id": str(order_id)})
+        return order_schema.dump(order)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_orders(self, filters=None, limit=20, cursor=None):

@@ -6,7 +6,8 @@ from decimal import Decimal
 
 from sqlalchemy import (BigInteger, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, Text, delete,
                         select, text, tuple_, update)
-from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
+from sqlalchemy import cast
+from sqlalchemy.dialects.postgresql import JSONB, UUID, aggregate_order_by, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
@@ -120,20 +121,41 @@ def get_order(session, order_id, lock=False):
     return session.scalars(query).first()
 
 
+# Reads build each order with its items in one round trip (json_agg), as plain
+# rows: no ORM identity map and no second SELECT for the items.
+_orders, _items = Order.__table__, OrderItem.__table__
+_ITEMS_JSON = func.coalesce(
+    func.json_agg(aggregate_order_by(
+        func.json_build_object("sku", _items.c.sku, "quantity", _items.c.quantity,
+                               "unit_price", cast(_items.c.unit_price, Text),
+                               "line_total", cast(_items.c.line_total, Text)),
+        _items.c.sku)).filter(_items.c.sku.isnot(None)),
+    text("'[]'::json")).label("items")
+_ORDER_VIEWS = (select(*_orders.c, _ITEMS_JSON)
+                .select_from(_orders.outerjoin(_items, _items.c.order_id == _orders.c.id))
+                .group_by(_orders.c.id))
+
+
+def order_view(session, order_id):
+    """The order with its items as a dict, or None."""
+    row = session.connection().execute(_ORDER_VIEWS.where(_orders.c.id == order_id)).first()
+    return dict(row._mapping) if row is not None else None
+
+
 def list_orders(session, filters, limit, after=None):
-    """Newest first; `after` is the (created_at, id) of the last order seen."""
-    query = select(Order).order_by(Order.created_at.desc(), Order.id.desc()).limit(limit)
+    """Orders (dicts, with items) newest first; `after` is the (created_at, id) of the last one seen."""
+    query = _ORDER_VIEWS.order_by(_orders.c.created_at.desc(), _orders.c.id.desc()).limit(limit)
     if "status" in filters:
-        query = query.where(Order.status == filters["status"])
+        query = query.where(_orders.c.status == filters["status"])
     if "customer_id" in filters:
-        query = query.where(Order.customer_id == filters["customer_id"])
+        query = query.where(_orders.c.customer_id == filters["customer_id"])
     if "created_after" in filters:
-        query = query.where(Order.created_at > filters["created_after"])
+        query = query.where(_orders.c.created_at > filters["created_after"])
     if "created_before" in filters:
-        query = query.where(Order.created_at < filters["created_before"])
+        query = query.where(_orders.c.created_at < filters["created_before"])
     if after is not None:
-        query = query.where(tuple_(Order.created_at, Order.id) < tuple_(*after))
-    return session.scalars(query).all()
+        query = query.where(tuple_(_orders.c.created_at, _orders.c.id) < tuple_(*after))
+    return [dict(row._mapping) for row in session.connection().execute(query)]
 
 
 def replace_items(session, order, item_fields):
