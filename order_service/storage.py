@@ -121,40 +121,48 @@ def get_order(session, order_id, lock=False):
     return session.scalars(query).first()
 
 
-# Reads build each order with its items in one round trip (json_agg), as plain
-# rows: no ORM identity map and no second SELECT for the items.
+# Reads build each order with its items in one round trip (a correlated
+# json_agg per order), as plain rows: no ORM identity map, no second SELECT.
+# Filters, keyset and LIMIT apply to orders alone first, so the list indexes
+# serve the page and items are looked up for the page's orders only.
 _orders, _items = Order.__table__, OrderItem.__table__
-_ITEMS_JSON = func.coalesce(
-    func.json_agg(aggregate_order_by(
-        func.json_build_object("sku", _items.c.sku, "quantity", _items.c.quantity,
-                               "unit_price", cast(_items.c.unit_price, Text),
-                               "line_total", cast(_items.c.line_total, Text)),
-        _items.c.sku)).filter(_items.c.sku.isnot(None)),
-    text("'[]'::json")).label("items")
-_ORDER_VIEWS = (select(*_orders.c, _ITEMS_JSON)
-                .select_from(_orders.outerjoin(_items, _items.c.order_id == _orders.c.id))
-                .group_by(_orders.c.id))
+
+
+def _with_items(orders_query):
+    page = orders_query.subquery("page")
+    items = (select(func.coalesce(
+        func.json_agg(aggregate_order_by(
+            func.json_build_object("sku", _items.c.sku, "quantity", _items.c.quantity,
+                                   "unit_price", cast(_items.c.unit_price, Text),
+                                   "line_total", cast(_items.c.line_total, Text)),
+            _items.c.sku)),
+        text("'[]'::json")))
+        .where(_items.c.order_id == page.c.id).scalar_subquery())
+    return select(page, items.label("items")), page
 
 
 def order_view(session, order_id):
     """The order with its items as a dict, or None."""
-    row = session.connection().execute(_ORDER_VIEWS.where(_orders.c.id == order_id)).first()
+    query, _ = _with_items(select(_orders).where(_orders.c.id == order_id))
+    row = session.connection().execute(query).first()
     return dict(row._mapping) if row is not None else None
 
 
 def list_orders(session, filters, limit, after=None):
     """Orders (dicts, with items) newest first; `after` is the (created_at, id) of the last one seen."""
-    query = _ORDER_VIEWS.order_by(_orders.c.created_at.desc(), _orders.c.id.desc()).limit(limit)
+    orders = select(_orders).order_by(_orders.c.created_at.desc(), _orders.c.id.desc()).limit(limit)
     if "status" in filters:
-        query = query.where(_orders.c.status == filters["status"])
+        orders = orders.where(_orders.c.status == filters["status"])
     if "customer_id" in filters:
-        query = query.where(_orders.c.customer_id == filters["customer_id"])
+        orders = orders.where(_orders.c.customer_id == filters["customer_id"])
     if "created_after" in filters:
-        query = query.where(_orders.c.created_at > filters["created_after"])
+        orders = orders.where(_orders.c.created_at > filters["created_after"])
     if "created_before" in filters:
-        query = query.where(_orders.c.created_at < filters["created_before"])
+        orders = orders.where(_orders.c.created_at < filters["created_before"])
     if after is not None:
-        query = query.where(tuple_(_orders.c.created_at, _orders.c.id) < tuple_(*after))
+        orders = orders.where(tuple_(_orders.c.created_at, _orders.c.id) < tuple_(*after))
+    query, page = _with_items(orders)
+    query = query.order_by(page.c.created_at.desc(), page.c.id.desc())
     return [dict(row._mapping) for row in session.connection().execute(query)]
 
 
