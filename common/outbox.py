@@ -64,14 +64,16 @@ def outbox_model(base):
 class Outbox:
     def __init__(self, model):
         self.model = model
+        # Built once: SQLAlchemy then reuses its compiled form for every event.
+        self._insert = insert(model.__table__)
 
     def add(self, session, event_type, data, request_id=None):
         """Record an event in the caller's transaction; returns its envelope."""
         envelope = make_envelope(event_type, data, request_id)
         now = datetime.now(timezone.utc)
-        session.connection().execute(insert(self.model.__table__).values(
-            event_id=uuid.UUID(envelope["event_id"]), event_type=event_type, payload=envelope,
-            created_at=now, next_attempt_at=now, attempts=0))
+        session.connection().execute(self._insert, {
+            "event_id": uuid.UUID(envelope["event_id"]), "event_type": event_type, "payload": envelope,
+            "created_at": now, "next_attempt_at": now, "attempts": 0})
         return envelope
 
 

@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from decimal import Decimal
 
 from sqlalchemy import (CheckConstraint, ForeignKey, Index, Integer, MetaData, Numeric, String,
-                        Text, select, text, update)
+                        Text, bindparam, select, text, update)
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -105,13 +105,24 @@ class ProductSnapshot:
 
 
 _products = Product.__table__
+_quantity, _sku, _at = bindparam("quantity"), bindparam("sku_"), bindparam("at")
+# Hot-path statements built once, so their compiled form is reused.
+_TAKE_STOCK = (update(_products)
+               .where(_products.c.sku == _sku, _products.c.stock - _products.c.reserved >= _quantity)
+               .values(reserved=_products.c.reserved + _quantity, updated_at=_at).returning(*_products.c))
+_GIVE_BACK_STOCK = (update(_products).where(_products.c.sku == _sku)
+                    .values(reserved=_products.c.reserved - _quantity, updated_at=_at).returning(*_products.c))
+_COMMIT_STOCK = (update(_products).where(_products.c.sku == _sku)
+                 .values(stock=_products.c.stock - _quantity, reserved=_products.c.reserved - _quantity,
+                         updated_at=_at).returning(*_products.c))
+
+_START_RESERVATION = (insert(Reservation.__table__).on_conflict_do_nothing(index_elements=["order_id"])
+                      .returning(Reservation.__table__.c.order_id))
+_INSERT_RESERVATION_ITEMS = insert(ReservationItem.__table__)
 
 
-def _update_stock(session, sku, values, *conditions):
-    row = session.connection().execute(
-        update(_products).where(_products.c.sku == sku, *conditions).values(**values, updated_at=_now())
-        .returning(*_products.c)
-    ).first()
+def _update_stock(session, statement, sku, quantity):
+    row = session.connection().execute(statement, {"sku_": sku, "quantity": quantity, "at": _now()}).first()
     return ProductSnapshot(**row._mapping) if row is not None else None
 
 
@@ -161,24 +172,21 @@ def start_reservation(session, order_id):
     The primary key, not a prior SELECT, decides: two concurrent calls for
     one order serialize on it and only the first goes on to take stock.
     """
-    claimed = session.connection().execute(
-        insert(Reservation)
-        .values(order_id=order_id, status="reserved", created_at=_now(), updated_at=_now(), checked_at=_now())
-        .on_conflict_do_nothing(index_elements=["order_id"])
-        .returning(Reservation.order_id)
-    ).first()
+    now = _now()
+    claimed = session.connection().execute(_START_RESERVATION, {
+        "order_id": order_id, "status": "reserved", "created_at": now, "updated_at": now, "checked_at": now,
+    }).first()
     return claimed is not None
 
 
 def take_stock(session, sku, quantity):
     """Reserve `quantity` of `sku` if that many are available; the product after, or None."""
-    return _update_stock(session, sku, {"reserved": _products.c.reserved + quantity},
-                         _products.c.stock - _products.c.reserved >= quantity)
+    return _update_stock(session, _TAKE_STOCK, sku, quantity)
 
 
 def add_reservation_items(session, order_id, lines):
     """lines: (product, quantity), each at the product's price now."""
-    session.connection().execute(insert(ReservationItem.__table__), [
+    session.connection().execute(_INSERT_RESERVATION_ITEMS, [
         {"order_id": order_id, "sku": product.sku, "quantity": quantity,
          "unit_price": product.unit_price, "currency": product.currency}
         for product, quantity in lines])
@@ -199,7 +207,7 @@ def reservation_items(session, order_id):
 
 def give_back_stock(session, sku, quantity):
     """Un-reserve `quantity` of `sku`; the product after."""
-    return _update_stock(session, sku, {"reserved": _products.c.reserved - quantity})
+    return _update_stock(session, _GIVE_BACK_STOCK, sku, quantity)
 
 
 def set_reservation_status(session, reservation, status):
@@ -220,8 +228,7 @@ def available_stock(session, skus):
 
 def commit_stock(session, sku, quantity):
     """Turn a reservation of `quantity` into a permanent decrement of stock; the product after."""
-    return _update_stock(session, sku, {"stock": _products.c.stock - quantity,
-                                        "reserved": _products.c.reserved - quantity})
+    return _update_stock(session, _COMMIT_STOCK, sku, quantity)
 
 
 def replace_reservation_items(session, order_id, new_items):

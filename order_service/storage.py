@@ -93,6 +93,11 @@ class KnownCustomer(OrdersBase):
 
 
 outbox = Outbox(outbox_model(OrdersBase))
+
+# Hot-path statements built once, so their compiled form is reused.
+_INSERT_ORDER = insert(Order.__table__)
+_INSERT_ITEMS = insert(OrderItem.__table__)
+_INSERT_STATUS_CHANGE = insert(StatusChange.__table__)
 ProcessedEvent = processed_events_model(OrdersBase)
 
 
@@ -100,8 +105,8 @@ def insert_order(session, order_fields, item_fields):
     """Insert a new order and its items (Core: no ORM bookkeeping on the hottest path);
     returns the order as a dict with its items."""
     connection = session.connection()
-    connection.execute(insert(Order.__table__).values(**order_fields))
-    connection.execute(insert(OrderItem.__table__), [{"order_id": order_fields["id"], **item} for item in item_fields])
+    connection.execute(_INSERT_ORDER, order_fields)
+    connection.execute(_INSERT_ITEMS, [{"order_id": order_fields["id"], **item} for item in item_fields])
     return {**order_fields, "items": item_fields}
 
 
@@ -172,8 +177,9 @@ def replace_items(session, order, item_fields):
 
 
 def add_status_change(session, order_id, from_status, to_status, actor, at):
-    session.connection().execute(insert(StatusChange.__table__).values(
-        order_id=order_id, from_status=from_status, to_status=to_status, changed_at=at, changed_by=actor))
+    session.connection().execute(_INSERT_STATUS_CHANGE, {
+        "order_id": order_id, "from_status": from_status, "to_status": to_status, "changed_at": at,
+        "changed_by": actor})
 
 
 def status_history(session, order_id):

@@ -32,7 +32,7 @@ def _outbox_rows(session):
     for call in session.connection.return_value.execute.call_args_list:
         statement = call.args[0]
         if getattr(getattr(statement, "table", None), "name", None) == "outbox":
-            rows.append(statement.compile().params)
+            rows.append(call.args[1] if len(call.args) > 1 else statement.compile().params)
     return rows
 
 
