@@ -47,3 +47,7 @@ $(STAMP): pyproject.toml
 clean:
 	rm -rf $(VENV) test-output .pytest_cache *.egg-info
 
+# `bench` is also a directory: without .PHONY make would call the target up to date.
+.PHONY: bench
+bench: $(STAMP)  ## ours vs the floor and the naive peer, side by side (knobs: bench/README.md)
+	$(PY) -m bench.run

@@ -4,7 +4,9 @@
   retried with exponential backoff (through a per-queue retry queue whose
   messages expire back into the handler's queue), and after
   EVENT_MAX_RETRIES go to the `dead-letters` queue through RabbitMQ's
-  dead-letter exchange: never acked away, never requeued forever.
+  dead-letter exchange: never acked away, never requeued forever. While the
+  service's own database is unavailable, an event waits (without spending
+  its retries) until it is back.
 - `first_time`: records an event id in the consumer's `processed_events`
   table in the same transaction as the handler's effect, so a redelivered
   event has no second effect.
@@ -20,6 +22,7 @@ from nameko.events import EventHandler
 from sqlalchemy import String
 
 from common.entrypoints import BROKER_ERRORS
+from common.errors import ServiceUnavailable
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
@@ -31,6 +34,7 @@ DEAD_LETTER_QUEUE = "dead-letters"
 RETRIES_HEADER = "x-retries"
 MAX_RETRIES = int(os.environ.get("EVENT_MAX_RETRIES", "5"))
 RETRY_BASE_SECONDS = float(os.environ.get("EVENT_RETRY_BASE_SECONDS", "1"))
+TRANSIENT_RETRY_SECONDS = 2.0
 
 
 def dead_letter_topology():
@@ -69,17 +73,23 @@ class ReliableEventHandler(EventHandler):
             self.queue_consumer.ack_message(message)
             return
         retries = int((message.headers or {}).get(RETRIES_HEADER, 0))
+        if isinstance(exc_info[1], ServiceUnavailable):
+            # Our database is down, not the event's fault: wait for it without
+            # spending the event's retries (it would be dead-lettered in seconds).
+            self._retry_later(message, retries, TRANSIENT_RETRY_SECONDS, exc_info[1])
+            return
         if retries >= MAX_RETRIES:
             log.error("event on %s failed %d times: dead-lettered", self.queue.name, retries + 1)
             message.reject(requeue=False)
             return
-        delay = RETRY_BASE_SECONDS * 2 ** retries
-        log.warning("event on %s failed (%r); retry %d in %.1fs",
-                    self.queue.name, exc_info[1], retries + 1, delay)
+        self._retry_later(message, retries + 1, RETRY_BASE_SECONDS * 2 ** retries, exc_info[1])
+
+    def _retry_later(self, message, retries, delay, error):
+        log.warning("event on %s failed (%r); retry %d in %.1fs", self.queue.name, error, retries, delay)
         try:
             self.retry_publisher.publish(
                 message.payload, exchange="", routing_key=retry_queue_name(self.queue.name),
-                headers={**(message.headers or {}), RETRIES_HEADER: retries + 1}, expiration=delay)
+                headers={**(message.headers or {}), RETRIES_HEADER: retries}, expiration=delay)
         except BROKER_ERRORS as exc:
             # Left unacknowledged: the broker redelivers it once the connection is back.
             log.warning("could not schedule the retry (%r); the event will be redelivered", exc)

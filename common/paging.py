@@ -7,7 +7,7 @@ import base64
 import binascii
 import json
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 
 from common.errors import ValidationFailed
 
@@ -24,7 +24,7 @@ def decode_cursor(cursor, parse_key=lambda key: key):
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         return parse_key(json.loads(base64.urlsafe_b64decode(padded.encode())))
-    except (binascii.Error, ValueError, TypeError, IndexError, AttributeError):
+    except (binascii.Error, ValueError, TypeError, IndexError, AttributeError, OverflowError):
         raise ValidationFailed("Invalid cursor.", {"cursor": ["Not a cursor this API issued."]}) from None
 
 
@@ -44,4 +44,7 @@ def created_id_key(row):
 
 def parse_created_id_key(key):
     created_at, row_id = key
-    return datetime.fromisoformat(created_at), uuid.UUID(row_id)
+    moment = datetime.fromisoformat(created_at)
+    if moment.utcoffset() is None:
+        raise ValueError("a cursor time has an offset")
+    return moment.astimezone(timezone.utc), uuid.UUID(row_id)

@@ -21,8 +21,9 @@ SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"  # \Z: "$" would let a trail
 
 
 def _has_nul(value):
+    """NUL or an unpaired surrogate: text Postgres (or UTF-8) cannot store."""
     if isinstance(value, str):
-        return "\x00" in value
+        return "\x00" in value or any("\ud800" <= char <= "\udfff" for char in value)
     if isinstance(value, dict):
         return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
     if isinstance(value, list):
@@ -31,12 +32,13 @@ def _has_nul(value):
 
 
 class Schema(BaseSchema):
-    """Every schema here refuses NUL characters, which Postgres cannot store in text."""
+    """Every schema here refuses NUL characters and unpaired surrogates, which Postgres cannot store."""
 
     @pre_load
     def _refuse_nul(self, data, **kwargs):
         if isinstance(data, dict):
-            bad = {key: ["Must not contain NUL characters."] for key, value in data.items() if _has_nul(value)}
+            bad = {key: ["Must not contain NUL characters or unpaired surrogates."]
+                   for key, value in data.items() if _has_nul(value)}
             if bad:
                 raise ValidationError(bad)
         return data
@@ -95,7 +97,7 @@ class ProductInput(Schema):
     description = fields.String(load_default="", validate=validate.Length(max=2000))
     unit_price = Money(required=True)
     currency = fields.String(load_default="USD", validate=validate.Regexp(
-        r"^[A-Z]{3}$", error="An ISO 4217 code such as USD."))
+        r"^[A-Z]{3}\Z", error="An ISO 4217 code such as USD."))
     stock = fields.Integer(strict=True, load_default=0,
                            validate=validate.Range(min=0, max=MAX_STOCK))
     low_stock_threshold = fields.Integer(strict=True, load_default=0,

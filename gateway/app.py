@@ -23,6 +23,7 @@ from common.rpc_pool import RpcProxyPool
 from common.schemas import (CustomerInput, CustomerPatch, ListQuery, OrderInput, OrderListQuery,
                             OrderUpdateInput, ProductInput, ProductPatch, ShippingInput, StatusInput)
 from gateway.errors import register_error_handlers
+from gateway.openapi import register_openapi
 
 access_log = logging.getLogger("gateway.access")
 
@@ -54,6 +55,7 @@ def create_app(settings=None, rpc_pool=None):
     app.after_request(_echo_request_id)
     app.after_request(_log_request)
     _register_routes(app)
+    register_openapi(app)  # GET /api/v1/openapi.json and /docs
     return app
 
 
@@ -101,7 +103,10 @@ def json_body(schema):
     """The request's JSON object, checked against `schema` (400 naming bad fields)."""
     if not request.is_json:
         raise UnsupportedMediaType("Send JSON with Content-Type: application/json.")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        raise ValidationFailed("The body is nested too deeply.", {"body": ["Nested too deeply."]}) from None
     if body is None and request.get_data():
         raise ValidationFailed("The body is not valid JSON.", {"body": ["Malformed JSON."]})
     if not isinstance(body, dict):
@@ -133,7 +138,7 @@ def expected_version():
     tags = request.if_match
     if tags.star_tag:
         return None
-    versions = [int(tag) for tag in tags.as_set(include_weak=True) if tag.isdigit()]
+    versions = [int(tag) for tag in tags.as_set(include_weak=True) if tag and tag.isascii() and tag.isdigit()]
     if not versions:
         raise VersionConflict("If-Match names no version of this order.",
                               {"if_match": request.headers["If-Match"]})

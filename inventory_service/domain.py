@@ -25,6 +25,12 @@ def is_sku(value):
     return isinstance(value, str) and re.match(SKU_PATTERN, value) is not None
 
 
+def parse_sku(value):
+    if not is_sku(value):
+        raise ValueError("not a sku")
+    return value
+
+
 def parse_order_id(value):
     try:
         return uuid.UUID(str(value))

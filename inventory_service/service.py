@@ -86,7 +86,7 @@ class InventoryService:
         """By sku."""
         required(self.caller)
         query = load_or_raise(ListQuery(), {"limit": limit, "cursor": cursor})
-        after_sku = decode_cursor(query["cursor"], str)
+        after_sku = decode_cursor(query["cursor"], domain.parse_sku)
         with transaction(self.db) as session:
             rows = storage.list_products(session, query["limit"] + 1, after_sku)
             page, next_cursor = split_page(rows, query["limit"], lambda product: product.sku)

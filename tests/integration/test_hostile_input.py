@@ -79,3 +79,26 @@ def test_bad_query_and_path_parameters(api):
     assert api.put(f"/api/v1/orders/{uuid.uuid4()}", json={}).status_code == 400
     assert api.put(f"/api/v1/orders/{uuid.uuid4()}/status", json={"status": "cancelled"},
                    headers={"If-Match": '"abc"'}).status_code in (404, 412)
+
+
+def test_what_schemathesis_found(api, customer):
+    """Each of these was a 500 once."""
+    order = api.create_order(customer, (api.create_product(stock=5), 1))
+    for tag in ('""', 'W/""', 'W/"²"'):
+        response = api.put(f"/api/v1/orders/{order['id']}/status", json={"status": "cancelled"},
+                           headers={"If-Match": tag})
+        assert response.status_code == 412, (tag, response.text)
+    assert api.post("/api/v1/customers", data="[" * 20_000,
+                    headers={"Content-Type": "application/json"}).status_code == 400
+    response = api.post("/api/v1/products", json={"sku": f"C-{uuid.uuid4().hex[:6]}", "name": "x",
+                                                  "unit_price": "1.00", "currency": "USD\n"})
+    assert response.status_code == 400 and "currency" in response.json()["error"]["details"]
+    surrogate = api.post("/api/v1/customers", data='{"name": "\\ud800", "email": "s@example.com"}',
+                         headers={"Content-Type": "application/json"})
+    assert surrogate.status_code == 400 and "name" in surrogate.json()["error"]["details"]
+    from common.paging import encode_cursor
+    for path, cursor in (("/api/v1/orders", ["2026-01-01T00:00:00", str(uuid.uuid4())]),
+                         ("/api/v1/customers", ["9999-12-31T23:59:59-23:00", str(uuid.uuid4())]),
+                         ("/api/v1/products", "A\u0000B")):
+        response = api.get(path, params={"cursor": encode_cursor(cursor)})
+        assert response.status_code == 400, (path, response.text)

@@ -1,0 +1,574 @@
+"""`make bench` (= python -m bench.run): ours, the floor and the naive peer, side by side.
+
+Starts the stack (the Procfile under honcho) against its own database and
+RabbitMQ virtual host, seeds it, drives every case for BENCH_SECONDS after a
+warm-up, prints one table and the ratios, writes bench/results/latest.json,
+and stops and drops everything it started. A missed target is reported,
+never an exit status: benchmarks are not tests. The exit status is non-zero
+only when the run itself is broken (the stack did not start, a case's first
+request failed), because then its numbers would not be true.
+
+Settings (environment): see bench/README.md.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from bench import cpu, loadgen, stack
+from common.config import DEFAULT_AMQP_URI, DEFAULT_DATABASE_URL, DEVELOPMENT_JWT_SECRET
+
+ROOT = stack.ROOT
+DEFAULT_RESULTS = ROOT / "bench" / "results" / "latest.json"
+
+OURS, FLOOR, NAIVE, OURS_2X = "ours", "floor", "naive", "ours, 2 order_service"
+# Above this share of all CPUs busy with other processes, a case is flagged: the machine was not quiet.
+OTHER_LOAD_WARNING = 0.10
+ENDPOINTS = {
+    "post_order": "POST /api/v1/orders",
+    "get_order": "GET /api/v1/orders/{id}",
+    "list_orders": "GET /api/v1/orders?customer_id=",
+}
+
+
+def _int(env, name, default):
+    value = env.get(name, "").strip()
+    return int(value) if value else default
+
+
+@dataclass
+class Config:
+    base_url: str | None
+    seconds: int
+    warmup: int
+    seed_orders: int
+    customers: int
+    products: int
+    items_per_order: int
+    connections: list
+    main_connections: int
+    loadgen: str
+    scale: bool
+    soak_seconds: int
+    soak_connections: int
+    soak_interval: float
+    database: str
+    keep_db: bool
+    results: Path
+    workers: str
+    threads: str
+    jwt_secret: str
+
+    @classmethod
+    def from_env(cls, env=os.environ):
+        connections = sorted({int(c) for c in env.get("BENCH_CONNECTIONS", "1,8,32,64").split(",") if c.strip()})
+        main = _int(env, "BENCH_MAIN_CONNECTIONS", 32)
+        if main not in connections:
+            connections = sorted({*connections, main})
+        return cls(
+            base_url=(env.get("BENCH_BASE_URL") or "").rstrip("/") or None,
+            seconds=max(1, _int(env, "BENCH_SECONDS", 10)),
+            warmup=max(0, _int(env, "BENCH_WARMUP_SECONDS", 2)),
+            seed_orders=max(1, _int(env, "BENCH_SEED_ORDERS", 100_000)),
+            customers=max(1, _int(env, "BENCH_CUSTOMERS", 200)),
+            products=max(2, _int(env, "BENCH_PRODUCTS", 50)),
+            items_per_order=max(1, _int(env, "BENCH_ITEMS_PER_ORDER", 2)),
+            connections=connections,
+            main_connections=main,
+            loadgen=env.get("BENCH_LOADGEN", "auto"),
+            scale=env.get("BENCH_SCALE", "1") != "0",
+            soak_seconds=max(0, _int(env, "BENCH_SOAK_SECONDS", 0)),
+            soak_connections=max(1, _int(env, "BENCH_SOAK_CONNECTIONS", 8)),
+            soak_interval=float(env.get("BENCH_SOAK_INTERVAL", "5")),
+            database=env.get("BENCH_DATABASE", "orders_bench"),
+            keep_db=env.get("BENCH_KEEP_DB", "0") == "1",
+            results=Path(env.get("BENCH_RESULTS") or DEFAULT_RESULTS),
+            workers=env.get("GATEWAY_WORKERS", "2"),
+            threads=env.get("GATEWAY_THREADS", "16"),
+            jwt_secret=env.get("JWT_SECRET", DEVELOPMENT_JWT_SECRET),
+        )
+
+
+def admin_token(secret, ttl_seconds):
+    try:
+        import jwt  # PyJWT
+    except ImportError:
+        raise RuntimeError("PyJWT is needed to mint the bearer token: pip install PyJWT") from None
+
+    now = int(time.time())
+    return jwt.encode({"sub": "bench", "role": "admin", "iat": now, "exp": now + ttl_seconds},
+                      secret, algorithm="HS256")
+
+
+class Bench:
+    def __init__(self, config):
+        self.config = config
+        self.cleanups = []  # (what, callable), run in reverse
+        self.cases = []
+        self.problems = []
+        self.report = {
+            "started_at": _now(),
+            "machine": stack.machine(),
+            "git": _git(),
+        }
+        self.logs = config.results.parent / "logs"
+        self.processes = {}
+
+    # ---- set-up --------------------------------------------------------------
+
+    def setup(self):
+        cfg = self.config
+        self.loadgen = loadgen.choose(cfg.loadgen)
+        self.report["loadgen"] = loadgen.describe(self.loadgen)
+        if self.loadgen == "python" and cfg.loadgen == "auto":
+            print("wrk is not installed (Debian/Ubuntu: apt-get install wrk): using the Python load generator.")
+        expected = (len(cfg.connections) * 2 + 5 + (1 if cfg.scale else 0)) * (cfg.seconds + cfg.warmup + 2)
+        self.token = admin_token(cfg.jwt_secret, expected + cfg.soak_seconds + 3600)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for old in self.logs.glob("*.log"):
+            old.unlink()
+
+        if cfg.base_url:
+            print(f"BENCH_BASE_URL is set: using the stack at {cfg.base_url} (not starting one). "
+                  "Seed rows go into its DATABASE_URL; nothing is dropped.")
+            self.amqp_uri = os.environ.get("AMQP_URI", DEFAULT_AMQP_URI)
+            self.database_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+            self.vhost = None
+            self.urls = {OURS: cfg.base_url}
+            stack.wait_http(cfg.base_url + "/health", 30)
+        else:
+            self._start_stack()
+
+        print(f"seeding {cfg.customers} customers, {cfg.products} products, {cfg.seed_orders} orders ...",
+              flush=True)
+        self.seed = stack.seed(self.database_url, cfg.customers, cfg.products, cfg.seed_orders,
+                               run_tag=uuid.uuid4().hex[:8])
+        self.report["seed"] = {"customers": len(self.seed["customers"]), "products": len(self.seed["skus"]),
+                               "orders": self.seed["orders"], "seconds": self.seed["seconds"],
+                               "order_ids_sampled": len(self.seed["order_ids"])}
+        print(f"seeded in {self.seed['seconds']} s")
+        self.report["postgres"] = stack.server_version(self.database_url)
+        self.report["auth_enforced"] = self._auth_enforced()
+
+    def _start_stack(self):
+        cfg = self.config
+        self.database_url = stack.bench_database_url(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
+                                                     cfg.database)
+        stack.recreate_database(self.database_url)
+        if not cfg.keep_db:
+            self.cleanups.append(("drop the bench database", lambda: stack.drop_database(self.database_url)))
+        stack.migrate(self.database_url)
+        self.vhost, self.amqp_uri = stack.create_vhost(os.environ.get("AMQP_URI", DEFAULT_AMQP_URI))
+        self.report["vhost"] = self.vhost
+        self.cleanups.append(("delete the bench vhost", lambda: stack.delete_vhost(self.vhost)))
+        self.stack_env = stack.venv_env(
+            AMQP_URI=self.amqp_uri, DATABASE_URL=self.database_url, JWT_SECRET=cfg.jwt_secret,
+            GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=stack.free_port(),
+            GATEWAY_WORKERS=cfg.workers, GATEWAY_THREADS=cfg.threads,
+            RPC_TIMEOUT=os.environ.get("RPC_TIMEOUT", "10"), LOG_LEVEL=os.environ.get("LOG_LEVEL", "INFO"))
+        honcho = self._start("stack", [sys.executable, "-m", "honcho", "start", "-f", "Procfile"],
+                             self.stack_env, stop_signal=signal.SIGINT)
+        url = f"http://127.0.0.1:{self.stack_env['GATEWAY_PORT']}"
+        self.urls = {OURS: url}
+        print(f"starting the stack (database {cfg.database}, vhost {self.vhost}) ...", flush=True)
+        stack.wait_http(url + "/health", 90, honcho)
+
+    def _cpu_labels(self):
+        """{pid: label} of every process the bench started, for CPU accounting."""
+        labels = {}
+        for name, process in self.processes.items():
+            pids = process.tree()
+            if name == "stack":
+                for pid in pids:
+                    label = stack.label(pid, process.pid)
+                    if label:
+                        labels[pid] = label.replace(" master", "").replace(" worker", "")
+            else:
+                label = {FLOOR: "floor app", NAIVE: "naive gateway", "order_service_2": "order_service"}.get(name, name)
+                labels.update({pid: label for pid in pids})
+        return labels
+
+    def _start(self, name, cmd, env, stop_signal=signal.SIGTERM):
+        process = stack.Process(name, cmd, env, self.logs / f"{name}.log", stop_signal=stop_signal).start()
+        self.processes[name] = process
+        self.cleanups.append((f"stop {name}", process.stop))
+        return process
+
+    def _start_gunicorn(self, name, app):
+        """A peer served exactly like the gateway (same gunicorn settings file), on its own port."""
+        env = stack.venv_env(**{**self._peer_env(), "GATEWAY_PORT": stack.free_port()})
+        process = self._start(name, [sys.executable, "-m", "gunicorn", "-c", "gateway/gunicorn_conf.py", app], env)
+        url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+        stack.wait_http(url + "/health", 60, process)
+        self.urls[name] = url
+        return process
+
+    def _peer_env(self):
+        cfg = self.config
+        return {"AMQP_URI": self.amqp_uri, "DATABASE_URL": self.database_url, "JWT_SECRET": cfg.jwt_secret,
+                "GATEWAY_HOST": "127.0.0.1", "GATEWAY_WORKERS": cfg.workers, "GATEWAY_THREADS": cfg.threads,
+                "RPC_TIMEOUT": os.environ.get("RPC_TIMEOUT", "10"), "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO")}
+
+    def _auth_enforced(self):
+        status, _ = loadgen.one_request(self.urls[OURS], self._workload("list_orders", token="not-a-token"))
+        return status == 401
+
+    # ---- cases ---------------------------------------------------------------
+
+    def _workload(self, kind, token=None):
+        return loadgen.Workload(kind=kind, token=token or self.token, customers=self.seed["customers"],
+                                skus=self.seed["skus"], order_ids=self.seed["order_ids"],
+                                items_per_order=min(self.config.items_per_order, len(self.seed["skus"])))
+
+    def run_case(self, kind, target, connections, url_key=None):
+        cfg = self.config
+        url = self.urls[url_key or target]
+        name = f"{ENDPOINTS[kind]} | {target} | c{connections}"
+        case = {"name": name, "endpoint": ENDPOINTS[kind], "kind": kind, "target": target,
+                "connections": connections}
+        self.cases.append(case)
+        workload = self._workload(kind)
+        try:
+            honcho = self.processes.get("stack")
+            if honcho is not None and not honcho.alive() and target != FLOOR:
+                raise RuntimeError(f"the stack exited during the run; see {_shown(honcho.log_path)}")
+            status, body = loadgen.one_request(url, workload)
+            if not 200 <= status <= 299:
+                raise RuntimeError(f"first request answered {status}: {body[:300]}")
+            if cfg.warmup:
+                loadgen.run(self.loadgen, url, workload, connections, cfg.warmup)
+            labels = self._cpu_labels()
+            before, started = cpu.snapshot(labels), time.monotonic()
+            result = loadgen.run(self.loadgen, url, workload, connections, cfg.seconds)
+            used = cpu.usage(before, cpu.snapshot(labels), time.monotonic() - started,
+                             self.report["machine"]["usable_cpus"])
+        except Exception as exc:  # recorded: the run is broken, but the other cases still tell something
+            case["failed"] = f"{exc.__class__.__name__}: {exc}"
+            self.problems.append(f"{name}: {case['failed']}")
+            print(f"  {name:<58} FAILED {case['failed']}", flush=True)
+            return case
+        except BaseException:  # Ctrl-C or SIGTERM: the run ends here
+            case["failed"] = "interrupted"
+            raise
+        ok = result["requests"] - result["non2xx"]
+        result["ok_rps"] = round(ok / result["seconds"], 1) if result["seconds"] else 0.0
+        result["cpu_seconds"] = used["seconds"]
+        result["machine_busy"] = used["machine_busy"]
+        # With BENCH_BASE_URL the stack is not ours to label: its processes land in "other".
+        result["other_load"] = None if cfg.base_url else used["other_share"]
+        result["cpu_ms_per_ok_request"] = {label: round(1000 * value / ok, 2) if ok else None
+                                           for label, value in used["seconds"].items()}
+        case.update(result)
+        print(f"  {name:<58} {case['ok_rps']:>8.1f} req/s  p50 {case['p50_ms']:>7.2f}  "
+              f"p99 {case['p99_ms']:>8.2f} ms  errors {case['errors']}", flush=True)
+        if case["other_load"] is not None and case["other_load"] > OTHER_LOAD_WARNING:
+            print(f"    [!] {case['other_load'] * 100:.0f}% of the machine was busy with processes the bench did "
+                  "not start: this case's numbers are low", flush=True)
+        return case
+
+    def run_cases(self):
+        cfg = self.config
+        m = cfg.main_connections
+        self._start_gunicorn(FLOOR, "bench.floor_app:app")
+        print(f"\ncases: {cfg.warmup}s warm-up + {cfg.seconds}s each, load generator {self.loadgen}", flush=True)
+        for c in cfg.connections:
+            self.run_case("post_order", OURS, c)
+            self.run_case("post_order", FLOOR, c)
+        self._start_gunicorn(NAIVE, "bench.naive_gateway:app")
+        self.run_case("post_order", NAIVE, m)
+        self.processes[NAIVE].stop()
+        for kind in ("get_order", "list_orders"):
+            self.run_case(kind, OURS, m)
+            self.run_case(kind, FLOOR, m)
+        self.processes[FLOOR].stop()
+        if cfg.scale:
+            self.run_scale_case()
+
+    def run_scale_case(self):
+        m = self.config.main_connections
+        if self.config.base_url:
+            print("  (skipping 2 x order_service: the stack was not started by the bench)")
+            self.report["scale"] = "skipped: BENCH_BASE_URL"
+            return
+        second = self._start("order_service_2", [sys.executable, "-m", "common.nameko_cli", "run", "--config",
+                                                 "config.yml", "order_service.service:OrderService"],
+                             self.stack_env)
+        deadline = time.monotonic() + 60
+        consumers = None
+        while time.monotonic() < deadline:
+            if not second.alive():
+                break
+            consumers = stack.rpc_consumers(self.vhost, "rpc-order_service")
+            if consumers is not None and consumers >= 2:
+                break
+            time.sleep(0.5)
+        if consumers is None or consumers < 2:
+            case = {"name": f"{ENDPOINTS['post_order']} | {OURS_2X} | c{m}", "endpoint": ENDPOINTS["post_order"],
+                    "kind": "post_order", "target": OURS_2X, "connections": m,
+                    "failed": f"the second order_service did not start consuming (consumers: {consumers}); "
+                              f"see {second.log_path.name}"}
+            self.cases.append(case)
+            self.problems.append(case["name"] + ": " + case["failed"])
+            second.stop()
+            return
+        self.run_case("post_order", OURS_2X, m, url_key=OURS)
+        second.stop()
+
+    # ---- soak ------------------------------------------------------------------
+
+    def soak(self):
+        cfg = self.config
+        if not cfg.soak_seconds:
+            return
+        print(f"\nsoak: POST /api/v1/orders at {cfg.soak_connections} connections for {cfg.soak_seconds}s, "
+              f"RSS every {cfg.soak_interval}s", flush=True)
+        honcho = self.processes.get("stack")
+        if honcho is None:
+            print("  the stack was not started by the bench (BENCH_BASE_URL): its processes are unknown, "
+                  "no RSS to sample")
+            self.report["soak"] = {"skipped": "BENCH_BASE_URL"}
+            return
+        result = {}
+
+        def load():
+            try:
+                result.update(loadgen.run(self.loadgen, self.urls[OURS], self._workload("post_order"),
+                                          cfg.soak_connections, cfg.soak_seconds))
+            except Exception as exc:
+                result["failed"] = f"{exc.__class__.__name__}: {exc}"
+
+        samples = {}  # pid -> {"label", "kb": [...]}
+        thread = threading.Thread(target=load, daemon=True)
+        started = time.monotonic()
+        thread.start()
+        while True:
+            for pid in honcho.tree():
+                name = stack.label(pid, honcho.pid)
+                kb = stack.rss_kb(pid)
+                if name and kb is not None:
+                    samples.setdefault(pid, {"label": name, "kb": []})["kb"].append(kb)
+            if not thread.is_alive():
+                break
+            thread.join(timeout=cfg.soak_interval)
+        elapsed = round(time.monotonic() - started, 1)
+        rows = []
+        for pid, data in sorted(samples.items(), key=lambda item: (item[1]["label"], item[0])):
+            kb = data["kb"]
+            rows.append({"process": data["label"], "pid": pid, "samples": len(kb), "first_mib": _mib(kb[0]),
+                         "last_mib": _mib(kb[-1]), "max_mib": _mib(max(kb)), "growth_mib": _mib(kb[-1] - kb[0])})
+        print(f"  {'process':<20} {'pid':>7} {'samples':>7} {'first MiB':>10} {'last MiB':>9} {'max MiB':>8} "
+              f"{'growth':>7}")
+        for row in rows:
+            print(f"  {row['process']:<20} {row['pid']:>7} {row['samples']:>7} {row['first_mib']:>10.1f} "
+                  f"{row['last_mib']:>9.1f} {row['max_mib']:>8.1f} {row['growth_mib']:>+7.1f}")
+        if "failed" in result:
+            self.problems.append("soak: " + result["failed"])
+        else:
+            statuses = ", ".join(f"{code}x{n}" for code, n in result.get("statuses", {}).items())
+            print(f"  load during soak: {result.get('requests', 0) - result.get('non2xx', 0)} ok requests, "
+                  f"{result.get('errors', 0)} errors{' (' + statuses + ')' if statuses else ''}, "
+                  f"p50 {result.get('p50_ms')} ms, p99 {result.get('p99_ms')} ms")
+            if result.get("error_sample"):
+                print(f"  first error answer: {result['error_sample'][:160]}")
+        self.report["soak"] = {"seconds": elapsed, "connections": cfg.soak_connections,
+                               "interval_seconds": cfg.soak_interval, "processes": rows, "load": result,
+                               "samples_kb": {str(pid): data for pid, data in samples.items()}}
+
+    # ---- report ----------------------------------------------------------------
+
+    def _case(self, kind, target, connections):
+        for case in self.cases:
+            if (case["kind"], case["target"], case["connections"]) == (kind, target, connections):
+                return case if "failed" not in case and case.get("requests") else None
+        return None
+
+    def ratios(self):
+        cfg = self.config
+        m, low = cfg.main_connections, min(cfg.connections)
+
+        def ratio(name, kind, a, b, conns, field, op=None, target=None):
+            ca, cb = self._case(kind, a, conns), self._case(kind, b, conns)
+            value = round(ca[field] / cb[field], 3) if ca and cb and cb[field] else None
+            entry = {"name": name, "value": value, "op": op, "target": target}
+            if target is not None:
+                entry["pass"] = None if value is None else (value >= target if op == ">=" else value <= target)
+            suspect = [c["name"] for c in (ca, cb) if c and c["errors"]]
+            if suspect:
+                entry["errors_in"] = suspect
+            return entry
+
+        return [
+            ratio(f"POST@{m} req/s ours/floor", "post_order", OURS, FLOOR, m, "ok_rps", ">=", 0.5),
+            ratio(f"POST@{m} req/s ours/naive", "post_order", OURS, NAIVE, m, "ok_rps", ">=", 8),
+            ratio(f"POST@{m} p99 ours/floor", "post_order", OURS, FLOOR, m, "p99_ms", "<=", 2),
+            ratio(f"POST@{low} p50 ours/floor", "post_order", OURS, FLOOR, low, "p50_ms", "<=", 3),
+            ratio(f"GET by id@{m} req/s ours/floor", "get_order", OURS, FLOOR, m, "ok_rps", ">=", 0.6),
+            ratio(f"GET list@{m} req/s ours/floor", "list_orders", OURS, FLOOR, m, "ok_rps"),
+            ratio(f"POST@{m} req/s 2 order_service/1", "post_order", OURS_2X, OURS, m, "ok_rps"),
+        ]
+
+    def print_report(self, ratios):
+        cfg = self.config
+        mach = self.report["machine"]
+        print("\n" + "=" * 100)
+        print(f"machine: {mach['nproc']} CPUs ({mach['usable_cpus']} usable), {mach['cpu_model']}, "
+              f"{mach['ram_gib']} GiB RAM, kernel {mach['kernel']}, Python {mach['python']}, "
+              f"Postgres {self.report.get('postgres', '?')}; "
+              f"busy before the run: {mach.get('busy_before_start', 0) * 100:.0f}%")
+        print(f"load generator: {self.report.get('loadgen')}; gateway and peers: gunicorn gthread "
+              f"{cfg.workers} workers x {cfg.threads} threads; everything on this machine, 127.0.0.1 only")
+        print(f"seeded: {self.report.get('seed', {}).get('orders', '?')} orders; {cfg.warmup}s warm-up + "
+              f"{cfg.seconds}s per case; auth enforced by the gateway: {self.report.get('auth_enforced')}")
+        print("req/s counts 2xx answers only; latency covers every answer; errors = non-2xx + socket errors")
+        header = f"{'case':<34} {'target':<22} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} " \
+                 f"{'p99 ms':>8} {'errors':>7}"
+        for endpoint in ENDPOINTS.values():
+            rows = [c for c in self.cases if c["endpoint"] == endpoint]
+            if not rows:
+                continue
+            print("\n" + header)
+            print("-" * len(header))
+            for case in rows:
+                if "failed" in case:
+                    print(f"{endpoint:<34} {case['target']:<22} {case['connections']:>5}   FAILED: {case['failed']}")
+                    continue
+                errors = str(case["errors"])
+                if case["statuses"]:
+                    errors += " " + ",".join(f"{k}x{v}" for k, v in case["statuses"].items())
+                noisy = "  [!] other load {:.0f}%".format(case["other_load"] * 100) \
+                    if (case.get("other_load") or 0) > OTHER_LOAD_WARNING else ""
+                print(f"{endpoint:<34} {case['target']:<22} {case['connections']:>5} {case['ok_rps']:>9.1f} "
+                      f"{case['p50_ms']:>8.2f} {case['p90_ms']:>8.2f} {case['p99_ms']:>8.2f} {errors:>7}{noisy}")
+        samples = [c for c in self.cases if c.get("error_sample")]
+        if samples:
+            print("\nfirst error answer per case:")
+            for case in samples:
+                print(f"  {case['name']}: {case['error_sample'][:160]}")
+        print("\nCPU per 2xx answer, ms (machine busy = share of all CPUs in use during the case;"
+              " other = busy time of processes the bench did not start"
+              + (", here including the running stack's)" if cfg.base_url else ")"))
+        for case in self.cases:
+            if "failed" in case or not case.get("cpu_ms_per_ok_request"):
+                continue
+            parts = [f"{label} {value:.2f}" for label, value in case["cpu_ms_per_ok_request"].items()
+                     if value is not None and value >= 0.01]
+            busy = case.get("machine_busy")
+            print(f"  {case['endpoint'].split('?')[0]:<24} {case['target']:<22} c{case['connections']:<3} "
+                  f"busy {busy * 100 if busy is not None else 0:>3.0f}%  " + ", ".join(parts))
+        print("\nratios (this run):")
+        for entry in ratios:
+            value = "n/a" if entry["value"] is None else f"{entry['value']:.2f}"
+            if entry["target"] is None:
+                verdict, target = "", "(no target)"
+            else:
+                verdict = "n/a" if entry["pass"] is None else ("PASS" if entry["pass"] else "MISS")
+                target = f"(target {entry['op']} {entry['target']})"
+            note = "  [errors in the compared cases]" if entry.get("errors_in") else ""
+            print(f"ratio {entry['name']:<36} {value:>7} {target:<16} {verdict}{note}")
+        if self.problems:
+            print("\nproblems (the numbers above are not all true):")
+            for problem in self.problems:
+                print("  - " + problem)
+
+    def write(self, ratios):
+        cfg = self.config
+        self.report.update({
+            "finished_at": _now(),
+            "settings": {"seconds": cfg.seconds, "warmup_seconds": cfg.warmup, "seed_orders": cfg.seed_orders,
+                         "customers": cfg.customers, "products": cfg.products,
+                         "items_per_order": cfg.items_per_order, "connections": cfg.connections,
+                         "main_connections": cfg.main_connections, "gateway_workers": int(cfg.workers),
+                         "gateway_threads": int(cfg.threads), "scale": cfg.scale,
+                         "soak_seconds": cfg.soak_seconds, "base_url": cfg.base_url,
+                         "database": None if cfg.base_url else cfg.database},
+            "cases": self.cases,
+            "ratios": ratios,
+            "problems": self.problems,
+            "valid": not self.problems,
+        })
+        cfg.results.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cfg.results.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.report, indent=2, default=str) + "\n")
+        tmp.replace(cfg.results)
+        print(f"\nresults: {_shown(cfg.results)}; process logs: {_shown(self.logs)}/")
+
+    def cleanup(self):
+        while self.cleanups:
+            what, action = self.cleanups.pop()
+            try:
+                action()
+            except Exception as exc:  # keep cleaning up the rest
+                print(f"cleanup: could not {what}: {exc}", file=sys.stderr)
+
+
+def _mib(kb):
+    return round(kb / 1024, 1)
+
+
+def _now():
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _shown(path):
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _git():
+    def git(*args):
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+
+
+def _terminate(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def main():
+    signal.signal(signal.SIGTERM, _terminate)
+    config = Config.from_env()
+    bench = Bench(config)
+    mach = bench.report["machine"]
+    print(f"machine: nproc {mach['nproc']}, CPU {mach['cpu_model']}, RAM {mach['ram_gib']} GiB")
+    mach["busy_before_start"] = cpu.machine_busy_share(1.0)
+    if mach["busy_before_start"] > OTHER_LOAD_WARNING:
+        print(f"[!] the machine is already {mach['busy_before_start'] * 100:.0f}% busy before the bench starts "
+              "anything: expect lower numbers and flagged cases", flush=True)
+    ratios = []
+    broken = False
+    try:
+        bench.setup()
+        bench.run_cases()
+        bench.soak()
+        ratios = bench.ratios()
+    except BaseException as exc:
+        broken = True
+        if isinstance(exc, KeyboardInterrupt):
+            bench.problems.append("interrupted")
+        elif isinstance(exc, SystemExit):
+            bench.problems.append(f"terminated ({exc.code})")
+        else:
+            traceback.print_exc()
+            bench.problems.append(f"{exc.__class__.__name__}: {exc}")
+        ratios = bench.ratios()
+    finally:
+        bench.cleanup()
+    bench.print_report(ratios)
+    bench.write(ratios)
+    return 1 if broken or bench.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""`make bench` end to end with tiny settings: it runs, reports every case and ratio, cleans up.
+
+Numbers are not checked (a benchmark is not a test); that the run is whole is.
+"""
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+from tests import support
+
+CONNECTIONS = (1, 4)
+MAIN = 4
+RATIO_LINES = (
+    f"ratio POST@{MAIN} req/s ours/floor",
+    f"ratio POST@{MAIN} req/s ours/naive",
+    f"ratio POST@{MAIN} p99 ours/floor",
+    f"ratio POST@{min(CONNECTIONS)} p50 ours/floor",
+    f"ratio GET by id@{MAIN} req/s ours/floor",
+)
+
+
+def test_bench_runs_every_case_and_writes_the_results(tmp_path):
+    database = f"orders_bench_smoke_{uuid.uuid4().hex[:8]}"
+    results = tmp_path / "latest.json"
+    env = {
+        **os.environ,
+        "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
+        "BENCH_SECONDS": "1",
+        "BENCH_WARMUP_SECONDS": "0",
+        "BENCH_SEED_ORDERS": "200",
+        "BENCH_CUSTOMERS": "20",
+        "BENCH_CONNECTIONS": ",".join(map(str, CONNECTIONS)),
+        "BENCH_MAIN_CONNECTIONS": str(MAIN),
+        "BENCH_SOAK_SECONDS": "2",
+        "BENCH_SOAK_CONNECTIONS": "2",
+        "BENCH_SOAK_INTERVAL": "1",
+        "BENCH_DATABASE": database,
+        "BENCH_RESULTS": str(results),
+    }
+    env.pop("BENCH_BASE_URL", None)
+    run = subprocess.run([sys.executable, "-m", "bench.run"], cwd=support.ROOT, env=env,
+                         capture_output=True, text=True, timeout=100)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+
+    for line in RATIO_LINES:
+        assert line in run.stdout, f"no '{line}' in:\n{run.stdout[-3000:]}"
+    assert "machine: nproc" in run.stdout
+
+    report = json.loads(results.read_text())
+    assert report["valid"] is True, report["problems"]
+    cases = {(c["kind"], c["target"], c["connections"]) for c in report["cases"]}
+    expected = {("post_order", target, c) for target in ("ours", "floor") for c in CONNECTIONS}
+    expected |= {("post_order", "naive", MAIN), ("post_order", "ours, 2 order_service", MAIN)}
+    expected |= {(kind, target, MAIN) for kind in ("get_order", "list_orders") for target in ("ours", "floor")}
+    assert cases == expected
+    for case in report["cases"]:
+        assert "failed" not in case, case
+        assert case["requests"] > 0 and case["ok_rps"] > 0, case
+        for field in ("p50_ms", "p90_ms", "p99_ms", "errors"):
+            assert field in case, (field, case)
+    assert {r["name"] for r in report["ratios"]} >= {line[len("ratio "):] for line in RATIO_LINES}
+    assert report["soak"]["processes"], "the soak sampled no process"
+    assert {"order_service", "gateway master"} <= {p["process"] for p in report["soak"]["processes"]}
+
+    # What it made, it removed: its database and its RabbitMQ virtual host.
+    assert not support.query("postgres", "SELECT 1 FROM pg_database WHERE datname = %s", database)
+    assert report["vhost"].startswith("oms-bench-")
+    vhosts = subprocess.run(["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True).stdout.split()
+    assert report["vhost"] not in vhosts
