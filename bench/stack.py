@@ -49,13 +49,11 @@ def _server_connection(database_url, dbname="postgres"):
 
 
 def recreate_database(database_url):
-    name = make_url(database_url).database
-    _check_ours(name)
+    drop_database(database_url)
     conn = _server_connection(database_url)
     try:
         with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            cur.execute(f'CREATE DATABASE "{name}"')
+            cur.execute(f'CREATE DATABASE "{make_url(database_url).database}"')
     finally:
         conn.close()
 

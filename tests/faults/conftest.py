@@ -107,10 +107,9 @@ def wait_until(predicate, timeout, interval=0.5):
     return predicate()
 
 
-def summary(name, load, stack, customer, product):
-    """The issue's summary line; returns the numbers for assertions."""
-    statuses = load.statuses()
-    created = load.created()
+def counts(stack, customer, product):
+    """(orders in the database, orders counted by the order_created consumer,
+    units reserved, units that pending orders hold) for the test's customer and product."""
     [(in_db,)] = support.query(stack.db_name, "SELECT count(*) FROM orders.orders WHERE customer_id = %s",
                                customer["id"])
     [(consumed,)] = support.query(stack.db_name, "SELECT orders_count FROM customers.customers WHERE id = %s",
@@ -120,11 +119,19 @@ def summary(name, load, stack, customer, product):
     [(pending_units,)] = support.query(
         stack.db_name, "SELECT coalesce(sum(i.quantity), 0) FROM orders.order_items i JOIN orders.orders o "
                        "ON o.id = i.order_id WHERE o.status = 'pending' AND i.sku = %s", product["sku"])
+    return in_db, consumed, reserved, int(pending_units)
+
+
+def summary(name, load, stack, customer, product):
+    """The issue's summary line; returns the numbers for assertions."""
+    statuses = load.statuses()
+    created = load.created()
+    in_db, consumed, reserved, pending_units = counts(stack, customer, product)
     numbers = {
         "sent": len(statuses), "201": statuses.count(201), "503": statuses.count(503),
         "504": statuses.count(504), "other": len([s for s in statuses if s not in (201, 503, 504)]),
         "in_db": in_db, "events_consumed": consumed, "duplicates": len(created) - len(set(created)),
-        "leaked_units": reserved - int(pending_units),
+        "leaked_units": reserved - pending_units,
     }
     print(f"\n[{name}] sent={numbers['sent']} 201={numbers['201']} 503={numbers['503']} 504={numbers['504']} "
           f"other={numbers['other']} orders_in_db={in_db} events_consumed={consumed} "

@@ -9,19 +9,14 @@ import requests
 from kombu import Connection, Exchange
 
 from tests import support
-from tests.faults.conftest import Load, seed, summary, wait_until
+from tests.faults.conftest import Load, counts, seed, summary, wait_until
 
 
 def _settled(stack, customer, product):
-    """Everything caught up: events consumed for every order, reservations match orders."""
+    """Everything caught up: events consumed for every order, reservations match pending orders."""
     def check():
-        [(in_db,)] = support.query(stack.db_name, "SELECT count(*) FROM orders.orders WHERE customer_id = %s",
-                                   customer["id"])
-        [(consumed,)] = support.query(stack.db_name, "SELECT orders_count FROM customers.customers WHERE id = %s",
-                                      customer["id"])
-        [(reserved,)] = support.query(stack.db_name, "SELECT reserved FROM inventory.products WHERE sku = %s",
-                                      product["sku"])
-        return consumed == in_db and reserved == in_db  # every order here is pending with 1 unit
+        in_db, consumed, reserved, pending_units = counts(stack, customer, product)
+        return consumed == in_db and reserved == pending_units
     return check
 
 
