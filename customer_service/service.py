@@ -35,7 +35,7 @@ class CustomerService:
         fields = domain.normalize(load_or_raise(CustomerInput(), data))
         with transaction(self.db) as session:
             customer = customer_schema.dump(storage.insert_customer(session, fields))
-            event = self.outbox.add(session, "customer_created", customer, self.request_id)
+            self.outbox.add(session, "customer_created", customer, self.request_id)
         self.outbox_relay.wake()
         return customer
 
@@ -46,7 +46,7 @@ class CustomerService:
         with transaction(self.db) as session:
             customer = self._customer(session, caller, customer_id, lock=True)
             updated = customer_schema.dump(storage.update_customer(session, customer, changes))
-            event = self.outbox.add(session, "customer_updated", updated, self.request_id)
+            self.outbox.add(session, "customer_updated", updated, self.request_id)
         self.outbox_relay.wake()
         return updated
 

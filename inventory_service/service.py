@@ -62,7 +62,7 @@ class InventoryService:
             domain.check_stock_covers_reserved(product, changes)
             before = (product.available, product.low_stock_threshold)
             product = storage.update_product(session, product, changes)
-            events = self._low_stock_events(session, [(product, *before)])
+            self._record_low_stock(session, [(product, *before)])
             updated = product_schema.dump(product)
         self.outbox_relay.wake()
         return updated
@@ -109,8 +109,8 @@ class InventoryService:
             changed = [(product, product.available + quantity, product.low_stock_threshold)
                        for product, quantity in lines]
             view = domain.new_reservation_view(order_uuid, lines)
-            self._stock_events(session, "stock_reserved", view, changed)
-            self._low_stock_events(session, changed)
+            self._record_stock_event(session, "stock_reserved", view, changed)
+            self._record_low_stock(session, changed)
         self.outbox_relay.wake()
         return view
 
@@ -139,8 +139,8 @@ class InventoryService:
             products = {product.sku: product for product in storage.get_products(session, skus)}
             storage.replace_reservation_items(session, order_uuid, [(products[sku], qty) for sku, qty in plan])
             view = self._view(session, order_uuid)
-            events = (self._stock_events(session, "stock_reserved", view, changed)
-                      + self._low_stock_events(session, changed))
+            self._record_stock_event(session, "stock_reserved", view, changed)
+            self._record_low_stock(session, changed)
         self.outbox_relay.wake()
         return view
 
@@ -198,7 +198,6 @@ class InventoryService:
 
     def _settle(self, order_id, final_status, check_allowed, apply_to_stock, event_type):
         order_uuid = domain.parse_order_id(order_id)
-        events = []
         with transaction(self.db) as session:
             reservation = self._reservation(session, order_uuid)
             items = storage.reservation_items(session, order_uuid)
@@ -207,8 +206,8 @@ class InventoryService:
                 # Neither releasing nor committing lowers available stock: no stock_low here.
                 changed = [(apply_to_stock(session, item.sku, item.quantity), None, None) for item in items]
                 storage.set_reservation_status(session, reservation, final_status)
-                events = self._stock_events(session, event_type,
-                                            domain.reservation_view(reservation, items), changed)
+                self._record_stock_event(session, event_type, domain.reservation_view(reservation, items),
+                                         changed)
             view = domain.reservation_view(reservation, items)
         self.outbox_relay.wake()
         return view
@@ -225,16 +224,16 @@ class InventoryService:
             raise domain.shortage(plan, sku, available)
         return product
 
-    def _stock_events(self, session, event_type, view, changed):
-        """[the stock_reserved/released/committed event], with the products after the change."""
+    def _record_stock_event(self, session, event_type, view, changed):
+        """Outbox a stock_reserved/released/committed event with the products after the change."""
         products = product_schema.dump([product for product, _, _ in changed], many=True)
-        return [self.outbox.add(session, event_type, domain.stock_event(view, products), self.request_id)]
+        self.outbox.add(session, event_type, domain.stock_event(view, products), self.request_id)
 
-    def _low_stock_events(self, session, changed):
-        """stock_low for each changed product that just fell below its threshold."""
-        return [self.outbox.add(session, "stock_low", product_schema.dump(product), self.request_id)
-                for product, available_before, threshold_before in changed
-                if domain.fell_below_threshold(available_before, threshold_before, product)]
+    def _record_low_stock(self, session, changed):
+        """Outbox stock_low for each changed product that just fell below its threshold."""
+        for product, available_before, threshold_before in changed:
+            if domain.fell_below_threshold(available_before, threshold_before, product):
+                self.outbox.add(session, "stock_low", product_schema.dump(product), self.request_id)
 
     def _view(self, session, order_uuid):
         return domain.reservation_view(storage.get_reservation(session, order_uuid),

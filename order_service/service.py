@@ -157,7 +157,7 @@ class OrderService:
                     order.shipping_address = changes["shipping_address"]
                 domain.touch(order, _now())
                 updated = order_schema.dump(order)
-                event = self.outbox.add(session, "order_updated", updated, self.request_id)
+                self.outbox.add(session, "order_updated", updated, self.request_id)
         except BaseException:
             if replaced_lines is not None:
                 self._undo(self.inventory_rpc.replace_reservation, order_id, replaced_lines)
@@ -179,7 +179,7 @@ class OrderService:
                 setattr(order, field, value)
             domain.touch(order, _now())
             updated = order_schema.dump(order)
-            event = self.outbox.add(session, "order_updated", updated, self.request_id)
+            self.outbox.add(session, "order_updated", updated, self.request_id)
         self.outbox_relay.wake()
         return updated
 
@@ -204,7 +204,7 @@ class OrderService:
             order.status = new_status
             domain.touch(order, now)
             updated = order_schema.dump(order)
-            event = self.outbox.add(session, "order_status_changed", updated, self.request_id)
+            self.outbox.add(session, "order_status_changed", updated, self.request_id)
         self.outbox_relay.wake()
         return updated
 
@@ -220,7 +220,7 @@ class OrderService:
             deleted = order_schema.dump(order)
             self.inventory_rpc.release(str(order.id))
             storage.delete_order(session, order)
-            event = self.outbox.add(session, "order_deleted", deleted, self.request_id)
+            self.outbox.add(session, "order_deleted", deleted, self.request_id)
         self.outbox_relay.wake()
         return deleted
 

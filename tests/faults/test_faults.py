@@ -1,5 +1,4 @@
 """Real faults under real load: nothing lost, nothing doubled, nothing leaked."""
-import json
 import signal
 import threading
 import time

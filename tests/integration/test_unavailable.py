@@ -1,5 +1,4 @@
 """503 and 504: what the gateway answers when a part is missing or slow."""
-import threading
 
 import psycopg2
 import requests

@@ -60,7 +60,6 @@ def test_order_is_priced_from_the_reservation():
 
 
 def test_an_order_has_one_currency():
-    customer = {"id": str(uuid.uuid4())}
     with pytest.raises(Unprocessable):
         orders.price_lines([{"sku": "A", "quantity": 1}, {"sku": "B", "quantity": 1}],
                            _reservation(("A", "1.00", "EUR"), ("B", "1.00", "USD")))
