@@ -12,8 +12,9 @@ import logging
 from amqp.exceptions import ConnectionError as AmqpConnectionError
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
+from nameko.constants import NON_PERSISTENT
 from nameko.messaging import QueueConsumer
-from nameko.rpc import Responder, Rpc
+from nameko.rpc import MethodProxy, Responder, Rpc
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,15 @@ class ResilientRpc(Rpc):
 rpc = ResilientRpc.decorator
 
 
-class UnconfirmedReplyPublisher(Publisher):
+class RpcRequestPublisher(Publisher):
+    """RPC requests as transient messages: RabbitMQ keeps them in memory only
+    (no write to its message store per call). A request can outlive nothing
+    it matters for: when the broker restarts, the caller's reply queue is gone
+    too, so the caller has already failed (503/504) either way."""
+    delivery_mode = NON_PERSISTENT
+
+
+class UnconfirmedReplyPublisher(RpcRequestPublisher):
     """RPC replies without publisher confirms: measured here, a confirm adds
     ~1.4 ms to every hop (4.2 -> 2.9 ms for an empty call). A reply the broker
     loses after taking it times the caller out (504), as a reply lost any
@@ -46,6 +55,7 @@ class UnconfirmedReplyPublisher(Publisher):
 def configure_nameko():
     """Process-wide nameko settings for our services; call once at service import."""
     Responder.publisher_cls = UnconfirmedReplyPublisher
+    MethodProxy.publisher_cls = RpcRequestPublisher
     harden_nameko_acks()
 
 

@@ -12,17 +12,16 @@ import threading
 from collections import deque
 from contextlib import contextmanager
 
-from nameko.amqp.publish import Publisher
 from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.rpc import MethodProxy
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from common.entrypoints import BROKER_ERRORS
+from common.entrypoints import BROKER_ERRORS, RpcRequestPublisher
 from common.errors import ServiceUnavailable, UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
-class FailFastPublisher(Publisher):
+class FailFastPublisher(RpcRequestPublisher):
     """nameko's publisher retries a broker connection for ~10 s, holding the
     caller all that time; give up within about a second and answer 503."""
     retry_policy = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 0.5}
