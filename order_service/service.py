@@ -69,31 +69,30 @@ class OrderService:
         order_id = domain.new_order_id(attempt_id)
         started = time.monotonic()
         with transaction(self.db) as session:
-            # Runs of one attempt (the original and a redelivery) take turns, so
-            # one can never undo the reservation of the order the other made.
-            storage.lock_order_id(session, order_id)
-            done_before = storage.get_order(session, order_id) if attempt_id is not None else None
-            if done_before is not None:
-                return order_schema.dump(domain.check_same_caller(caller, done_before))
+            if attempt_id is not None:
+                # Runs of one attempt (the original and a redelivery) take turns, so
+                # one can never undo the reservation of the order the other made.
+                storage.lock_order_id(session, order_id)
+            done_before, known_customer = storage.create_context(session, order_id, order_input["customer_id"])
+            if done_before:
+                return order_schema.dump(domain.check_same_caller(caller, storage.get_order(session, order_id)))
             key = domain.check_idempotency_key(idempotency_key)
             if key is not None:
                 fingerprint = domain.request_fingerprint(data)
                 first_use = storage.claim_idempotency_key(session, key, fingerprint, order_id, _now())
                 if first_use is not None:
                     return domain.replay(first_use, fingerprint)
-            customer = self._existing_customer(session, order_input["customer_id"])
+            customer = self._existing_customer(known_customer, order_input["customer_id"])
             reservation = self.inventory_rpc.reserve(str(order_id), lines)
             try:
                 domain.check_reservation_held(reservation)
                 order_row, item_rows = domain.new_order(
                     order_id, customer, lines, reservation, order_input.get("shipping_address"), _now())
-                order = order_schema.dump(storage.insert_order(session, order_row, item_rows))
-                storage.add_status_change(session, order_id, None, domain.PENDING, caller.sub,
-                                          order_row["created_at"])
+                order = order_schema.dump({**order_row, "items": item_rows})
                 if key is not None:
                     storage.remember_response(session, key, order)
-                self.outbox.add(session, "order_created", order, self.request_id)
-                session.flush()
+                storage.insert_new_order(session, order_row, item_rows, caller.sub,
+                                         self.outbox.row("order_created", order, self.request_id))
                 domain.check_create_deadline(started, time.monotonic())
             except BaseException:
                 # Still under the lock, before the rollback. (Should the commit
@@ -271,10 +270,9 @@ class OrderService:
             raise NotFound("No such order.", {"id": str(order_id)})
         return order
 
-    def _existing_customer(self, session, customer_id):
+    def _existing_customer(self, known, customer_id):
         """The customer from the local directory (customers are never deleted, so a
         hit proves existence), else from customer_service: one RPC hop saved."""
-        known = storage.known_customer(session, customer_id)
         if known is not None:
             return domain.customer_from_directory(known)
         try:

@@ -4,8 +4,8 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import (BigInteger, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, Text, delete,
-                        select, text, tuple_, update)
+from sqlalchemy import (BigInteger, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, Text, bindparam,
+                        delete, exists, select, text, tuple_, update)
 from sqlalchemy import cast
 from sqlalchemy.dialects.postgresql import JSONB, UUID, aggregate_order_by, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -94,19 +94,70 @@ class KnownCustomer(OrdersBase):
 
 outbox = Outbox(outbox_model(OrdersBase))
 
-# Hot-path statements built once, so their compiled form is reused.
-_INSERT_ORDER = insert(Order.__table__)
-_INSERT_ITEMS = insert(OrderItem.__table__)
-_INSERT_STATUS_CHANGE = insert(StatusChange.__table__)
 ProcessedEvent = processed_events_model(OrdersBase)
 
+# Creating an order is the hot path: three statements in all (the attempt
+# lock, the context read, the combined insert), each built once so its
+# compiled form is reused.
+_orders, _items, _known = Order.__table__, OrderItem.__table__, KnownCustomer.__table__
 
-def insert_order(session, order_fields, item_fields):
-    """Insert a new order and its items (Core: no ORM bookkeeping on the hottest path);
-    returns the order as a dict with its items."""
-    connection = session.connection()
-    connection.execute(_INSERT_ORDER, order_fields)
-    connection.execute(_INSERT_ITEMS, [{"order_id": order_fields["id"], **item} for item in item_fields])
+
+def _known_customer_column(column):
+    return select(column).where(_known.c.id == bindparam("customer_id")).scalar_subquery()
+
+
+_CREATE_CONTEXT = select(
+    exists().where(_orders.c.id == bindparam("order_id")).label("done_before"),
+    _known_customer_column(_known.c.id).label("id"),
+    _known_customer_column(_known.c.shipping_address).label("shipping_address"))
+
+# The order, its items (one array per column, so the text is the same for any
+# number of items), its first history row and its event, in one round trip.
+# Foreign keys are checked at the end of the statement, when the order exists.
+_INSERT_NEW_ORDER = text(f"""
+WITH new_order AS (
+    INSERT INTO {SCHEMA}.orders (id, customer_id, status, currency, total_amount, shipping_address,
+                                 carrier, tracking_number, version, created_at, updated_at)
+    VALUES (:id, :customer_id, :status, :currency, :total_amount, :shipping_address,
+            :carrier, :tracking_number, :version, :created_at, :updated_at)
+), new_items AS (
+    INSERT INTO {SCHEMA}.order_items (order_id, sku, quantity, unit_price, line_total)
+    SELECT CAST(:id AS uuid), item.*
+    FROM unnest(CAST(:skus AS varchar[]), CAST(:quantities AS integer[]),
+                CAST(:unit_prices AS numeric[]), CAST(:line_totals AS numeric[]))
+         AS item(sku, quantity, unit_price, line_total)
+), first_status AS (
+    INSERT INTO {SCHEMA}.order_status_history (order_id, from_status, to_status, changed_at, changed_by)
+    VALUES (:id, NULL, :status, :created_at, :changed_by)
+)
+INSERT INTO {SCHEMA}.outbox (event_id, event_type, payload, created_at, next_attempt_at, attempts)
+VALUES (:event_id, :event_type, :payload, :event_created_at, :event_created_at, 0)
+""").bindparams(bindparam("id", type_=UUID(as_uuid=True)), bindparam("customer_id", type_=UUID(as_uuid=True)),
+                bindparam("shipping_address", type_=JSONB), bindparam("event_id", type_=UUID(as_uuid=True)),
+                bindparam("payload", type_=JSONB))
+_INSERT_STATUS_CHANGE = insert(StatusChange.__table__)
+
+
+def create_context(session, order_id, customer_id):
+    """(whether order `order_id` exists already, the customer as the local
+    directory knows it or None), in one round trip."""
+    row = session.connection().execute(_CREATE_CONTEXT, {"order_id": order_id, "customer_id": customer_id}).one()
+    return row.done_before, (row if row.id is not None else None)
+
+
+def insert_new_order(session, order_fields, item_fields, changed_by, event_row):
+    """Insert a new order, its items, its first status change (by `changed_by`)
+    and its event (an `Outbox.row`); the order as a dict with its items."""
+    session.connection().execute(_INSERT_NEW_ORDER, {
+        **order_fields,
+        "skus": [item["sku"] for item in item_fields],
+        "quantities": [item["quantity"] for item in item_fields],
+        "unit_prices": [item["unit_price"] for item in item_fields],
+        "line_totals": [item["line_total"] for item in item_fields],
+        "changed_by": changed_by,
+        "event_id": event_row["event_id"], "event_type": event_row["event_type"],
+        "payload": event_row["payload"], "event_created_at": event_row["created_at"],
+    })
     return {**order_fields, "items": item_fields}
 
 
@@ -130,7 +181,6 @@ def get_order(session, order_id, lock=False):
 # json_agg per order), as plain rows: no ORM identity map, no second SELECT.
 # Filters, keyset and LIMIT apply to orders alone first, so the list indexes
 # serve the page and items are looked up for the page's orders only.
-_orders, _items = Order.__table__, OrderItem.__table__
 
 
 def _with_items(orders_query):
@@ -216,10 +266,6 @@ def remember_response(session, key, response):
 
 def ping(session):
     session.execute(select(1))
-
-
-def known_customer(session, customer_id):
-    return session.get(KnownCustomer, customer_id)
 
 
 def remember_customer(session, customer_id, shipping_address, updated_at):

@@ -1,5 +1,6 @@
 """order_service's orchestration with its dependencies replaced (nameko worker_factory)."""
 import uuid
+from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
@@ -16,9 +17,15 @@ def _order_input(quantity=2):
     return {"customer_id": CUSTOMER["id"], "items": [{"sku": "A", "quantity": quantity}]}
 
 
+def _create_context(session, done_before=False, known=None):
+    """What storage.create_context reads: no earlier run of this attempt; `known` in the directory or not."""
+    session.connection.return_value.execute.return_value.one.return_value = SimpleNamespace(
+        done_before=done_before, id=known and known["id"], shipping_address=known and known["shipping_address"])
+
+
 def _service():
     service = worker_factory(OrderService, caller=Caller("tester", "admin"))
-    service.db.get_session.return_value.get.return_value = None  # not in the local customer directory
+    _create_context(service.db.get_session.return_value)  # not in the local customer directory
     service.customer_rpc.get_customer.return_value = CUSTOMER
     service.inventory_rpc.reserve.side_effect = lambda order_id, lines: {
         "order_id": order_id, "status": "reserved",
@@ -27,12 +34,15 @@ def _service():
 
 
 def _outbox_rows(session):
-    """The outbox rows the service inserted (Core INSERTs through the session's connection)."""
+    """The outbox rows the service wrote through the session's connection: Outbox.add's
+    INSERTs, or the event parameters of a combined statement (storage.insert_new_order)."""
     rows = []
     for call in session.connection.return_value.execute.call_args_list:
-        statement = call.args[0]
+        statement, params = call.args[0], (call.args[1] if len(call.args) > 1 else {})
         if getattr(getattr(statement, "table", None), "name", None) == "outbox":
-            rows.append(call.args[1] if len(call.args) > 1 else statement.compile().params)
+            rows.append(params or statement.compile().params)
+        elif isinstance(params, dict) and "event_type" in params:
+            rows.append(params)
     return rows
 
 
@@ -71,9 +81,15 @@ def test_refused_reservation_writes_nothing():
 def test_failed_persist_releases_the_reservation_and_emits_nothing():
     service = _service()
     session = MagicMock()
-    session.get.return_value = None
-    session.scalars.return_value.first.return_value = None  # no earlier run of this attempt
-    session.flush.side_effect = RuntimeError("disk full")
+    _create_context(session)
+    execute = session.connection.return_value.execute
+
+    def fail_on_insert(statement, params=None):
+        if params and "event_type" in params:
+            raise RuntimeError("disk full")
+        return execute.return_value
+
+    execute.side_effect = fail_on_insert
     service.db.get_session.return_value = session
     with pytest.raises(RuntimeError):
         service.create_order(_order_input())
@@ -85,8 +101,8 @@ def test_failed_persist_releases_the_reservation_and_emits_nothing():
 
 def test_a_customer_known_from_events_needs_no_rpc():
     service = _service()
-    known = MagicMock(id=uuid.UUID(CUSTOMER["id"]), shipping_address={"line1": "x"})
-    service.db.get_session.return_value.get.return_value = known
+    _create_context(service.db.get_session.return_value,
+                    known={"id": uuid.UUID(CUSTOMER["id"]), "shipping_address": {"line1": "x"}})
     order = service.create_order(_order_input())
     service.customer_rpc.get_customer.assert_not_called()
     assert order["shipping_address"] == {"line1": "x"}
@@ -103,7 +119,9 @@ def test_a_redelivered_attempt_returns_the_first_order_and_reserves_nothing():
     committed = Order(id=attempt, customer_id=uuid.UUID(CUSTOMER["id"]), status="pending", currency="EUR",
                       total_amount=Decimal("59.98"), version=1, items=[],
                       created_at=datetime.now(timezone.utc), updated_at=datetime.now(timezone.utc))
-    service.db.get_session.return_value.scalars.return_value.first.return_value = committed
+    session = service.db.get_session.return_value
+    _create_context(session, done_before=True)
+    session.scalars.return_value.first.return_value = committed
 
     again = service.create_order(_order_input(), attempt_id=str(attempt))
 
