@@ -110,6 +110,10 @@ def processed_events_model(base):
         handler: Mapped[str] = mapped_column(String(100))
         processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
+    table = ProcessedEvent.__table__
+    # Built once: every event runs it, so its compiled form is reused (Core, no ORM work).
+    ProcessedEvent.record_first_time = (insert(table).on_conflict_do_nothing(index_elements=["event_id"])
+                                        .returning(table.c.event_id))
     return ProcessedEvent
 
 
@@ -119,8 +123,6 @@ def first_time(session, model, event_id, handler):
     Concurrent deliveries of one event serialize on the primary key: the
     second waits for the first's transaction and then sees the row.
     """
-    inserted = session.execute(
-        insert(model).values(event_id=event_id, handler=handler, processed_at=datetime.now(timezone.utc))
-        .on_conflict_do_nothing(index_elements=["event_id"]).returning(model.event_id)
-    ).first()
+    inserted = session.connection().execute(model.record_first_time, {
+        "event_id": event_id, "handler": handler, "processed_at": datetime.now(timezone.utc)}).first()
     return inserted is not None

@@ -2,7 +2,7 @@
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import Integer, MetaData, String, select, tuple_, update
+from sqlalchemy import Integer, MetaData, String, bindparam, select, tuple_, update
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -85,6 +85,11 @@ def ping(session):
     session.execute(select(1))
 
 
+_customers = Customer.__table__
+# Once per order_created event: Core and built once (no ORM bulk-update work per event).
+_COUNT_ORDER = (update(_customers).where(_customers.c.id == bindparam("customer_id"))
+                .values(orders_count=_customers.c.orders_count + 1))
+
+
 def count_order(session, customer_id):
-    session.execute(update(Customer).where(Customer.id == customer_id)
-                    .values(orders_count=Customer.orders_count + 1))
+    session.connection().execute(_COUNT_ORDER, {"customer_id": customer_id})

@@ -105,12 +105,11 @@ class InventoryService:
                 existing = storage.get_reservation(session, order_uuid)
                 return domain.reservation_view(existing, storage.reservation_items(session, order_uuid))
             lines = [(self._take(session, plan, sku, quantity), quantity) for sku, quantity in plan]
-            storage.add_reservation_items(session, order_uuid, lines)
             changed = [(product, product.available + quantity, product.low_stock_threshold)
                        for product, quantity in lines]
             view = domain.new_reservation_view(order_uuid, lines)
-            self._record_stock_event(session, "stock_reserved", view, changed)
-            self._record_low_stock(session, changed)
+            events = [self._stock_event("stock_reserved", view, changed), *self._low_stock_events(changed)]
+            storage.record_reservation(session, order_uuid, lines, [self.outbox.row(**event) for event in events])
         self.outbox_relay.wake()
         return view
 
@@ -225,15 +224,22 @@ class InventoryService:
         return product
 
     def _record_stock_event(self, session, event_type, view, changed):
-        """Outbox a stock_reserved/released/committed event with the products after the change."""
-        products = product_schema.dump([product for product, _, _ in changed], many=True)
-        self.outbox.add(session, event_type, domain.stock_event(view, products), self.request_id)
+        self.outbox.add(session, **self._stock_event(event_type, view, changed))
 
     def _record_low_stock(self, session, changed):
-        """Outbox stock_low for each changed product that just fell below its threshold."""
-        for product, available_before, threshold_before in changed:
-            if domain.fell_below_threshold(available_before, threshold_before, product):
-                self.outbox.add(session, "stock_low", product_schema.dump(product), self.request_id)
+        for event in self._low_stock_events(changed):
+            self.outbox.add(session, **event)
+
+    def _stock_event(self, event_type, view, changed):
+        """A stock_reserved/released/committed event with the products after the change."""
+        products = product_schema.dump([product for product, _, _ in changed], many=True)
+        return {"event_type": event_type, "data": domain.stock_event(view, products), "request_id": self.request_id}
+
+    def _low_stock_events(self, changed):
+        """stock_low for each changed product that just fell below its threshold."""
+        return [{"event_type": "stock_low", "data": product_schema.dump(product), "request_id": self.request_id}
+                for product, available_before, threshold_before in changed
+                if domain.fell_below_threshold(available_before, threshold_before, product)]
 
     def _view(self, session, order_uuid):
         return domain.reservation_view(storage.get_reservation(session, order_uuid),

@@ -5,6 +5,7 @@ Stock safety lives in SQL: a reservation is one conditional UPDATE per sku
 and CHECK constraints refuse any row with reserved > stock. Whatever the
 concurrency, no two orders can hold the same unit.
 """
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -119,6 +120,22 @@ _COMMIT_STOCK = (update(_products).where(_products.c.sku == _sku)
 _START_RESERVATION = (insert(Reservation.__table__).on_conflict_do_nothing(index_elements=["order_id"])
                       .returning(Reservation.__table__.c.order_id))
 _INSERT_RESERVATION_ITEMS = insert(ReservationItem.__table__)
+# A new reservation's items and its events in one round trip; one array per
+# column, so the text is the same for any number of items and events.
+_RECORD_RESERVATION = text(f"""
+WITH new_items AS (
+    INSERT INTO {SCHEMA}.reservation_items (order_id, sku, quantity, unit_price, currency)
+    SELECT CAST(:order_id AS uuid), item.*
+    FROM unnest(CAST(:skus AS varchar[]), CAST(:quantities AS integer[]),
+                CAST(:unit_prices AS numeric[]), CAST(:currencies AS varchar[]))
+         AS item(sku, quantity, unit_price, currency)
+)
+INSERT INTO {SCHEMA}.outbox (event_id, event_type, payload, created_at, next_attempt_at, attempts)
+SELECT event.event_id, event.event_type, event.payload, event.created_at, event.created_at, 0
+FROM unnest(CAST(:event_ids AS uuid[]), CAST(:event_types AS varchar[]), CAST(:payloads AS jsonb[]),
+            CAST(:event_times AS timestamptz[]))
+     AS event(event_id, event_type, payload, created_at)
+""")
 
 
 def _update_stock(session, statement, sku, quantity):
@@ -190,6 +207,22 @@ def add_reservation_items(session, order_id, lines):
         {"order_id": order_id, "sku": product.sku, "quantity": quantity,
          "unit_price": product.unit_price, "currency": product.currency}
         for product, quantity in lines])
+
+
+def record_reservation(session, order_id, lines, event_rows):
+    """The items of a new reservation (lines: (product, quantity), each at the
+    product's price now) and its events (`Outbox.row`s), in one statement."""
+    session.connection().execute(_RECORD_RESERVATION, {
+        "order_id": str(order_id),
+        "skus": [product.sku for product, _ in lines],
+        "quantities": [quantity for _, quantity in lines],
+        "unit_prices": [product.unit_price for product, _ in lines],
+        "currencies": [product.currency for product, _ in lines],
+        "event_ids": [str(row["event_id"]) for row in event_rows],
+        "event_types": [row["event_type"] for row in event_rows],
+        "payloads": [json.dumps(row["payload"]) for row in event_rows],
+        "event_times": [row["created_at"] for row in event_rows],
+    })
 
 
 def get_reservation(session, order_id, lock=False):
