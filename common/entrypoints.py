@@ -8,9 +8,13 @@ and handlers are idempotent where that matters (create_order's attempt id).
 `harden_nameko_acks` closes the same hole in acknowledgements.
 """
 import logging
+from contextlib import contextmanager
 
 from amqp.exceptions import ConnectionError as AmqpConnectionError
+from kombu import Connection
 from kombu.exceptions import OperationalError
+from kombu.pools import producers
+from nameko.amqp import publish
 from nameko.amqp.publish import Publisher
 from nameko.constants import NON_PERSISTENT
 from nameko.messaging import QueueConsumer
@@ -57,6 +61,32 @@ def configure_nameko():
     Responder.publisher_cls = UnconfirmedReplyPublisher
     MethodProxy.publisher_cls = RpcRequestPublisher
     harden_nameko_acks()
+    reuse_publisher_connections()
+
+
+_publisher_connections = {}
+
+
+@contextmanager
+def _get_producer(amqp_uri, confirms=True, ssl=None, login_method=None, transport_options=None):
+    # The same producer pool nameko's get_producer picks (kombu keys it by the
+    # connection's settings), minus building a kombu Connection, URL parsing
+    # and all, for every message.
+    defaults = publish.DEFAULT_TRANSPORT_OPTIONS if transport_options is None else transport_options
+    options = {**defaults, "confirm_publish": confirms}
+    key = (amqp_uri, repr(ssl), login_method, repr(sorted(options.items())))
+    connection = _publisher_connections.get(key)
+    if connection is None:
+        connection = _publisher_connections.setdefault(key, Connection(
+            amqp_uri, transport_options=options, ssl=ssl, login_method=login_method))
+    with producers[connection].acquire(block=True) as producer:
+        yield producer
+
+
+def reuse_publisher_connections():
+    """Make nameko's publishers look their producer pool up by a kept Connection
+    (measured: building one was 3-4% of each process's CPU). Idempotent."""
+    publish.get_producer = _get_producer
 
 
 def harden_nameko_acks():

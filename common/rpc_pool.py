@@ -16,7 +16,7 @@ from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.rpc import MethodProxy
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from common.entrypoints import BROKER_ERRORS, RpcRequestPublisher
+from common.entrypoints import BROKER_ERRORS, RpcRequestPublisher, reuse_publisher_connections
 from common.errors import ServiceUnavailable, UpstreamTimeout
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class _FailFastService:
 
 class RpcProxyPool:
     def __init__(self, nameko_config, timeout, max_size):
+        reuse_publisher_connections()
         self._config = nameko_config
         self._timeout = timeout
         self._idle = deque()
