@@ -6,6 +6,7 @@ and services dump resources with the resource schemas. Unknown fields are
 rejected (marshmallow's default RAISE) so typos surface as 400s.
 """
 import decimal
+import functools
 
 from datetime import timezone
 
@@ -253,10 +254,19 @@ class StatusChangeSchema(Schema):
     changed_by = fields.String(data_key="by")
 
 
-def load_or_raise(schema, data, **kwargs):
-    """Validate `data`; bad input becomes ValidationFailed naming each field."""
+@functools.cache
+def schema_instance(schema_class):
+    """One instance per schema class, made once: building a marshmallow schema
+    costs more than validating a small body with it. Loading and validating
+    keep no state on the instance, so threads and greenthreads can share it."""
+    return schema_class()
+
+
+def load_or_raise(schema_class, data, **kwargs):
+    """Validate `data` with `schema_class`; bad input becomes ValidationFailed naming each field."""
     from common.errors import ValidationFailed
 
+    schema = schema_instance(schema_class)
     if not isinstance(data, dict):
         raise ValidationFailed("The body must be a JSON object.", {"_schema": ["Not an object."]})
     try:

@@ -32,7 +32,7 @@ class CustomerService:
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def create_customer(self, data):
         required(self.caller).require(ADMIN, SERVICE)
-        fields = domain.normalize(load_or_raise(CustomerInput(), data))
+        fields = domain.normalize(load_or_raise(CustomerInput, data))
         with transaction(self.db) as session:
             customer = customer_schema.dump(storage.insert_customer(session, fields))
             self.outbox.add(session, "customer_created", customer, self.request_id)
@@ -42,7 +42,7 @@ class CustomerService:
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def update_customer(self, customer_id, data):
         caller = required(self.caller)
-        changes = domain.normalize(load_or_raise(CustomerPatch(), data))
+        changes = domain.normalize(load_or_raise(CustomerPatch, data))
         with transaction(self.db) as session:
             customer = self._customer(session, caller, customer_id, lock=True)
             updated = customer_schema.dump(storage.update_customer(session, customer, changes))
@@ -68,7 +68,7 @@ class CustomerService:
     def list_customers(self, limit=20, cursor=None):
         """Oldest first; a customer sees only their own record."""
         caller = required(self.caller)
-        query = load_or_raise(ListQuery(), {"limit": limit, "cursor": cursor})
+        query = load_or_raise(ListQuery, {"limit": limit, "cursor": cursor})
         after = decode_cursor(query["cursor"], parse_created_id_key)
         only_id = domain.parse_customer_id(caller.customer_id) if caller.is_customer else None
         with transaction(self.db) as session:

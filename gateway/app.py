@@ -21,7 +21,8 @@ from common.errors import (DomainError, ServiceUnavailable, Unauthenticated, Ups
                            VersionConflict)
 from common.rpc_pool import RpcProxyPool
 from common.schemas import (CustomerInput, CustomerPatch, ListQuery, OrderInput, OrderListQuery,
-                            OrderUpdateInput, ProductInput, ProductPatch, ShippingInput, StatusInput)
+                            OrderUpdateInput, ProductInput, ProductPatch, ShippingInput, StatusInput,
+                            schema_instance)
 from gateway.errors import register_error_handlers
 from gateway.openapi import register_openapi
 
@@ -99,8 +100,8 @@ def rpc():
     return current_app.extensions["rpc_pool"].cluster(context)
 
 
-def json_body(schema):
-    """The request's JSON object, checked against `schema` (400 naming bad fields)."""
+def json_body(schema_class):
+    """The request's JSON object, checked against `schema_class` (400 naming bad fields)."""
     if not request.is_json:
         raise UnsupportedMediaType("Send JSON with Content-Type: application/json.")
     try:
@@ -111,23 +112,23 @@ def json_body(schema):
         raise ValidationFailed("The body is not valid JSON.", {"body": ["Malformed JSON."]})
     if not isinstance(body, dict):
         raise ValidationFailed("The body must be a JSON object.", {"body": ["Not an object."]})
-    errors = schema.validate(body)
+    errors = schema_instance(schema_class).validate(body)
     if errors:
         raise ValidationFailed("Some fields are invalid.", errors)
     return body
 
 
-def query_args(schema):
-    """The query string checked against `schema`, as strings (services parse them again)."""
+def query_args(schema_class):
+    """The query string checked against `schema_class`, as strings (services parse them again)."""
     args = request.args.to_dict()
-    errors = schema.validate(args)
+    errors = schema_instance(schema_class).validate(args)
     if errors:
         raise ValidationFailed("Some query parameters are invalid.", errors)
     return args
 
 
 def page_args():
-    query = ListQuery().load(query_args(ListQuery()))
+    query = schema_instance(ListQuery).load(query_args(ListQuery))
     return query["limit"], query["cursor"]
 
 
@@ -186,7 +187,7 @@ def _register_routes(app):
 
     @app.post(f"{API}/customers")
     def create_customer():
-        body = json_body(CustomerInput())
+        body = json_body(CustomerInput)
         with rpc() as cluster:
             customer = cluster.customer_service.create_customer(body)
         return created(customer, f"{API}/customers/{customer['id']}")
@@ -204,13 +205,13 @@ def _register_routes(app):
 
     @app.patch(f"{API}/customers/<customer_id>")
     def update_customer(customer_id):
-        body = json_body(CustomerPatch())
+        body = json_body(CustomerPatch)
         with rpc() as cluster:
             return jsonify(cluster.customer_service.update_customer(customer_id, body))
 
     @app.post(f"{API}/products")
     def create_product():
-        body = json_body(ProductInput())
+        body = json_body(ProductInput)
         with rpc() as cluster:
             product = cluster.inventory_service.create_product(body)
         return created(product, f"{API}/products/{product['sku']}")
@@ -228,13 +229,13 @@ def _register_routes(app):
 
     @app.patch(f"{API}/products/<sku>")
     def update_product(sku):
-        body = json_body(ProductPatch())
+        body = json_body(ProductPatch)
         with rpc() as cluster:
             return jsonify(cluster.inventory_service.update_product(sku, body))
 
     @app.post(f"{API}/orders")
     def create_order():
-        body = json_body(OrderInput())
+        body = json_body(OrderInput)
         key = request.headers.get("Idempotency-Key")
         with rpc() as cluster:
             # attempt_id: a redelivery of this RPC message must not create a second order.
@@ -245,7 +246,7 @@ def _register_routes(app):
 
     @app.get(f"{API}/orders")
     def list_orders():
-        filters = query_args(OrderListQuery())
+        filters = query_args(OrderListQuery)
         limit, cursor = filters.pop("limit", 20), filters.pop("cursor", None)
         with rpc() as cluster:
             return jsonify(cluster.order_service.list_orders(filters, int(limit), cursor))
@@ -257,21 +258,21 @@ def _register_routes(app):
 
     @app.put(f"{API}/orders/<order_id>")
     def update_order(order_id):
-        body = json_body(OrderUpdateInput())
+        body = json_body(OrderUpdateInput)
         version = expected_version()
         with rpc() as cluster:
             return order_response(cluster.order_service.update_order(order_id, body, version))
 
     @app.put(f"{API}/orders/<order_id>/shipping")
     def update_shipping(order_id):
-        body = json_body(ShippingInput())
+        body = json_body(ShippingInput)
         version = expected_version()
         with rpc() as cluster:
             return order_response(cluster.order_service.update_shipping(order_id, body, version))
 
     @app.put(f"{API}/orders/<order_id>/status")
     def update_status(order_id):
-        body = json_body(StatusInput())
+        body = json_body(StatusInput)
         version = expected_version()
         with rpc() as cluster:
             return order_response(cluster.order_service.update_status(order_id, body, version))

@@ -13,7 +13,7 @@ def reservation_plan(order_id, items):
     Sku order is the lock order: concurrent reservations touching the same
     products lock them in the same sequence and cannot deadlock.
     """
-    data = load_or_raise(ReserveInput(), {"order_id": order_id, "items": items})
+    data = load_or_raise(ReserveInput, {"order_id": order_id, "items": items})
     skus = [item["sku"] for item in data["items"]]
     if len(set(skus)) != len(skus):
         raise ValidationFailed("Each sku may appear once.", {"items": ["Duplicate sku."]})

@@ -48,7 +48,7 @@ class InventoryService:
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def create_product(self, data):
         required(self.caller).require(ADMIN)
-        fields = load_or_raise(ProductInput(), data)
+        fields = load_or_raise(ProductInput, data)
         with transaction(self.db) as session:
             return product_schema.dump(storage.insert_product(session, fields))
 
@@ -56,7 +56,7 @@ class InventoryService:
     def update_product(self, sku, data):
         """Change price, name, description, threshold or stock (never below reserved)."""
         required(self.caller).require(ADMIN)
-        changes = load_or_raise(ProductPatch(), data)
+        changes = load_or_raise(ProductPatch, data)
         with transaction(self.db) as session:
             product = self._product(session, sku, lock=True)
             domain.check_stock_covers_reserved(product, changes)
@@ -85,7 +85,7 @@ class InventoryService:
     def list_products(self, limit=20, cursor=None):
         """By sku."""
         required(self.caller)
-        query = load_or_raise(ListQuery(), {"limit": limit, "cursor": cursor})
+        query = load_or_raise(ListQuery, {"limit": limit, "cursor": cursor})
         after_sku = decode_cursor(query["cursor"], domain.parse_sku)
         with transaction(self.db) as session:
             rows = storage.list_products(session, query["limit"] + 1, after_sku)

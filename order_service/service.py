@@ -62,7 +62,7 @@ class OrderService:
         a redelivery of this very call.
         """
         caller = required(self.caller)
-        order_input = load_or_raise(OrderInput(), data)
+        order_input = load_or_raise(OrderInput, data)
         domain.check_may_order_for(caller, order_input["customer_id"])
         lines = domain.merge_lines(order_input["items"])
         # A redelivered call carries the same attempt id, hence the same order id.
@@ -120,7 +120,7 @@ class OrderService:
         A customer lists only their own orders.
         """
         caller = required(self.caller)
-        query = load_or_raise(OrderListQuery(), {**(filters or {}), "limit": limit, "cursor": cursor})
+        query = load_or_raise(OrderListQuery, {**(filters or {}), "limit": limit, "cursor": cursor})
         after = decode_cursor(query.pop("cursor"), parse_created_id_key)
         limit = query.pop("limit")
         if not domain.restrict_to_caller(caller, query):
@@ -138,7 +138,7 @@ class OrderService:
         prices; if they cannot be reserved the old reservation stands.
         """
         caller = required(self.caller)
-        changes = load_or_raise(OrderUpdateInput(), data)
+        changes = load_or_raise(OrderUpdateInput, data)
         replaced_lines = None
         try:
             with transaction(self.db) as session:
@@ -168,7 +168,7 @@ class OrderService:
     def update_shipping(self, order_id, data, expected_version=None):
         """Set any of shipping_address, carrier, tracking_number before the order ships."""
         caller = required(self.caller)
-        changes = load_or_raise(ShippingInput(), data)
+        changes = load_or_raise(ShippingInput, data)
         with transaction(self.db) as session:
             order = self._order(session, caller, order_id, lock=True)
             caller.require(ADMIN, SERVICE)
@@ -189,7 +189,7 @@ class OrderService:
         shipped commits the stock reservation, cancelled releases it.
         """
         caller = required(self.caller)
-        new_status = load_or_raise(StatusInput(), data)["status"]
+        new_status = load_or_raise(StatusInput, data)["status"]
         with transaction(self.db) as session:
             order = self._order(session, caller, order_id, lock=True)
             domain.check_may_set_status(caller, new_status)

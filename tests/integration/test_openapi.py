@@ -42,8 +42,8 @@ app = create_app(rpc_pool=object())
 routes = []
 for rule in app.url_map.iter_rules():
     source = inspect.getsource(app.view_functions[rule.endpoint])
-    body = re.search(r"json_body\((\w+)\(\)\)", source)
-    query = re.search(r"query_args\((\w+)\(\)\)", source)
+    body = re.search(r"json_body\((\w+)\)", source)
+    query = re.search(r"query_args\((\w+)\)", source)
     routes.append({"rule": rule.rule, "endpoint": rule.endpoint,
                    "methods": sorted(rule.methods - {"HEAD", "OPTIONS"}),
                    "body": body and body.group(1),
