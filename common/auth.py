@@ -8,6 +8,7 @@ another through `ServiceRpcProxy` is the caller itself (role "service"):
 it has already checked the end user.
 """
 import copy
+import functools
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -64,13 +65,24 @@ def issue_token(secret, sub, role, customer_id=None, ttl_seconds=3600):
 def verify_token(token, secret):
     """The Caller a token names; Unauthenticated saying why if it is not valid."""
     try:
-        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "role"]})
+        caller, expires_at = _verified(token, secret)
     except jwt.ExpiredSignatureError:
         raise Unauthenticated("The token has expired.", {"token": "expired"}) from None
     except jwt.InvalidSignatureError:
         raise Unauthenticated("The token's signature is not valid.", {"token": "bad signature"}) from None
     except jwt.InvalidTokenError as exc:
         raise Unauthenticated("The token is not valid.", {"token": str(exc)}) from None
+    if expires_at <= time.time():  # a token verified earlier, expired since
+        raise Unauthenticated("The token has expired.", {"token": "expired"})
+    return caller
+
+
+# A client sends the same token with every request: checking its signature
+# and claims once per token, not per request, was 5% of the gateway's CPU.
+# Only valid tokens are kept (a failed check raises); expiry is checked on every use.
+@functools.lru_cache(maxsize=4096)
+def _verified(token, secret):
+    claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["exp", "sub", "role"]})
     role = claims["role"]
     if role not in TOKEN_ROLES:
         raise Unauthenticated("The token's role is not one of admin, customer.", {"role": str(role)})
@@ -80,7 +92,7 @@ def verify_token(token, secret):
             customer_id = str(uuid.UUID(str(customer_id)))
         except ValueError:
             raise Unauthenticated("A customer token needs a customer_id claim.", {"customer_id": "missing"}) from None
-    return Caller(sub=str(claims["sub"]), role=role, customer_id=customer_id)
+    return Caller(sub=str(claims["sub"]), role=role, customer_id=customer_id), int(claims["exp"])
 
 
 class CallerProvider(ContextDataProvider):
