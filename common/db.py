@@ -40,19 +40,35 @@ def transaction(db):
     try:
         yield session
         session.commit()
-    except IntegrityError:
+    except BaseException as exc:
         _rollback_quietly(session)
-        raise
-    except DBAPIError as exc:
-        _rollback_quietly(session)
-        if exc.connection_invalidated or _is_connection_error(exc):
-            raise ServiceUnavailable("The database is unavailable.", {"database": "unreachable"}) from None
-        raise
-    except BaseException:
-        _rollback_quietly(session)
+        _raise_unavailable_if_connection_lost(exc)
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def one_statement_read(db):
+    """A session for a read that is one SELECT: in autocommit, so it costs one
+    round trip instead of three (no BEGIN, no COMMIT). One statement sees one
+    consistent snapshot, so nothing is lost; use `transaction` for anything
+    that reads twice or writes."""
+    session = db.get_session()
+    try:
+        session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session
+    except BaseException as exc:
+        _raise_unavailable_if_connection_lost(exc)
+        raise
+    finally:
+        session.close()
+
+
+def _raise_unavailable_if_connection_lost(exc):
+    if (isinstance(exc, DBAPIError) and not isinstance(exc, IntegrityError)
+            and (exc.connection_invalidated or _is_connection_error(exc))):
+        raise ServiceUnavailable("The database is unavailable.", {"database": "unreachable"}) from None
 
 
 def _rollback_quietly(session):

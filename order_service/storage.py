@@ -196,10 +196,13 @@ def _with_items(orders_query):
     return select(page, items.label("items")), page
 
 
+# Built once (GET by id is the most frequent read).
+_ORDER_VIEW, _ = _with_items(select(_orders).where(_orders.c.id == bindparam("order_id")))
+
+
 def order_view(session, order_id):
     """The order with its items as a dict, or None."""
-    query, _ = _with_items(select(_orders).where(_orders.c.id == order_id))
-    row = session.connection().execute(query).first()
+    row = session.connection().execute(_ORDER_VIEW, {"order_id": order_id}).first()
     return dict(row._mapping) if row is not None else None
 
 
