@@ -3,9 +3,9 @@
 A service writes the event row in the same transaction as the change
 (`Outbox.add`) and, after the commit, wakes its `OutboxRelay`. The relay is
 one background greenthread per service process: woken after each commit and
-every OUTBOX_RELAY_INTERVAL seconds, it publishes due rows in batches with
-publisher confirms, marks them sent, and backs off rows the broker would not
-take. Rows are locked with SKIP LOCKED, so several instances of a service
+every OUTBOX_RELAY_INTERVAL seconds, it publishes due rows in batches,
+waits for the broker to confirm the whole batch (publisher confirms), marks
+them sent, and backs off the rows of a batch the broker would not take. Rows are locked with SKIP LOCKED, so several instances of a service
 never send one row at once. Publishing is at-least-once (a crash between
 publish and mark resends): consumers deduplicate by `event_id`.
 
@@ -19,16 +19,16 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from nameko.amqp.publish import Publisher
 from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.extensions import DependencyProvider
 from nameko.standalone.events import get_event_exchange
 from nameko_sqlalchemy.database import DB_URIS_KEY
-from sqlalchemy import Index, Integer, String, create_engine, delete, insert, select, text, update
+from sqlalchemy import Index, Integer, String, create_engine, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
+from common.batch_publisher import ConfirmedBatchPublisher
 from common.events import make_envelope
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class OutboxRelay(DependencyProvider):
         db_uri = config[DB_URIS_KEY][f"{self.container.service_name}:{base_name}"]
         self.engine = create_engine(db_uri, pool_size=2, max_overflow=0)
         exchange = get_event_exchange(self.container.service_name, config)
-        self.publisher = Publisher(config[AMQP_URI_CONFIG_KEY], exchange=exchange, declare=[exchange])
+        self.publisher = ConfirmedBatchPublisher(config[AMQP_URI_CONFIG_KEY], exchange)
 
     def start(self):
         self._running = True
@@ -106,10 +106,12 @@ class OutboxRelay(DependencyProvider):
         self._running = False
         self._wake.set()
         self._thread.wait()
+        self.publisher.close()
         self.engine.dispose()
 
     def kill(self):
         self._running = False
+        self.publisher.close()
         self.engine.dispose()
 
     def get_dependency(self, worker_ctx):
@@ -147,22 +149,23 @@ class OutboxRelay(DependencyProvider):
                 .where(model.sent_at.is_(None), model.next_attempt_at <= now)
                 .order_by(model.created_at).limit(BATCH_SIZE).with_for_update(skip_locked=True)
             ).all()
-            sent = []
-            for row in rows:
-                try:
-                    self.publisher.publish(row.payload, routing_key=row.event_type)
-                except Exception as exc:
-                    delay = min(2 ** (row.attempts + 1), MAX_BACKOFF_SECONDS)
-                    connection.execute(update(model).where(model.event_id == row.event_id).values(
-                        attempts=row.attempts + 1, next_attempt_at=now + timedelta(seconds=delay)))
-                    log.warning("event %s not published (attempt %d, next in %ss): %r",
-                                row.event_id, row.attempts + 1, delay, exc)
-                    break  # the broker is likely down: the rest waits
-                sent.append(row.event_id)
-            if sent:
-                connection.execute(update(model).where(model.event_id.in_(sent))
-                                   .values(sent_at=datetime.now(timezone.utc)))
-        return len(rows) if len(sent) == len(rows) else 0
+            if not rows:
+                return 0
+            try:
+                self.publisher.publish([(row.event_type, row.payload) for row in rows])
+            except Exception as exc:
+                # Nothing of this batch counts as sent (consumers deduplicate
+                # what the broker did take); each row backs off on its own count.
+                connection.execute(update(model).where(model.event_id.in_([row.event_id for row in rows])).values(
+                    attempts=model.attempts + 1,
+                    next_attempt_at=now + func.make_interval(0, 0, 0, 0, 0, 0, func.least(
+                        func.power(2, model.attempts + 1), MAX_BACKOFF_SECONDS))))
+                log.warning("%d event(s) not published (next attempt in 2-%ss): %r",
+                            len(rows), MAX_BACKOFF_SECONDS, exc)
+                return 0
+            connection.execute(update(model).where(model.event_id.in_([row.event_id for row in rows]))
+                               .values(sent_at=datetime.now(timezone.utc)))
+        return len(rows)
 
     def prune(self, retention=RETENTION):
         """Delete events sent longer ago than `retention`."""
