@@ -49,11 +49,11 @@ def transaction(db):
 
 
 @contextmanager
-def one_statement_read(db):
-    """A session for a read that is one SELECT: in autocommit, so it costs one
-    round trip instead of three (no BEGIN, no COMMIT). One statement sees one
-    consistent snapshot, so nothing is lost; use `transaction` for anything
-    that reads twice or writes."""
+def single_statement(db):
+    """A session for work that is one SQL statement: in autocommit, so it costs
+    one round trip instead of three (no BEGIN, no COMMIT). One statement is
+    atomic and sees one snapshot on its own; use `transaction` for anything
+    that takes two statements."""
     session = db.get_session()
     try:
         session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})

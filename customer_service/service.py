@@ -2,9 +2,9 @@
 from nameko_sqlalchemy import Database
 
 from common.auth import ADMIN, SERVICE, CallerProvider, required
-from common.consumers import first_time, reliable_event_handler
+from common.consumers import reliable_event_handler
 from common.context import RequestId
-from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
+from common.db import ENGINE_OPTIONS, make_psycopg2_green, single_statement, transaction
 from common.entrypoints import configure_nameko, rpc
 from common.errors import EXPECTED_ERRORS, NotFound
 from common.log import RequestLogContext
@@ -80,9 +80,9 @@ class CustomerService:
     def on_order_created(self, envelope):
         """Count the customer's orders, once per event however often it is delivered."""
         order = envelope["data"]
-        with transaction(self.db) as session:
-            if first_time(session, storage.ProcessedEvent, envelope["event_id"], "count_order"):
-                storage.count_order(session, domain.parse_customer_id(order["customer_id"]))
+        with single_statement(self.db) as session:
+            storage.count_order_once(session, envelope["event_id"], "count_order",
+                                     domain.parse_customer_id(order["customer_id"]))
 
     @rpc
     def health(self):

@@ -2,7 +2,7 @@
 import uuid
 from datetime import datetime, timezone
 
-from sqlalchemy import Integer, MetaData, String, bindparam, select, tuple_, update
+from sqlalchemy import Integer, MetaData, String, bindparam, select, text, tuple_
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -86,10 +86,22 @@ def ping(session):
 
 
 _customers = Customer.__table__
-# Once per order_created event: Core and built once (no ORM bulk-update work per event).
-_COUNT_ORDER = (update(_customers).where(_customers.c.id == bindparam("customer_id"))
-                .values(orders_count=_customers.c.orders_count + 1))
+# Once per order_created event, one statement: record the event id and, only
+# if it was new, count the order. Atomic on its own, so it needs no
+# BEGIN/COMMIT round trips; a redelivery finds the id and counts nothing.
+_COUNT_ORDER_ONCE = text(f"""
+WITH first_time AS (
+    INSERT INTO {SCHEMA}.processed_events (event_id, handler, processed_at)
+    VALUES (:event_id, :handler, now())
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+)
+UPDATE {SCHEMA}.customers SET orders_count = orders_count + 1
+WHERE id = :customer_id AND EXISTS (SELECT 1 FROM first_time)
+""").bindparams(bindparam("customer_id", type_=UUID(as_uuid=True)))
 
 
-def count_order(session, customer_id):
-    session.connection().execute(_COUNT_ORDER, {"customer_id": customer_id})
+def count_order_once(session, event_id, handler, customer_id):
+    """Count one order of `customer_id` for event `event_id`, unless that event was counted before."""
+    session.connection().execute(_COUNT_ORDER_ONCE,
+                                 {"event_id": event_id, "handler": handler, "customer_id": customer_id})

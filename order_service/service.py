@@ -18,7 +18,7 @@ from nameko_sqlalchemy import Database
 from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, required
 from common.consumers import first_time, reliable_event_handler
 from common.context import RequestId
-from common.db import ENGINE_OPTIONS, make_psycopg2_green, one_statement_read, transaction
+from common.db import ENGINE_OPTIONS, make_psycopg2_green, single_statement, transaction
 from common.entrypoints import configure_nameko, rpc
 from common.errors import EXPECTED_ERRORS, NotFound, UnknownCustomer
 from common.log import RequestLogContext
@@ -107,7 +107,7 @@ class OrderService:
     def get_order(self, order_id):
         caller = required(self.caller)
         parsed = domain.parse_uuid(order_id)
-        with one_statement_read(self.db) as session:
+        with single_statement(self.db) as session:
             order = storage.order_view(session, parsed) if parsed else None
         if order is None or not caller.owns(order["customer_id"]):
             raise NotFound("No such order.", {"id": str(order_id)})
@@ -125,7 +125,7 @@ class OrderService:
         limit = query.pop("limit")
         if not domain.restrict_to_caller(caller, query):
             return {"items": [], "next_cursor": None}
-        with one_statement_read(self.db) as session:
+        with single_statement(self.db) as session:
             rows = storage.list_orders(session, query, limit + 1, after)
             page, next_cursor = split_page(rows, limit, created_id_key)
             return {"items": order_schema.dump(page, many=True), "next_cursor": next_cursor}
