@@ -73,8 +73,8 @@ def test_each_event_type_with_its_envelope_and_data(api, listen):
     assert event["data"] == final
 
 
-def test_an_event_the_after_commit_publish_missed_is_relayed_by_the_timer(api, listen, db_name):
-    """As if the process died between commit and publish: the row is there, unsent."""
+def test_an_outbox_row_nobody_woke_the_relay_for_is_sent_within_the_interval(api, listen, db_name):
+    """As if the process died between commit and wake: the row is there, unsent."""
     from tests.support import query
 
     orders = listen("order_service", "order_created")
