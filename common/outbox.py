@@ -5,7 +5,8 @@ A service writes the event row in the same transaction as the change
 one background greenthread per service process: woken after each commit and
 every OUTBOX_RELAY_INTERVAL seconds, it publishes due rows in batches,
 waits for the broker to confirm the whole batch (publisher confirms), marks
-them sent, and backs off the rows of a batch the broker would not take. Rows are locked with SKIP LOCKED, so several instances of a service
+them sent, and backs off the rows of a batch the broker would not take.
+Rows are locked with SKIP LOCKED, so several instances of a service
 never send one row at once. Publishing is at-least-once (a crash between
 publish and mark resends): consumers deduplicate by `event_id`.
 
@@ -145,26 +146,26 @@ class OutboxRelay(DependencyProvider):
         now = datetime.now(timezone.utc)
         with self.engine.begin() as connection:
             rows = connection.execute(
-                select(model.event_id, model.event_type, model.payload, model.attempts)
+                select(model.event_id, model.event_type, model.payload)
                 .where(model.sent_at.is_(None), model.next_attempt_at <= now)
                 .order_by(model.created_at).limit(BATCH_SIZE).with_for_update(skip_locked=True)
             ).all()
             if not rows:
                 return 0
+            batch = model.event_id.in_([row.event_id for row in rows])
             try:
                 self.publisher.publish([(row.event_type, row.payload) for row in rows])
             except Exception as exc:
                 # Nothing of this batch counts as sent (consumers deduplicate
                 # what the broker did take); each row backs off on its own count.
-                connection.execute(update(model).where(model.event_id.in_([row.event_id for row in rows])).values(
+                connection.execute(update(model).where(batch).values(
                     attempts=model.attempts + 1,
                     next_attempt_at=now + func.make_interval(0, 0, 0, 0, 0, 0, func.least(
                         func.power(2, model.attempts + 1), MAX_BACKOFF_SECONDS))))
                 log.warning("%d event(s) not published (next attempt in 2-%ss): %r",
                             len(rows), MAX_BACKOFF_SECONDS, exc)
                 return 0
-            connection.execute(update(model).where(model.event_id.in_([row.event_id for row in rows]))
-                               .values(sent_at=datetime.now(timezone.utc)))
+            connection.execute(update(model).where(batch).values(sent_at=datetime.now(timezone.utc)))
         return len(rows)
 
     def prune(self, retention=RETENTION):
