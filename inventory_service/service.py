@@ -101,10 +101,14 @@ class InventoryService:
         required(self.caller).require(ADMIN, SERVICE)
         order_uuid, plan = domain.reservation_plan(order_id, items)
         with transaction(self.db) as session:
-            if not storage.start_reservation(session, order_uuid):
+            products = storage.claim_and_take_stock(session, order_uuid, plan)
+            if products is None:
                 existing = storage.get_reservation(session, order_uuid)
                 return domain.reservation_view(existing, storage.reservation_items(session, order_uuid))
-            lines = [(self._take(session, plan, sku, quantity), quantity) for sku, quantity in plan]
+            not_taken = domain.first_not_taken(plan, products)
+            if not_taken is not None:
+                raise self._shortage(session, plan, not_taken)
+            lines = [(product, quantity) for product, (_, quantity) in zip(products, plan)]
             changed = [(product, product.available + quantity, product.low_stock_threshold)
                        for product, quantity in lines]
             view = domain.new_reservation_view(order_uuid, lines)
@@ -214,14 +218,19 @@ class InventoryService:
     def _take(self, session, plan, sku, quantity, already_held=None):
         product = storage.take_stock(session, sku, quantity)
         if product is None:
-            # The transaction rolls back whole: nothing stays reserved. Unknown skus first.
-            skus = [s for s, _ in plan]
-            domain.check_all_known(plan, {known.sku for known in storage.get_products(session, skus)})
-            available = storage.available_stock(session, skus)
-            for held_sku, held in (already_held or {}).items():
-                available[held_sku] = available.get(held_sku, 0) + held
-            raise domain.shortage(plan, sku, available)
+            raise self._shortage(session, plan, sku, already_held)
         return product
+
+    def _shortage(self, session, plan, failed_sku, already_held=None):
+        """The error for a reservation that could not take `failed_sku`: UnknownSku
+        if any sku names no product, else InsufficientStock. The transaction rolls
+        back whole, so nothing stays reserved."""
+        skus = [sku for sku, _ in plan]
+        domain.check_all_known(plan, {known.sku for known in storage.get_products(session, skus)})
+        available = storage.available_stock(session, skus)
+        for held_sku, held in (already_held or {}).items():
+            available[held_sku] = available.get(held_sku, 0) + held
+        return domain.shortage(plan, failed_sku, available)
 
     def _record_stock_event(self, session, event_type, view, changed):
         self.outbox.add(session, **self._stock_event(event_type, view, changed))

@@ -1,9 +1,9 @@
 """inventory schema: products and stock reservations.
 
-Stock safety lives in SQL: a reservation is one conditional UPDATE per sku
-(`stock - reserved >= quantity`), taken in sku order inside one transaction,
-and CHECK constraints refuse any row with reserved > stock. Whatever the
-concurrency, no two orders can hold the same unit.
+Stock safety lives in SQL: a reservation is a conditional UPDATE
+(`stock - reserved >= quantity`) of rows first locked in sku order, inside one
+transaction, and CHECK constraints refuse any row with reserved > stock.
+Whatever the concurrency, no two orders can hold the same unit.
 """
 import json
 import uuid
@@ -117,9 +117,38 @@ _COMMIT_STOCK = (update(_products).where(_products.c.sku == _sku)
                  .values(stock=_products.c.stock - _quantity, reserved=_products.c.reserved - _quantity,
                          updated_at=_at).returning(*_products.c))
 
-_START_RESERVATION = (insert(Reservation.__table__).on_conflict_do_nothing(index_elements=["order_id"])
-                      .returning(Reservation.__table__.c.order_id))
 _INSERT_RESERVATION_ITEMS = insert(ReservationItem.__table__)
+# A new reservation in one round trip: claim the order id (the primary key
+# decides between concurrent calls for one order), lock the wanted products in
+# sku order (the lock order every reservation shares, so none can deadlock),
+# and take each quantity only where that much is available. One row always
+# comes back: `claimed` says whether the order id was new, and each product
+# taken follows, as the UPDATE left it; a sku with too little stock (or none
+# such) is simply missing.
+_CLAIM_AND_TAKE = text(f"""
+WITH claim AS (
+    INSERT INTO {SCHEMA}.reservations (order_id, status, created_at, updated_at, checked_at)
+    VALUES (CAST(:order_id AS uuid), 'reserved', :at, :at, :at)
+    ON CONFLICT (order_id) DO NOTHING
+    RETURNING order_id
+), wanted AS (
+    SELECT want.sku, want.quantity
+    FROM unnest(CAST(:skus AS varchar[]), CAST(:quantities AS integer[])) AS want(sku, quantity)
+    WHERE EXISTS (SELECT FROM claim)
+), locked AS MATERIALIZED (
+    SELECT product.sku FROM {SCHEMA}.products AS product JOIN wanted USING (sku)
+    ORDER BY product.sku FOR UPDATE OF product
+), taken AS (
+    UPDATE {SCHEMA}.products AS product
+    SET reserved = product.reserved + wanted.quantity, updated_at = :at
+    FROM wanted JOIN locked USING (sku)
+    WHERE product.sku = wanted.sku AND product.stock - product.reserved >= wanted.quantity
+    RETURNING product.*
+)
+SELECT EXISTS (SELECT FROM claim) AS claimed, taken.*
+FROM (SELECT) AS always_one_row LEFT JOIN taken ON true
+ORDER BY taken.sku
+""")
 # A new reservation's items and its events in one round trip; one array per
 # column, so the text is the same for any number of items and events.
 _RECORD_RESERVATION = text(f"""
@@ -183,22 +212,26 @@ def list_products(session, limit, after_sku=None):
     return session.scalars(query).all()
 
 
-def start_reservation(session, order_id):
-    """Claim `order_id`; False if a reservation for it already exists.
-
-    The primary key, not a prior SELECT, decides: two concurrent calls for
-    one order serialize on it and only the first goes on to take stock.
-    """
-    now = _now()
-    claimed = session.connection().execute(_START_RESERVATION, {
-        "order_id": order_id, "status": "reserved", "created_at": now, "updated_at": now, "checked_at": now,
-    }).first()
-    return claimed is not None
-
-
 def take_stock(session, sku, quantity):
     """Reserve `quantity` of `sku` if that many are available; the product after, or None."""
     return _update_stock(session, _TAKE_STOCK, sku, quantity)
+
+
+def claim_and_take_stock(session, order_id, plan):
+    """Claim `order_id` and reserve every (sku, quantity) of `plan` that is available.
+
+    None if a reservation for `order_id` already exists (nothing taken);
+    else the products taken, in sku order, as the UPDATE left them: fewer
+    than `plan` when a sku is short or unknown (the caller rolls back).
+    """
+    rows = session.connection().execute(_CLAIM_AND_TAKE, {
+        "order_id": str(order_id), "at": _now(),
+        "skus": [sku for sku, _ in plan], "quantities": [quantity for _, quantity in plan],
+    }).all()
+    if not rows[0].claimed:
+        return None
+    return [ProductSnapshot(**{column: value for column, value in row._mapping.items() if column != "claimed"})
+            for row in rows if row.sku is not None]
 
 
 def add_reservation_items(session, order_id, lines):

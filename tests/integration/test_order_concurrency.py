@@ -49,6 +49,28 @@ def test_100_concurrent_orders_for_30_units(api, db_name):
     assert query(db_name, "SELECT count(*) FROM orders.orders WHERE customer_id = %s", customer["id"]) == [(30,)]
 
 
+def test_concurrent_orders_over_shared_skus_in_any_order_neither_deadlock_nor_oversell(api, db_name):
+    # Each order takes two of three products, listed in random order: the
+    # reservation must lock in one order (sku) whatever the request's order.
+    customer = api.create_customer()
+    skus = [api.create_product(stock=20)["sku"] for _ in range(3)]
+    rng = random.Random(7)
+    bodies = [{"customer_id": customer["id"],
+               "items": [{"sku": sku, "quantity": 1} for sku in rng.sample(skus, 2)]} for _ in range(60)]
+    url = api.base_url + "/api/v1/orders"
+    with ThreadPoolExecutor(max_workers=30) as pool:
+        responses = list(pool.map(lambda body: _post(url, json=body), bodies))
+
+    assert {response.status_code for response in responses} <= {201, 409}, \
+        [(response.status_code, response.text[:200]) for response in responses if response.status_code not in (201, 409)]
+    made = [body for body, response in zip(bodies, responses) if response.status_code == 201]
+    for sku in skus:
+        ordered = sum(1 for body in made for item in body["items"] if item["sku"] == sku)
+        product = api.product(sku)
+        assert product["reserved"] == ordered <= 20
+    assert query(db_name, "SELECT count(*) FROM orders.orders WHERE customer_id = %s", customer["id"]) == [(len(made),)]
+
+
 def test_20_concurrent_status_changes_leave_a_legal_state_and_chain(api):
     customer = api.create_customer()
     product = api.create_product(stock=5)
