@@ -17,6 +17,7 @@ import jwt
 from nameko.contextdata import ContextDataProvider
 from nameko.rpc import RpcProxy
 
+from common.entrypoints import TimedServiceProxy
 from common.errors import Forbidden, Unauthenticated
 
 ADMIN, CUSTOMER, SERVICE = "admin", "customer", "service"
@@ -113,7 +114,8 @@ def required(caller):
 
 
 class ServiceRpcProxy(RpcProxy):
-    """RpcProxy whose calls carry this service as the caller.
+    """RpcProxy whose calls carry this service as the caller, and time out
+    (SERVICE_RPC_TIMEOUT, UpstreamTimeout) instead of waiting for ever.
 
     The request id and other context data pass through unchanged; only the
     caller is replaced, because this service has checked the end user itself.
@@ -123,4 +125,4 @@ class ServiceRpcProxy(RpcProxy):
         as_service = copy.copy(worker_ctx)
         as_service.data = {**worker_ctx.data,
                            CALLER_KEY: {"sub": worker_ctx.service_name, "role": SERVICE}}
-        return super().get_dependency(as_service)
+        return TimedServiceProxy(as_service, self.target_service, self.rpc_reply_listener, **self.options)

@@ -8,8 +8,10 @@ and handlers are idempotent where that matters (create_order's attempt id).
 `harden_nameko_acks` closes the same hole in acknowledgements.
 """
 import logging
+import os
 from contextlib import contextmanager
 
+import eventlet
 from amqp.exceptions import ConnectionError as AmqpConnectionError
 from kombu import Connection
 from kombu.exceptions import OperationalError
@@ -18,7 +20,9 @@ from nameko.amqp import publish
 from nameko.amqp.publish import Publisher
 from nameko.constants import NON_PERSISTENT
 from nameko.messaging import QueueConsumer
-from nameko.rpc import MethodProxy, Responder, Rpc
+from nameko.rpc import MethodProxy, Responder, Rpc, ServiceProxy
+
+from common.errors import UpstreamTimeout
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,36 @@ class UnconfirmedReplyPublisher(RpcRequestPublisher):
     is redelivered (ResilientRpc). Requests keep their confirms: without them
     a call to a stopped service would wait forever instead of failing."""
     use_confirms = False
+
+
+class TimedMethodProxy(MethodProxy):
+    """One service's call to another that gives up after SERVICE_RPC_TIMEOUT
+    seconds with UpstreamTimeout (504). nameko 2.14's RpcProxy waits for ever:
+    a hung callee would hold the caller's worker, and its open transaction
+    with the row locks it took, for as long as the hang lasts."""
+    timeout = float(os.environ.get("SERVICE_RPC_TIMEOUT", "8"))
+
+    def __call__(self, *args, **kwargs):
+        reply = self._call(*args, **kwargs)
+        deadline = eventlet.Timeout(self.timeout)
+        try:
+            return reply.result()
+        except eventlet.Timeout as exc:
+            if exc is not deadline:
+                raise
+            # A late reply then finds no waiter and is dropped by nameko.
+            events = self.reply_listener._reply_events
+            for correlation_id in [key for key, event in events.items() if event is reply.reply_event]:
+                events.pop(correlation_id, None)
+            raise UpstreamTimeout(f"{self.service_name} did not answer in time.",
+                                  {"service": self.service_name, "timeout_seconds": self.timeout}) from None
+        finally:
+            deadline.cancel()
+
+
+class TimedServiceProxy(ServiceProxy):
+    def __getattr__(self, name):
+        return TimedMethodProxy(self.worker_ctx, self.service_name, name, self.reply_listener, **self.options)
 
 
 def configure_nameko():

@@ -203,8 +203,11 @@ ERRORS = {
         "broker": _error("service_unavailable", "The message broker is unreachable.", {"broker": "unreachable"}),
         "service": _error("service_unavailable", "order_service is not running.", {"service": "order_service"}),
     }),
-    504: ("GatewayTimeout", "A service did not answer within RPC_TIMEOUT.", {
+    504: ("GatewayTimeout", "A service did not answer within RPC_TIMEOUT, or a service it called did not "
+                            "answer within SERVICE_RPC_TIMEOUT (details name that service).", {
         "timeout": _error("upstream_timeout", "A service did not answer in time.", {"timeout_seconds": 10}),
+        "service_timeout": _error("upstream_timeout", "inventory_service did not answer in time.",
+                                  {"service": "inventory_service", "timeout_seconds": 8}),
     }),
 }
 

@@ -15,7 +15,7 @@ from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, require
 from common.context import RequestId
 from common.db import ENGINE_OPTIONS, make_psycopg2_green, transaction
 from common.entrypoints import configure_nameko, rpc
-from common.errors import EXPECTED_ERRORS, NotFound
+from common.errors import EXPECTED_ERRORS, NotFound, UpstreamTimeout
 from common.log import RequestLogContext
 from common.outbox import OutboxRelay
 from common.paging import decode_cursor, split_page
@@ -178,6 +178,9 @@ class InventoryService:
             states = self.order_rpc.order_states(order_ids)
         except UnknownService:
             log.warning("reconciler: order_service is not running; will retry")
+            return
+        except UpstreamTimeout:
+            log.warning("reconciler: order_service did not answer in time; will retry")
             return
         for order_id in order_ids:
             action = domain.reconcile_action(states.get(order_id))

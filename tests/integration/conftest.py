@@ -38,6 +38,7 @@ def stack(broker, database):
         "GATEWAY_WORKERS": "2",
         "GATEWAY_THREADS": "16",
         "RPC_TIMEOUT": "10",
+        "SERVICE_RPC_TIMEOUT": "5",  # below RPC_TIMEOUT, as the README asks
         "LOG_LEVEL": "INFO",
         "JWT_SECRET": support.JWT_SECRET,
     }

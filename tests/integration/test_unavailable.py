@@ -1,5 +1,7 @@
 """503 and 504: what the gateway answers when a part is missing or slow."""
 
+import time
+
 import psycopg2
 import requests
 
@@ -57,3 +59,29 @@ def test_a_service_slower_than_rpc_timeout_is_504(stack, api, db_name, tmp_path)
             assert again.json()["id"] == customer["id"]
     finally:
         blocker.close()
+
+
+def test_an_order_whose_reservation_hangs_is_504_naming_inventory_and_creates_nothing(api, db_name):
+    customer = api.create_customer()
+    product = api.create_product(stock=5)
+    body = {"customer_id": customer["id"], "items": [{"sku": product["sku"], "quantity": 1}]}
+    # inventory's reservation must wait for this row lock: inventory is really stuck.
+    blocker = psycopg2.connect(support.PG_DSN + f" dbname={db_name}")
+    try:
+        blocker.cursor().execute("SELECT 1 FROM inventory.products WHERE sku = %s FOR UPDATE", (product["sku"],))
+        started = time.monotonic()
+        response = api.post("/api/v1/orders", json=body)
+        waited = time.monotonic() - started
+    finally:
+        blocker.rollback()
+        blocker.close()
+
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["code"] == "upstream_timeout"
+    assert error["details"] == {"service": "inventory_service", "timeout_seconds": 5.0}
+    assert waited < 9  # order_service gave up (SERVICE_RPC_TIMEOUT 5), not the gateway (RPC_TIMEOUT 10)
+    assert support.query(db_name, "SELECT count(*) FROM orders.orders WHERE customer_id = %s",
+                         customer["id"]) == [(0,)]
+    # The worker and its transaction were freed: the next order goes through.
+    assert api.post("/api/v1/orders", json=body).status_code == 201
