@@ -7,6 +7,11 @@ import os
 
 import common  # noqa: F401
 from common.log import logging_config
+from gateway import server_errors
+
+# What gunicorn answers itself (a request line over 4094 bytes: 414, ...) in the
+# contract's JSON error shape, not as gunicorn's HTML page.
+server_errors.install()
 
 bind = f"{os.environ.get('GATEWAY_HOST', '127.0.0.1')}:{os.environ.get('GATEWAY_PORT', '8000')}"
 worker_class = "gthread"

@@ -362,8 +362,11 @@ RESPONSE_HEADERS = {
 # to 12 bytes percent-encoded), so the operations that take them can answer this.
 URI_TOO_LONG = {
     "description": "The request line (method, path and query string, percent-encoded) is longer than "
-                   "4094 bytes. The HTTP server answers this itself, in HTML, before the API sees the request.",
-    "content": {"text/html": {"schema": {"type": "string"}}},
+                   "4094 bytes. The HTTP server answers this itself, before the API sees the request.",
+    "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"},
+        "examples": {"uri_too_long": {"value": {"error": {
+            "code": "uri_too_long", "message": "Request Line is too large (5000 > 4094)", "details": {}}}}}}},
 }
 
 DESCRIPTION = """\

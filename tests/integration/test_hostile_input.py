@@ -81,6 +81,18 @@ def test_bad_query_and_path_parameters(api):
                    headers={"If-Match": '"abc"'}).status_code in (404, 412)
 
 
+def test_what_the_http_server_refuses_itself_is_json_in_the_contract_shape(api):
+    # gunicorn answers these before the app sees the request.
+    too_long = api.get("/api/v1/orders", params={"customer_id": "x" * 5000})
+    assert too_long.status_code == 414
+    assert too_long.headers["Content-Type"] == "application/json"
+    assert too_long.json()["error"]["code"] == "uri_too_long"
+    assert "4094" in too_long.json()["error"]["message"]
+    big_headers = api.get("/api/v1/orders", headers={f"X-Filler-{n}": "y" * 100 for n in range(120)})
+    assert big_headers.status_code in (400, 431)
+    assert big_headers.json()["error"]["code"] in ("bad_request", "request_header_fields_too_large")
+
+
 def test_what_schemathesis_found(api, customer):
     """Each of these was a 500 once."""
     order = api.create_order(customer, (api.create_product(stock=5), 1))
