@@ -7,6 +7,7 @@ rejected (marshmallow's default RAISE) so typos surface as 400s.
 """
 import decimal
 import functools
+import uuid
 
 from datetime import timezone
 
@@ -19,6 +20,14 @@ MAX_STOCK = 1_000_000_000
 MAX_ORDER_QUANTITY = 100_000
 MAX_ORDER_LINES = 100
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"  # \Z: "$" would let a trailing newline in
+
+
+def uuid_or_none(value):
+    """A UUID, or None when `value` cannot be one (then it names no resource)."""
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
 
 
 def _has_nul(value):

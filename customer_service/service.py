@@ -10,7 +10,7 @@ from common.errors import EXPECTED_ERRORS, NotFound
 from common.log import RequestLogContext
 from common.outbox import OutboxRelay
 from common.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
-from common.schemas import CustomerInput, CustomerPatch, CustomerSchema, ListQuery, load_or_raise
+from common.schemas import CustomerInput, CustomerPatch, CustomerSchema, ListQuery, load_or_raise, uuid_or_none
 from customer_service import domain, storage
 
 make_psycopg2_green()
@@ -60,7 +60,7 @@ class CustomerService:
     def get_customers(self, customer_ids):
         """The customers among `customer_ids` that exist; unknown ids are left out."""
         caller = required(self.caller)
-        parsed = [p for p in map(domain.parse_customer_id, customer_ids) if p and caller.owns(p)]
+        parsed = [p for p in map(uuid_or_none, customer_ids) if p and caller.owns(p)]
         with transaction(self.db) as session:
             return customer_schema.dump(storage.get_customers(session, parsed), many=True)
 
@@ -70,7 +70,7 @@ class CustomerService:
         caller = required(self.caller)
         query = load_or_raise(ListQuery, {"limit": limit, "cursor": cursor})
         after = decode_cursor(query["cursor"], parse_created_id_key)
-        only_id = domain.parse_customer_id(caller.customer_id) if caller.is_customer else None
+        only_id = uuid_or_none(caller.customer_id) if caller.is_customer else None
         with transaction(self.db) as session:
             rows = storage.list_customers(session, query["limit"] + 1, after, only_id)
             page, next_cursor = split_page(rows, query["limit"], created_id_key)
@@ -82,7 +82,7 @@ class CustomerService:
         order = envelope["data"]
         with single_statement(self.db) as session:
             storage.count_order_once(session, envelope["event_id"], "count_order",
-                                     domain.parse_customer_id(order["customer_id"]))
+                                     uuid_or_none(order["customer_id"]))
 
     @rpc
     def health(self):
@@ -92,7 +92,7 @@ class CustomerService:
 
     def _customer(self, session, caller, customer_id, lock=False):
         """The customer, or NotFound: also for another customer's record, so ids cannot be probed."""
-        parsed = domain.parse_customer_id(customer_id)
+        parsed = uuid_or_none(customer_id)
         visible = parsed is not None and caller.owns(parsed)
         customer = storage.get_customer(session, parsed, lock=lock) if visible else None
         if customer is None:

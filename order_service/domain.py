@@ -9,6 +9,7 @@ from decimal import Decimal
 
 from common.errors import (Forbidden, IdempotencyKeyReused, InvalidTransition, Unprocessable, UpstreamTimeout,
                            ValidationFailed, VersionConflict)
+from common.schemas import uuid_or_none
 
 PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED = (
     "pending", "processing", "shipped", "delivered", "cancelled")
@@ -128,14 +129,6 @@ def check_transition(order, new_status):
                                     {"status": order.status, "requested": new_status, "missing": missing})
 
 
-def parse_uuid(value):
-    """A UUID, or None when `value` cannot be one."""
-    try:
-        return uuid.UUID(str(value))
-    except ValueError:
-        return None
-
-
 def new_order_id(attempt_id):
     """The id of the order a create makes.
 
@@ -146,7 +139,7 @@ def new_order_id(attempt_id):
     """
     if attempt_id is None:
         return uuid.uuid4()
-    parsed = parse_uuid(attempt_id)
+    parsed = uuid_or_none(attempt_id)
     if parsed is None:
         raise ValidationFailed("Invalid attempt id.", {"attempt_id": ["Not a valid UUID."]})
     return parsed

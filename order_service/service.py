@@ -25,7 +25,7 @@ from common.log import RequestLogContext
 from common.outbox import OutboxRelay
 from common.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
 from common.schemas import (OrderInput, OrderListQuery, OrderSchema, OrderUpdateInput, ShippingInput,
-                            StatusChangeSchema, StatusInput, load_or_raise)
+                            StatusChangeSchema, StatusInput, load_or_raise, uuid_or_none)
 from order_service import domain, storage
 
 make_psycopg2_green()
@@ -106,7 +106,7 @@ class OrderService:
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_order(self, order_id):
         caller = required(self.caller)
-        parsed = domain.parse_uuid(order_id)
+        parsed = uuid_or_none(order_id)
         with single_statement(self.db) as session:
             order = storage.order_view(session, parsed) if parsed else None
         if order is None or not caller.owns(order["customer_id"]):
@@ -236,7 +236,7 @@ class OrderService:
     def order_states(self, order_ids):
         """{order id: status} for the ids that name an order (for inventory's reconciler)."""
         required(self.caller).require(ADMIN, SERVICE)
-        parsed = [p for p in map(domain.parse_uuid, order_ids) if p]
+        parsed = [p for p in map(uuid_or_none, order_ids) if p]
         with transaction(self.db) as session:
             return storage.order_states(session, parsed)
 
@@ -264,7 +264,7 @@ class OrderService:
 
     def _order(self, session, caller, order_id, lock=False):
         """The order, or NotFound: also for another customer's order, so ids cannot be probed."""
-        parsed = domain.parse_uuid(order_id)
+        parsed = uuid_or_none(order_id)
         order = storage.get_order(session, parsed, lock=lock) if parsed else None
         if order is None or not caller.owns(order.customer_id):
             raise NotFound("No such order.", {"id": str(order_id)})
