@@ -4,7 +4,9 @@ A snapshot reads utime+stime of every process of interest, grouped by a
 label ("gateway", "order_service", "postgres", ...); the difference of two
 snapshots is CPU seconds per label. The machine's busy time (/proc/stat)
 minus everything labelled is "other": another load on the machine (a test
-run, a build) that makes the case's numbers less true.
+run, a build) that makes the case's numbers less true. On a virtual machine
+the hypervisor may also run someone else on our CPUs ("steal" in
+/proc/stat): that is counted apart, since no process here used that time.
 """
 import os
 from pathlib import Path
@@ -24,10 +26,19 @@ def _stat(pid):
     return comm, int(fields[11]) + int(fields[12])
 
 
-def machine_busy_ticks():
+def _cpu_ticks():
     fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    values = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
-    return sum(values) - values[3] - values[4]
+    return [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+
+
+def machine_busy_ticks():
+    """Ticks our processes ran (steal excluded: then nothing here ran)."""
+    values = _cpu_ticks()
+    return sum(values) - values[3] - values[4] - values[7]
+
+
+def steal_ticks():
+    return _cpu_ticks()[7]
 
 
 def snapshot(labelled_pids):
@@ -45,7 +56,7 @@ def snapshot(labelled_pids):
         if label:
             ticks[pid] = (label, used)
     times = os.times()
-    return {"pids": ticks, "machine": machine_busy_ticks(),
+    return {"pids": ticks, "machine": machine_busy_ticks(), "steal": steal_ticks(),
             "bench": times.user + times.system + times.children_user + times.children_system}
 
 
@@ -58,10 +69,12 @@ def usage(before, after, seconds, cpus):
     per_label["load generator"] = max(0.0, after["bench"] - before["bench"])
     machine = max(0, after["machine"] - before["machine"]) / TICK
     per_label["other"] = max(0.0, machine - sum(per_label.values()))
+    steal = max(0, after["steal"] - before["steal"]) / TICK
     capacity = seconds * cpus
     return {"seconds": {label: round(value, 3) for label, value in sorted(per_label.items())},
             "machine_busy": round(machine / capacity, 3) if capacity else None,
-            "other_share": round(per_label["other"] / capacity, 3) if capacity else None}
+            "other_share": round(per_label["other"] / capacity, 3) if capacity else None,
+            "steal_share": round(steal / capacity, 3) if capacity else None}
 
 
 def machine_busy_share(seconds=1.0):

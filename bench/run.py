@@ -264,11 +264,15 @@ class Bench:
         result["machine_busy"] = used["machine_busy"]
         # With BENCH_BASE_URL the stack is not ours to label: its processes land in "other".
         result["other_load"] = None if cfg.base_url else used["other_share"]
+        result["steal"] = used["steal_share"]
         result["cpu_ms_per_ok_request"] = {label: round(1000 * value / ok, 2) if ok else None
                                            for label, value in used["seconds"].items()}
         case.update(result)
         print(f"  {name:<58} {case['ok_rps']:>8.1f} req/s  p50 {case['p50_ms']:>7.2f}  "
               f"p99 {case['p99_ms']:>8.2f} ms  errors {case['errors']}", flush=True)
+        if case["steal"] is not None and case["steal"] > OTHER_LOAD_WARNING:
+            print(f"    [!] the hypervisor ran someone else on {case['steal'] * 100:.0f}% of our CPU time (steal): "
+                  "this case's numbers are low", flush=True)
         if case["other_load"] is not None and case["other_load"] > OTHER_LOAD_WARNING:
             print(f"    [!] {case['other_load'] * 100:.0f}% of the machine was busy with processes the bench did "
                   "not start: this case's numbers are low", flush=True)
@@ -291,6 +295,7 @@ class Bench:
         self.processes[FLOOR].stop()
         if cfg.scale:
             self.run_scale_case()
+        self.run_hop_case()
 
     def run_scale_case(self):
         m = self.config.main_connections
@@ -321,6 +326,53 @@ class Bench:
             return
         self.run_case("post_order", OURS_2X, m, url_key=OURS)
         second.stop()
+
+    def run_hop_case(self):
+        """One empty nameko RPC at a time, with an order-sized payload: CPU per call of
+        the callee, the caller and RabbitMQ. The order path pays this twice (gateway ->
+        order_service -> inventory_service) before it does anything."""
+        if self.config.base_url:
+            self.report["hop"] = "skipped: BENCH_BASE_URL"
+            return
+        from nameko.standalone.rpc import ClusterRpcProxy
+
+        from common.entrypoints import reuse_publisher_connections
+
+        service = self._start("ping_service", [sys.executable, "-m", "common.nameko_cli", "run", "--config",
+                                               "config.yml", "bench.ping_service:PingService"], self.stack_env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and service.alive() \
+                and not stack.rpc_consumers(self.vhost, "rpc-bench_ping"):
+            time.sleep(0.5)
+        payload = {"customer_id": self.seed["customers"][0],  # the shape of a POST /orders body
+                   "items": [{"sku": sku, "quantity": 1} for sku in self.seed["skus"][:self.config.items_per_order]]}
+        reuse_publisher_connections()
+        try:
+            with ClusterRpcProxy({"AMQP_URI": self.amqp_uri}, timeout=10) as proxy:
+                for _ in range(50):
+                    proxy.bench_ping.ping(payload)
+                labels = {pid: "callee" for pid in service.tree()}
+                before, started, calls = cpu.snapshot(labels), time.monotonic(), 0
+                while time.monotonic() - started < self.config.seconds:
+                    proxy.bench_ping.ping(payload)
+                    calls += 1
+                seconds = time.monotonic() - started
+                used = cpu.usage(before, cpu.snapshot(labels), seconds, self.report["machine"]["usable_cpus"])
+        except Exception as exc:  # recorded, like a failed case: the other numbers still stand
+            self.problems.append(f"empty RPC hop: {exc.__class__.__name__}: {exc}")
+            print(f"  empty RPC hop: FAILED {exc!r}", flush=True)
+            return
+        finally:
+            service.stop()
+        per_call = {"callee": used["seconds"].get("callee", 0.0), "caller": used["seconds"]["load generator"],
+                    "rabbitmq": used["seconds"].get("rabbitmq", 0.0)}
+        per_call = {label: round(1000 * value / calls, 2) for label, value in per_call.items()}
+        self.report["hop"] = {"calls": calls, "ms_per_call": round(1000 * seconds / calls, 2),
+                              "cpu_ms_per_call": per_call, "cpu_ms_total": round(sum(per_call.values()), 2),
+                              "steal": used["steal_share"]}
+        print(f"  one empty RPC hop, one call at a time: {1000 * seconds / calls:.2f} ms per call; CPU per call: "
+              + ", ".join(f"{label} {value:.2f}" for label, value in per_call.items())
+              + f" = {sum(per_call.values()):.2f} ms", flush=True)
 
     # ---- soak ------------------------------------------------------------------
 
@@ -445,6 +497,8 @@ class Bench:
                     errors += " " + ",".join(f"{k}x{v}" for k, v in case["statuses"].items())
                 noisy = "  [!] other load {:.0f}%".format(case["other_load"] * 100) \
                     if (case.get("other_load") or 0) > OTHER_LOAD_WARNING else ""
+                if (case.get("steal") or 0) > OTHER_LOAD_WARNING:
+                    noisy += "  [!] steal {:.0f}%".format(case["steal"] * 100)
                 print(f"{endpoint:<34} {case['target']:<22} {case['connections']:>5} {case['ok_rps']:>9.1f} "
                       f"{case['p50_ms']:>8.2f} {case['p90_ms']:>8.2f} {case['p99_ms']:>8.2f} {errors:>7}{noisy}")
         samples = [c for c in self.cases if c.get("error_sample")]
@@ -453,6 +507,7 @@ class Bench:
             for case in samples:
                 print(f"  {case['name']}: {case['error_sample'][:160]}")
         print("\nCPU per 2xx answer, ms (machine busy = share of all CPUs in use during the case;"
+              " steal = share the hypervisor gave to someone else;"
               " other = busy time of processes the bench did not start"
               + (", here including the running stack's)" if cfg.base_url else ")"))
         for case in self.cases:
@@ -461,8 +516,19 @@ class Bench:
             parts = [f"{label} {value:.2f}" for label, value in case["cpu_ms_per_ok_request"].items()
                      if value is not None and value >= 0.01]
             busy = case.get("machine_busy")
+            steal = case.get("steal") or 0
             print(f"  {case['endpoint'].split('?')[0]:<24} {case['target']:<22} c{case['connections']:<3} "
-                  f"busy {busy * 100 if busy is not None else 0:>3.0f}%  " + ", ".join(parts))
+                  f"busy {busy * 100 if busy is not None else 0:>3.0f}%  steal {steal * 100:>2.0f}%  "
+                  + ", ".join(parts))
+        hop = self.report.get("hop")
+        if isinstance(hop, dict):
+            floor = self._case("post_order", FLOOR, cfg.main_connections)
+            floor_cpu = sum(v or 0 for v in floor.get("cpu_ms_per_ok_request", {}).values()) if floor else None
+            print(f"\none empty nameko RPC hop (bench/ping_service.py, one call at a time): "
+                  f"{hop['cpu_ms_total']:.2f} ms CPU per call ("
+                  + ", ".join(f"{label} {value:.2f}" for label, value in hop["cpu_ms_per_call"].items()) + ")"
+                  + (f"; the floor's whole POST at c{cfg.main_connections}: {floor_cpu:.2f} ms CPU per order"
+                     if floor_cpu else ""))
         print("\nratios (this run):")
         for entry in ratios:
             value = "n/a" if entry["value"] is None else f"{entry['value']:.2f}"

@@ -41,7 +41,7 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     }
     env.pop("BENCH_BASE_URL", None)
     run = subprocess.run([sys.executable, "-m", "bench.run"], cwd=support.ROOT, env=env,
-                         capture_output=True, text=True, timeout=100)
+                         capture_output=True, text=True, timeout=240)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
 
@@ -59,8 +59,10 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     for case in report["cases"]:
         assert "failed" not in case, case
         assert case["requests"] > 0 and case["ok_rps"] > 0, case
-        for field in ("p50_ms", "p90_ms", "p99_ms", "errors"):
+        for field in ("p50_ms", "p90_ms", "p99_ms", "errors", "steal"):
             assert field in case, (field, case)
+    assert "one empty nameko RPC hop" in run.stdout
+    assert report["hop"]["calls"] > 0 and set(report["hop"]["cpu_ms_per_call"]) == {"callee", "caller", "rabbitmq"}
     assert {r["name"] for r in report["ratios"]} >= {line[len("ratio "):] for line in RATIO_LINES}
     assert report["soak"]["processes"], "the soak sampled no process"
     assert {"order_service", "gateway master"} <= {p["process"] for p in report["soak"]["processes"]}
