@@ -29,7 +29,9 @@ CHECKS = ("not_a_server_error", "status_code_conformance", "content_type_conform
 MIN_REQUESTS = 2000
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "150"))
 SEED = os.environ.get("SCHEMATHESIS_SEED", "20261121")
-TIME_LIMIT_SECONDS = 200
+# ~150 s on an idle 2-CPU machine; a virtual machine whose hypervisor takes a
+# third of its CPU time (seen here) needs more. A limit, not a target.
+TIME_LIMIT_SECONDS = 360
 
 
 def seed_data(api):
