@@ -44,10 +44,9 @@ def check_all_known(plan, known_skus):
         raise UnknownSku("Unknown sku: " + ", ".join(unknown), {"skus": unknown})
 
 
-def first_not_taken(plan, taken_products):
+def first_not_taken(plan, taken_skus):
     """The first sku of `plan` (sku order) that the reservation could not take, or None."""
-    taken = {product.sku for product in taken_products}
-    return next((sku for sku, _ in plan if sku not in taken), None)
+    return next((sku for sku, _ in plan if sku not in taken_skus), None)
 
 
 def shortage(plan, failed_sku, available_by_sku):

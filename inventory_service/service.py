@@ -101,14 +101,14 @@ class InventoryService:
         required(self.caller).require(ADMIN, SERVICE)
         order_uuid, plan = domain.reservation_plan(order_id, items)
         with transaction(self.db) as session:
-            products = storage.claim_and_take_stock(session, order_uuid, plan)
-            if products is None:
+            taken = storage.claim_and_take_stock(session, order_uuid, plan)
+            if taken is None:
                 existing = storage.get_reservation(session, order_uuid)
                 return domain.reservation_view(existing, storage.reservation_items(session, order_uuid))
-            not_taken = domain.first_not_taken(plan, products)
+            not_taken = domain.first_not_taken(plan, taken)
             if not_taken is not None:
                 raise self._shortage(session, plan, not_taken)
-            lines = [(product, quantity) for product, (_, quantity) in zip(products, plan)]
+            lines = [(taken[sku], quantity) for sku, quantity in plan]
             changed = [(product, product.available + quantity, product.low_stock_threshold)
                        for product, quantity in lines]
             view = domain.new_reservation_view(order_uuid, lines)

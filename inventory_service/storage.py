@@ -120,7 +120,8 @@ _COMMIT_STOCK = (update(_products).where(_products.c.sku == _sku)
 _INSERT_RESERVATION_ITEMS = insert(ReservationItem.__table__)
 # A new reservation in one round trip: claim the order id (the primary key
 # decides between concurrent calls for one order), lock the wanted products in
-# sku order (the lock order every reservation shares, so none can deadlock),
+# sku order (the lock order every reservation shares, so none can deadlock;
+# byte order, as Python sorts the plan, whatever the database's collation),
 # and take each quantity only where that much is available. One row always
 # comes back: `claimed` says whether the order id was new, and each product
 # taken follows, as the UPDATE left it; a sku with too little stock (or none
@@ -137,7 +138,7 @@ WITH claim AS (
     WHERE EXISTS (SELECT FROM claim)
 ), locked AS MATERIALIZED (
     SELECT product.sku FROM {SCHEMA}.products AS product JOIN wanted USING (sku)
-    ORDER BY product.sku FOR UPDATE OF product
+    ORDER BY product.sku COLLATE "C" FOR UPDATE OF product
 ), taken AS (
     UPDATE {SCHEMA}.products AS product
     SET reserved = product.reserved + wanted.quantity, updated_at = :at
@@ -147,7 +148,6 @@ WITH claim AS (
 )
 SELECT EXISTS (SELECT FROM claim) AS claimed, taken.*
 FROM (SELECT) AS always_one_row LEFT JOIN taken ON true
-ORDER BY taken.sku
 """)
 # A new reservation's items and its events in one round trip; one array per
 # column, so the text is the same for any number of items and events.
@@ -221,7 +221,7 @@ def claim_and_take_stock(session, order_id, plan):
     """Claim `order_id` and reserve every (sku, quantity) of `plan` that is available.
 
     None if a reservation for `order_id` already exists (nothing taken);
-    else the products taken, in sku order, as the UPDATE left them: fewer
+    else {sku: the product as the UPDATE left it} for each sku taken: fewer
     than `plan` when a sku is short or unknown (the caller rolls back).
     """
     rows = session.connection().execute(_CLAIM_AND_TAKE, {
@@ -230,8 +230,9 @@ def claim_and_take_stock(session, order_id, plan):
     }).all()
     if not rows[0].claimed:
         return None
-    return [ProductSnapshot(**{column: value for column, value in row._mapping.items() if column != "claimed"})
-            for row in rows if row.sku is not None]
+    return {row.sku: ProductSnapshot(**{column: value for column, value in row._mapping.items()
+                                        if column != "claimed"})
+            for row in rows if row.sku is not None}
 
 
 def add_reservation_items(session, order_id, lines):

@@ -110,6 +110,22 @@ def test_same_sku_twice_is_one_line(api):
         {"sku": product["sku"], "quantity": 3, "unit_price": "10.00", "line_total": "30.00"}]
 
 
+def test_skus_that_sort_differently_by_collation_keep_their_own_quantity_and_price(api):
+    # Byte order puts "B..." before "a..."; most human collations do the opposite.
+    # Each line must still get its own product's quantity and price.
+    customer = api.create_customer()
+    tag = uuid.uuid4().hex[:8]
+    upper = api.create_product(sku=f"B-{tag}", unit_price="1.00", stock=10)
+    lower = api.create_product(sku=f"a.{tag}", unit_price="100.00", stock=10)
+    response = api.post("/api/v1/orders", json={"customer_id": customer["id"], "items": [
+        {"sku": lower["sku"], "quantity": 3}, {"sku": upper["sku"], "quantity": 1}]})
+    assert response.status_code == 201, response.text
+    lines = {item["sku"]: (item["quantity"], item["unit_price"]) for item in response.json()["items"]}
+    assert lines == {lower["sku"]: (3, "100.00"), upper["sku"]: (1, "1.00")}
+    assert response.json()["total_amount"] == "301.00"
+    assert api.product(lower["sku"])["reserved"] == 3 and api.product(upper["sku"])["reserved"] == 1
+
+
 def test_concurrent_orders_never_oversell(api, db_name):
     customer = api.create_customer()
     product = api.create_product(stock=10)

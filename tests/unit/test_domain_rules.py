@@ -37,14 +37,10 @@ def test_shortage_names_the_failing_sku_first_and_every_short_one():
 
 
 def test_the_first_sku_not_taken_is_named_in_sku_order():
-    class Taken:
-        def __init__(self, sku):
-            self.sku = sku
-
     plan = [("A", 1), ("B", 1), ("C", 1)]
-    assert inventory.first_not_taken(plan, [Taken("A"), Taken("C")]) == "B"
-    assert inventory.first_not_taken(plan, [Taken("C")]) == "A"
-    assert inventory.first_not_taken(plan, [Taken(sku) for sku, _ in plan]) is None
+    assert inventory.first_not_taken(plan, {"A", "C"}) == "B"
+    assert inventory.first_not_taken(plan, {"C"}) == "A"
+    assert inventory.first_not_taken(plan, {"A", "B", "C"}) is None
 
 
 def test_lines_merge_per_sku():
