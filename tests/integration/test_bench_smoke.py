@@ -18,6 +18,7 @@ RATIO_LINES = (
     f"ratio POST@{MAIN} p99 ours/floor",
     f"ratio POST@{min(CONNECTIONS)} p50 ours/floor",
     f"ratio GET by id@{MAIN} req/s ours/floor",
+    f"ratio POST@{MAIN} CPU per answer floor/ours",
 )
 
 
