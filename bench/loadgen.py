@@ -307,14 +307,19 @@ def _python_process(host, port, workload, connections, start_at, end_at, seed, q
         thread.start()
     for thread in threads:
         thread.join()
+    queue.put(_merge(out))
+
+
+def _merge(parts):
+    """One (latencies, statuses, socket errors, first error sample) from many."""
     latencies, statuses, socket_errors, sample = [], {}, 0, ""
-    for lat, st, errors, smp in out:
+    for lat, st, errors, smp in parts:
         latencies.extend(lat)
         for code, n in st.items():
             statuses[code] = statuses.get(code, 0) + n
         socket_errors += errors
         sample = sample or smp
-    queue.put((latencies, statuses, socket_errors, sample))
+    return latencies, statuses, socket_errors, sample
 
 
 def _run_python(base_url, workload, connections, seconds):
@@ -341,13 +346,7 @@ def _run_python(base_url, workload, connections, seconds):
             worker.join(timeout=10)
             if worker.is_alive():
                 worker.kill()
-    latencies, statuses, socket_errors, sample = [], {}, 0, ""
-    for lat, st, errors, smp in results:
-        latencies.extend(lat)
-        for code, n in st.items():
-            statuses[code] = statuses.get(code, 0) + n
-        socket_errors += errors
-        sample = sample or smp
+    latencies, statuses, socket_errors, sample = _merge(results)
     latencies.sort()
     ms = [value * 1000 for value in latencies]
     return _summary(

@@ -50,21 +50,20 @@ def _server_connection(database_url, dbname="postgres"):
 
 def recreate_database(database_url):
     drop_database(database_url)
-    conn = _server_connection(database_url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{make_url(database_url).database}"')
-    finally:
-        conn.close()
+    _on_server(database_url, 'CREATE DATABASE "{name}"')
 
 
 def drop_database(database_url):
-    name = make_url(database_url).database
-    _check_ours(name)
+    _check_ours(make_url(database_url).database)
+    _on_server(database_url, 'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _on_server(database_url, statement):
+    """Run `statement`, with {name} the database of `database_url`, from the server's postgres database."""
     conn = _server_connection(database_url)
     try:
         with conn.cursor() as cur:
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            cur.execute(statement.format(name=make_url(database_url).database))
     finally:
         conn.close()
 
