@@ -46,5 +46,5 @@ def parse_created_id_key(key):
     created_at, row_id = key
     moment = datetime.fromisoformat(created_at)
     if moment.utcoffset() is None:
-        raise ValueError("a cursor time has an offset")
+        raise ValueError("a cursor time needs a UTC offset")
     return moment.astimezone(timezone.utc), uuid.UUID(row_id)

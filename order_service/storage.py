@@ -147,7 +147,7 @@ def create_context(session, order_id, customer_id):
 
 def insert_new_order(session, order_fields, item_fields, changed_by, event_row):
     """Insert a new order, its items, its first status change (by `changed_by`)
-    and its event (an `Outbox.row`); the order as a dict with its items."""
+    and its event (an `Outbox.row`), in one statement."""
     session.connection().execute(_INSERT_NEW_ORDER, {
         **order_fields,
         "skus": [item["sku"] for item in item_fields],
@@ -158,7 +158,6 @@ def insert_new_order(session, order_fields, item_fields, changed_by, event_row):
         "event_id": event_row["event_id"], "event_type": event_row["event_type"],
         "payload": event_row["payload"], "event_created_at": event_row["created_at"],
     })
-    return {**order_fields, "items": item_fields}
 
 
 _LOCK_ORDER_ID = text("SELECT pg_advisory_xact_lock(hashtextextended(:order_id, 0))")
