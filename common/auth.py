@@ -7,7 +7,6 @@ other services) meet the same checks as HTTP clients. A service calling
 another through `ServiceRpcProxy` is the caller itself (role "service"):
 it has already checked the end user.
 """
-import copy
 import functools
 import time
 import uuid
@@ -15,9 +14,7 @@ from dataclasses import asdict, dataclass
 
 import jwt
 from nameko.contextdata import ContextDataProvider
-from nameko.rpc import RpcProxy
 
-from common.entrypoints import TimedServiceProxy
 from common.errors import Forbidden, Unauthenticated
 
 ADMIN, CUSTOMER, SERVICE = "admin", "customer", "service"
@@ -39,6 +36,17 @@ class Caller:
     def owns(self, customer_id):
         """Whether this caller may see the records of `customer_id`."""
         return not self.is_customer or str(customer_id) == self.customer_id
+
+    def narrow_to_own(self, filters):
+        """Narrow list `filters` (with an optional `customer_id`) to what this caller may
+        see; False when they asked for someone else's records, so nothing can match."""
+        if not self.is_customer:
+            return True
+        own = uuid.UUID(self.customer_id)
+        if filters.get("customer_id", own) != own:
+            return False
+        filters["customer_id"] = own
+        return True
 
     def require(self, *roles):
         if self.role not in roles:
@@ -111,18 +119,3 @@ def required(caller):
             "This RPC needs a caller in the context data (see README: nameko shell).",
             {"context_data": CALLER_KEY})
     return caller
-
-
-class ServiceRpcProxy(RpcProxy):
-    """RpcProxy whose calls carry this service as the caller, and time out
-    (SERVICE_RPC_TIMEOUT, UpstreamTimeout) instead of waiting for ever.
-
-    The request id and other context data pass through unchanged; only the
-    caller is replaced, because this service has checked the end user itself.
-    """
-
-    def get_dependency(self, worker_ctx):
-        as_service = copy.copy(worker_ctx)
-        as_service.data = {**worker_ctx.data,
-                           CALLER_KEY: {"sub": worker_ctx.service_name, "role": SERVICE}}
-        return TimedServiceProxy(as_service, self.target_service, self.rpc_reply_listener, **self.options)

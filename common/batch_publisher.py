@@ -31,7 +31,7 @@ class ConfirmedBatchPublisher:
         self._connection = self._channel = None
 
     def publish(self, messages):
-        """messages: [(routing_key, payload)]; returns once all are confirmed."""
+        """messages: [(routing_key, payload, headers)]; returns once all are confirmed."""
         try:
             self._publish(messages)
         except Exception:
@@ -48,9 +48,10 @@ class ConfirmedBatchPublisher:
 
     def _publish(self, messages):
         channel = self._open()
-        for routing_key, payload in messages:
+        for routing_key, payload, headers in messages:
             message = channel.prepare_message(json.dumps(payload), content_type="application/json",
-                                              content_encoding="utf-8", properties={"delivery_mode": 2})
+                                              content_encoding="utf-8", properties={"delivery_mode": 2},
+                                              headers=headers)
             self._next_tag += 1
             self._unconfirmed.add(self._next_tag)
             channel.basic_publish(message, exchange=self.exchange.name, routing_key=routing_key)

@@ -12,35 +12,48 @@
   event has no second effect.
 """
 import logging
-import os
 from datetime import datetime, timezone
 
 from kombu import Connection, Exchange, Queue
 from nameko.amqp.publish import Publisher
-from nameko.constants import AMQP_URI_CONFIG_KEY
 from nameko.events import EventHandler
 from sqlalchemy import String
-
-from common.entrypoints import BROKER_ERRORS
-from common.errors import ServiceUnavailable
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
+
+from common.errors import ServiceUnavailable
+from common.metrics import EVENT_RETRIES, EVENTS_DEAD_LETTERED
+from common.rpc import BROKER_ERRORS
+from common.settings import settings_of
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_EXCHANGE = "dead-letters"
 DEAD_LETTER_QUEUE = "dead-letters"
 RETRIES_HEADER = "x-retries"
-MAX_RETRIES = int(os.environ.get("EVENT_MAX_RETRIES", "5"))
-RETRY_BASE_SECONDS = float(os.environ.get("EVENT_RETRY_BASE_SECONDS", "1"))
 TRANSIENT_RETRY_SECONDS = 2.0
 
 
-def dead_letter_topology():
+def replicated(queue_arguments, quorum):
+    """`queue_arguments` for a queue that survives the loss of a broker node: with
+    AMQP_QUORUM_QUEUES a quorum queue (replicated on a majority of the cluster's
+    nodes), dead-lettering at least once; otherwise a classic durable queue."""
+    if not quorum:
+        return queue_arguments
+    arguments = {**queue_arguments, "x-queue-type": "quorum"}
+    if "x-dead-letter-exchange" in arguments:
+        # At-least-once dead-lettering (needs reject-publish overflow): a message
+        # moves to its dead-letter target only once the target has it.
+        arguments.update({"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"})
+    return arguments
+
+
+def dead_letter_topology(quorum=False):
     """The dead-letter exchange and the one queue that keeps every dead letter."""
     exchange = Exchange(DEAD_LETTER_EXCHANGE, type="fanout", durable=True)
-    return exchange, Queue(DEAD_LETTER_QUEUE, exchange=exchange, durable=True)
+    return exchange, Queue(DEAD_LETTER_QUEUE, exchange=exchange, durable=True,
+                           queue_arguments=replicated({}, quorum))
 
 
 def retry_queue_name(queue_name):
@@ -50,17 +63,20 @@ def retry_queue_name(queue_name):
 class ReliableEventHandler(EventHandler):
     def setup(self):
         super().setup()
+        settings = settings_of(self.container)
+        quorum = settings.amqp_quorum_queues
         name = self.queue.name
         # Rejected messages go to the dead-letter exchange, not away.
         self.queue = Queue(name, exchange=self.queue.exchange, routing_key=self.queue.routing_key,
                            durable=True, auto_delete=False,
-                           queue_arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE})
+                           queue_arguments=replicated({"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}, quorum))
         # Nobody consumes the retry queue: each message waits out its expiration,
         # then RabbitMQ dead-letters it straight back into the handler's queue.
-        retry = Queue(retry_queue_name(name), durable=True, queue_arguments={
-            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": name})
-        dead_exchange, dead_queue = dead_letter_topology()
-        amqp_uri = self.container.config[AMQP_URI_CONFIG_KEY]
+        retry = Queue(retry_queue_name(name), durable=True, queue_arguments=replicated({
+            "x-dead-letter-exchange": "", "x-dead-letter-routing-key": name}, quorum))
+        dead_exchange, dead_queue = dead_letter_topology(quorum)
+        self.max_retries, self.retry_base_seconds = settings.event_max_retries, settings.event_retry_base_seconds
+        amqp_uri = settings.amqp_uri
         # Its own (pooled, confirmed) connection: never write on the consumer's channel from a worker.
         self.retry_publisher = Publisher(amqp_uri)
         with Connection(amqp_uri) as connection:
@@ -78,14 +94,16 @@ class ReliableEventHandler(EventHandler):
             # spending the event's retries (it would be dead-lettered in seconds).
             self._retry_later(message, retries, TRANSIENT_RETRY_SECONDS, exc_info[1])
             return
-        if retries >= MAX_RETRIES:
+        if retries >= self.max_retries:
             log.error("event on %s failed %d times: dead-lettered", self.queue.name, retries + 1)
             message.reject(requeue=False)
+            EVENTS_DEAD_LETTERED.labels(self.container.service_name, self.queue.name).inc()
             return
-        self._retry_later(message, retries + 1, RETRY_BASE_SECONDS * 2 ** retries, exc_info[1])
+        self._retry_later(message, retries + 1, self.retry_base_seconds * 2 ** retries, exc_info[1])
 
     def _retry_later(self, message, retries, delay, error):
         log.warning("event on %s failed (%r); retry %d in %.1fs", self.queue.name, error, retries, delay)
+        EVENT_RETRIES.labels(self.container.service_name, self.queue.name).inc()
         try:
             self.retry_publisher.publish(
                 message.payload, exchange="", routing_key=retry_queue_name(self.queue.name),

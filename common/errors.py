@@ -45,6 +45,15 @@ class NotFound(DomainError):
 
 
 @deserialize_to_instance
+class InvoiceNotIssued(DomainError):
+    """The order has no invoice (yet): it has not shipped, it is not the
+    caller's, or there is no such order; one answer for all three, so order
+    ids cannot be probed."""
+    http_status = 404
+    code = "invoice_not_issued"
+
+
+@deserialize_to_instance
 class AlreadyExists(DomainError):
     """A unique field (customer email, product sku) is taken."""
     http_status = 409
@@ -87,6 +96,24 @@ class ServiceUnavailable(DomainError):
 class UpstreamTimeout(DomainError):
     http_status = 504
     code = "upstream_timeout"
+
+
+@deserialize_to_instance
+class OutcomeUnknown(DomainError):
+    """A write may or may not have happened, and nobody could learn which in
+    time (the reply was lost, the commit's connection dropped). Details name
+    the resource; from RPC_TIMEOUT seconds after this answer on, reading it
+    gives an answer that no longer changes."""
+    http_status = 504
+    code = "outcome_unknown"
+
+
+@deserialize_to_instance
+class DeadlineExceeded(DomainError):
+    """The caller's deadline passed: the work was not started, or rolled back
+    before COMMIT. Details: `deadline` (epoch seconds)."""
+    http_status = 504
+    code = "deadline_exceeded"
 
 
 @deserialize_to_instance
@@ -133,3 +160,11 @@ class Forbidden(DomainError):
 
 # Raised by entrypoints on purpose: nameko logs these as expected, not as crashes.
 EXPECTED_ERRORS = (DomainError,)
+
+
+def error_from_dict(error):
+    """The DomainError that `to_dict()` gave `error` ({code, message, details}),
+    for an answer kept in a database and given again; an unknown code is a
+    plain DomainError (500)."""
+    by_code = {cls.code: cls for cls in DomainError.__subclasses__()}
+    return by_code.get(error["code"], DomainError)(error["message"], error["details"])

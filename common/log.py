@@ -11,6 +11,7 @@ import threading
 from datetime import datetime, timezone
 
 from nameko.extensions import DependencyProvider
+from opentelemetry import trace
 
 _current = threading.local()
 _process = {"service": None}
@@ -39,6 +40,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
         entry.update({key: value for key, value in vars(record).items()
                       if key not in _STANDARD_ATTRS and key not in entry})
         if record.exc_info:
@@ -58,12 +63,14 @@ class ExpectedErrorsWithoutTraceback(logging.Filter):
 
 
 def logging_config(level):
-    """dictConfig for processes that do not read config.yml (the gateway, scripts)."""
+    """dictConfig for every process: JSON lines on stderr at `level` (LOG_LEVEL)."""
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {"json": {"()": JsonFormatter}},
-        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "filters": {"expected_errors": {"()": ExpectedErrorsWithoutTraceback}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "json",
+                                 "filters": ["expected_errors"]}},
         "root": {"level": level, "handlers": ["console"]},
     }
 

@@ -1,11 +1,12 @@
 """Transactional outbox: an event exists if and only if its change committed.
 
-A service writes the event row in the same transaction as the change
-(`Outbox.add`) and, after the commit, wakes its `OutboxRelay`. The relay is
-one background greenthread per service process: woken after each commit and
-every OUTBOX_RELAY_INTERVAL seconds, it publishes due rows in batches,
-waits for the broker to confirm the whole batch (publisher confirms), marks
-them sent, and backs off the rows of a batch the broker would not take.
+A service writes the event row in the same transaction as the change and,
+after the commit, wakes its `OutboxRelay` (both done by its unit of work,
+common/unit_of_work.py). The relay is one background greenthread per service
+process: woken after each commit and every OUTBOX_RELAY_INTERVAL seconds, it
+publishes due rows in batches, waits for the broker to confirm the whole
+batch (publisher confirms), marks them sent, and backs off the rows of a
+batch the broker would not take.
 Rows are locked with SKIP LOCKED, so several instances of a service
 never send one row at once. Publishing is at-least-once (a crash between
 publish and mark resends): consumers deduplicate by `event_id`.
@@ -14,31 +15,24 @@ Publishing off the request path keeps an order's reply from waiting on the
 broker's confirm, and batching marks many rows sent in one UPDATE.
 """
 import logging
-import os
 import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from nameko.constants import AMQP_URI_CONFIG_KEY
-from nameko.extensions import DependencyProvider
-from nameko.standalone.events import get_event_exchange
-from nameko_sqlalchemy.database import DB_URIS_KEY
-from sqlalchemy import Index, Integer, String, create_engine, delete, func, insert, select, text, update
+from sqlalchemy import Index, Integer, String, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
-from common.batch_publisher import ConfirmedBatchPublisher
+from common.context import REQUEST_ID_KEY
 from common.events import make_envelope
+from common.tracing import TRACEPARENT_KEY, current_traceparent
 
 log = logging.getLogger(__name__)
 
-RELAY_INTERVAL_SECONDS = float(os.environ.get("OUTBOX_RELAY_INTERVAL", "1"))
-RETENTION = timedelta(hours=float(os.environ.get("OUTBOX_RETENTION_HOURS", "168")))
 PRUNE_EVERY_SECONDS = 3600
 BATCH_SIZE = 200
-GATHER_SECONDS = float(os.environ.get("OUTBOX_GATHER_SECONDS", "0.05"))
 MAX_BACKOFF_SECONDS = 60
 
 
@@ -58,76 +52,82 @@ def outbox_model(base):
         next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
         attempts: Mapped[int] = mapped_column(Integer, default=0)
         sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+        # The trace context of the change that wrote the event (W3C traceparent), if traced.
+        traceparent: Mapped[str | None] = mapped_column(String(64))
 
     return OutboxEvent
 
 
 class Outbox:
+    """Writes event rows into one service's outbox table."""
+
     def __init__(self, model):
         self.model = model
         # Built once: SQLAlchemy then reuses its compiled form for every event.
         self._insert = insert(model.__table__)
 
-    def add(self, session, event_type, data, request_id=None):
-        """Record an event in the caller's transaction."""
-        session.connection().execute(self._insert, self.row(event_type, data, request_id))
+    def add(self, session, row):
+        """Write `row` (see `row`) in the caller's transaction."""
+        session.connection().execute(self._insert, row)
 
     @staticmethod
     def row(event_type, data, request_id=None):
-        """The outbox row of a new event, for a storage module that writes it
-        in one statement with the change itself (one round trip fewer)."""
+        """The outbox row of a new event."""
         envelope = make_envelope(event_type, data, request_id)
         now = datetime.now(timezone.utc)
         return {"event_id": uuid.UUID(envelope["event_id"]), "event_type": event_type, "payload": envelope,
-                "created_at": now, "next_attempt_at": now, "attempts": 0}
+                "created_at": now, "next_attempt_at": now, "attempts": 0, "traceparent": current_traceparent()}
 
 
-class OutboxRelay(DependencyProvider):
-    """The service's background publisher; `self.<name>.wake()` after a commit with events."""
+class OutboxRelay:
+    """A service's background publisher of its outbox (one greenthread).
 
-    def __init__(self, outbox):
-        self.model = outbox.model
+    Owned by the service's UnitOfWork, which wakes it after each commit that
+    wrote events.
+    """
+
+    def __init__(self, model, engine, publisher, interval, gather_seconds, retention_hours):
+        self.model = model
+        self.engine = engine
+        self.publisher = publisher
+        self.interval = interval
+        self.gather_seconds = gather_seconds
+        self.retention = timedelta(hours=retention_hours)
         self._wake = threading.Event()  # green under eventlet's monkey patching
         self._running = False
+        self._thread = None
 
-    def setup(self):
-        config = self.container.config
-        base_name = self.model.__mro__[1].__name__  # the service's declarative base
-        db_uri = config[DB_URIS_KEY][f"{self.container.service_name}:{base_name}"]
-        self.engine = create_engine(db_uri, pool_size=2, max_overflow=0)
-        exchange = get_event_exchange(self.container.service_name, config)
-        self.publisher = ConfirmedBatchPublisher(config[AMQP_URI_CONFIG_KEY], exchange)
-
-    def start(self):
+    def start(self, spawn):
+        """spawn: e.g. the container's spawn_managed_thread."""
         self._running = True
-        self._thread = self.container.spawn_managed_thread(self._run, identifier="outbox_relay")
+        self._thread = spawn(self._run, identifier="outbox_relay")
 
     def stop(self):
-        # Workers have finished by now: one last pass sends what they wrote.
+        # One last pass sends what the (finished) workers wrote.
         self._running = False
         self._wake.set()
-        self._thread.wait()
-        self.publisher.close()
-        self.engine.dispose()
+        if self._thread is not None:
+            self._thread.wait()
+        self._close()
 
     def kill(self):
         self._running = False
-        self.publisher.close()
-        self.engine.dispose()
-
-    def get_dependency(self, worker_ctx):
-        return self
+        self._close()
 
     def wake(self):
         self._wake.set()
 
+    def _close(self):
+        self.publisher.close()
+        self.engine.dispose()
+
     def _run(self):
         last_prune = time.monotonic()
         while True:
-            if self._wake.wait(RELAY_INTERVAL_SECONDS) and self._running:
+            if self._wake.wait(self.interval) and self._running:
                 # Let the commits of the next few milliseconds join this batch:
                 # one SELECT and one UPDATE for many events instead of each.
-                time.sleep(GATHER_SECONDS)
+                time.sleep(self.gather_seconds)
             self._wake.clear()
             try:
                 while self.relay_batch() == BATCH_SIZE:
@@ -139,14 +139,13 @@ class OutboxRelay(DependencyProvider):
                 log.warning("outbox relay: %r; retrying", exc)
             if not self._running:
                 return
-
     def relay_batch(self):
         """Publish up to BATCH_SIZE due events, oldest first; the number of rows looked at."""
         model = self.model
         now = datetime.now(timezone.utc)
         with self.engine.begin() as connection:
             rows = connection.execute(
-                select(model.event_id, model.event_type, model.payload)
+                select(model.event_id, model.event_type, model.payload, model.traceparent)
                 .where(model.sent_at.is_(None), model.next_attempt_at <= now)
                 .order_by(model.created_at).limit(BATCH_SIZE).with_for_update(skip_locked=True)
             ).all()
@@ -154,7 +153,7 @@ class OutboxRelay(DependencyProvider):
                 return 0
             batch = model.event_id.in_([row.event_id for row in rows])
             try:
-                self.publisher.publish([(row.event_type, row.payload) for row in rows])
+                self.publisher.publish([(row.event_type, row.payload, _headers(row)) for row in rows])
             except Exception as exc:
                 # Nothing of this batch counts as sent (consumers deduplicate
                 # what the broker did take); each row backs off on its own count.
@@ -168,8 +167,17 @@ class OutboxRelay(DependencyProvider):
             connection.execute(update(model).where(batch).values(sent_at=datetime.now(timezone.utc)))
         return len(rows)
 
-    def prune(self, retention=RETENTION):
-        """Delete events sent longer ago than `retention`."""
+    def prune(self):
+        """Delete events sent longer ago than the retention."""
         with self.engine.begin() as connection:
             connection.execute(delete(self.model).where(
-                self.model.sent_at < datetime.now(timezone.utc) - retention))
+                self.model.sent_at < datetime.now(timezone.utc) - self.retention))
+
+
+def _headers(row):
+    """Context data for the consumers (nameko reads `nameko.<key>` headers into it):
+    the request id and the trace context of the change that caused the event."""
+    headers = {f"nameko.{REQUEST_ID_KEY}": row.payload.get("request_id")}
+    if row.traceparent:
+        headers[f"nameko.{TRACEPARENT_KEY}"] = row.traceparent
+    return {key: value for key, value in headers.items() if value is not None}

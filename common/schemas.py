@@ -19,6 +19,7 @@ MAX_MONEY = decimal.Decimal("1000000000")
 MAX_STOCK = 1_000_000_000
 MAX_ORDER_QUANTITY = 100_000
 MAX_ORDER_LINES = 100
+INVOICE_NUMBER_PATTERN = r"^INV-[0-9]{4}-[0-9]{6}\Z"
 SKU_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z"  # \Z: "$" would let a trailing newline in
 
 
@@ -28,6 +29,25 @@ def uuid_or_none(value):
         return uuid.UUID(str(value))
     except ValueError:
         return None
+
+
+def id_of_attempt(attempt_id):
+    """The id of the resource a create makes: its attempt id, or a new one.
+
+    The gateway sends a fresh attempt id with every HTTP create and it becomes
+    the new resource's id, so the id is known before the call (a 504 can name
+    it) and a second run of the same call (a redelivery after a crash, the
+    gateway re-driving a lost reply) finds what the first made instead of
+    making another.
+    """
+    if attempt_id is None:
+        return uuid.uuid4()
+    parsed = uuid_or_none(attempt_id)
+    if parsed is None:
+        from common.errors import ValidationFailed
+
+        raise ValidationFailed("Invalid attempt id.", {"attempt_id": ["Not a valid UUID."]})
+    return parsed
 
 
 def _has_nul(value):
@@ -200,12 +220,29 @@ class UtcDateTime(fields.AwareDateTime):
             raise ValidationError("Out of range.") from None
 
 
+NOTIFICATION_STATUSES = ("queued", "sent", "failed")
+# What a notification tells the customer (notification_service.domain decides which event makes which).
+NOTIFICATION_KINDS = ("order_confirmation", "order_shipped", "order_delivered", "order_cancelled")
+
+
+class NotificationListQuery(ListQuery):
+    order_id = fields.UUID()
+    status = fields.String(validate=validate.OneOf(NOTIFICATION_STATUSES))
+
+
 class OrderListQuery(ListQuery):
     status = fields.String(validate=validate.OneOf(ORDER_STATUSES))
     customer_id = fields.UUID()
     # ISO-8601; a time without an offset is taken as UTC.
     created_after = UtcDateTime(default_timezone=timezone.utc)
     created_before = UtcDateTime(default_timezone=timezone.utc)
+
+
+class InvoiceListQuery(ListQuery):
+    customer_id = fields.UUID()
+    # ISO-8601; a time without an offset is taken as UTC. Both exclusive.
+    issued_after = UtcDateTime(default_timezone=timezone.utc)
+    issued_before = UtcDateTime(default_timezone=timezone.utc)
 
 
 # ---- resources (responses and events) ------------------------------------
@@ -256,11 +293,86 @@ class OrderSchema(Schema):
     updated_at = fields.AwareDateTime()
 
 
+class SellerSchema(Schema):
+    name = fields.String()
+    address = fields.String()
+    tax_id = fields.String()
+
+
+class BillToSchema(Schema):
+    name = fields.String()
+    email = fields.String()
+    address = fields.Nested(AddressSchema, allow_none=True, metadata={
+        "description": "The order's shipping address (null if the order had none)."})
+
+
+class InvoiceLineSchema(Schema):
+    sku = fields.String()
+    name = fields.String(metadata={"description": "The product's name when the invoice was issued."})
+    quantity = fields.Integer()
+    unit_price = Money()
+    line_total = Money()
+
+
+class TaxRate(fields.Decimal):
+    """A rate as a plain decimal string ("0.19" for 19 %), never in exponent form."""
+
+    def __init__(self, **kwargs):
+        super().__init__(as_string=True, **kwargs)
+
+    def _serialize(self, value, attr, obj, **kwargs):
+        if value is None:
+            return None
+        return format(decimal.Decimal(value).normalize(), "f")
+
+
+class InvoiceSchema(Schema):
+    number = fields.String(metadata={"description": "`INV-<year>-<6 digits>`, consecutive without gaps "
+                                                    "within a year.", "example": "INV-2026-000042"})
+    order_id = fields.UUID()
+    customer_id = fields.UUID()
+    issued_at = fields.AwareDateTime()
+    seller = fields.Nested(SellerSchema)
+    bill_to = fields.Nested(BillToSchema)
+    lines = fields.List(fields.Nested(InvoiceLineSchema))
+    currency = fields.String()
+    subtotal = Money(metadata={"description": "`total_amount - tax_amount`."})
+    tax_rate = TaxRate(metadata={"description": "The rate in force when the invoice was issued (prices "
+                                                "include tax).", "example": "0.19"})
+    tax_amount = Money(metadata={"description": "`total_amount - total_amount / (1 + tax_rate)`, rounded "
+                                                "half-up to cents."})
+    total_amount = Money(metadata={"description": "The order's total."})
+
+
 class StatusChangeSchema(Schema):
     from_status = fields.String(data_key="from", allow_none=True)
     to_status = fields.String(data_key="to")
     changed_at = fields.AwareDateTime(data_key="at")
     changed_by = fields.String(data_key="by")
+
+
+class NotificationSchema(Schema):
+    id = fields.UUID()
+    order_id = fields.UUID(allow_none=True)
+    customer_id = fields.UUID()
+    event_id = fields.UUID(metadata={"description": "The event that caused it: one notification per "
+                                                    "(event, recipient)."})
+    event_type = fields.String(metadata={"description": "That event's type, e.g. `order_status_changed`."})
+    kind = fields.String(metadata={"description": "What the email says."})
+    recipient = fields.String(metadata={"description": "The email address it is sent to."})
+    subject = fields.String()
+    message_id = fields.String(metadata={"description": "The email's Message-ID: the same on every attempt."})
+    status = fields.String(metadata={"description": "`queued` (waiting for its next attempt), `sent` (the mail "
+                                                    "server took it) or `failed` (refused, or out of attempts)."})
+    attempts = fields.Integer()
+    last_error = fields.String(allow_none=True, metadata={"description": "What the mail server (or the "
+                                                                         "connection) said on the last failed "
+                                                                         "attempt."})
+    next_attempt_at = fields.AwareDateTime(allow_none=True, metadata={"description": "When it is tried next "
+                                                                                     "(`queued` only)."})
+    created_at = fields.AwareDateTime()
+    updated_at = fields.AwareDateTime()
+    sent_at = fields.AwareDateTime(allow_none=True)
 
 
 @functools.cache

@@ -5,20 +5,23 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 import common  # noqa: F401  (quietens eventlet's notice before services import it)
-from common.config import Settings
+from common.settings import load_settings
 from customer_service.storage import CustomersBase
 from inventory_service.storage import InventoryBase
+from invoice_service.storage import InvoicesBase
+from notification_service.storage import NotificationsBase
 from order_service.storage import OrdersBase
 
 config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata = [CustomersBase.metadata, InventoryBase.metadata, OrdersBase.metadata]
+target_metadata = [CustomersBase.metadata, InventoryBase.metadata, OrdersBase.metadata,
+                   NotificationsBase.metadata, InvoicesBase.metadata]
 
 
 def database_url():
-    return config.get_main_option("sqlalchemy.url") or Settings.from_env().database_url
+    return config.get_main_option("sqlalchemy.url") or load_settings().database_url
 
 
 def run_migrations_offline():

@@ -1,0 +1,237 @@
+"""Every setting of every process, read one way: `load_settings()` at start-up.
+
+Values come from `config.yml` (every setting with its default) and the
+environment (same names; it wins), are checked together by pydantic (types,
+bounds, the rules between settings), and a bad one stops the process with a
+message naming the variable. Code below the entry points (domain rules,
+storage, extensions) is handed what it needs; nothing else reads
+`os.environ`.
+
+Why pydantic: typed fields with bounds and cross-field rules, and errors that
+name each bad field, without writing our own parser.
+"""
+import os
+from decimal import Decimal
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from nameko.extensions import DependencyProvider
+from nameko.timer import Timer
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_FILE_VARIABLE = "CONFIG_FILE"
+# The default secret `make run` prints; ENV=production refuses to start with it.
+DEVELOPMENT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
+# Where services find the Settings object inside nameko's config dict.
+SETTINGS_KEY = "SETTINGS"
+# Never echoed in an error message.
+SECRET_VARIABLES = {"JWT_SECRET", "DATABASE_URL", "AMQP_URI", "SMTP_PASSWORD"}
+# Where mail goes when SMTP_HOST is unset: the sink `make run` starts (scripts/mail_sink.py).
+LOCAL_MAIL_SINK_HOST = "127.0.0.1"
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class SettingsError(Exception):
+    """A setting is missing or invalid; the message names each bad variable."""
+
+
+class Settings(BaseModel):
+    """Field names are the variables' names in lower case; `config.yml` and the
+    environment use the upper-case names (the aliases)."""
+    model_config = ConfigDict(frozen=True, extra="forbid", alias_generator=str.upper, populate_by_name=True)
+
+    amqp_uri: str = Field(min_length=1)
+    amqp_quorum_queues: bool
+    database_url: str = Field(min_length=1)
+
+    gateway_host: str = Field(min_length=1)
+    gateway_port: int = Field(ge=1, le=65535)
+    gateway_workers: int = Field(ge=1, le=64)
+    gateway_threads: int = Field(ge=1, le=256)
+    rpc_pool_size_setting: int | None = Field(default=None, ge=1, le=1024, alias="RPC_POOL_SIZE")
+    jwt_secret: str = Field(min_length=1)
+    env: Literal["development", "production"]
+
+    rpc_timeout: PositiveSeconds
+    service_rpc_timeout: PositiveSeconds
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+    otel_exporter_otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    metrics_port: int = Field(ge=0, le=65000)
+
+    max_workers: int = Field(ge=1, le=1000)
+    outbox_relay_interval: PositiveSeconds
+    outbox_gather_seconds: float = Field(ge=0, le=5)
+    outbox_retention_hours: float = Field(gt=0)
+    event_max_retries: int = Field(ge=0, le=100)
+    event_retry_base_seconds: PositiveSeconds
+
+    reconcile_interval_seconds: PositiveSeconds
+    reservation_grace_seconds: PositiveSeconds
+    order_create_deadline_seconds: PositiveSeconds
+    idempotency_retention_hours: float = Field(gt=0)
+
+    # Invoices: prices include tax; the seller is copied into each invoice when it is issued.
+    tax_rate: Decimal = Field(ge=0, lt=1, decimal_places=4)
+    seller_name: str = Field(min_length=1, max_length=200)
+    seller_address: str = Field(min_length=1, max_length=500)
+    seller_tax_id: str = Field(min_length=1, max_length=50)
+    smtp_host: str | None = Field(default=None, min_length=1, max_length=253)
+    smtp_port: int = Field(ge=1, le=65535)
+    smtp_starttls: bool
+    smtp_username: str | None = Field(default=None, min_length=1, max_length=254)
+    smtp_password: SecretStr | None = Field(default=None, min_length=1)
+    smtp_timeout_seconds: float = Field(gt=0, le=300)
+    mail_from: str = Field(min_length=3, max_length=300)
+    mail_sink_port: int = Field(ge=1, le=65535)
+    notify_retry_base_seconds: float = Field(gt=0, le=300)
+    notify_max_attempts: int = Field(ge=1, le=100)
+    notify_sweep_interval_seconds: float = Field(gt=0, le=300)
+
+    @field_validator("log_level", "env", mode="before")
+    @classmethod
+    def _case_insensitive(cls, value, info):
+        if not isinstance(value, str):
+            return value
+        return value.upper() if info.field_name == "log_level" else value.lower()
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg2_driver(cls, value):
+        # SQLAlchemy 2.1 maps a bare postgresql:// to psycopg 3, which is not installed.
+        for bare in ("postgresql://", "postgres://"):
+            if value.startswith(bare):
+                return "postgresql+psycopg2://" + value[len(bare):]
+        return value
+
+    @field_validator("mail_from")
+    @classmethod
+    def _an_address(cls, value):
+        _, address = parseaddr(value)
+        if "@" not in address or address.startswith("@") or address.endswith("@"):
+            raise ValueError("must be an email address, optionally with a name: Shop <orders@shop.example>")
+        return value
+
+    @model_validator(mode="after")
+    def _rules_between_settings(self):
+        problems = []
+        if self.reservation_grace_seconds <= self.order_create_deadline_seconds:
+            problems.append(
+                f"RESERVATION_GRACE_SECONDS ({self.reservation_grace_seconds:g}) must exceed "
+                f"ORDER_CREATE_DEADLINE_SECONDS ({self.order_create_deadline_seconds:g}): the reconciler "
+                "would release the stock of orders still being created")
+        if self.service_rpc_timeout >= self.rpc_timeout:
+            problems.append(
+                f"SERVICE_RPC_TIMEOUT ({self.service_rpc_timeout:g}) must be below RPC_TIMEOUT "
+                f"({self.rpc_timeout:g}): a service must give up on another before the gateway gives up on it")
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            problems.append("SMTP_USERNAME and SMTP_PASSWORD: set both (to log in to the relay) or neither")
+        if self.env == "production" and self.jwt_secret == DEVELOPMENT_JWT_SECRET:
+            problems.append("JWT_SECRET: ENV=production refuses the development JWT_SECRET: "
+                            "set a secret of your own")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @property
+    def rpc_pool_size(self):
+        return self.rpc_pool_size_setting or self.gateway_threads
+
+    @property
+    def smtp_address(self):
+        """(host, port) mail is sent to: SMTP_HOST:SMTP_PORT, or the local sink when SMTP_HOST is unset."""
+        if self.smtp_host is None:
+            return LOCAL_MAIL_SINK_HOST, self.mail_sink_port
+        return self.smtp_host, self.smtp_port
+
+    def nameko_config(self):
+        """nameko's config dict for a service, the shell or a standalone proxy;
+        the Settings object itself rides along under SETTINGS_KEY."""
+        return {
+            "AMQP_URI": self.amqp_uri,
+            "serializer": "json",
+            "rpc_exchange": "nameko-rpc",
+            "max_workers": self.max_workers,
+            "parent_calls_tracked": 10,
+            SETTINGS_KEY: self,
+        }
+
+    @classmethod
+    def variable_names(cls):
+        return [field.alias for field in cls.model_fields.values()]
+
+
+def load_settings(environ=None, config_file=None):
+    """The Settings of this process: `config_file` (default: CONFIG_FILE, else
+    config.yml in the working directory, else the project's), overridden by
+    `environ` (default: os.environ). SettingsError names every bad variable."""
+    environ = os.environ if environ is None else environ
+    path = Path(config_file or environ.get(CONFIG_FILE_VARIABLE) or _default_config_file())
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"{CONFIG_FILE_VARIABLE}: cannot read {path}: {exc}") from None
+    if not isinstance(values, dict):
+        raise SettingsError(f"{CONFIG_FILE_VARIABLE}: {path} must be a mapping of NAME: value")
+    for name in Settings.variable_names():
+        if environ.get(name, "") != "":  # an empty variable counts as unset
+            values[name] = environ[name]
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, path)) from None
+
+
+def settings_of(container):
+    """The Settings a service container was started with (see nameko_config)."""
+    return container.config[SETTINGS_KEY]
+
+
+def _default_config_file():
+    here = Path.cwd() / "config.yml"
+    return here if here.exists() else PROJECT_ROOT / "config.yml"
+
+
+def _describe(exc, path):
+    lines = []
+    for error in exc.errors():
+        name = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if not name:
+            lines.append(message)
+            continue
+        if error["type"] == "extra_forbidden":
+            message = f"not a setting (in {path})"
+        elif error["type"] == "missing":
+            message = f"missing (set it in {path} or the environment)"
+        elif name not in SECRET_VARIABLES:
+            message += f" (got {error['input']!r})"
+        lines.append(f"{name}: {message}")
+    return "invalid configuration: " + "; ".join(lines)
+
+
+class SettingsProvider(DependencyProvider):
+    """`self.settings` in a worker: the Settings the service was started with."""
+
+    def get_dependency(self, worker_ctx):
+        return settings_of(self.container)
+
+
+class SettingsTimer(Timer):
+    """nameko's timer with its interval taken from a setting when the service
+    starts (nameko's own takes a number when the class is defined)."""
+
+    def __init__(self, setting, **kwargs):
+        super().__init__(interval=None, **kwargs)
+        self.setting = setting
+
+    def setup(self):
+        super().setup()
+        self.interval = getattr(settings_of(self.container), self.setting)
+
+
+every = SettingsTimer.decorator

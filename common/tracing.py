@@ -1,0 +1,166 @@
+"""OpenTelemetry traces across every hop, when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+
+- Each process exports its spans over OTLP/HTTP (protobuf) with resource
+  `service.name` = the process's name (`gateway`, `order_service`, ...).
+  Unset, no provider is installed, nothing below starts a span or touches
+  the context, and the cost is a flag test per call.
+- The trace context crosses RPC in Nameko context data under `traceparent`
+  (W3C trace-context): the gateway's client span, or a service's, is the
+  parent of the callee's server span (`Tracing` below; the ready-made nameko
+  instrumentation needs nameko 3).
+- An event carries the context of the change that caused it: the outbox row
+  keeps the `traceparent` current when the event was written, the relay sends
+  it as a message header, and the consumer's span continues that trace.
+- SQL statements are spans (opentelemetry-instrumentation-sqlalchemy on each
+  engine), and every JSON log line carries `trace_id` and `span_id` while a
+  span is active (common/log.py).
+"""
+import copy
+
+from nameko.events import EventHandler
+from nameko.extensions import DependencyProvider
+from nameko.rpc import Rpc
+from opentelemetry import context, propagate, trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+TRACEPARENT_KEY = "traceparent"
+
+_state = {"enabled": False}
+
+
+def configure_tracing(service_name, endpoint):
+    """Install the exporting tracer provider for this process; False (and nothing
+    installed) when `endpoint` (OTEL_EXPORTER_OTLP_ENDPOINT) is empty."""
+    if not endpoint:
+        return False
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")))
+    trace.set_tracer_provider(provider)
+    _state["enabled"] = True
+    return True
+
+
+def enabled():
+    return _state["enabled"]
+
+
+def shutdown():
+    """Send what is buffered (at process exit)."""
+    if enabled():
+        trace.get_tracer_provider().shutdown()
+
+
+def tracer():
+    return trace.get_tracer("order-management")
+
+
+def instrument_engine(engine):
+    """SQL statements on `engine` become spans (when tracing is on).
+
+    opentelemetry-instrumentation-sqlalchemy's EngineTracer is attached to this
+    engine only, rather than through its instrumentor, which also wraps
+    sqlalchemy's create_engine and Engine.connect process-wide: every pool
+    checkout became a `connect` span (a third of all spans, measured) and the
+    outbox relay's polling a trace of its own every second. Its engine events
+    work on SQLAlchemy 2.1.9, although the package declares < 2.1
+    (tests/integration/test_observability.py sees the spans)."""
+    if enabled():
+        from opentelemetry.instrumentation.sqlalchemy import __version__
+        from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+        from opentelemetry.metrics import get_meter
+
+        connections = get_meter(__name__, __version__).create_up_down_counter("db.client.connections.usage")
+        EngineTracer(trace.get_tracer("opentelemetry.instrumentation.sqlalchemy", __version__), engine,
+                     connections, enable_commenter=False)
+    return engine
+
+
+def current_traceparent():
+    """The W3C traceparent of the active span, or None."""
+    if not enabled():
+        return None
+    carrier = {}
+    propagate.inject(carrier)
+    return carrier.get(TRACEPARENT_KEY)
+
+
+def with_traceparent(data):
+    """`data` (context data, a dict) plus the active span's traceparent, if any."""
+    traceparent = current_traceparent()
+    return {**data, TRACEPARENT_KEY: traceparent} if traceparent else data
+
+
+def client_span(service, method):
+    """A CLIENT span around one RPC call (a no-op context when tracing is off)."""
+    if not enabled():
+        return _NO_SPAN
+    return tracer().start_as_current_span(f"{service}.{method}", kind=SpanKind.CLIENT, attributes={
+        "rpc.system": "nameko", "rpc.service": service, "rpc.method": method})
+
+
+def worker_ctx_with_traceparent(worker_ctx):
+    """A copy of `worker_ctx` whose context data carries the active span's traceparent."""
+    traced = copy.copy(worker_ctx)
+    traced.data = with_traceparent(worker_ctx.data)
+    return traced
+
+
+class _NoSpan:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+_NO_SPAN = _NoSpan()
+
+
+class Tracing(DependencyProvider):
+    """One span per worker: SERVER for an RPC, CONSUMER for an event, INTERNAL for
+    a timer; the child of the caller's (or the event's) traceparent, if any."""
+
+    def setup(self):
+        self._spans = {}
+
+    def worker_setup(self, worker_ctx):
+        if not enabled():
+            return
+        entrypoint = worker_ctx.entrypoint
+        kind = (SpanKind.SERVER if isinstance(entrypoint, Rpc)
+                else SpanKind.CONSUMER if isinstance(entrypoint, EventHandler) else SpanKind.INTERNAL)
+        parent = propagate.extract({TRACEPARENT_KEY: worker_ctx.data.get(TRACEPARENT_KEY) or ""})
+        span = tracer().start_span(f"{worker_ctx.service_name}.{entrypoint.method_name}", context=parent,
+                                   kind=kind, attributes={"rpc.system": "nameko",
+                                                          "rpc.service": worker_ctx.service_name,
+                                                          "rpc.method": entrypoint.method_name})
+        token = context.attach(trace.set_span_in_context(span))
+        self._spans[worker_ctx] = (span, token)
+
+    def worker_result(self, worker_ctx, result=None, exc_info=None):
+        opened = self._spans.get(worker_ctx)
+        if opened is None or exc_info is None:
+            return
+        span, _ = opened
+        error = exc_info[1]
+        span.set_attribute("error.type", type(error).__name__)
+        # A refusal the contract expects (4xx) is the call working; anything else is an error.
+        if getattr(error, "http_status", 500) >= 500:
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, str(error)))
+
+    def worker_teardown(self, worker_ctx):
+        opened = self._spans.pop(worker_ctx, None)
+        if opened is None:
+            return
+        span, token = opened
+        context.detach(token)
+        span.end()
+
+    def stop(self):
+        shutdown()
