@@ -1,6 +1,6 @@
-"""customers schema: SQLAlchemy model and queries."""
+"""customers schema: the SQLAlchemy model and `CustomerStore`, its queries."""
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 
 from sqlalchemy import Integer, MetaData, String, bindparam, select, text, tuple_
 from sqlalchemy.dialects.postgresql import JSONB, UUID
@@ -9,10 +9,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
-from common.db import constraint_name
-from common.errors import AlreadyExists
 from common.consumers import processed_events_model
-from common.outbox import Outbox, outbox_model
+from common.db import advisory_lock, constraint_name
+from common.errors import AlreadyExists
+from common.outbox import outbox_model
+from common.unit_of_work import StorageLayout
 
 SCHEMA = "customers"
 
@@ -34,57 +35,6 @@ class Customer(CustomersBase):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-outbox = Outbox(outbox_model(CustomersBase))
-ProcessedEvent = processed_events_model(CustomersBase)
-
-
-def insert_customer(session, fields):
-    now = datetime.now(timezone.utc)
-    customer = Customer(id=uuid.uuid4(), created_at=now, updated_at=now, **fields)
-    session.add(customer)
-    _flush_unique_email(session, fields.get("email"))
-    return customer
-
-
-def update_customer(session, customer, changes):
-    for field, value in changes.items():
-        setattr(customer, field, value)
-    customer.updated_at = datetime.now(timezone.utc)
-    _flush_unique_email(session, changes.get("email"))
-    return customer
-
-
-def _flush_unique_email(session, email):
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        if constraint_name(exc) == "customers_email_key":
-            raise AlreadyExists("A customer with this email exists.", {"email": email}) from None
-        raise
-
-
-def get_customer(session, customer_id, lock=False):
-    return session.get(Customer, customer_id, with_for_update=lock)
-
-
-def get_customers(session, customer_ids):
-    return session.scalars(select(Customer).where(Customer.id.in_(customer_ids))).all()
-
-
-def list_customers(session, limit, after=None, only_id=None):
-    """Customers oldest first; `after` is the (created_at, id) of the last one seen."""
-    query = select(Customer).order_by(Customer.created_at, Customer.id).limit(limit)
-    if only_id is not None:
-        query = query.where(Customer.id == only_id)
-    if after is not None:
-        query = query.where(tuple_(Customer.created_at, Customer.id) > tuple_(*after))
-    return session.scalars(query).all()
-
-
-def ping(session):
-    session.execute(select(1))
-
-
 _customers = Customer.__table__
 # Once per order_created event, one statement: record the event id and, only
 # if it was new, count the order. Atomic on its own, so it needs no
@@ -101,7 +51,60 @@ WHERE id = :customer_id AND EXISTS (SELECT 1 FROM first_time)
 """).bindparams(bindparam("customer_id", type_=UUID(as_uuid=True)))
 
 
-def count_order_once(session, event_id, handler, customer_id):
-    """Count one order of `customer_id` for event `event_id`, unless that event was counted before."""
-    session.connection().execute(_COUNT_ORDER_ONCE,
-                                 {"event_id": event_id, "handler": handler, "customer_id": customer_id})
+class CustomerStore:
+    """The customers schema's queries, on one session (see common/unit_of_work.py)."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def lock_customer_id(self, customer_id):
+        """A transaction-scoped lock on a customer id (it may not exist yet)."""
+        advisory_lock(self.session, customer_id)
+
+    def insert_customer(self, customer_id, fields, now):
+        customer = Customer(id=customer_id, created_at=now, updated_at=now, **fields)
+        self.session.add(customer)
+        self._flush_unique_email(fields.get("email"))
+        return customer
+
+    def update_customer(self, customer, changes, now):
+        for field, value in changes.items():
+            setattr(customer, field, value)
+        customer.updated_at = now
+        self._flush_unique_email(changes.get("email"))
+        return customer
+
+    def _flush_unique_email(self, email):
+        try:
+            self.session.flush()
+        except IntegrityError as exc:
+            if constraint_name(exc) == "customers_email_key":
+                raise AlreadyExists("A customer with this email exists.", {"email": email}) from None
+            raise
+
+    def get_customer(self, customer_id, lock=False):
+        return self.session.get(Customer, customer_id, with_for_update=lock)
+
+    def get_customers(self, customer_ids):
+        return self.session.scalars(select(Customer).where(Customer.id.in_(customer_ids))).all()
+
+    def list_customers(self, limit, after=None, only_id=None):
+        """Customers oldest first; `after` is the (created_at, id) of the last one seen."""
+        query = select(Customer).order_by(Customer.created_at, Customer.id).limit(limit)
+        if only_id is not None:
+            query = query.where(Customer.id == only_id)
+        if after is not None:
+            query = query.where(tuple_(Customer.created_at, Customer.id) > tuple_(*after))
+        return self.session.scalars(query).all()
+
+    def ping(self):
+        self.session.execute(select(1))
+
+    def count_order_once(self, event_id, handler, customer_id):
+        """Count one order of `customer_id` for event `event_id`, unless that event was counted before."""
+        self.session.connection().execute(
+            _COUNT_ORDER_ONCE, {"event_id": event_id, "handler": handler, "customer_id": customer_id})
+
+
+layout = StorageLayout(base=CustomersBase, store=CustomerStore, outbox=outbox_model(CustomersBase),
+                       processed_events=processed_events_model(CustomersBase))

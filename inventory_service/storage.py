@@ -21,7 +21,8 @@ from sqlalchemy.types import DateTime
 
 from common.db import constraint_name
 from common.errors import AlreadyExists
-from common.outbox import Outbox, outbox_model
+from common.outbox import outbox_model
+from common.unit_of_work import StorageLayout
 
 SCHEMA = "inventory"
 
@@ -81,9 +82,6 @@ class ReservationItem(InventoryBase):
     quantity: Mapped[int] = mapped_column(Integer)
     unit_price: Mapped[Decimal] = mapped_column(Numeric(12, 2))
     currency: Mapped[str] = mapped_column(String(3))
-
-
-outbox = Outbox(outbox_model(InventoryBase))
 
 
 @dataclass(frozen=True)
@@ -159,160 +157,151 @@ WITH new_items AS (
                 CAST(:unit_prices AS numeric[]), CAST(:currencies AS varchar[]))
          AS item(sku, quantity, unit_price, currency)
 )
-INSERT INTO {SCHEMA}.outbox (event_id, event_type, payload, created_at, next_attempt_at, attempts)
-SELECT event.event_id, event.event_type, event.payload, event.created_at, event.created_at, 0
+INSERT INTO {SCHEMA}.outbox (event_id, event_type, payload, created_at, next_attempt_at, attempts, traceparent)
+SELECT event.event_id, event.event_type, event.payload, event.created_at, event.created_at, 0, event.traceparent
 FROM unnest(CAST(:event_ids AS uuid[]), CAST(:event_types AS varchar[]), CAST(:payloads AS jsonb[]),
-            CAST(:event_times AS timestamptz[]))
-     AS event(event_id, event_type, payload, created_at)
+            CAST(:event_times AS timestamptz[]), CAST(:traceparents AS varchar[]))
+     AS event(event_id, event_type, payload, created_at, traceparent)
 """)
-
-
-def _update_stock(session, statement, sku, quantity):
-    row = session.connection().execute(statement, {"sku_": sku, "quantity": quantity, "at": _now()}).first()
-    return ProductSnapshot(**row._mapping) if row is not None else None
 
 
 def _now():
     return datetime.now(timezone.utc)
 
 
-def insert_product(session, fields):
-    now = _now()
-    product = Product(reserved=0, created_at=now, updated_at=now, **fields)
-    session.add(product)
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        if constraint_name(exc) == "products_pkey":
-            raise AlreadyExists("A product with this sku exists.", {"sku": fields["sku"]}) from None
-        raise
-    return product
+class InventoryStore:
+    """The inventory schema's queries, on one session (see common/unit_of_work.py)."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def _update_stock(self, statement, sku, quantity):
+        row = self.session.connection().execute(statement, {"sku_": sku, "quantity": quantity, "at": _now()}).first()
+        return ProductSnapshot(**row._mapping) if row is not None else None
+
+    def insert_product(self, fields):
+        now = _now()
+        product = Product(reserved=0, created_at=now, updated_at=now, **fields)
+        self.session.add(product)
+        try:
+            self.session.flush()
+        except IntegrityError as exc:
+            if constraint_name(exc) == "products_pkey":
+                raise AlreadyExists("A product with this sku exists.", {"sku": fields["sku"]}) from None
+            raise
+        return product
+
+    def get_product(self, sku, lock=False):
+        return self.session.get(Product, sku, with_for_update=lock)
+
+    def update_product(self, product, changes):
+        for field, value in changes.items():
+            setattr(product, field, value)
+        product.updated_at = _now()
+        self.session.flush()
+        return product
+
+    def get_products(self, skus):
+        return self.session.scalars(select(Product).where(Product.sku.in_(skus)).order_by(Product.sku)).all()
+
+    def list_products(self, limit, after_sku=None):
+        query = select(Product).order_by(Product.sku).limit(limit)
+        if after_sku is not None:
+            query = query.where(Product.sku > after_sku)
+        return self.session.scalars(query).all()
+
+    def take_stock(self, sku, quantity):
+        """Reserve `quantity` of `sku` if that many are available; the product after, or None."""
+        return self._update_stock(_TAKE_STOCK, sku, quantity)
+
+    def claim_and_take_stock(self, order_id, plan):
+        """Claim `order_id` and reserve every (sku, quantity) of `plan` that is available.
+
+        None if a reservation for `order_id` already exists (nothing taken);
+        else {sku: the product as the UPDATE left it} for each sku taken: fewer
+        than `plan` when a sku is short or unknown (the caller rolls back).
+        """
+        rows = self.session.connection().execute(_CLAIM_AND_TAKE, {
+            "order_id": str(order_id), "at": _now(),
+            "skus": [sku for sku, _ in plan], "quantities": [quantity for _, quantity in plan],
+        }).all()
+        if not rows[0].claimed:
+            return None
+        return {row.sku: ProductSnapshot(**{column: value for column, value in row._mapping.items()
+                                            if column != "claimed"})
+                for row in rows if row.sku is not None}
+
+    def _add_reservation_items(self, order_id, lines):
+        """lines: (product, quantity), each at the product's price now."""
+        self.session.connection().execute(_INSERT_RESERVATION_ITEMS, [
+            {"order_id": order_id, "sku": product.sku, "quantity": quantity,
+             "unit_price": product.unit_price, "currency": product.currency}
+            for product, quantity in lines])
+
+    def record_reservation(self, order_id, lines, event_rows):
+        """The items of a new reservation (lines: (product, quantity), each at the
+        product's price now) and its events (`Outbox.row`s), in one statement."""
+        self.session.connection().execute(_RECORD_RESERVATION, {
+            "order_id": str(order_id),
+            "skus": [product.sku for product, _ in lines],
+            "quantities": [quantity for _, quantity in lines],
+            "unit_prices": [product.unit_price for product, _ in lines],
+            "currencies": [product.currency for product, _ in lines],
+            "event_ids": [str(row["event_id"]) for row in event_rows],
+            "event_types": [row["event_type"] for row in event_rows],
+            "payloads": [json.dumps(row["payload"]) for row in event_rows],
+            "event_times": [row["created_at"] for row in event_rows],
+            "traceparents": [row["traceparent"] for row in event_rows],
+        })
+
+    def get_reservation(self, order_id, lock=False):
+        query = select(Reservation).where(Reservation.order_id == order_id)
+        if lock:
+            query = query.with_for_update()
+        return self.session.scalars(query).first()
+
+    def reservation_items(self, order_id):
+        return self.session.scalars(
+            select(ReservationItem).where(ReservationItem.order_id == order_id).order_by(ReservationItem.sku)
+        ).all()
+
+    def give_back_stock(self, sku, quantity):
+        """Un-reserve `quantity` of `sku`; the product after."""
+        return self._update_stock(_GIVE_BACK_STOCK, sku, quantity)
+
+    def set_reservation_status(self, reservation, status):
+        reservation.status = status
+        reservation.updated_at = _now()
+
+    def ping(self):
+        self.session.execute(select(1))
+
+    def available_stock(self, skus):
+        """{sku: stock - reserved} as committed right now (no cached rows)."""
+        rows = self.session.execute(
+            select(Product.sku, Product.stock - Product.reserved).where(Product.sku.in_(skus)))
+        return dict(rows.all())
+
+    def commit_stock(self, sku, quantity):
+        """Turn a reservation of `quantity` into a permanent decrement of stock; the product after."""
+        return self._update_stock(_COMMIT_STOCK, sku, quantity)
+
+    def replace_reservation_items(self, order_id, new_items):
+        """new_items: [(product, quantity)] with the prices in force now."""
+        self.session.query(ReservationItem).filter(ReservationItem.order_id == order_id).delete()
+        self._add_reservation_items(order_id, new_items)
+        self.session.flush()
+
+    def stale_reservations(self, checked_before, limit):
+        """Held reservations nobody has confirmed since `checked_before`, locked, oldest first."""
+        return self.session.scalars(
+            select(Reservation).where(Reservation.status == "reserved", Reservation.checked_at < checked_before)
+            .order_by(Reservation.checked_at).limit(limit).with_for_update(skip_locked=True)
+        ).all()
+
+    def mark_checked(self, reservations):
+        for reservation in reservations:
+            reservation.checked_at = _now()
 
 
-def get_product(session, sku, lock=False):
-    return session.get(Product, sku, with_for_update=lock)
-
-
-def update_product(session, product, changes):
-    for field, value in changes.items():
-        setattr(product, field, value)
-    product.updated_at = _now()
-    session.flush()
-    return product
-
-
-def get_products(session, skus):
-    return session.scalars(select(Product).where(Product.sku.in_(skus)).order_by(Product.sku)).all()
-
-
-def list_products(session, limit, after_sku=None):
-    query = select(Product).order_by(Product.sku).limit(limit)
-    if after_sku is not None:
-        query = query.where(Product.sku > after_sku)
-    return session.scalars(query).all()
-
-
-def take_stock(session, sku, quantity):
-    """Reserve `quantity` of `sku` if that many are available; the product after, or None."""
-    return _update_stock(session, _TAKE_STOCK, sku, quantity)
-
-
-def claim_and_take_stock(session, order_id, plan):
-    """Claim `order_id` and reserve every (sku, quantity) of `plan` that is available.
-
-    None if a reservation for `order_id` already exists (nothing taken);
-    else {sku: the product as the UPDATE left it} for each sku taken: fewer
-    than `plan` when a sku is short or unknown (the caller rolls back).
-    """
-    rows = session.connection().execute(_CLAIM_AND_TAKE, {
-        "order_id": str(order_id), "at": _now(),
-        "skus": [sku for sku, _ in plan], "quantities": [quantity for _, quantity in plan],
-    }).all()
-    if not rows[0].claimed:
-        return None
-    return {row.sku: ProductSnapshot(**{column: value for column, value in row._mapping.items()
-                                        if column != "claimed"})
-            for row in rows if row.sku is not None}
-
-
-def add_reservation_items(session, order_id, lines):
-    """lines: (product, quantity), each at the product's price now."""
-    session.connection().execute(_INSERT_RESERVATION_ITEMS, [
-        {"order_id": order_id, "sku": product.sku, "quantity": quantity,
-         "unit_price": product.unit_price, "currency": product.currency}
-        for product, quantity in lines])
-
-
-def record_reservation(session, order_id, lines, event_rows):
-    """The items of a new reservation (lines: (product, quantity), each at the
-    product's price now) and its events (`Outbox.row`s), in one statement."""
-    session.connection().execute(_RECORD_RESERVATION, {
-        "order_id": str(order_id),
-        "skus": [product.sku for product, _ in lines],
-        "quantities": [quantity for _, quantity in lines],
-        "unit_prices": [product.unit_price for product, _ in lines],
-        "currencies": [product.currency for product, _ in lines],
-        "event_ids": [str(row["event_id"]) for row in event_rows],
-        "event_types": [row["event_type"] for row in event_rows],
-        "payloads": [json.dumps(row["payload"]) for row in event_rows],
-        "event_times": [row["created_at"] for row in event_rows],
-    })
-
-
-def get_reservation(session, order_id, lock=False):
-    query = select(Reservation).where(Reservation.order_id == order_id)
-    if lock:
-        query = query.with_for_update()
-    return session.scalars(query).first()
-
-
-def reservation_items(session, order_id):
-    return session.scalars(
-        select(ReservationItem).where(ReservationItem.order_id == order_id).order_by(ReservationItem.sku)
-    ).all()
-
-
-def give_back_stock(session, sku, quantity):
-    """Un-reserve `quantity` of `sku`; the product after."""
-    return _update_stock(session, _GIVE_BACK_STOCK, sku, quantity)
-
-
-def set_reservation_status(session, reservation, status):
-    reservation.status = status
-    reservation.updated_at = _now()
-
-
-def ping(session):
-    session.execute(select(1))
-
-
-def available_stock(session, skus):
-    """{sku: stock - reserved} as committed right now (no cached rows)."""
-    rows = session.execute(
-        select(Product.sku, Product.stock - Product.reserved).where(Product.sku.in_(skus)))
-    return dict(rows.all())
-
-
-def commit_stock(session, sku, quantity):
-    """Turn a reservation of `quantity` into a permanent decrement of stock; the product after."""
-    return _update_stock(session, _COMMIT_STOCK, sku, quantity)
-
-
-def replace_reservation_items(session, order_id, new_items):
-    """new_items: [(product, quantity)] with the prices in force now."""
-    session.query(ReservationItem).filter(ReservationItem.order_id == order_id).delete()
-    add_reservation_items(session, order_id, new_items)
-    session.flush()
-
-
-def stale_reservations(session, checked_before, limit):
-    """Held reservations nobody has confirmed since `checked_before`, locked, oldest first."""
-    return session.scalars(
-        select(Reservation).where(Reservation.status == "reserved", Reservation.checked_at < checked_before)
-        .order_by(Reservation.checked_at).limit(limit).with_for_update(skip_locked=True)
-    ).all()
-
-
-def mark_checked(session, reservations):
-    for reservation in reservations:
-        reservation.checked_at = _now()
+layout = StorageLayout(base=InventoryBase, store=InventoryStore, outbox=outbox_model(InventoryBase))
