@@ -1,15 +1,13 @@
 """Order rules: plain Python, no I/O."""
 import hashlib
 import json
-import os
 import uuid
 from collections import Counter
 from datetime import datetime
 from decimal import Decimal
 
-from common.errors import (Forbidden, IdempotencyKeyReused, InvalidTransition, Unprocessable, UpstreamTimeout,
-                           ValidationFailed, VersionConflict)
-from common.schemas import uuid_or_none
+from common.errors import (DomainError, Forbidden, IdempotencyKeyReused, InvalidTransition, ServiceUnavailable, Unprocessable,
+                           UpstreamTimeout, ValidationFailed, VersionConflict)
 
 PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED = (
     "pending", "processing", "shipped", "delivered", "cancelled")
@@ -28,11 +26,6 @@ EDITABLE = (PENDING,)
 SHIPPING_EDITABLE = (PENDING, PROCESSING)
 DELETABLE = (PENDING, CANCELLED)
 MAX_IDEMPOTENCY_KEY = 200
-IDEMPOTENCY_RETENTION_HOURS = float(os.environ.get("IDEMPOTENCY_RETENTION_HOURS", "24"))
-# An order not committed this long after its reservation began is abandoned
-# (and its reservation released); inventory's reconciler waits longer than this
-# (RESERVATION_GRACE_SECONDS) before it releases reservations without an order.
-CREATE_DEADLINE_SECONDS = float(os.environ.get("ORDER_CREATE_DEADLINE_SECONDS", "30"))
 
 
 def merge_lines(items):
@@ -87,16 +80,22 @@ def customer_from_directory(known):
 
 
 def check_reservation_held(reservation):
-    """A reservation already released or committed belongs to an attempt that ended."""
+    """A reservation already released belongs to an earlier run of this attempt that
+    failed and was undone (say its reply was lost, and the gateway sent the call
+    again): nothing was made and nothing will be, so the answer is 503, safe to retry."""
     if reservation["status"] != "reserved":
-        raise InvalidTransition("This attempt already failed; send the request again.",
-                                {"reservation": reservation["status"]})
+        raise ServiceUnavailable("An earlier run of this attempt failed and was undone; nothing was made. "
+                                 "Send the request again.", {"attempt": "failed", "reservation": reservation["status"]})
 
 
-def check_create_deadline(started, now):
-    if now - started > CREATE_DEADLINE_SECONDS:
+def check_create_deadline(started, now, deadline_seconds):
+    """An order not committed `deadline_seconds` (ORDER_CREATE_DEADLINE_SECONDS) after
+    it started is abandoned, and its reservation released; inventory's reconciler
+    waits longer than that (RESERVATION_GRACE_SECONDS) before it releases
+    reservations without an order."""
+    if now - started > deadline_seconds:
         raise UpstreamTimeout("Creating the order took too long; nothing was created.",
-                              {"deadline_seconds": CREATE_DEADLINE_SECONDS})
+                              {"deadline_seconds": deadline_seconds})
 
 
 def touch(order, now: datetime):
@@ -127,22 +126,6 @@ def check_transition(order, new_status):
         if missing:
             raise InvalidTransition("Set the carrier and tracking number (PUT .../shipping) before shipping.",
                                     {"status": order.status, "requested": new_status, "missing": missing})
-
-
-def new_order_id(attempt_id):
-    """The id of the order a create makes.
-
-    The gateway sends a fresh attempt id with every HTTP request and it
-    becomes the order's id: if the broker redelivers the call (say
-    order_service died before acknowledging it), the second run finds the
-    order the first one committed instead of making another.
-    """
-    if attempt_id is None:
-        return uuid.uuid4()
-    parsed = uuid_or_none(attempt_id)
-    if parsed is None:
-        raise ValidationFailed("Invalid attempt id.", {"attempt_id": ["Not a valid UUID."]})
-    return parsed
 
 
 def check_same_caller(caller, order):
@@ -176,6 +159,14 @@ def replay(first_use, fingerprint):
     return json.loads(first_use.response)
 
 
+def failure_record(error):
+    """What a failed create_order attempt answers from now on, as JSON: the
+    DomainError it raised, or internal_error for anything else (a bug)."""
+    if not isinstance(error, DomainError):
+        error = DomainError("The order could not be created.")
+    return json.loads(json.dumps(error.to_dict(), default=str))
+
+
 # ---- who may do what (the caller is a common.auth.Caller) ------------------
 
 
@@ -188,14 +179,3 @@ def check_may_set_status(caller, new_status):
     """Customers may only cancel (their own orders); admins and services move orders along."""
     if caller.is_customer and new_status != CANCELLED:
         raise Forbidden("Customers may only cancel their orders.", {"status": new_status, "allowed": [CANCELLED]})
-
-
-def restrict_to_caller(caller, filters):
-    """Narrow list filters to the caller's own orders; False if nothing can match."""
-    if not caller.is_customer:
-        return True
-    own = uuid.UUID(caller.customer_id)
-    if filters.get("customer_id", own) != own:
-        return False
-    filters["customer_id"] = own
-    return True

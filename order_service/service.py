@@ -1,11 +1,14 @@
-"""order_service: Nameko entrypoints only; rules in domain, SQL in storage.
+"""order_service: Nameko entrypoints only; rules in domain, queries in storage.
 
-Every change to an order runs in one orders-database transaction that holds
-the order's row lock; the inventory call it needs (reserve, replace, release,
-commit: all idempotent per order) happens inside it, and the event is written
-to the outbox in it. So a failure anywhere leaves no half-made change here,
-and what inventory did is undone (release / replace back) when the order
-transaction does not commit.
+Every change to an order runs in one unit of work that holds the order's row
+lock, with its event written to the outbox in it. The inventory call a change
+needs is idempotent per order (reserve, replace, release, commit):
+- reserve and replace run inside the unit of work (the order needs their
+  prices); when it does not commit, they are undone (release / replace back),
+- release and commit settle what a committed change decided (cancelled,
+  shipped, deleted), so they run after the commit; should one fail,
+  inventory's reconciler settles the reservation from the order's state.
+A failure anywhere therefore leaves no half-made change here.
 """
 import logging
 import time
@@ -13,25 +16,24 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from nameko.timer import timer
-from nameko_sqlalchemy import Database
 
-from common.auth import ADMIN, SERVICE, CallerProvider, ServiceRpcProxy, required
-from common.consumers import first_time, reliable_event_handler
-from common.context import RequestId
-from common.db import ENGINE_OPTIONS, make_psycopg2_green, single_statement, transaction
-from common.entrypoints import configure_nameko, rpc
-from common.errors import EXPECTED_ERRORS, NotFound, UnknownCustomer
+from common.auth import ADMIN, SERVICE, CallerProvider, required
+from common.consumers import reliable_event_handler
+from common.errors import (EXPECTED_ERRORS, DeadlineExceeded, NotFound, OutcomeUnknown,
+                           ServiceUnavailable, UnknownCustomer, UpstreamTimeout, error_from_dict)
 from common.log import RequestLogContext
-from common.outbox import OutboxRelay
+from common.metrics import ServiceMetrics
 from common.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
+from common.rpc import ServiceRpcProxy, rpc
 from common.schemas import (OrderInput, OrderListQuery, OrderSchema, OrderUpdateInput, ShippingInput,
-                            StatusChangeSchema, StatusInput, load_or_raise, uuid_or_none)
+                            StatusChangeSchema, StatusInput, id_of_attempt, load_or_raise, uuid_or_none)
+from common.settings import SettingsProvider
+from common.tracing import Tracing
+from common.unit_of_work import UnitOfWork
 from order_service import domain, storage
 
-make_psycopg2_green()
-configure_nameko()
-
 log = logging.getLogger(__name__)
+SETTLE_ATTEMPTS, SETTLE_PAUSE_SECONDS = 3, 1.0
 order_schema = OrderSchema()
 history_schema = StatusChangeSchema(many=True)
 
@@ -43,11 +45,11 @@ def _now():
 class OrderService:
     name = "order_service"
 
-    db = Database(storage.OrdersBase, engine_options=ENGINE_OPTIONS)
-    outbox = storage.outbox
-    outbox_relay = OutboxRelay(storage.outbox)
-    request_id = RequestId()
+    uow = UnitOfWork(storage.layout)
+    settings = SettingsProvider()
     log_context = RequestLogContext()
+    tracing = Tracing()
+    metrics = ServiceMetrics()
     caller = CallerProvider()
     customer_rpc = ServiceRpcProxy("customer_service")
     inventory_rpc = ServiceRpcProxy("inventory_service")
@@ -66,20 +68,33 @@ class OrderService:
         domain.check_may_order_for(caller, order_input["customer_id"])
         lines = domain.merge_lines(order_input["items"])
         # A redelivered call carries the same attempt id, hence the same order id.
-        order_id = domain.new_order_id(attempt_id)
+        order_id = id_of_attempt(attempt_id)
+        if attempt_id is None:
+            return self._create(caller, order_id, order_input, lines, data, idempotency_key)
+        try:
+            return self._create(caller, order_id, order_input, lines, data, idempotency_key, attempt=True)
+        except (OutcomeUnknown, DeadlineExceeded):
+            raise  # 504 naming the order either way; no run may commit after the deadline
+        except Exception as error:
+            return self._end_failed_attempt(caller, order_id, error)
+
+    def _create(self, caller, order_id, order_input, lines, data, idempotency_key, attempt=False):
         started = time.monotonic()
-        with transaction(self.db) as session:
-            if attempt_id is not None:
+        with self.uow as tx:
+            store = tx.store
+            if attempt:
                 # Runs of one attempt (the original and a redelivery) take turns, so
                 # one can never undo the reservation of the order the other made.
-                storage.lock_order_id(session, order_id)
-            done_before, known_customer = storage.create_context(session, order_id, order_input["customer_id"])
+                store.lock_order_id(order_id)
+            done_before, failure, known_customer = store.create_context(order_id, order_input["customer_id"])
             if done_before:
-                return order_schema.dump(domain.check_same_caller(caller, storage.get_order(session, order_id)))
+                return order_schema.dump(domain.check_same_caller(caller, store.get_order(order_id)))
+            if failure is not None:
+                raise error_from_dict(failure)
             key = domain.check_idempotency_key(idempotency_key)
             if key is not None:
                 fingerprint = domain.request_fingerprint(data)
-                first_use = storage.claim_idempotency_key(session, key, fingerprint, order_id, _now())
+                first_use = store.claim_idempotency_key(key, fingerprint, order_id, _now())
                 if first_use is not None:
                     return domain.replay(first_use, fingerprint)
             customer = self._existing_customer(known_customer, order_input["customer_id"])
@@ -90,25 +105,24 @@ class OrderService:
                     order_id, customer, lines, reservation, order_input.get("shipping_address"), _now())
                 order = order_schema.dump({**order_row, "items": item_rows})
                 if key is not None:
-                    storage.remember_response(session, key, order)
-                storage.insert_new_order(session, order_row, item_rows, caller.sub,
-                                         self.outbox.row("order_created", order, self.request_id))
-                domain.check_create_deadline(started, time.monotonic())
+                    store.remember_response(key, order)
+                store.insert_new_order(order_row, item_rows, caller.sub, tx.event_row("order_created", order))
+                domain.check_create_deadline(started, time.monotonic(),
+                                             self.settings.order_create_deadline_seconds)
             except BaseException:
                 # Still under the lock, before the rollback. (Should the commit
                 # itself fail, inventory's reconciler releases the reservation.)
                 if reservation["status"] == "reserved":
-                    self._undo(self.inventory_rpc.release, order_id)
+                    self._settle("release", order_id)
                 raise
-        self.outbox_relay.wake()
-        return order
+            return order
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_order(self, order_id):
         caller = required(self.caller)
         parsed = uuid_or_none(order_id)
-        with single_statement(self.db) as session:
-            order = storage.order_view(session, parsed) if parsed else None
+        with self.uow.single_statement() as store:
+            order = store.order_view(parsed) if parsed else None
         if order is None or not caller.owns(order["customer_id"]):
             raise NotFound("No such order.", {"id": str(order_id)})
         return order_schema.dump(order)
@@ -123,10 +137,10 @@ class OrderService:
         query = load_or_raise(OrderListQuery, {**(filters or {}), "limit": limit, "cursor": cursor})
         after = decode_cursor(query.pop("cursor"), parse_created_id_key)
         limit = query.pop("limit")
-        if not domain.restrict_to_caller(caller, query):
+        if not caller.narrow_to_own(query):
             return {"items": [], "next_cursor": None}
-        with single_statement(self.db) as session:
-            rows = storage.list_orders(session, query, limit + 1, after)
+        with self.uow.single_statement() as store:
+            rows = store.list_orders(query, limit + 1, after)
             page, next_cursor = split_page(rows, limit, created_id_key)
             return {"items": order_schema.dump(page, many=True), "next_cursor": next_cursor}
 
@@ -141,27 +155,26 @@ class OrderService:
         changes = load_or_raise(OrderUpdateInput, data)
         replaced_lines = None
         try:
-            with transaction(self.db) as session:
-                order = self._order(session, caller, order_id, lock=True)
+            with self.uow as tx:
+                order = self._order(tx.store, caller, order_id, lock=True)
                 domain.check_version(order, expected_version)
                 domain.check_status_in(order, domain.EDITABLE, "change the items of")
                 if "items" in changes:
-                    old_lines = [{"sku": item.sku, "quantity": item.quantity} for item in order.items]
                     lines = domain.merge_lines(changes["items"])
+                    # Set before the call: a reply lost on the way back may hide a replacement made.
+                    replaced_lines = [{"sku": item.sku, "quantity": item.quantity} for item in order.items]
                     reservation = self.inventory_rpc.replace_reservation(str(order.id), lines)
-                    replaced_lines = old_lines
                     order.currency, order.total_amount, item_rows = domain.price_lines(lines, reservation)
-                    storage.replace_items(session, order, item_rows)
+                    tx.store.replace_items(order, item_rows)
                 if "shipping_address" in changes:
                     order.shipping_address = changes["shipping_address"]
                 domain.touch(order, _now())
                 updated = order_schema.dump(order)
-                self.outbox.add(session, "order_updated", updated, self.request_id)
+                tx.emit("order_updated", updated)
         except BaseException:
             if replaced_lines is not None:
-                self._undo(self.inventory_rpc.replace_reservation, order_id, replaced_lines)
+                self._settle("replace_reservation", order_id, replaced_lines)
             raise
-        self.outbox_relay.wake()
         return updated
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -169,8 +182,8 @@ class OrderService:
         """Set any of shipping_address, carrier, tracking_number before the order ships."""
         caller = required(self.caller)
         changes = load_or_raise(ShippingInput, data)
-        with transaction(self.db) as session:
-            order = self._order(session, caller, order_id, lock=True)
+        with self.uow as tx:
+            order = self._order(tx.store, caller, order_id, lock=True)
             caller.require(ADMIN, SERVICE)
             domain.check_version(order, expected_version)
             domain.check_status_in(order, domain.SHIPPING_EDITABLE, "change the shipping of")
@@ -178,9 +191,8 @@ class OrderService:
                 setattr(order, field, value)
             domain.touch(order, _now())
             updated = order_schema.dump(order)
-            self.outbox.add(session, "order_updated", updated, self.request_id)
-        self.outbox_relay.wake()
-        return updated
+            tx.emit("order_updated", updated)
+            return updated
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def update_status(self, order_id, data, expected_version=None):
@@ -190,61 +202,59 @@ class OrderService:
         """
         caller = required(self.caller)
         new_status = load_or_raise(StatusInput, data)["status"]
-        with transaction(self.db) as session:
-            order = self._order(session, caller, order_id, lock=True)
+        with self.uow as tx:
+            order = self._order(tx.store, caller, order_id, lock=True)
             domain.check_may_set_status(caller, new_status)
             domain.check_version(order, expected_version)
             domain.check_transition(order, new_status)
-            stock_action = domain.STOCK_ACTION.get(new_status)
-            if stock_action:
-                getattr(self.inventory_rpc, stock_action)(str(order.id))
             now = _now()
-            storage.add_status_change(session, order.id, order.status, new_status, caller.sub, now)
+            tx.store.add_status_change(order.id, order.status, new_status, caller.sub, now)
             order.status = new_status
             domain.touch(order, now)
             updated = order_schema.dump(order)
-            self.outbox.add(session, "order_status_changed", updated, self.request_id)
-        self.outbox_relay.wake()
+            tx.emit("order_status_changed", updated)
+        stock_action = domain.STOCK_ACTION.get(new_status)
+        if stock_action:
+            self._settle(stock_action, order_id)
         return updated
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def delete_order(self, order_id, expected_version=None):
         """Delete a pending or cancelled order and release its stock."""
         caller = required(self.caller)
-        with transaction(self.db) as session:
-            order = self._order(session, caller, order_id, lock=True)
+        with self.uow as tx:
+            order = self._order(tx.store, caller, order_id, lock=True)
             caller.require(ADMIN, SERVICE)
             domain.check_version(order, expected_version)
             domain.check_status_in(order, domain.DELETABLE, "delete")
             deleted = order_schema.dump(order)
-            self.inventory_rpc.release(str(order.id))
-            storage.delete_order(session, order)
-            self.outbox.add(session, "order_deleted", deleted, self.request_id)
-        self.outbox_relay.wake()
+            tx.store.delete_order(order)
+            tx.emit("order_deleted", deleted)
+        self._settle("release", deleted["id"])
         return deleted
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def order_history(self, order_id):
         """Every status change of the order, oldest first: from, to, at, by."""
         caller = required(self.caller)
-        with transaction(self.db) as session:
-            order = self._order(session, caller, order_id)
-            return {"order_id": str(order.id),
-                    "items": history_schema.dump(storage.status_history(session, order.id))}
+        with self.uow as tx:
+            order = self._order(tx.store, caller, order_id)
+            return {"order_id": str(order.id), "items": history_schema.dump(tx.store.status_history(order.id))}
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def order_states(self, order_ids):
         """{order id: status} for the ids that name an order (for inventory's reconciler)."""
         required(self.caller).require(ADMIN, SERVICE)
         parsed = [p for p in map(uuid_or_none, order_ids) if p]
-        with transaction(self.db) as session:
-            return storage.order_states(session, parsed)
+        with self.uow as tx:
+            return tx.store.order_states(parsed)
 
     @timer(interval=3600)
-    def prune_idempotency_keys(self):
-        cutoff = _now() - timedelta(hours=domain.IDEMPOTENCY_RETENTION_HOURS)
-        with transaction(self.db) as session:
-            storage.prune_idempotency_keys(session, cutoff)
+    def prune_attempts(self):
+        """Forget idempotency keys and failed attempts past their retention."""
+        cutoff = _now() - timedelta(hours=self.settings.idempotency_retention_hours)
+        with self.uow as tx:
+            tx.store.prune_attempts(cutoff)
 
     @reliable_event_handler("customer_service", "customer_created")
     def on_customer_created(self, envelope):
@@ -256,19 +266,43 @@ class OrderService:
 
     @rpc
     def health(self):
-        with transaction(self.db) as session:
-            storage.ping(session)
+        with self.uow as tx:
+            tx.store.ping()
         return {"service": self.name, "database": "ok"}
 
     # -- helpers (no entrypoints) ------------------------------------------
 
-    def _order(self, session, caller, order_id, lock=False):
+    def _order(self, store, caller, order_id, lock=False):
         """The order, or NotFound: also for another customer's order, so ids cannot be probed."""
         parsed = uuid_or_none(order_id)
-        order = storage.get_order(session, parsed, lock=lock) if parsed else None
+        order = store.get_order(parsed, lock=lock) if parsed else None
         if order is None or not caller.owns(order.customer_id):
             raise NotFound("No such order.", {"id": str(order_id)})
         return order
+
+    def _end_failed_attempt(self, caller, order_id, error):
+        """A run of a create_order attempt failed: make its failure the attempt's
+        answer, which every other run of it gives again, before telling the
+        client; if another run made the order meanwhile, that order is the answer.
+        Should the failure not be recorded (database down, deadline near), the
+        client cannot be told the order will not be made: OutcomeUnknown."""
+        try:
+            with self.uow as tx:
+                tx.store.lock_order_id(order_id)  # taken after the failed run rolled back
+                done_before, failure = tx.store.attempt_outcome(order_id)
+                if done_before:
+                    return order_schema.dump(domain.check_same_caller(caller, tx.store.get_order(order_id)))
+                if failure is None:
+                    tx.store.record_failed_attempt(order_id, domain.failure_record(error), _now())
+        except Exception as unrecorded:
+            log.warning("order %s: the failure of its attempt (%r) could not be recorded: %r", order_id, error,
+                        unrecorded)
+            raise OutcomeUnknown("The order could not be created, and that could not be made final: it may "
+                                 "still be made by a redelivery of this request.",
+                                 {"order_id": str(order_id), "reason": "failure_not_recorded"}) from None
+        if failure is None:
+            raise error  # this run's failure is now the attempt's answer
+        raise error_from_dict(failure) from None
 
     def _existing_customer(self, known, customer_id):
         """The customer from the local directory (customers are never deleted, so a
@@ -282,15 +316,29 @@ class OrderService:
 
     def _remember_customer(self, envelope):
         customer = envelope["data"]
-        with transaction(self.db) as session:
-            if first_time(session, storage.ProcessedEvent, envelope["event_id"], "remember_customer"):
-                storage.remember_customer(session, uuid.UUID(customer["id"]), customer.get("shipping_address"),
-                                          datetime.fromisoformat(customer["updated_at"]))
+        with self.uow as tx:
+            if tx.first_time(envelope["event_id"], "remember_customer"):
+                tx.store.remember_customer(uuid.UUID(customer["id"]), customer.get("shipping_address"),
+                                           datetime.fromisoformat(customer["updated_at"]))
 
-    def _undo(self, inventory_call, order_id, *args):
-        # Compensation when the order transaction did not commit after inventory changed.
-        try:
-            inventory_call(str(order_id), *args)
-        except Exception:
-            log.exception("could not undo the stock change of order %s", order_id)
+    def _settle(self, inventory_method, order_id, *args):
+        """Make inventory match what this request decided (undo a reservation after
+        a rollback, release or commit after a committed change): idempotent, so
+        retried through a short broker or inventory outage; then left to
+        inventory's reconciler, which settles reservations from the orders' states."""
+        call = getattr(self.inventory_rpc.settling, inventory_method)
+        for attempt in range(1, SETTLE_ATTEMPTS + 1):
+            try:
+                return call(str(order_id), *args)
+            except (ServiceUnavailable, UpstreamTimeout) as exc:
+                log.warning("inventory %s of order %s failed (%r), attempt %d of %d", inventory_method, order_id,
+                            exc, attempt, SETTLE_ATTEMPTS)
+                if attempt < SETTLE_ATTEMPTS:
+                    time.sleep(SETTLE_PAUSE_SECONDS)
+            except Exception:
+                log.exception("inventory %s of order %s failed", inventory_method, order_id)
+                return None
+        log.error("inventory %s of order %s did not succeed: left to inventory's reconciler", inventory_method,
+                  order_id)
+        return None
 

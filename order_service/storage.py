@@ -1,4 +1,4 @@
-"""orders schema: SQLAlchemy models and queries."""
+"""orders schema: the SQLAlchemy models and `OrderStore`, its queries."""
 import json
 import uuid
 from datetime import datetime
@@ -13,7 +13,9 @@ from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
 from common.consumers import processed_events_model
-from common.outbox import Outbox, outbox_model
+from common.db import advisory_lock
+from common.outbox import outbox_model
+from common.unit_of_work import StorageLayout
 
 SCHEMA = "orders"
 
@@ -83,6 +85,18 @@ class IdempotencyKey(OrdersBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class FailedAttempt(OrdersBase):
+    """How a create_order attempt failed. Its client was told so; no other run of
+    the attempt (a broker redelivery, an earlier send still queued) may then make
+    the order: each of them gives this answer again."""
+    __tablename__ = "failed_attempts"
+    __table_args__ = (Index("ix_failed_attempts_failed_at", "failed_at"),)
+
+    order_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    error: Mapped[dict] = mapped_column(JSONB)  # DomainError.to_dict()
+    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 class KnownCustomer(OrdersBase):
     """customer_service's customers as their events told us (a local read model)."""
     __tablename__ = "known_customers"
@@ -92,22 +106,23 @@ class KnownCustomer(OrdersBase):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-outbox = Outbox(outbox_model(OrdersBase))
-
-ProcessedEvent = processed_events_model(OrdersBase)
-
 # Creating an order is the hot path: three statements in all (the attempt
 # lock, the context read, the combined insert), each built once so its
 # compiled form is reused.
 _orders, _items, _known = Order.__table__, OrderItem.__table__, KnownCustomer.__table__
+_failed = FailedAttempt.__table__
 
 
 def _known_customer_column(column):
     return select(column).where(_known.c.id == bindparam("customer_id")).scalar_subquery()
 
 
-_CREATE_CONTEXT = select(
+_ATTEMPT_OUTCOME = (
     exists().where(_orders.c.id == bindparam("order_id")).label("done_before"),
+    select(_failed.c.error).where(_failed.c.order_id == bindparam("order_id")).scalar_subquery().label("failure"))
+
+_CREATE_CONTEXT = select(
+    *_ATTEMPT_OUTCOME,
     _known_customer_column(_known.c.id).label("id"),
     _known_customer_column(_known.c.shipping_address).label("shipping_address"))
 
@@ -130,58 +145,18 @@ WITH new_order AS (
     INSERT INTO {SCHEMA}.order_status_history (order_id, from_status, to_status, changed_at, changed_by)
     VALUES (:id, NULL, :status, :created_at, :changed_by)
 )
-INSERT INTO {SCHEMA}.outbox (event_id, event_type, payload, created_at, next_attempt_at, attempts)
-VALUES (:event_id, :event_type, :payload, :event_created_at, :event_created_at, 0)
+INSERT INTO {SCHEMA}.outbox (event_id, event_type, payload, created_at, next_attempt_at, attempts, traceparent)
+VALUES (:event_id, :event_type, :payload, :event_created_at, :event_created_at, 0, :traceparent)
 """).bindparams(bindparam("id", type_=UUID(as_uuid=True)), bindparam("customer_id", type_=UUID(as_uuid=True)),
                 bindparam("shipping_address", type_=JSONB), bindparam("event_id", type_=UUID(as_uuid=True)),
                 bindparam("payload", type_=JSONB))
 _INSERT_STATUS_CHANGE = insert(StatusChange.__table__)
 
 
-def create_context(session, order_id, customer_id):
-    """(whether order `order_id` exists already, the customer as the local
-    directory knows it or None), in one round trip."""
-    row = session.connection().execute(_CREATE_CONTEXT, {"order_id": order_id, "customer_id": customer_id}).one()
-    return row.done_before, (row if row.id is not None else None)
-
-
-def insert_new_order(session, order_fields, item_fields, changed_by, event_row):
-    """Insert a new order, its items, its first status change (by `changed_by`)
-    and its event (an `Outbox.row`), in one statement."""
-    session.connection().execute(_INSERT_NEW_ORDER, {
-        **order_fields,
-        "skus": [item["sku"] for item in item_fields],
-        "quantities": [item["quantity"] for item in item_fields],
-        "unit_prices": [item["unit_price"] for item in item_fields],
-        "line_totals": [item["line_total"] for item in item_fields],
-        "changed_by": changed_by,
-        "event_id": event_row["event_id"], "event_type": event_row["event_type"],
-        "payload": event_row["payload"], "event_created_at": event_row["created_at"],
-    })
-
-
-_LOCK_ORDER_ID = text("SELECT pg_advisory_xact_lock(hashtextextended(:order_id, 0))")
-
-
-def lock_order_id(session, order_id):
-    """A transaction-scoped advisory lock on an order id (it may not exist yet)."""
-    session.connection().execute(_LOCK_ORDER_ID, {"order_id": str(order_id)})
-
-
-def get_order(session, order_id, lock=False):
-    query = select(Order).where(Order.id == order_id)
-    if lock:
-        # Serializes every change to one order, across workers and instances.
-        query = query.with_for_update()
-    return session.scalars(query).first()
-
-
 # Reads build each order with its items in one round trip (a correlated
 # json_agg per order), as plain rows: no ORM identity map, no second SELECT.
 # Filters, keyset and LIMIT apply to orders alone first, so the list indexes
 # serve the page and items are looked up for the page's orders only.
-
-
 def _with_items(orders_query):
     page = orders_query.subquery("page")
     items = (select(func.coalesce(
@@ -199,92 +174,137 @@ def _with_items(orders_query):
 _ORDER_VIEW, _ = _with_items(select(_orders).where(_orders.c.id == bindparam("order_id")))
 
 
-def order_view(session, order_id):
-    """The order with its items as a dict, or None."""
-    row = session.connection().execute(_ORDER_VIEW, {"order_id": order_id}).first()
-    return dict(row._mapping) if row is not None else None
+class OrderStore:
+    """The orders schema's queries, on one session (see common/unit_of_work.py)."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def create_context(self, order_id, customer_id):
+        """(whether order `order_id` exists already, how its attempt failed or
+        None, the customer as the local directory knows it or None), in one
+        round trip."""
+        row = self.session.connection().execute(
+            _CREATE_CONTEXT, {"order_id": order_id, "customer_id": customer_id}).one()
+        return row.done_before, row.failure, (row if row.id is not None else None)
+
+    def attempt_outcome(self, order_id):
+        """(whether order `order_id` exists, how its attempt failed or None)."""
+        row = self.session.connection().execute(select(*_ATTEMPT_OUTCOME), {"order_id": order_id}).one()
+        return row.done_before, row.failure
+
+    def record_failed_attempt(self, order_id, error, at):
+        self.session.execute(insert(FailedAttempt).values(order_id=order_id, error=error, failed_at=at)
+                             .on_conflict_do_nothing(index_elements=["order_id"]))
+
+    def insert_new_order(self, order_fields, item_fields, changed_by, event_row):
+        """Insert a new order, its items, its first status change (by `changed_by`)
+        and its event (an `Outbox.row`), in one statement."""
+        self.session.connection().execute(_INSERT_NEW_ORDER, {
+            **order_fields,
+            "skus": [item["sku"] for item in item_fields],
+            "quantities": [item["quantity"] for item in item_fields],
+            "unit_prices": [item["unit_price"] for item in item_fields],
+            "line_totals": [item["line_total"] for item in item_fields],
+            "changed_by": changed_by,
+            "event_id": event_row["event_id"], "event_type": event_row["event_type"],
+            "payload": event_row["payload"], "event_created_at": event_row["created_at"],
+            "traceparent": event_row["traceparent"],
+        })
+
+    def lock_order_id(self, order_id):
+        """A transaction-scoped lock on an order id (it may not exist yet)."""
+        advisory_lock(self.session, order_id)
+
+    def get_order(self, order_id, lock=False):
+        query = select(Order).where(Order.id == order_id)
+        if lock:
+            # Serializes every change to one order, across workers and instances.
+            query = query.with_for_update()
+        return self.session.scalars(query).first()
+
+    def order_view(self, order_id):
+        """The order with its items as a dict, or None."""
+        row = self.session.connection().execute(_ORDER_VIEW, {"order_id": order_id}).first()
+        return dict(row._mapping) if row is not None else None
+
+    def list_orders(self, filters, limit, after=None):
+        """Orders (dicts, with items) newest first; `after` is the (created_at, id) of the last one seen."""
+        orders = select(_orders).order_by(_orders.c.created_at.desc(), _orders.c.id.desc()).limit(limit)
+        if "status" in filters:
+            orders = orders.where(_orders.c.status == filters["status"])
+        if "customer_id" in filters:
+            orders = orders.where(_orders.c.customer_id == filters["customer_id"])
+        if "created_after" in filters:
+            orders = orders.where(_orders.c.created_at > filters["created_after"])
+        if "created_before" in filters:
+            orders = orders.where(_orders.c.created_at < filters["created_before"])
+        if after is not None:
+            orders = orders.where(tuple_(_orders.c.created_at, _orders.c.id) < tuple_(*after))
+        query, page = _with_items(orders)
+        query = query.order_by(page.c.created_at.desc(), page.c.id.desc())
+        return [dict(row._mapping) for row in self.session.connection().execute(query)]
+
+    def replace_items(self, order, item_fields):
+        order.items = [OrderItem(order_id=order.id, **item) for item in item_fields]
+        self.session.flush()
+
+    def add_status_change(self, order_id, from_status, to_status, actor, at):
+        self.session.connection().execute(_INSERT_STATUS_CHANGE, {
+            "order_id": order_id, "from_status": from_status, "to_status": to_status, "changed_at": at,
+            "changed_by": actor})
+
+    def status_history(self, order_id):
+        return self.session.scalars(
+            select(StatusChange).where(StatusChange.order_id == order_id).order_by(StatusChange.id)).all()
+
+    def delete_order(self, order):
+        self.session.delete(order)
+        self.session.flush()
+
+    def claim_idempotency_key(self, key, request_hash, order_id, at):
+        """Claim `key` for a new order, or return the row of whoever holds it.
+
+        The primary key decides: a concurrent claim of the same key waits here
+        until the holder's transaction ends, then sees its row (or, if the
+        holder rolled back, claims the key itself). None means "claimed: go on".
+        """
+        claimed = self.session.execute(
+            insert(IdempotencyKey)
+            .values(key=key, request_hash=request_hash, order_id=order_id, created_at=at)
+            .on_conflict_do_nothing(index_elements=["key"])
+            .returning(IdempotencyKey.key)
+        ).first()
+        if claimed is not None:
+            return None
+        return self.session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == key)).one()
+
+    def remember_response(self, key, response):
+        self.session.execute(
+            update(IdempotencyKey).where(IdempotencyKey.key == key).values(response=json.dumps(response)))
+
+    def ping(self):
+        self.session.execute(select(1))
+
+    def remember_customer(self, customer_id, shipping_address, updated_at):
+        """Upsert; an older event never overwrites a newer one (events may arrive out of order)."""
+        statement = insert(KnownCustomer).values(id=customer_id, shipping_address=shipping_address,
+                                                 updated_at=updated_at)
+        self.session.execute(statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_={"shipping_address": statement.excluded.shipping_address,
+                  "updated_at": statement.excluded.updated_at},
+            where=KnownCustomer.updated_at < statement.excluded.updated_at))
+
+    def order_states(self, order_ids):
+        rows = self.session.execute(select(Order.id, Order.status).where(Order.id.in_(order_ids)))
+        return {str(order_id): status for order_id, status in rows}
+
+    def prune_attempts(self, older_than):
+        """Forget idempotency keys and failed attempts older than `older_than`."""
+        self.session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < older_than))
+        self.session.execute(delete(FailedAttempt).where(FailedAttempt.failed_at < older_than))
 
 
-def list_orders(session, filters, limit, after=None):
-    """Orders (dicts, with items) newest first; `after` is the (created_at, id) of the last one seen."""
-    orders = select(_orders).order_by(_orders.c.created_at.desc(), _orders.c.id.desc()).limit(limit)
-    if "status" in filters:
-        orders = orders.where(_orders.c.status == filters["status"])
-    if "customer_id" in filters:
-        orders = orders.where(_orders.c.customer_id == filters["customer_id"])
-    if "created_after" in filters:
-        orders = orders.where(_orders.c.created_at > filters["created_after"])
-    if "created_before" in filters:
-        orders = orders.where(_orders.c.created_at < filters["created_before"])
-    if after is not None:
-        orders = orders.where(tuple_(_orders.c.created_at, _orders.c.id) < tuple_(*after))
-    query, page = _with_items(orders)
-    query = query.order_by(page.c.created_at.desc(), page.c.id.desc())
-    return [dict(row._mapping) for row in session.connection().execute(query)]
-
-
-def replace_items(session, order, item_fields):
-    order.items = [OrderItem(order_id=order.id, **item) for item in item_fields]
-    session.flush()
-
-
-def add_status_change(session, order_id, from_status, to_status, actor, at):
-    session.connection().execute(_INSERT_STATUS_CHANGE, {
-        "order_id": order_id, "from_status": from_status, "to_status": to_status, "changed_at": at,
-        "changed_by": actor})
-
-
-def status_history(session, order_id):
-    return session.scalars(
-        select(StatusChange).where(StatusChange.order_id == order_id).order_by(StatusChange.id)).all()
-
-
-def delete_order(session, order):
-    session.delete(order)
-    session.flush()
-
-
-def claim_idempotency_key(session, key, request_hash, order_id, at):
-    """Claim `key` for a new order, or return the row of whoever holds it.
-
-    The primary key decides: a concurrent claim of the same key waits here
-    until the holder's transaction ends, then sees its row (or, if the
-    holder rolled back, claims the key itself). None means "claimed: go on".
-    """
-    claimed = session.execute(
-        insert(IdempotencyKey)
-        .values(key=key, request_hash=request_hash, order_id=order_id, created_at=at)
-        .on_conflict_do_nothing(index_elements=["key"])
-        .returning(IdempotencyKey.key)
-    ).first()
-    if claimed is not None:
-        return None
-    return session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == key)).one()
-
-
-def remember_response(session, key, response):
-    session.execute(update(IdempotencyKey).where(IdempotencyKey.key == key).values(response=json.dumps(response)))
-
-
-def ping(session):
-    session.execute(select(1))
-
-
-def remember_customer(session, customer_id, shipping_address, updated_at):
-    """Upsert; an older event never overwrites a newer one (events may arrive out of order)."""
-    statement = insert(KnownCustomer).values(id=customer_id, shipping_address=shipping_address,
-                                             updated_at=updated_at)
-    session.execute(statement.on_conflict_do_update(
-        index_elements=["id"],
-        set_={"shipping_address": statement.excluded.shipping_address,
-              "updated_at": statement.excluded.updated_at},
-        where=KnownCustomer.updated_at < statement.excluded.updated_at))
-
-
-def order_states(session, order_ids):
-    rows = session.execute(select(Order.id, Order.status).where(Order.id.in_(order_ids)))
-    return {str(order_id): status for order_id, status in rows}
-
-
-def prune_idempotency_keys(session, older_than):
-    session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < older_than))
+layout = StorageLayout(base=OrdersBase, store=OrderStore, outbox=outbox_model(OrdersBase),
+                       processed_events=processed_events_model(OrdersBase))
