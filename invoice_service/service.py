@@ -1,0 +1,134 @@
+"""invoice_service: Nameko entrypoints only; rules in domain, queries in storage.
+
+An invoice is issued when an order becomes `shipped` (order_service's
+order_status_changed event). What the invoice needs from elsewhere is fetched
+first, outside any transaction: the customer (local directory fed by customer
+events, else customer_service) and the product names (inventory_service).
+Then one unit of work records the event as handled, takes the year's next
+number, writes the invoice and its invoice_issued event, and commits; any
+failure rolls all of it back, number included, and the reliable handler
+retries the event.
+"""
+import logging
+import uuid
+from datetime import datetime
+
+from common.auth import CallerProvider, required
+from common.consumers import reliable_event_handler
+from common.errors import EXPECTED_ERRORS, InvoiceNotIssued, NotFound
+from common.log import RequestLogContext
+from common.metrics import ServiceMetrics
+from common.paging import decode_cursor, split_page
+from common.rpc import ServiceRpcProxy, rpc
+from common.schemas import InvoiceListQuery, InvoiceSchema, load_or_raise, uuid_or_none
+from common.settings import SettingsProvider
+from common.tracing import Tracing
+from common.unit_of_work import UnitOfWork
+from invoice_service import domain, storage
+
+log = logging.getLogger(__name__)
+invoice_schema = InvoiceSchema()
+
+
+class InvoiceService:
+    name = "invoice_service"
+
+    uow = UnitOfWork(storage.layout)
+    settings = SettingsProvider()
+    log_context = RequestLogContext()
+    tracing = Tracing()
+    metrics = ServiceMetrics()
+    caller = CallerProvider()
+    customer_rpc = ServiceRpcProxy("customer_service")
+    inventory_rpc = ServiceRpcProxy("inventory_service")
+
+    @reliable_event_handler("order_service", "order_status_changed")
+    def on_order_status_changed(self, envelope):
+        """Issue the invoice of an order that became shipped, once however often the event comes."""
+        order = envelope["data"]
+        if not domain.is_shipped(order):
+            return
+        order_id, customer_id = uuid.UUID(order["id"]), uuid.UUID(order["customer_id"])
+        with self.uow.single_statement() as store:
+            if store.has_invoice_for_order(order_id):
+                return  # a redelivery: nothing to fetch, nothing to do
+            known = store.known_customer(customer_id)
+        # Fetched before the transaction: the year's counter stays locked only while writing.
+        customer = (domain.customer_from_directory(known) if known is not None
+                    else self.customer_rpc.get_customer(str(customer_id)))
+        products = self.inventory_rpc.get_products(sorted({item["sku"] for item in order["items"]}))
+        names = {product["sku"]: product["name"] for product in products}
+        seller = domain.seller(self.settings.seller_name, self.settings.seller_address, self.settings.seller_tax_id)
+        with self.uow as tx:
+            if not tx.first_time(envelope["event_id"], "issue_invoice"):
+                return
+            year, sequence, issued_at = tx.store.take_number()
+            domain.check_issue_year(year, issued_at)
+            invoice = domain.build_invoice(domain.invoice_number(year, sequence), issued_at, order, customer,
+                                           names, seller, self.settings.tax_rate)
+            tx.store.insert_invoice(year, sequence, invoice)
+            tx.emit("invoice_issued", invoice_schema.dump(invoice))
+        log.info("issued invoice %s for order %s", invoice["number"], order_id)
+
+    @reliable_event_handler("customer_service", "customer_created")
+    def on_customer_created(self, envelope):
+        self._remember_customer(envelope)
+
+    @reliable_event_handler("customer_service", "customer_updated")
+    def on_customer_updated(self, envelope):
+        self._remember_customer(envelope)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def get_invoice_for_order(self, order_id):
+        """The order's invoice; InvoiceNotIssued (404) before it ships, and for another
+        customer's order or no such order, so order ids cannot be probed."""
+        caller = required(self.caller)
+        parsed = uuid_or_none(order_id)
+        with self.uow.single_statement() as store:
+            invoice = store.invoice_for_order(parsed) if parsed else None
+        if invoice is None or not caller.owns(invoice["customer_id"]):
+            raise InvoiceNotIssued("This order has no invoice (yet): one is issued when it ships.",
+                                   {"order_id": str(order_id)})
+        return invoice_schema.dump(invoice)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def get_invoice(self, number):
+        """One invoice by number; NotFound also for another customer's."""
+        caller = required(self.caller)
+        with self.uow.single_statement() as store:
+            invoice = store.invoice_by_number(number) if domain.is_invoice_number(number) else None
+        if invoice is None or not caller.owns(invoice["customer_id"]):
+            raise NotFound("No such invoice.", {"number": str(number)})
+        return invoice_schema.dump(invoice)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def list_invoices(self, filters=None, limit=20, cursor=None):
+        """Newest first. filters: customer_id, issued_after, issued_before (exclusive).
+
+        A customer lists only their own invoices.
+        """
+        caller = required(self.caller)
+        query = load_or_raise(InvoiceListQuery, {**(filters or {}), "limit": limit, "cursor": cursor})
+        after = decode_cursor(query.pop("cursor"), domain.parse_number_cursor)
+        limit = query.pop("limit")
+        if not caller.narrow_to_own(query):
+            return {"items": [], "next_cursor": None}
+        with self.uow.single_statement() as store:
+            rows = store.list_invoices(query, limit + 1, after)
+        page, next_cursor = split_page(rows, limit, lambda invoice: invoice["number"])
+        return {"items": invoice_schema.dump(page, many=True), "next_cursor": next_cursor}
+
+    @rpc
+    def health(self):
+        with self.uow as tx:
+            tx.store.ping()
+        return {"service": self.name, "database": "ok"}
+
+    # -- helpers (no entrypoints) ------------------------------------------
+
+    def _remember_customer(self, envelope):
+        customer = envelope["data"]
+        with self.uow as tx:
+            if tx.first_time(envelope["event_id"], "remember_customer"):
+                tx.store.remember_customer(uuid.UUID(customer["id"]), customer["name"], customer["email"],
+                                           datetime.fromisoformat(customer["updated_at"]))

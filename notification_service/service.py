@@ -1,0 +1,205 @@
+"""notification_service: Nameko entrypoints only; rules in domain, queries in storage, email in mail.
+
+Order events become queued notifications (one per event and recipient, with
+the event's dedup, in one statement) and nothing else happens on the event
+path: the sender, a timer entrypoint woken after each new notification,
+claims due ones (FOR UPDATE SKIP LOCKED), sends them over SMTP and records
+each outcome with its notification_sent / notification_failed event in one
+unit of work. A mail server that is down or slow never holds up an event,
+let alone an order.
+"""
+import logging
+import uuid
+from datetime import datetime, timezone
+
+from common.auth import ADMIN, CallerProvider, required
+from common.consumers import reliable_event_handler
+from common.errors import EXPECTED_ERRORS, NotFound
+from common.log import RequestLogContext
+from common.metrics import ServiceMetrics
+from common.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
+from common.rpc import ServiceRpcProxy, rpc
+from common.schemas import NotificationListQuery, NotificationSchema, load_or_raise, uuid_or_none
+from common.settings import SettingsProvider
+from common.tracing import Tracing
+from common.unit_of_work import UnitOfWork
+from notification_service import domain, mail, storage
+from notification_service.sender import SenderWake, sender
+
+log = logging.getLogger(__name__)
+notification_schema = NotificationSchema()
+# Due notifications claimed per transaction, and transactions per run of the sender.
+SEND_BATCH, MAX_BATCHES_PER_RUN = 20, 50
+
+
+def _now():
+    return datetime.now(timezone.utc)
+
+
+class NotificationService:
+    name = "notification_service"
+
+    uow = UnitOfWork(storage.layout)
+    settings = SettingsProvider()
+    log_context = RequestLogContext()
+    tracing = Tracing()
+    metrics = ServiceMetrics()
+    caller = CallerProvider()
+    customer_rpc = ServiceRpcProxy("customer_service")
+    mailer = mail.Mailer()
+    wake_sender = SenderWake()
+
+    # -- the event path: record, never send ------------------------------------------
+
+    @reliable_event_handler("order_service", "order_created")
+    def on_order_created(self, envelope):
+        self._queue_notification(envelope)
+
+    @reliable_event_handler("order_service", "order_status_changed")
+    def on_order_status_changed(self, envelope):
+        self._queue_notification(envelope)
+
+    @reliable_event_handler("customer_service", "customer_created")
+    def on_customer_created(self, envelope):
+        self._remember_customer(envelope)
+
+    @reliable_event_handler("customer_service", "customer_updated")
+    def on_customer_updated(self, envelope):
+        self._remember_customer(envelope)
+
+    # -- the sender ----------------------------------------------------------------------
+
+    @sender("notify_sweep_interval_seconds")
+    def send_due_notifications(self):
+        """Send the queued notifications that are due, a batch per unit of work; the
+        seconds until the earliest retry this run scheduled (None: it scheduled none)."""
+        retries = []
+        for _ in range(MAX_BATCHES_PER_RUN):
+            claimed = self._send_batch(retries)
+            if claimed < SEND_BATCH:
+                break
+        self.mailer.close_idle()
+        return max(0.0, (min(retries) - _now()).total_seconds()) if retries else None
+
+    # -- RPC for the gateway ----------------------------------------------------------------
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def list_notifications(self, filters=None, limit=20, cursor=None):
+        """Newest first. filters: order_id, status. A customer lists only their own."""
+        caller = required(self.caller)
+        query = load_or_raise(NotificationListQuery, {**(filters or {}), "limit": limit, "cursor": cursor})
+        after = decode_cursor(query.pop("cursor"), parse_created_id_key)
+        limit = query.pop("limit")
+        if caller.is_customer:
+            query["customer_id"] = uuid_or_none(caller.customer_id)
+        with self.uow.single_statement() as store:
+            rows = store.list_notifications(query, limit + 1, after)
+            page, next_cursor = split_page(rows, limit, created_id_key)
+            return {"items": notification_schema.dump(page, many=True), "next_cursor": next_cursor}
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def get_notification(self, notification_id):
+        caller = required(self.caller)
+        with self.uow.single_statement() as store:
+            return notification_schema.dump(self._notification(store, caller, notification_id))
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def retry_notification(self, notification_id):
+        """Queue a failed notification again (admins): attempts from 0, due now."""
+        caller = required(self.caller)
+        with self.uow as tx:
+            notification = self._notification(tx.store, caller, notification_id, lock=True)
+            caller.require(ADMIN)
+            domain.check_can_retry(notification)
+            tx.store.requeue(notification, _now())
+            queued = notification_schema.dump(notification)
+        self.wake_sender()
+        return queued
+
+    @rpc
+    def health(self):
+        with self.uow as tx:
+            tx.store.ping()
+        return {"service": self.name, "database": "ok"}
+
+    # -- helpers (no entrypoints) -------------------------------------------------------------
+
+    def _queue_notification(self, envelope):
+        order = envelope["data"]
+        kind = domain.notification_kind(envelope["type"], order)
+        customer_id = uuid_or_none(order.get("customer_id"))
+        if kind is None or customer_id is None:
+            return
+        customer = self._customer(customer_id)
+        if customer is None:
+            log.warning("no customer %s for %s of order %s: nobody to write to", customer_id, envelope["type"],
+                        order.get("id"))
+            return
+        row = domain.new_notification(kind, order, customer, self.settings.mail_from)
+        row["body_text"], row["body_html"] = mail.render(kind, domain.email_context(kind, order, customer))
+        with self.uow.single_statement() as store:
+            queued = store.queue_once(envelope["event_id"], envelope["type"], "notify_customer", [row], _now())
+        if queued:
+            self.wake_sender()
+
+    def _customer(self, customer_id):
+        """{id, name, email} from the local directory, else from customer_service (then
+        remembered); None if there is no such customer."""
+        with self.uow.single_statement() as store:
+            known = store.known_customer(customer_id)
+        if known is not None:
+            return {"id": known.id, "name": known.name, "email": known.email}
+        try:
+            customer = self.customer_rpc.get_customer(str(customer_id))
+        except NotFound:
+            return None
+        with self.uow.single_statement() as store:
+            store.remember_customer(customer_id, customer["name"], customer["email"],
+                                    datetime.fromisoformat(customer["updated_at"]))
+        return {"id": customer_id, "name": customer["name"], "email": customer["email"]}
+
+    def _remember_customer(self, envelope):
+        customer = envelope["data"]
+        with self.uow as tx:
+            if tx.first_time(envelope["event_id"], "remember_customer"):
+                tx.store.remember_customer(uuid.UUID(customer["id"]), customer["name"], customer["email"],
+                                           datetime.fromisoformat(customer["updated_at"]))
+
+    def _send_batch(self, retries):
+        """Claim up to SEND_BATCH due notifications, send each, record each outcome with its
+        event; the number claimed. The row locks keep other instances off these rows.
+        Adds the time of each retry it schedules to `retries`."""
+        settings = self.settings
+        with self.uow as tx:
+            due = tx.store.claim_due(_now(), SEND_BATCH)
+            if not due:
+                return 0
+            with self.mailer.session() as smtp:
+                for notification in due:
+                    error = None
+                    try:
+                        smtp.send(mail.build_message(notification, settings.mail_from))
+                    except Exception as exc:  # every failure is an outcome; domain says which kind
+                        error = exc
+                    now = _now()
+                    attempt = domain.after_attempt(notification, error, now, settings.notify_retry_base_seconds,
+                                                   settings.notify_max_attempts)
+                    tx.store.record_attempt(notification, attempt, now)
+                    if attempt.status == domain.QUEUED:
+                        retries.append(attempt.next_attempt_at)
+                    else:
+                        tx.emit(f"notification_{attempt.status}", notification_schema.dump(notification))
+                    if error is not None:
+                        log.warning("notification %s to %s: attempt %d %s: %s", notification.id,
+                                    notification.recipient, attempt.attempts,
+                                    "failed for good" if attempt.status == domain.FAILED else "will be retried",
+                                    attempt.last_error)
+            return len(due)
+
+    def _notification(self, store, caller, notification_id, lock=False):
+        """The notification, or NotFound: also for another customer's, so ids cannot be probed."""
+        parsed = uuid_or_none(notification_id)
+        notification = store.get_notification(parsed, lock=lock) if parsed else None
+        if notification is None or not caller.owns(notification.customer_id):
+            raise NotFound("No such notification.", {"id": str(notification_id)})
+        return notification

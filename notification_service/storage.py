@@ -1,0 +1,197 @@
+"""notifications schema: the SQLAlchemy models and `NotificationStore`, its queries.
+
+A notification is one email to one recipient for one event: a row written
+`queued` (with the event's id recorded in `processed_events` in the same
+statement), then claimed by the sender with FOR UPDATE SKIP LOCKED, so
+several instances never send one row at once, and moved to `sent` or
+`failed` (or left `queued` for its next attempt) in the transaction that
+writes its event.
+"""
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (CheckConstraint, Index, Integer, MetaData, String, Text, UniqueConstraint, bindparam,
+                        select, text, tuple_)
+from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import DateTime
+
+from common.consumers import processed_events_model
+from common.outbox import outbox_model
+from common.unit_of_work import StorageLayout
+
+SCHEMA = "notifications"
+
+
+class NotificationsBase(DeclarativeBase):
+    metadata = MetaData(schema=SCHEMA)
+
+
+class Notification(NotificationsBase):
+    __tablename__ = "notifications"
+    __table_args__ = (
+        # One per (event, recipient), whatever happens to the event's dedup record.
+        UniqueConstraint("event_id", "recipient", name="notifications_event_recipient_key"),
+        CheckConstraint("status IN ('queued', 'sent', 'failed')", name="notification_status"),
+        CheckConstraint("attempts >= 0", name="notification_attempts_not_negative"),
+        # The sender's question: which queued ones are due?
+        Index("ix_notifications_due", "next_attempt_at", postgresql_where=text("status = 'queued'")),
+        # Keyset paging is newest first, optionally within one order, customer or status.
+        Index("ix_notifications_created", text("created_at DESC"), text("id DESC")),
+        Index("ix_notifications_order_created", "order_id", text("created_at DESC"), text("id DESC")),
+        Index("ix_notifications_customer_created", "customer_id", text("created_at DESC"), text("id DESC")),
+        Index("ix_notifications_status_created", "status", text("created_at DESC"), text("id DESC")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    event_type: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    # Ids from order_service and customer_service: no foreign keys across schemas.
+    order_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    recipient: Mapped[str] = mapped_column(String(254))
+    # The email as rendered when the event arrived: every attempt sends the same message.
+    subject: Mapped[str] = mapped_column(String(300))
+    body_text: Mapped[str] = mapped_column(Text)
+    body_html: Mapped[str] = mapped_column(Text)
+    message_id: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class KnownCustomer(NotificationsBase):
+    """customer_service's customers as their events told us: where and to whom to write."""
+    __tablename__ = "known_customers"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(254))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+_notifications, _known = Notification.__table__, KnownCustomer.__table__
+# Built once: every order event runs them, so their compiled form is reused.
+_KNOWN_CUSTOMER = select(_known).where(_known.c.id == bindparam("customer_id"))
+# Once per event, one statement: record the event id and, only if it was new,
+# queue its notifications (one array per column, so the text is the same for
+# any number of them). Atomic on its own, so it needs no BEGIN/COMMIT round
+# trips; a redelivery finds the id and queues nothing.
+_QUEUE_ONCE = text(f"""
+WITH first_time AS (
+    INSERT INTO {SCHEMA}.processed_events (event_id, handler, processed_at)
+    VALUES (:event_id, :handler, :at)
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+)
+INSERT INTO {SCHEMA}.notifications (id, event_id, event_type, kind, order_id, customer_id, recipient, subject,
+                                    body_text, body_html, message_id, status, attempts, next_attempt_at,
+                                    created_at, updated_at)
+SELECT row.id, CAST(:event_id AS uuid), :event_type, row.kind, row.order_id, row.customer_id, row.recipient,
+       row.subject, row.body_text, row.body_html, row.message_id, 'queued', 0, :at, :at, :at
+FROM unnest(CAST(:ids AS uuid[]), CAST(:kinds AS varchar[]), CAST(:order_ids AS uuid[]),
+            CAST(:customer_ids AS uuid[]), CAST(:recipients AS varchar[]), CAST(:subjects AS varchar[]),
+            CAST(:bodies_text AS text[]), CAST(:bodies_html AS text[]), CAST(:message_ids AS varchar[]))
+     AS row(id, kind, order_id, customer_id, recipient, subject, body_text, body_html, message_id)
+WHERE EXISTS (SELECT FROM first_time)
+ON CONFLICT ON CONSTRAINT notifications_event_recipient_key DO NOTHING
+RETURNING id
+""")
+
+class NotificationStore:
+    """The notifications schema's queries, on one session (see common/unit_of_work.py)."""
+
+    def __init__(self, session):
+        self.session = session
+
+    # -- the customer directory ------------------------------------------------------
+
+    def known_customer(self, customer_id):
+        """The customer as the local directory knows it (id, name, email, updated_at), or None."""
+        return self.session.connection().execute(_KNOWN_CUSTOMER, {"customer_id": customer_id}).first()
+
+    def remember_customer(self, customer_id, name, email, updated_at):
+        """Upsert; an older event never overwrites a newer one (events may arrive out of order)."""
+        statement = insert(KnownCustomer).values(id=customer_id, name=name, email=email, updated_at=updated_at)
+        self.session.execute(statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_={"name": statement.excluded.name, "email": statement.excluded.email,
+                  "updated_at": statement.excluded.updated_at},
+            where=KnownCustomer.updated_at < statement.excluded.updated_at))
+
+    # -- the event path ----------------------------------------------------------------
+
+    def queue_once(self, event_id, event_type, handler, rows, at):
+        """Queue `rows` (dicts: id, kind, order_id, customer_id, recipient, subject,
+        body_text, body_html, message_id) for event `event_id`, unless that event was
+        handled before; the ids queued (none for a redelivery)."""
+        result = self.session.connection().execute(_QUEUE_ONCE, {
+            "event_id": str(event_id), "event_type": event_type, "handler": handler, "at": at,
+            "ids": [str(row["id"]) for row in rows],
+            "kinds": [row["kind"] for row in rows],
+            "order_ids": [str(row["order_id"]) if row["order_id"] else None for row in rows],
+            "customer_ids": [str(row["customer_id"]) for row in rows],
+            "recipients": [row["recipient"] for row in rows],
+            "subjects": [row["subject"] for row in rows],
+            "bodies_text": [row["body_text"] for row in rows],
+            "bodies_html": [row["body_html"] for row in rows],
+            "message_ids": [row["message_id"] for row in rows],
+        })
+        return [row.id for row in result]
+
+    # -- the sender --------------------------------------------------------------------
+
+    def claim_due(self, now, limit):
+        """Up to `limit` queued notifications due by `now`, oldest due first, locked for
+        this transaction; rows another transaction holds are skipped, not waited for."""
+        return self.session.scalars(
+            select(Notification).where(Notification.status == "queued", Notification.next_attempt_at <= now)
+            .order_by(Notification.next_attempt_at).limit(limit).with_for_update(skip_locked=True)).all()
+
+    def record_attempt(self, notification, outcome, now):
+        """Apply a domain.Attempt (the outcome of one try) to a claimed notification."""
+        notification.status = outcome.status
+        notification.attempts = outcome.attempts
+        notification.last_error = outcome.last_error
+        notification.next_attempt_at = outcome.next_attempt_at
+        notification.sent_at = outcome.sent_at
+        notification.updated_at = now  # written with the batch's other outcomes when it commits
+
+    def requeue(self, notification, now):
+        """A failed notification queued again: attempts from 0, due now."""
+        notification.status = "queued"
+        notification.attempts = 0
+        notification.next_attempt_at = now
+        notification.updated_at = now
+        self.session.flush()
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_notification(self, notification_id, lock=False):
+        query = select(Notification).where(Notification.id == notification_id)
+        if lock:
+            query = query.with_for_update()
+        return self.session.scalars(query).first()
+
+    def list_notifications(self, filters, limit, after=None):
+        """Newest first; filters: order_id, customer_id, status; `after` is the (created_at, id) of the last seen."""
+        query = (select(Notification).order_by(Notification.created_at.desc(), Notification.id.desc())
+                 .limit(limit))
+        for name in ("order_id", "customer_id", "status"):
+            if name in filters:
+                query = query.where(getattr(Notification, name) == filters[name])
+        if after is not None:
+            query = query.where(tuple_(Notification.created_at, Notification.id) < tuple_(*after))
+        return self.session.scalars(query).all()
+
+    def ping(self):
+        self.session.execute(select(1))
+
+
+layout = StorageLayout(base=NotificationsBase, store=NotificationStore, outbox=outbox_model(NotificationsBase),
+                       processed_events=processed_events_model(NotificationsBase))
