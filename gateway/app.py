@@ -1,7 +1,8 @@
 """The HTTP gateway: validates, then forwards each call over RPC.
 
 It owns no database; every route is one or two RPC calls through the
-process's pool of started proxies.
+process's pool of started proxies. Each route is declared once, on its
+handler, with what the OpenAPI document says about it (gateway/routes.py).
 """
 import logging
 import logging.config
@@ -9,68 +10,83 @@ import re
 import time
 import uuid
 
-from flask import Flask, current_app, g, jsonify, request
-from nameko.exceptions import UnknownService
-from werkzeug.exceptions import UnsupportedMediaType
+from flask import Flask, Response, current_app, g, jsonify, request
 
 from common.auth import CALLER_KEY, verify_token
-from common.config import DEVELOPMENT_JWT_SECRET, Settings
 from common.context import REQUEST_ID_KEY
 from common.log import logging_config, set_request_id, set_service
-from common.errors import (DomainError, ServiceUnavailable, Unauthenticated, UpstreamTimeout, ValidationFailed,
-                           VersionConflict)
-from common.rpc_pool import RpcProxyPool
-from common.schemas import (CustomerInput, CustomerPatch, ListQuery, OrderInput, OrderListQuery,
-                            OrderUpdateInput, ProductInput, ProductPatch, ShippingInput, StatusInput,
+from common.errors import (AlreadyExists, DeadlineExceeded, DomainError, Forbidden, IdempotencyKeyReused,
+                           InsufficientStock, InvalidTransition, InvoiceNotIssued, NotFound, OutcomeUnknown,
+                           ServiceUnavailable,
+                           StockBelowReserved, Unauthenticated, UnknownCustomer, UnknownSku, Unprocessable,
+                           UpstreamTimeout, VersionConflict)
+from common.schemas import (CustomerInput, CustomerPatch, InvoiceListQuery, ListQuery, NotificationListQuery,
+                            OrderInput, OrderListQuery, OrderUpdateInput, ProductInput, ProductPatch, ShippingInput,
+                            StatusInput,
                             schema_instance)
+from common.settings import load_settings
+from common import tracing
+from gateway import metrics
 from gateway.errors import register_error_handlers
-from gateway.openapi import register_openapi
+from gateway.invoice_pdf import render_invoice
+from gateway.openapi import SPEC_PATH, register_openapi
+from gateway.routes import API, Routes
+from gateway.rpc_pool import NoAnswer, RpcProxyPool
 
 access_log = logging.getLogger("gateway.access")
 
-API = "/api/v1"
-SERVICES = ("customer_service", "inventory_service", "order_service")
+SERVICES = ("customer_service", "inventory_service", "order_service", "notification_service", "invoice_service")
 MAX_BODY_BYTES = 64 * 1024
 DATABASE_DOWN = "database unreachable"
-PUBLIC_PATHS = {f"{API}/openapi.json"}
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+routes = Routes()  # declared below, each on its handler
 
 
 def create_app(settings=None, rpc_pool=None):
-    settings = settings or Settings.from_env()
-    if settings.environment == "production" and settings.jwt_secret == DEVELOPMENT_JWT_SECRET:
-        raise RuntimeError("Refusing to start: ENV=production with the development JWT_SECRET. "
-                           "Set JWT_SECRET to a secret of your own.")
+    """The gateway app; `settings` default to the process's (common.settings.load_settings)."""
+    settings = settings or load_settings()
     logging.config.dictConfig(logging_config(settings.log_level))
     set_service("gateway")
     app = Flask(__name__)
     app.config["JWT_SECRET"] = settings.jwt_secret
+    app.config["RPC_TIMEOUT"] = settings.rpc_timeout
+    metrics.configure(settings.metrics_port != 0)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config["PUBLIC_PATHS"] = routes.public_paths()
     app.json.sort_keys = False
     app.extensions["rpc_pool"] = rpc_pool or RpcProxyPool(
         settings.nameko_config(), timeout=settings.rpc_timeout, max_size=settings.rpc_pool_size)
 
+    if tracing.configure_tracing("gateway", settings.otel_exporter_otlp_endpoint):
+        # The server span of each request, joining an incoming W3C traceparent.
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        FlaskInstrumentor().instrument_app(app, excluded_urls="/health,/metrics")
     register_error_handlers(app)
     app.before_request(_assign_request_id)
     app.before_request(_authenticate)
     app.after_request(_echo_request_id)
     app.after_request(_log_request)
-    _register_routes(app)
-    register_openapi(app)  # GET /api/v1/openapi.json and /docs
+    routes.register(app)
+    register_openapi(app, routes)  # the document GET /api/v1/openapi.json serves, and /docs
     return app
 
 
 def _assign_request_id():
     g.started = time.perf_counter()
+    # When this request will have been answered: every RPC it makes carries it,
+    # and no service commits its work after it (common/context.py).
+    g.deadline = time.time() + current_app.config["RPC_TIMEOUT"]
     incoming = request.headers.get("X-Request-ID", "")
     g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
     set_request_id(g.request_id)
 
 
 def _authenticate():
-    """Every /api/v1 route needs `Authorization: Bearer <JWT>`; g.caller is who it names."""
+    """Every /api/v1 route not declared public needs `Authorization: Bearer <JWT>`; g.caller is who it names."""
     g.caller = None
-    if not request.path.startswith(API + "/") or request.path in PUBLIC_PATHS:
+    if not request.path.startswith(API + "/") or request.path in current_app.config["PUBLIC_PATHS"]:
         return
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -84,51 +100,73 @@ def _echo_request_id(response):
 
 
 def _log_request(response):
-    """One access line per request, in the same JSON shape as every other line."""
-    duration_ms = round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)
+    """One access line per request, in the same JSON shape as every other line, and its metrics."""
+    seconds = time.perf_counter() - g.get("started", time.perf_counter())
+    metrics.record_request(request.method, request.url_rule, response.status_code, seconds)
+    duration_ms = round(seconds * 1000, 2)
     access_log.info("%s %s %s", request.method, request.path, response.status_code, extra={
         "method": request.method, "path": request.path, "status": response.status_code,
         "duration_ms": duration_ms})
     return response
 
 
-def rpc():
-    """A pooled cluster proxy carrying this request's context."""
+def _call(service, method, args, kwargs, redrive=False):
     context = {REQUEST_ID_KEY: g.request_id}
     if g.get("caller") is not None:
         context[CALLER_KEY] = g.caller.to_context()
-    return current_app.extensions["rpc_pool"].cluster(context)
+    started, outcome = time.perf_counter(), "ok"
+    with tracing.client_span(service, method):
+        try:
+            return current_app.extensions["rpc_pool"].call(
+                service, method, args, kwargs, context_data=tracing.with_traceparent(context),
+                deadline=g.deadline, redrive=redrive)
+        except NoAnswer:
+            outcome = "no_answer"
+            raise
+        except Exception as exc:
+            outcome = getattr(exc, "code", "error")
+            raise
+        finally:
+            metrics.record_rpc(service, method, outcome, time.perf_counter() - started)
 
 
-def json_body(schema_class):
-    """The request's JSON object, checked against `schema_class` (400 naming bad fields)."""
-    if not request.is_json:
-        raise UnsupportedMediaType("Send JSON with Content-Type: application/json.")
+def read(service, method, *args, **kwargs):
+    """service.method(...) for a read: no answer in time is 504 upstream_timeout."""
     try:
-        body = request.get_json(silent=True)
-    except RecursionError:
-        raise ValidationFailed("The body is nested too deeply.", {"body": ["Nested too deeply."]}) from None
-    if body is None and request.get_data():
-        raise ValidationFailed("The body is not valid JSON.", {"body": ["Malformed JSON."]})
-    if not isinstance(body, dict):
-        raise ValidationFailed("The body must be a JSON object.", {"body": ["Not an object."]})
-    errors = schema_instance(schema_class).validate(body)
-    if errors:
-        raise ValidationFailed("Some fields are invalid.", errors)
-    return body
+        return _call(service, method, args, kwargs)
+    except (NoAnswer, DeadlineExceeded):
+        raise UpstreamTimeout("A service did not answer in time.",
+                              {"timeout_seconds": current_app.config["RPC_TIMEOUT"]}) from None
 
 
-def query_args(schema_class):
-    """The query string checked against `schema_class`, as strings (services parse them again)."""
-    args = request.args.to_dict()
-    errors = schema_instance(schema_class).validate(args)
-    if errors:
-        raise ValidationFailed("Some query parameters are invalid.", errors)
-    return args
+def write(resource, service, method, *args, redrive=False, **kwargs):
+    """service.method(...) for a write to `resource` ({"order_id": ...}).
+
+    503 only when the request never reached a service, or a service refused it
+    before changing anything; when nobody can tell whether the change was made
+    (no reply in time, the deadline passed, a COMMIT cut off), 504
+    outcome_unknown naming the resource: from RPC_TIMEOUT seconds after that
+    answer on, reading it tells, and keeps telling the same.
+    `redrive`: the call is idempotent per attempt, so it is sent again while
+    the deadline allows when its reply was lost.
+    """
+    try:
+        return _call(service, method, args, kwargs, redrive=redrive)
+    except (NoAnswer, DeadlineExceeded, OutcomeUnknown) as exc:
+        raise OutcomeUnknown("The change may or may not have been made: read the resource (from RPC_TIMEOUT "
+                             "seconds after this answer it no longer changes) before sending it again.",
+                             {**resource, "reason": _reason(exc)}) from None
 
 
-def page_args():
-    query = schema_instance(ListQuery).load(query_args(ListQuery))
+def _reason(exc):
+    if isinstance(exc, OutcomeUnknown):
+        return "commit_interrupted"
+    return "deadline_passed" if isinstance(exc, DeadlineExceeded) else "no_reply"
+
+
+def page_args(query):
+    """`limit` and `cursor` of a query string ListQuery validated, defaults filled in."""
+    query = schema_instance(ListQuery).load(query)
     return query["limit"], query["cursor"]
 
 
@@ -160,142 +198,270 @@ def created(resource, location):
     return response
 
 
-def _register_routes(app):
-    @app.get("/health")
-    def health():
-        checks = {"broker": "ok"}
+# ---- the routes -------------------------------------------------------------------------
+# Each handler gets its path variables, and `body` / `query` when it declares a schema for them
+# (already validated). The examples in the document are in gateway/openapi_examples.yaml.
+
+@routes.get("/health", "Is everything up?", tag="health", response="Health", public=True,
+            other_responses={503: ("Something is down; `checks` and `error.details` say what.", "Health")},
+            description="Broker, every service and the database. 503 names what is down "
+                        "(`unreachable`, `not running`, `timeout`, `unknown`).")
+def health():
+    checks = {"broker": "ok"}
+    for service in SERVICES:
         try:
-            with rpc() as cluster:
-                for service in SERVICES:
-                    checks[service] = _service_health(cluster, service)
+            checks[service] = _service_health(service)
         except ServiceUnavailable:
             checks["broker"] = "unreachable"
+            break
         except UpstreamTimeout:
-            pass
-        for service in SERVICES:
-            checks.setdefault(service, "unknown" if checks["broker"] != "ok" else "timeout")
-        states = {checks[service] for service in SERVICES}
-        checks["database"] = ("unreachable" if DATABASE_DOWN in states
-                              else "ok" if "ok" in states else "unknown")
-        down = sorted(name for name, state in checks.items() if state != "ok")
-        if not down:
-            return jsonify({"status": "ok", "checks": checks})
-        body = {"status": "unavailable", "checks": checks,
-                "error": {"code": "service_unavailable", "message": "Down: " + ", ".join(down),
-                          "details": checks}}
-        return jsonify(body), 503
-
-    @app.post(f"{API}/customers")
-    def create_customer():
-        body = json_body(CustomerInput)
-        with rpc() as cluster:
-            customer = cluster.customer_service.create_customer(body)
-        return created(customer, f"{API}/customers/{customer['id']}")
-
-    @app.get(f"{API}/customers/<customer_id>")
-    def get_customer(customer_id):
-        with rpc() as cluster:
-            return jsonify(cluster.customer_service.get_customer(customer_id))
-
-    @app.get(f"{API}/customers")
-    def list_customers():
-        limit, cursor = page_args()
-        with rpc() as cluster:
-            return jsonify(cluster.customer_service.list_customers(limit, cursor))
-
-    @app.patch(f"{API}/customers/<customer_id>")
-    def update_customer(customer_id):
-        body = json_body(CustomerPatch)
-        with rpc() as cluster:
-            return jsonify(cluster.customer_service.update_customer(customer_id, body))
-
-    @app.post(f"{API}/products")
-    def create_product():
-        body = json_body(ProductInput)
-        with rpc() as cluster:
-            product = cluster.inventory_service.create_product(body)
-        return created(product, f"{API}/products/{product['sku']}")
-
-    @app.get(f"{API}/products/<sku>")
-    def get_product(sku):
-        with rpc() as cluster:
-            return jsonify(cluster.inventory_service.get_product(sku))
-
-    @app.get(f"{API}/products")
-    def list_products():
-        limit, cursor = page_args()
-        with rpc() as cluster:
-            return jsonify(cluster.inventory_service.list_products(limit, cursor))
-
-    @app.patch(f"{API}/products/<sku>")
-    def update_product(sku):
-        body = json_body(ProductPatch)
-        with rpc() as cluster:
-            return jsonify(cluster.inventory_service.update_product(sku, body))
-
-    @app.post(f"{API}/orders")
-    def create_order():
-        body = json_body(OrderInput)
-        key = request.headers.get("Idempotency-Key")
-        with rpc() as cluster:
-            # attempt_id: a redelivery of this RPC message must not create a second order.
-            order = cluster.order_service.create_order(body, idempotency_key=key, attempt_id=str(uuid.uuid4()))
-        response = order_response(order, 201)
-        response.headers["Location"] = f"{API}/orders/{order['id']}"
-        return response
-
-    @app.get(f"{API}/orders")
-    def list_orders():
-        filters = query_args(OrderListQuery)
-        limit, cursor = filters.pop("limit", 20), filters.pop("cursor", None)
-        with rpc() as cluster:
-            return jsonify(cluster.order_service.list_orders(filters, int(limit), cursor))
-
-    @app.get(f"{API}/orders/<order_id>")
-    def get_order(order_id):
-        with rpc() as cluster:
-            return order_response(cluster.order_service.get_order(order_id))
-
-    @app.put(f"{API}/orders/<order_id>")
-    def update_order(order_id):
-        body = json_body(OrderUpdateInput)
-        version = expected_version()
-        with rpc() as cluster:
-            return order_response(cluster.order_service.update_order(order_id, body, version))
-
-    @app.put(f"{API}/orders/<order_id>/shipping")
-    def update_shipping(order_id):
-        body = json_body(ShippingInput)
-        version = expected_version()
-        with rpc() as cluster:
-            return order_response(cluster.order_service.update_shipping(order_id, body, version))
-
-    @app.put(f"{API}/orders/<order_id>/status")
-    def update_status(order_id):
-        body = json_body(StatusInput)
-        version = expected_version()
-        with rpc() as cluster:
-            return order_response(cluster.order_service.update_status(order_id, body, version))
-
-    @app.delete(f"{API}/orders/<order_id>")
-    def delete_order(order_id):
-        version = expected_version()
-        with rpc() as cluster:
-            cluster.order_service.delete_order(order_id, version)
-        return "", 204
-
-    @app.get(f"{API}/orders/<order_id>/history")
-    def order_history(order_id):
-        with rpc() as cluster:
-            return jsonify(cluster.order_service.order_history(order_id))
+            break
+    for service in SERVICES:
+        checks.setdefault(service, "unknown" if checks["broker"] != "ok" else "timeout")
+    states = {checks[service] for service in SERVICES}
+    checks["database"] = ("unreachable" if DATABASE_DOWN in states
+                          else "ok" if "ok" in states else "unknown")
+    down = sorted(name for name, state in checks.items() if state != "ok")
+    if not down:
+        return jsonify({"status": "ok", "checks": checks})
+    body = {"status": "unavailable", "checks": checks,
+            "error": {"code": "service_unavailable", "message": "Down: " + ", ".join(down),
+                      "details": checks}}
+    return jsonify(body), 503
 
 
-def _service_health(cluster, service):
-    """'ok', or what is wrong with `service`."""
+@routes.get("/metrics", "Prometheus metrics of the gateway", tag="meta", public=True, errors=(NotFound,),
+            other_media_types={"text/plain; version=0.0.4": {"type": "string"}},
+            description="Prometheus text format (no token, like `/health`): `http_requests_total{method,route,"
+                        "status}`, `http_request_duration_seconds`, `rpc_client_calls_total{service,method,"
+                        "outcome}`, `rpc_client_duration_seconds`, `rpc_pool_proxies{state}`. 404 when metrics are off "
+                        "(METRICS_PORT=0). In production, serve it only to an internal network.")
+def metrics_text():
+    if not metrics.enabled():
+        raise NotFound("Metrics are off (METRICS_PORT=0).", {"path": "/metrics"})
+    body, content_type = metrics.exposition()
+    return Response(body, content_type=content_type)
+
+
+@routes.get(SPEC_PATH, "This OpenAPI document", tag="meta", response={"type": "object"}, public=True)
+def openapi():
+    return Response(current_app.extensions["openapi"], mimetype="application/json")
+
+
+@routes.post(f"{API}/customers", "Create a customer", tag="customers", status=201, response="Customer",
+             body=CustomerInput, errors=(Forbidden, AlreadyExists), location=True,
+             description="Admins only. The email is unique (409 if taken).")
+def create_customer(body):
+    customer_id = str(uuid.uuid4())  # fixed before the call, so a 504 can name it
+    customer = write({"customer_id": customer_id}, "customer_service", "create_customer", body,
+                     attempt_id=customer_id)
+    return created(customer, f"{API}/customers/{customer['id']}")
+
+
+@routes.get(f"{API}/customers/<customer_id>", "Read a customer", tag="customers", response="Customer",
+            errors=(NotFound,))
+def get_customer(customer_id):
+    return jsonify(read("customer_service", "get_customer", customer_id))
+
+
+@routes.get(f"{API}/customers", "List customers, oldest first", tag="customers", response="CustomerPage",
+            query=ListQuery, description="A customer sees only their own record.")
+def list_customers(query):
+    limit, cursor = page_args(query)
+    return jsonify(read("customer_service", "list_customers", limit, cursor))
+
+
+@routes.patch(f"{API}/customers/<customer_id>", "Change a customer", tag="customers", response="Customer",
+              body=CustomerPatch, errors=(NotFound, AlreadyExists),
+              description="Any of name, email, shipping_address (null clears it).")
+def update_customer(customer_id, body):
+    return jsonify(write({"customer_id": customer_id}, "customer_service", "update_customer", customer_id, body))
+
+
+@routes.post(f"{API}/products", "Create a product", tag="products", status=201, response="Product",
+             body=ProductInput, errors=(Forbidden, AlreadyExists), location=True,
+             description="Admins only. The sku is unique (409 if taken).")
+def create_product(body):
+    product = write({"sku": body["sku"]}, "inventory_service", "create_product", body)
+    return created(product, f"{API}/products/{product['sku']}")
+
+
+@routes.get(f"{API}/products/<sku>", "Read a product", tag="products", response="Product", errors=(NotFound,),
+            description="`available = stock - reserved`.")
+def get_product(sku):
+    return jsonify(read("inventory_service", "get_product", sku))
+
+
+@routes.get(f"{API}/products", "List products by sku", tag="products", response="ProductPage", query=ListQuery)
+def list_products(query):
+    limit, cursor = page_args(query)
+    return jsonify(read("inventory_service", "list_products", limit, cursor))
+
+
+@routes.patch(f"{API}/products/<sku>", "Change price, stock, name, description or threshold", tag="products",
+              response="Product", body=ProductPatch, errors=(Forbidden, NotFound, StockBelowReserved),
+              description="Admins only. Stock below what orders have reserved is 409.")
+def update_product(sku, body):
+    return jsonify(write({"sku": sku}, "inventory_service", "update_product", sku, body))
+
+
+@routes.post(f"{API}/orders", "Place an order", tag="orders", status=201, response="Order", body=OrderInput,
+             headers=("Idempotency-Key",), etag=True, location=True,
+             errors=(Forbidden, InsufficientStock, UnknownCustomer, UnknownSku, Unprocessable,
+                     IdempotencyKeyReused),
+             description="Reserves stock for every item or none (409 `insufficient_stock`), at the prices in force "
+                         "now; a client-sent `unit_price` / `total_amount` is ignored. Without `shipping_address` "
+                         "the customer's default is copied. A customer may order only for themself (403).")
+def create_order(body):
+    key = request.headers.get("Idempotency-Key")
+    # The attempt id becomes the order's id: fixed before the call, so a 504 can name it, and a
+    # second run of this call (a redelivery, or a re-drive after a lost reply) finds the first order.
+    order_id = str(uuid.uuid4())
+    order = write({"order_id": order_id}, "order_service", "create_order", body, idempotency_key=key,
+                  attempt_id=order_id, redrive=True)
+    response = order_response(order, 201)
+    response.headers["Location"] = f"{API}/orders/{order['id']}"
+    return response
+
+
+@routes.get(f"{API}/orders", "List orders, newest first", tag="orders", response="OrderPage", query=OrderListQuery,
+            description="`created_after` / `created_before` are exclusive; a time without an offset is UTC. "
+                        "A customer lists only their own orders.")
+def list_orders(query):
+    limit, cursor = query.pop("limit", 20), query.pop("cursor", None)
+    # What is left of the query are the filters.
+    return jsonify(read("order_service", "list_orders", query, int(limit), cursor))
+
+
+@routes.get(f"{API}/orders/<order_id>", "Read an order", tag="orders", response="Order", errors=(NotFound,),
+            etag=True, description="The ETag is the order's `version`; send it back in `If-Match`.")
+def get_order(order_id):
+    return order_response(read("order_service", "get_order", order_id))
+
+
+@routes.put(f"{API}/orders/<order_id>", "Replace the items and/or shipping address of a pending order",
+            tag="orders", response="Order", body=OrderUpdateInput, headers=("If-Match",), etag=True,
+            errors=(NotFound, InvalidTransition, InsufficientStock, VersionConflict, UnknownSku, Unprocessable),
+            description="New items are re-reserved all-or-nothing and the whole order is re-priced at current "
+                        "prices; if they cannot be reserved (409) the old items stand. Only while `pending`.")
+def update_order(order_id, body):
+    version = expected_version()
+    return order_response(write({"order_id": order_id}, "order_service", "update_order", order_id, body, version))
+
+
+@routes.put(f"{API}/orders/<order_id>/shipping", "Set shipping address, carrier and/or tracking number",
+            tag="orders", response="Order", body=ShippingInput, headers=("If-Match",), etag=True,
+            errors=(Forbidden, NotFound, InvalidTransition, VersionConflict),
+            description="Admins only; while `pending` or `processing`. Fields not sent are kept.")
+def update_shipping(order_id, body):
+    version = expected_version()
+    return order_response(write({"order_id": order_id}, "order_service", "update_shipping", order_id, body,
+                                version))
+
+
+@routes.put(f"{API}/orders/<order_id>/status", "Move an order along its status machine", tag="orders",
+            response="Order", body=StatusInput, headers=("If-Match",), etag=True,
+            errors=(Forbidden, NotFound, InvalidTransition, VersionConflict),
+            description="Only `pending -> processing -> shipped -> delivered` and `pending|processing -> "
+                        "cancelled` (409 otherwise, naming the allowed next ones). `shipped` needs a carrier and "
+                        "tracking number and turns the reservation into a stock decrement; `cancelled` releases "
+                        "it. Customers may only cancel (403).")
+def update_status(order_id, body):
+    version = expected_version()
+    return order_response(write({"order_id": order_id}, "order_service", "update_status", order_id, body,
+                                version))
+
+
+@routes.delete(f"{API}/orders/<order_id>", "Delete a pending or cancelled order", tag="orders", status=204,
+               headers=("If-Match",), errors=(Forbidden, NotFound, InvalidTransition, VersionConflict),
+               description="Admins only. Releases the reservation and removes the order with its history.")
+def delete_order(order_id):
+    version = expected_version()
+    write({"order_id": order_id}, "order_service", "delete_order", order_id, version)
+    return "", 204
+
+
+@routes.get(f"{API}/orders/<order_id>/history", "Every status change of an order", tag="orders",
+            response="OrderHistory", errors=(NotFound,))
+def order_history(order_id):
+    return jsonify(read("order_service", "order_history", order_id))
+
+
+PDF = "application/pdf"
+
+
+@routes.get(f"{API}/orders/<order_id>/invoice", "The order's invoice, as JSON or as a PDF", tag="invoices",
+            response="Invoice", other_media_types={PDF: {"type": "string", "format": "binary"}},
+            errors=(InvoiceNotIssued,),
+            description="Issued when the order becomes `shipped` (within seconds); before that, and for another "
+                        "customer's order, 404 `invoice_not_issued`. With `Accept: application/pdf` the answer is "
+                        "the invoice as an A4 PDF (seller, bill-to, number, date, lines, totals).")
+def get_order_invoice(order_id):
+    invoice = read("invoice_service", "get_invoice_for_order", order_id)
+    if request.accept_mimetypes.best_match(["application/json", PDF], default="application/json") == PDF:
+        response = Response(render_invoice(invoice), mimetype=PDF)
+        response.headers["Content-Disposition"] = f'inline; filename="{invoice["number"]}.pdf"'
+    else:
+        response = jsonify(invoice)
+    response.vary.add("Accept")
+    return response
+
+
+@routes.get(f"{API}/invoices", "List invoices, newest first", tag="invoices", response="InvoicePage",
+            query=InvoiceListQuery,
+            description="Newest (highest number) first. `issued_after` / `issued_before` are exclusive; a time "
+                        "without an offset is UTC. A customer lists only their own invoices.")
+def list_invoices(query):
+    limit, cursor = query.pop("limit", 20), query.pop("cursor", None)
+    return jsonify(read("invoice_service", "list_invoices", query, int(limit), cursor))
+
+
+@routes.get(f"{API}/invoices/<number>", "Read an invoice", tag="invoices", response="Invoice",
+            errors=(NotFound,), description="By number, e.g. `INV-2026-000042`.")
+def get_invoice(number):
+    return jsonify(read("invoice_service", "get_invoice", number))
+
+
+@routes.get(f"{API}/notifications", "List notifications, newest first", tag="notifications",
+            response="NotificationPage", query=NotificationListQuery,
+            description="The emails sent (or to be sent) to customers about their orders. A customer lists only "
+                        "their own.")
+def list_notifications(query):
+    limit, cursor = query.pop("limit", 20), query.pop("cursor", None)
+    # What is left of the query are the filters.
+    return jsonify(read("notification_service", "list_notifications", query, int(limit), cursor))
+
+
+@routes.get(f"{API}/notifications/<notification_id>", "Read a notification", tag="notifications",
+            response="Notification", errors=(NotFound,))
+def get_notification(notification_id):
+    return jsonify(read("notification_service", "get_notification", notification_id))
+
+
+@routes.post(f"{API}/notifications/<notification_id>/retry", "Send a failed notification again",
+             tag="notifications", status=202, response="Notification",
+             errors=(Forbidden, NotFound, InvalidTransition),
+             description="Admins only. A `failed` notification goes back to `queued` with `attempts` from 0 and is "
+                         "sent as soon as the sender gets to it (202: accepted, not yet sent); any other status "
+                         "is 409.")
+def retry_notification(notification_id):
+    return jsonify(write({"notification_id": notification_id}, "notification_service", "retry_notification",
+                         notification_id)), 202
+
+
+def _service_health(service):
+    """'ok', or what is wrong with `service`; ServiceUnavailable when the broker is not
+    there, UpstreamTimeout when the service does not answer."""
     try:
-        getattr(cluster, service).health()
-    except UnknownService:
-        return "not running"
+        read(service, "health")
+    except UpstreamTimeout:
+        raise
+    except ServiceUnavailable as exc:
+        if "broker" in exc.details:
+            raise
+        if exc.details.get("service") == service:
+            return "not running"
+        return DATABASE_DOWN if "database" in exc.details else exc.code
     except DomainError as exc:
         return DATABASE_DOWN if "database" in exc.details else exc.code
     return "ok"

@@ -1,34 +1,58 @@
-"""gunicorn settings for the gateway, from the environment.
+"""gunicorn settings for the gateway, from the settings every process reads.
 
 gthread workers: each thread borrows one pooled RPC proxy per request, so
-the pool is sized to the thread count.
+the pool is sized to the thread count (RPC_POOL_SIZE, default GATEWAY_THREADS).
+This file runs once in gunicorn's master, before it forks the workers: the
+process start where the settings are checked and the library adaptations
+applied.
 """
 import os
+import shutil
+import sys
+import tempfile
 
 import common  # noqa: F401
+from common import adaptations
 from common.log import logging_config
-from gateway import server_errors
+from common.settings import SettingsError, load_settings
 
-# What gunicorn answers itself (a request line over 4094 bytes: 414, ...) in the
-# contract's JSON error shape, not as gunicorn's HTML page.
-server_errors.install()
+try:
+    settings = load_settings()
+except SettingsError as exc:
+    sys.exit(f"gateway: {exc}")
+adaptations.apply(adaptations.FOR_GATEWAY)
 
-bind = f"{os.environ.get('GATEWAY_HOST', '127.0.0.1')}:{os.environ.get('GATEWAY_PORT', '8000')}"
+# prometheus-client's multiprocess mode: each worker writes its metrics under this
+# directory and GET /metrics sums them (gateway/metrics.py). Set before a worker
+# imports prometheus_client; one directory per gateway, removed when it exits.
+metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+bind = f"{settings.gateway_host}:{settings.gateway_port}"
 worker_class = "gthread"
-workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-threads = int(os.environ.get("GATEWAY_THREADS", "16"))
-os.environ.setdefault("RPC_POOL_SIZE", str(threads))
+workers = settings.gateway_workers
+threads = settings.gateway_threads
 timeout = 60
 graceful_timeout = 20
 # The app logs each request itself (JSON, with the request id); gunicorn's own
 # lines go through the same JSON formatter.
 accesslog = None
-loglevel = os.environ.get("LOG_LEVEL", "INFO").lower()
+loglevel = settings.log_level.lower()
 logconfig_dict = {
-    **logging_config(os.environ.get("LOG_LEVEL", "INFO").upper()),
+    **logging_config(settings.log_level),
     "loggers": {
-        "gunicorn.error": {"level": os.environ.get("LOG_LEVEL", "INFO").upper(), "handlers": ["console"],
-                           "propagate": False},
+        "gunicorn.error": {"level": settings.log_level, "handlers": ["console"], "propagate": False},
         # Access lines come from the app (they carry the request id); silence gunicorn's copy.
         "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False},
     },
