@@ -8,7 +8,7 @@ import eventlet  # noqa: E402
 
 eventlet.monkey_patch()
 
-from common.db import make_psycopg2_green  # noqa: E402
+from common import adaptations  # noqa: E402
 
 # The tests' own psycopg2 connections must not block the hub either.
-make_psycopg2_green()
+adaptations.apply([adaptations.GREEN_PSYCOPG2])

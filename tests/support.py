@@ -27,7 +27,35 @@ BROKER_HOST = os.environ.get("TEST_BROKER_HOST", "127.0.0.1")
 PG_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres")
 PG_URL_BASE = os.environ.get("TEST_PG_URL_BASE", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 # The stack under test gets its own secret, so tokens prove the configured one is used.
+def python_files():
+    """The project's Python files, as paths from the root: every one git does not ignore,
+    committed or not (a file deleted but not yet committed is not one)."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    return sorted({path for path in listed if (ROOT / path).exists()})
+
+
 JWT_SECRET = "test-only-jwt-secret-for-the-test-stack"
+TAX_RATE = "0.19"
+
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# `--headless` itself comes from Playwright's headless=True; the user-data-dir is a fresh temporary one.
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_or_skip():
+    """Debian's chromium for Playwright; a test without it fails under CI=true, else skips."""
+    import pytest
+
+    if shutil.which(CHROMIUM) or Path(CHROMIUM).exists():
+        return CHROMIUM
+    message = f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does it)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+MAIL_FROM = "Test shop <orders@shop.example>"
 
 
 def token(role="admin", customer_id=None, secret=JWT_SECRET, **kwargs):
@@ -45,6 +73,36 @@ def free_port():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_metrics_base(services=5):
+    """A METRICS_PORT for a test stack: it and the next `services` ports are free."""
+    import random
+
+    while True:
+        base = random.randrange(41000, 60000)
+        if all(_is_free(port) for port in range(base, base + services + 1)):
+            return base
+
+
+def free_node_port(nodes=1):
+    """The first of `nodes` consecutive free AMQP ports for RabbitMQ nodes of our own
+    whose distribution ports (AMQP port + 20000, scripts/rabbitmq_nodes.py) are free too."""
+    import random
+
+    while True:
+        port = random.randrange(20000, 40000)
+        if all(_is_free(candidate + dist) for candidate in range(port, port + nodes) for dist in (0, 20000)):
+            return port
+
+
+def _is_free(port):
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 # ---- broker ----------------------------------------------------------------
@@ -119,6 +177,67 @@ class EventListener:
         self._stop.set()
         self._thread.join(timeout=2)
         self._connection.release()
+
+
+# ---- mail ------------------------------------------------------------------
+
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) on a port of its own, run by the test process.
+
+    Keeps every message it accepts in memory (`messages`: dicts with the
+    envelope's `mail_from` and `rcpt_tos` and the parsed `message`), answers
+    `550` to the recipients in `refused`, and can be stopped and started again
+    on the same port (an outage, as the notification service sees it).
+    """
+
+    REFUSAL = "550 5.1.1 Recipient address rejected: User unknown in virtual mailbox table"
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.messages = []
+        self.refused = set()
+        self._controller = None
+
+    def start(self):
+        from aiosmtpd.controller import Controller
+
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    def stop(self):
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if address in self.refused:
+            return self.REFUSAL
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        from email import policy
+        from email.parser import BytesParser
+
+        self.messages.append({"mail_from": envelope.mail_from, "rcpt_tos": list(envelope.rcpt_tos),
+                              "message": BytesParser(policy=policy.default).parsebytes(envelope.original_content)})
+        return "250 Message accepted for delivery"
+
+    def to(self, address):
+        """The messages whose envelope names `address`."""
+        return [m for m in self.messages if address in m["rcpt_tos"]]
+
+    def wait_for(self, predicate, timeout=20):
+        """The first message `predicate` accepts, waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in list(self.messages):
+                if predicate(message):
+                    return message
+            time.sleep(0.1)
+        raise AssertionError(f"no matching message within {timeout}s; have {len(self.messages)}: "
+                             f"{[(m['rcpt_tos'], str(m['message']['Subject'])) for m in self.messages[-10:]]}")
 
 
 # ---- database --------------------------------------------------------------
@@ -238,7 +357,13 @@ class ProcessStack:
             if line.strip() and not line.startswith("#"):
                 name, command = line.split(":", 1)
                 self.commands[name.strip()] = command.strip()
+        self.envs = {}
         self.processes = {}
+
+    def add(self, name, like, **env):
+        """Another instance of process `like` (a Procfile name), with `env` on top of the stack's."""
+        self.commands[name] = self.commands[like]
+        self.envs[name] = {key: str(value) for key, value in env.items()}
 
     def start(self, *names, timeout=60):
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -247,7 +372,8 @@ class ProcessStack:
 
             log = open(self.log_dir / f"{name}.log", "ab")
             self.processes[name] = subprocess.Popen(
-                shlex.split(self.commands[name]), cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+                shlex.split(self.commands[name]), cwd=ROOT, env={**self.env, **self.envs.get(name, {})},
+                stdout=log, stderr=subprocess.STDOUT)
         if not names:
             self.wait_healthy(timeout)
 

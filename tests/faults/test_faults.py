@@ -1,4 +1,11 @@
-"""Real faults under real load: nothing lost, nothing doubled, nothing leaked."""
+"""Real faults under real load: no ghost writes, nothing lost, nothing doubled, nothing leaked.
+
+Each load fault streams creates from 8 clients while the fault happens and
+prints one line: `ghosts` (orders that exist although their client was told
+neither 201 nor a 504 naming them), `lost` (201s whose order does not
+exist), `unsettled` (504-named orders whose GET, RPC_TIMEOUT after the
+answer and again 10 s later, is not one lasting 200 or 404); all must be 0.
+"""
 import signal
 import threading
 import time
@@ -7,83 +14,110 @@ import uuid
 import requests
 from kombu import Connection, Exchange
 
+from scripts.rabbitmq_nodes import Node, new_cookie
 from tests import support
-from tests.faults.conftest import Load, counts, seed, summary, wait_until
+from tests.faults.conftest import call, counts, create_load_through, seed, settled, wait_until
 
 
-def _settled(stack, customer, product):
-    """Everything caught up: events consumed for every order, reservations match pending orders."""
-    def check():
-        in_db, consumed, reserved, pending_units = counts(stack, customer, product)
-        return consumed == in_db and reserved == pending_units
-    return check
+def test_broker_restart_during_creates(fault_stack):
+    seen = {}
+
+    def restart():
+        start_again = support.restart_broker()
+        time.sleep(2)
+        seen["health"] = requests.get(fault_stack.base_url + "/health", timeout=15).status_code
+        time.sleep(3)
+        start_again()
+
+    numbers = create_load_through("broker restart", fault_stack, restart)
+    assert seen["health"] == 503
+    # A request that cannot leave the gateway is a quick 503: not done, safe to retry.
+    assert numbers["503"] > 0 and numbers["slowest_503_s"] < 3
 
 
-def _assert_nothing_lost_or_doubled(numbers, load, stack):
-    created = load.created()
-    assert numbers["other"] == 0, load.statuses()
-    assert numbers["duplicates"] == 0
-    if created:
-        found = {row[0] for row in support.query(
-            stack.db_name, "SELECT id::text FROM orders.orders WHERE id = ANY(%s::uuid[])", created)}
-        assert found == set(created), "an order that got 201 is missing"
-    # Orders may exist that the client never saw a 201 for (timed out mid-flight): never fewer.
-    assert numbers["in_db"] >= numbers["201"]
-    assert numbers["events_consumed"] == numbers["in_db"], "order_created not consumed exactly once in effect"
-    assert numbers["leaked_units"] == 0
+def test_postgres_restart_during_creates(fault_stack):
+    numbers = create_load_through("postgres restart", fault_stack,
+                                   lambda: support.restart_postgres(down_seconds=3))
+    assert numbers["503"] + numbers["504"] > 0, "the outage was not seen at all"
 
 
-def test_broker_restart_during_500_creates(fault_stack):
+def test_kill_9_order_service_during_creates(fault_stack):
+    def kill_and_restart():
+        fault_stack.kill("orders", signal.SIGKILL).wait()
+        time.sleep(1.5)
+        fault_stack.start("orders")
+    create_load_through("kill -9 order_service", fault_stack, kill_and_restart)
+
+
+def test_kill_9_inventory_service_during_creates(fault_stack):
+    def kill_and_restart():
+        fault_stack.kill("inventory", signal.SIGKILL).wait()
+        time.sleep(1.5)
+        fault_stack.start("inventory")
+    create_load_through("kill -9 inventory_service", fault_stack, kill_and_restart)
+
+
+def test_broker_paused_during_creates(make_fault_stack, tmp_path):
+    # A node of our own, so freezing it (SIGSTOP) touches no other stack.
+    node = Node("oms-paused", support.free_node_port(), tmp_path).start(new_cookie())
+    try:
+        stack = make_fault_stack(node.amqp_uri)
+
+        def pause():
+            node.pause()
+            time.sleep(5)
+            node.resume()
+        create_load_through("broker paused", stack, pause)
+    finally:
+        node.stop()
+
+
+def test_status_changes_during_a_broker_restart_match_their_answers(fault_stack):
     customer, product = seed(fault_stack)
-    load = Load(fault_stack, customer, product)
-    load.start(500, pause=0.01)
-    time.sleep(1.5)
+    headers = support.bearer()
+    orders = [call("POST", fault_stack.base_url + "/api/v1/orders", headers=headers, json={
+        "customer_id": customer["id"], "items": [{"sku": product["sku"], "quantity": 2}]}).body["id"]
+        for _ in range(80)]
+    answers = {}  # (order id, status asked for) -> Answer
+
+    def move(order_ids):
+        for order_id in order_ids:
+            for status in ("processing", "cancelled"):
+                answers[order_id, status] = call("PUT", f"{fault_stack.base_url}/api/v1/orders/{order_id}/status",
+                                                 json={"status": status}, headers=headers)
+
+    clients = [threading.Thread(target=move, args=(orders[i::8],)) for i in range(8)]
+    for client in clients:
+        client.start()
+    time.sleep(0.5)
     start_again = support.restart_broker()
-    time.sleep(3)
-    during_outage = requests.get(fault_stack.base_url + "/health", timeout=15)
+    time.sleep(4)
     start_again()
-    load.wait()
-    assert during_outage.status_code == 503
+    for client in clients:
+        client.join()
+    wait_until(settled(fault_stack, customer, product), timeout=60)
 
-    # Callers succeed again within seconds of the broker's return.
-    assert wait_until(lambda: requests.post(load.url, json=load.body, headers=load.headers,
-                                            timeout=15).status_code == 201, timeout=20)
-    wait_until(_settled(fault_stack, customer, product), timeout=60)
-    numbers = summary("broker restart", load, fault_stack, customer, product)
-    assert numbers["503"] > 0, "callers during the outage should get a quick 503"
-    assert numbers["201"] > 0
-    _assert_nothing_lost_or_doubled(numbers, load, fault_stack)
-
-
-def test_kill_9_order_service_during_load(fault_stack):
-    customer, product = seed(fault_stack)
-    load = Load(fault_stack, customer, product)
-    load.start(300, pause=0.01)
-    time.sleep(1.0)
-    fault_stack.kill("orders", signal.SIGKILL).wait()
-    time.sleep(1.5)
-    fault_stack.start("orders")
-    load.wait()
-    # After the reconciler's grace, no reservation outlives an order that never committed.
-    wait_until(_settled(fault_stack, customer, product), timeout=60)
-    numbers = summary("kill -9 order_service", load, fault_stack, customer, product)
-    assert numbers["201"] > 0
-    _assert_nothing_lost_or_doubled(numbers, load, fault_stack)
-
-
-def test_postgres_restart_during_load(fault_stack):
-    customer, product = seed(fault_stack)
-    load = Load(fault_stack, customer, product)
-    load.start(300, pause=0.01)
-    time.sleep(1.0)
-    support.restart_postgres(down_seconds=2)
-    load.wait()
-    assert wait_until(lambda: requests.post(load.url, json=load.body, headers=load.headers,
-                                            timeout=15).status_code == 201, timeout=30)
-    wait_until(_settled(fault_stack, customer, product), timeout=60)
-    numbers = summary("postgres restart", load, fault_stack, customer, product)
-    assert numbers["503"] > 0, "the outage was not seen at all"
-    _assert_nothing_lost_or_doubled(numbers, load, fault_stack)
+    inconsistent = []
+    for order_id in orders:
+        history = call("GET", f"{fault_stack.base_url}/api/v1/orders/{order_id}/history", headers=headers).body
+        reached = [change["to"] for change in history["items"]]
+        current = call("GET", f"{fault_stack.base_url}/api/v1/orders/{order_id}", headers=headers).body["status"]
+        for status in ("processing", "cancelled"):
+            answer = answers[order_id, status]
+            # 200: done; 503 or 409: not done; 504: either, but settled by now.
+            if (answer.status == 200) != (status in reached) and answer.status != 504:
+                inconsistent.append((order_id, status, answer.status, reached))
+        if current != reached[-1]:
+            inconsistent.append((order_id, "current", current, reached))
+    statuses = [answer.status for answer in answers.values()]
+    in_db, _, reserved, live_units = counts(fault_stack, customer, product)
+    print(f"\n[status changes during broker restart] sent={len(statuses)} 200={statuses.count(200)} "
+          f"409={statuses.count(409)} 503={statuses.count(503)} 504={statuses.count(504)} "
+          f"other={len([s for s in statuses if s not in (200, 409, 503, 504)])} inconsistent={len(inconsistent)} "
+          f"leaked_units={reserved - live_units}")
+    assert not [s for s in statuses if s not in (200, 409, 503, 504)]
+    assert inconsistent == []
+    assert reserved == live_units
 
 
 def _publish(amqp_uri, exchange_name, routing_key, envelope):

@@ -27,13 +27,21 @@ def database():
 
 
 @pytest.fixture(scope="session")
-def stack(broker, database):
+def smtp_server():
+    """The real SMTP server the stack's notification_service sends to (support.SmtpServer)."""
+    server = support.SmtpServer().start()
+    yield server
+    server.stop()
+
+
+def stack_env(amqp_uri, database_url, smtp_port=None, **overrides):
+    """The environment of a test stack: its broker, database, SMTP server, fresh ports, the test secret."""
     env = {
         **os.environ,
         # The Procfile says `python` and `gunicorn`: make them this interpreter's.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "AMQP_URI": broker,
-        "DATABASE_URL": database[1],
+        "AMQP_URI": amqp_uri,
+        "DATABASE_URL": database_url,
         "GATEWAY_PORT": str(support.free_port()),
         "GATEWAY_WORKERS": "2",
         "GATEWAY_THREADS": "16",
@@ -41,8 +49,25 @@ def stack(broker, database):
         "SERVICE_RPC_TIMEOUT": "5",  # below RPC_TIMEOUT, as the README asks
         "LOG_LEVEL": "INFO",
         "JWT_SECRET": support.JWT_SECRET,
+        "METRICS_PORT": str(support.free_metrics_base()),
+        "TAX_RATE": support.TAX_RATE,  # a real rate, so invoices show their tax part
     }
-    running = support.Stack(env, support.OUTPUT / "stack.log")
+    env.update({
+        # Emails go to the test's SMTP server (without one, to a port nobody listens on: they wait
+        # and retry); retries come fast so an outage test takes seconds.
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_port or support.free_port()),
+        "SMTP_STARTTLS": "false",
+        "MAIL_FROM": support.MAIL_FROM,
+        "NOTIFY_RETRY_BASE_SECONDS": "0.5",
+        "NOTIFY_SWEEP_INTERVAL_SECONDS": "1",
+    })
+    return {**env, **overrides}
+
+
+@pytest.fixture(scope="session")
+def stack(broker, database, smtp_server):
+    running = support.Stack(stack_env(broker, database[1], smtp_server.port), support.OUTPUT / "stack.log")
     try:
         running.start()
         yield running

@@ -19,6 +19,8 @@ RATIO_LINES = (
     f"ratio POST@{min(CONNECTIONS)} p50 ours/floor",
     f"ratio GET by id@{MAIN} req/s ours/floor",
     f"ratio POST@{MAIN} CPU per answer floor/ours",
+    f"ratio POST@{MAIN} req/s metrics on/off",
+    f"ratio POST@{MAIN} req/s tracing on/off",
 )
 
 
@@ -35,6 +37,8 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
         "BENCH_CONNECTIONS": ",".join(map(str, CONNECTIONS)),
         "BENCH_MAIN_CONNECTIONS": str(MAIN),
         "BENCH_SOAK_SECONDS": "2",
+        # Starting a RabbitMQ cluster costs about a minute; the cluster fault tests start one anyway.
+        "BENCH_CLUSTER": "0",
         "BENCH_SOAK_CONNECTIONS": "2",
         "BENCH_SOAK_INTERVAL": "1",
         "BENCH_DATABASE": database,
@@ -49,6 +53,7 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     for line in RATIO_LINES:
         assert line in run.stdout, f"no '{line}' in:\n{run.stdout[-3000:]}"
     assert "machine: nproc" in run.stdout
+    assert "notification_service (the order_created consumer" in run.stdout  # what emailing an order costs
 
     report = json.loads(results.read_text())
     assert report["valid"] is True, report["problems"]
@@ -56,6 +61,8 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     expected = {("post_order", target, c) for target in ("ours", "floor") for c in CONNECTIONS}
     expected |= {("post_order", "naive", MAIN), ("post_order", "ours, 2 order_service", MAIN)}
     expected |= {(kind, target, MAIN) for kind in ("get_order", "list_orders") for target in ("ours", "floor")}
+    expected |= {("post_order", target, MAIN) for target in ("ours, metrics on", "ours, metrics off",
+                                                             "ours, tracing on")}
     assert cases == expected
     for case in report["cases"]:
         assert "failed" not in case, case

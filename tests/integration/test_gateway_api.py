@@ -10,7 +10,7 @@ def test_health_names_every_part(api):
     assert response.status_code == 200
     assert response.json()["checks"] == {
         "broker": "ok", "database": "ok", "customer_service": "ok",
-        "inventory_service": "ok", "order_service": "ok"}
+        "inventory_service": "ok", "order_service": "ok", "notification_service": "ok", "invoice_service": "ok"}
 
 
 def test_customer_create_get_and_list(api):

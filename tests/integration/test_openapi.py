@@ -8,10 +8,9 @@ browser: authorize with a token, try GET /api/v1/orders, see the 200 and its JSO
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
+import uuid
 
 import pytest
 import requests
@@ -20,7 +19,7 @@ from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 
 import common.schemas
-from gateway.openapi import ENVELOPE_SCHEMAS, REQUEST_SCHEMAS, RESOURCE_SCHEMAS
+from gateway.openapi import ENVELOPE_SCHEMAS, EXAMPLES, REQUEST_SCHEMAS, RESOURCE_SCHEMAS
 from order_service.domain import MAX_IDEMPOTENCY_KEY
 from tests import support
 
@@ -28,27 +27,26 @@ SPEC = "/api/v1/openapi.json"
 ERROR_REF = "#/components/schemas/Error"
 # Routes that are not part of the API: Swagger UI and Flask's static files.
 NOT_API = {"static", "swagger_ui", "swagger_ui_file"}
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-# `--headless` itself comes from Playwright's headless=True; the user-data-dir is a fresh temporary one.
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 # What the gateway serves and validates with, read from a gateway app in its own process
-# (create_app configures logging for the whole process; keep that out of pytest's).
+# (create_app configures logging for the whole process; keep that out of pytest's). A declared
+# route's view validates the body and query with the schemas its declaration names; its
+# handler must not validate them again (with other schemas).
 ROUTES_SCRIPT = r"""
 import inspect, json, re
-from gateway.app import create_app
+from gateway.app import create_app, routes
 app = create_app(rpc_pool=object())
-routes = []
+found = []
 for rule in app.url_map.iter_rules():
-    source = inspect.getsource(app.view_functions[rule.endpoint])
-    body = re.search(r"json_body\((\w+)\)", source)
-    query = re.search(r"query_args\((\w+)\)", source)
-    routes.append({"rule": rule.rule, "endpoint": rule.endpoint,
-                   "methods": sorted(rule.methods - {"HEAD", "OPTIONS"}),
-                   "body": body and body.group(1),
-                   "query": query.group(1) if query else ("ListQuery" if "page_args()" in source else None)})
-print(json.dumps(routes))
+    view = app.view_functions[rule.endpoint]
+    route = next((route for route in routes if view == route.view), None)
+    found.append({"rule": rule.rule, "endpoint": rule.endpoint, "declared": route is not None,
+                  "methods": sorted(rule.methods - {"HEAD", "OPTIONS"}),
+                  "body": route and route.body and route.body.__name__,
+                  "query": route and route.query and route.query.__name__,
+                  "validates_itself": bool(re.search(r"json_body\(|query_args\(",
+                                                     inspect.getsource(route.handler if route else view)))})
+print(json.dumps(found))
 """
 
 
@@ -96,7 +94,8 @@ def test_the_document_is_valid_openapi_3_and_public(spec):
     validate_spec(spec)
 
 
-def test_every_gateway_route_is_documented_and_nothing_else(spec, gateway_routes):
+def test_every_gateway_route_is_declared_documented_and_nothing_else(spec, gateway_routes):
+    assert all(route["declared"] for route in gateway_routes), "declare API routes with gateway.app.routes"
     served = {(method.lower(), openapi_path(route["rule"])) for route in gateway_routes
               for method in route["methods"]}
     documented = {(method, path) for path, operations in spec["paths"].items() for method in operations}
@@ -106,6 +105,7 @@ def test_every_gateway_route_is_documented_and_nothing_else(spec, gateway_routes
 
 def test_request_bodies_are_the_schemas_the_gateway_validates_with(spec, gateway_routes):
     for route in gateway_routes:
+        assert not route["validates_itself"], route["endpoint"]
         for method in route["methods"]:
             operation = spec["paths"][openapi_path(route["rule"])][method.lower()]
             if route["body"] is None:
@@ -185,7 +185,7 @@ def test_responses_name_every_status_in_the_error_shape(spec):
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
             statuses = {int(status) for status in operation["responses"]}
-            public = path in ("/health", SPEC)
+            public = path in ("/health", "/metrics", SPEC)  # the contract's routes without a token
             assert operation.get("security") == ([] if public else None), (method, path)
             if public:
                 continue
@@ -196,7 +196,7 @@ def test_responses_name_every_status_in_the_error_shape(spec):
                 assert 404 in statuses, (method, path)
             if any(resolved(spec, p)["name"] == "If-Match" for p in operation.get("parameters", [])):
                 assert 412 in statuses, (method, path)
-            for status in statuses - {200, 201, 204}:
+            for status in statuses - {200, 201, 202, 204}:
                 response = resolved(spec, operation["responses"][str(status)])
                 assert response["content"]["application/json"]["schema"]["$ref"] == ERROR_REF, (method, path)
     assert spec["security"] == [{"bearerAuth": []}]
@@ -246,6 +246,17 @@ def test_every_example_fits_its_schema(spec):
     assert checked > 30
 
 
+def test_every_operation_example_is_in_the_document(spec):
+    """Examples are keyed by operation id and status: a stale key would silently show nothing."""
+    operations = {operation["operationId"]: operation
+                  for operations in spec["paths"].values() for operation in operations.values()}
+    for operation_id, examples in EXAMPLES["operations"].items():
+        operation = operations[operation_id]
+        for key, example in examples.items():
+            documented = operation["requestBody"] if key == "request" else operation["responses"][str(key)]
+            assert documented["content"]["application/json"]["example"] == example, (operation_id, key)
+
+
 def test_real_responses_fit_the_document(api, spec):
     """A few real answers, validated here too (test_schemathesis.py does thousands)."""
     customer = api.create_customer()
@@ -257,6 +268,8 @@ def test_real_responses_fit_the_document(api, spec):
         ("/api/v1/orders/{order_id}", "get", 200, api.get(f"/api/v1/orders/{order['id']}")),
         ("/api/v1/orders", "get", 200, api.get("/api/v1/orders", params={"limit": 2})),
         ("/api/v1/orders/{order_id}/history", "get", 200, api.get(f"/api/v1/orders/{order['id']}/history")),
+        ("/api/v1/notifications", "get", 200, api.get("/api/v1/notifications", params={"limit": 2})),
+        ("/api/v1/notifications/{notification_id}", "get", 404, api.get(f"/api/v1/notifications/{uuid.uuid4()}")),
         ("/api/v1/orders/{order_id}", "get", 404, api.get("/api/v1/orders/not-an-id")),
         ("/api/v1/orders", "get", 401, requests.get(api.base_url + "/api/v1/orders", timeout=10)),
         ("/health", "get", 200, requests.get(api.base_url + "/health", timeout=10)),
@@ -278,15 +291,6 @@ def test_docs_page_and_its_assets_are_served_locally(stack):
     for asset in assets:
         assert requests.get(stack.base_url + asset, timeout=10).status_code == 200, asset
     assert requests.get(stack.base_url + "/docs/index.html", timeout=10).status_code == 404
-
-
-def _chromium_or_skip():
-    if shutil.which(CHROMIUM) or Path(CHROMIUM).exists():
-        return CHROMIUM
-    message = f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does it)"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message)
-    pytest.skip(message)
 
 
 # Runs in its own interpreter: Playwright's sync API deadlocks under the eventlet monkey-patching
@@ -333,14 +337,14 @@ print(json.dumps({**result, "outside": outside}))
 
 
 def test_swagger_ui_authorizes_and_tries_get_orders_in_headless_chromium(stack, api):
-    chromium = _chromium_or_skip()
+    chromium = support.chromium_or_skip()
     customer = api.create_customer()
     api.create_order(customer, (api.create_product(), 1))
     screenshot = support.OUTPUT / "swagger-ui.png"
     screenshot.unlink(missing_ok=True)
 
     run = subprocess.run([sys.executable, "-c", BROWSER_SCRIPT, stack.base_url, chromium, support.token("admin"),
-                          str(screenshot), *CHROMIUM_FLAGS], capture_output=True, text=True, timeout=120)
+                          str(screenshot), *support.CHROMIUM_FLAGS], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
     seen = json.loads(run.stdout.strip().splitlines()[-1])
 

@@ -220,7 +220,7 @@ def test_list_queries_use_an_index(db_name):
     query(db_name, "ANALYZE orders.orders")
     for filters in ({}, {"customer_id": uuid.uuid4()}, {"status": "cancelled"}):
         captured = []
-        storage.list_orders(_Capture(captured), filters, 21)
+        storage.OrderStore(_Capture(captured)).list_orders(filters, 21)
         sql = str(captured[0].compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
         plan = "\n".join(row[0] for row in query(db_name, "EXPLAIN " + sql))
         # The page comes off an index in order; only the (already sorted, LIMITed)

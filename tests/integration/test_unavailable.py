@@ -46,7 +46,8 @@ def test_a_service_slower_than_rpc_timeout_is_504(stack, api, db_name, tmp_path)
     cursor = blocker.cursor()
     cursor.execute("LOCK TABLE customers.customers IN ACCESS EXCLUSIVE MODE")
     try:
-        with support.Gateway({**stack.env, "RPC_TIMEOUT": "1"}, tmp_path / "gateway.log") as gateway:
+        settings = {"RPC_TIMEOUT": "1", "SERVICE_RPC_TIMEOUT": "0.5"}  # a service's wait stays below the gateway's
+        with support.Gateway({**stack.env, **settings}, tmp_path / "gateway.log") as gateway:
             response = requests.get(f"{gateway.base_url}/api/v1/customers/{customer['id']}",
                                     headers=support.bearer(), timeout=15)
             assert response.status_code == 504
@@ -85,3 +86,36 @@ def test_an_order_whose_reservation_hangs_is_504_naming_inventory_and_creates_no
                          customer["id"]) == [(0,)]
     # The worker and its transaction were freed: the next order goes through.
     assert api.post("/api/v1/orders", json=body).status_code == 201
+
+
+def test_a_write_past_its_deadline_is_504_naming_the_order_and_never_commits(stack, api, db_name, tmp_path):
+    customer = api.create_customer()
+    product = api.create_product(stock=5)
+    api.create_order(customer, (product, 1))  # the customer is now in order_service's directory
+    body = {"customer_id": customer["id"], "items": [{"sku": product["sku"], "quantity": 1}]}
+    blocker = psycopg2.connect(support.PG_DSN + f" dbname={db_name}")
+    try:
+        # order_service's first read of the orders table waits on this lock past the gateway's deadline.
+        blocker.cursor().execute("LOCK TABLE orders.orders IN ACCESS EXCLUSIVE MODE")
+        settings = {"RPC_TIMEOUT": "2", "SERVICE_RPC_TIMEOUT": "1"}
+        with support.Gateway({**stack.env, **settings}, tmp_path / "gateway.log") as gateway:
+            started = time.monotonic()
+            response = requests.post(gateway.base_url + "/api/v1/orders", json=body, headers=support.bearer(),
+                                     timeout=15)
+            answered = time.monotonic()
+            time.sleep(1)
+            blocker.rollback()  # order_service goes on, now past the deadline
+    finally:
+        blocker.close()
+
+    assert response.status_code == 504
+    error = response.json()["error"]
+    assert error["code"] == "outcome_unknown"
+    order_id = error["details"]["order_id"]
+    assert answered - started < 4
+    # From RPC_TIMEOUT seconds after the answer on, the order's fate is settled: it was never made.
+    time.sleep(max(0.0, answered + 2 - time.monotonic()))
+    assert api.get(f"/api/v1/orders/{order_id}").status_code == 404
+    time.sleep(3)
+    assert api.get(f"/api/v1/orders/{order_id}").status_code == 404
+    assert api.product(product["sku"])["reserved"] == 1  # only the first order's unit

@@ -18,6 +18,8 @@ PROCFILE_TO_COMPOSE = {
     "customers": "customer_service",
     "inventory": "inventory_service",
     "orders": "order_service",
+    "invoices": "invoice_service",
+    "notifications": "notification_service",
     "gateway": "gateway",
 }
 MODULE = re.compile(r"[a-z_]+(\.[a-z_]+)+(:[A-Za-z_]\w*)?")  # pkg.module[:attr]
@@ -51,17 +53,29 @@ def project_files(command):
     return needed
 
 
-def test_compose_file_validates_with_docker_compose():
+@pytest.fixture(scope="module")
+def validated():
+    """docker-compose config -q of the stack, and of the stack with the cluster file on top,
+    run side by side: {name: (exit status, stderr)}."""
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose is not on PATH (apt-get install docker-compose)")
-    result = subprocess.run(["docker-compose", "-f", str(COMPOSE_FILE), "config", "-q"],
-                            cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    files = {"stack": [COMPOSE_FILE], "cluster": [COMPOSE_FILE, ROOT / "docker-compose.cluster.yml"]}
+    runs = {name: subprocess.Popen(["docker-compose", *(arg for path in paths for arg in ("-f", str(path))),
+                                    "config", "-q"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   text=True)
+            for name, paths in files.items()}
+    return {name: (run.wait(), run.stderr.read()) for name, run in runs.items()}
+
+
+def test_compose_file_validates_with_docker_compose(validated):
+    status, errors = validated["stack"]
+    assert status == 0, errors
 
 
 def test_required_services_and_healthchecks(services):
     required = {"rabbitmq", "postgres", "migrate", "customer_service",
-                "inventory_service", "order_service", "gateway"}
+                "inventory_service", "order_service", "notification_service", "invoice_service", "mailpit",
+                "gateway"}
     assert required <= services.keys()
     assert "management" in services["rabbitmq"]["image"]
     for name in ("rabbitmq", "postgres", "gateway"):
@@ -70,9 +84,9 @@ def test_required_services_and_healthchecks(services):
 
 
 def test_dependencies(services):
-    assert {"customer_service", "inventory_service", "order_service"} <= set(
-        services["gateway"]["depends_on"])
-    for name in ("customer_service", "inventory_service", "order_service"):
+    assert {"customer_service", "inventory_service", "order_service", "notification_service",
+            "invoice_service"} <= set(services["gateway"]["depends_on"])
+    for name in ("customer_service", "inventory_service", "order_service", "notification_service", "invoice_service"):
         assert services[name]["depends_on"]["migrate"] == {
             "condition": "service_completed_successfully"}
 
@@ -80,7 +94,7 @@ def test_dependencies(services):
 def test_every_build_uses_the_one_dockerfile(services):
     built = {name: svc["build"] for name, svc in services.items() if "build" in svc}
     assert set(built) >= {"migrate", "customer_service", "inventory_service",
-                          "order_service", "gateway"}
+                          "order_service", "notification_service", "invoice_service", "gateway"}
     for name, build in built.items():
         if isinstance(build, str):
             build = {"context": build}
@@ -91,7 +105,7 @@ def test_every_build_uses_the_one_dockerfile(services):
 
 def test_commands_refer_to_project_files(services):
     for name, svc in services.items():
-        if "command" not in svc:
+        if "command" not in svc or "build" not in svc:  # others run their image's own program
             continue
         needed = project_files(svc["command"])
         assert needed, f"{name}: no project file recognised in {svc['command']!r}"
@@ -99,8 +113,57 @@ def test_commands_refer_to_project_files(services):
             assert (ROOT / path).is_file(), f"{name}: {path} does not exist"
 
 
+def test_notification_emails_go_to_mailpit_in_compose(services):
+    environment = services["notification_service"]["environment"]
+    assert environment["SMTP_HOST"].endswith("mailpit}") and environment["SMTP_PORT"].endswith("1025}")
+    assert "mailpit" in services["mailpit"]["image"]
+    assert "8025:8025" in services["mailpit"]["ports"]
+    assert services["notification_service"]["depends_on"]["mailpit"] == {"condition": "service_started"}
+
+
 def test_procfile_and_compose_run_the_same_commands(services):
     processes = procfile()
     assert set(processes) == set(PROCFILE_TO_COMPOSE)
     for process, service in PROCFILE_TO_COMPOSE.items():
         assert argv(services[service]["command"]) == argv(processes[process]), process
+
+
+def test_mounted_project_files_exist(services):
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+
+
+def test_prometheus_scrapes_each_service_on_its_metrics_port(services):
+    from common.metrics import PORT_OFFSETS
+
+    config = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text())
+    targets = {target for job in config["scrape_configs"] for static in job["static_configs"]
+               for target in static["targets"]}
+    base = int(services["order_service"]["environment"]["METRICS_PORT"])
+    expected = {f"{name}:{base + offset}" for name, offset in PORT_OFFSETS.items() if name in services}
+    assert targets == expected | {"gateway:8000"}
+
+
+CLUSTER_FILE = ROOT / "docker-compose.cluster.yml"
+
+
+def test_the_cluster_file_validates_on_top_of_the_stack(validated):
+    status, errors = validated["cluster"]
+    assert status == 0, errors
+
+
+def test_the_cluster_file_has_three_brokers_and_two_of_everything():
+    cluster = yaml.safe_load(CLUSTER_FILE.read_text())["services"]
+    assert {"rabbitmq", "rabbitmq-2", "rabbitmq-3"} <= cluster.keys()
+    uri = cluster["order_service"]["environment"]["AMQP_URI"]
+    assert [part.split("@")[1].split(":")[0] for part in uri.split(";")] == ["rabbitmq", "rabbitmq-2", "rabbitmq-3"]
+    for service in PROCFILE_TO_COMPOSE.values():
+        if service != "gateway":
+            assert cluster[service]["deploy"]["replicas"] == 2, service
+            assert cluster[service]["environment"]["AMQP_QUORUM_QUEUES"] == "true", service
+    assert argv(cluster["gateway-2"]["command"]) == argv(procfile()["gateway"])
+    for name in ("rabbitmq", "rabbitmq-2", "rabbitmq-3"):
+        assert (ROOT / cluster[name]["volumes"][0].split(":")[0]).exists()

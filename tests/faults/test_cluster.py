@@ -1,0 +1,113 @@
+"""On a 3-node RabbitMQ cluster with two instances of every service and of the gateway:
+a broker node stopped under load, then an order_service instance killed (`pytest -k cluster`).
+
+Each prints `[cluster: <fault>] sent= 201= 503= 504= orders_in_db= events_consumed=
+duplicates= ghosts= lost= ...` and the share of the creates each order_service
+instance handled.
+"""
+import re
+import signal
+import time
+from collections import Counter
+
+import pytest
+import requests
+
+from common.metrics import PORT_OFFSETS
+from scripts.rabbitmq_nodes import cluster_nodes, failover_uri, start_cluster
+from tests import support
+from tests.faults.conftest import create_load_through, stack_env
+
+INSTANCES = ("1", "2")
+SERVICES = {"customers": "customer_service", "inventory": "inventory_service", "orders": "order_service",
+            "invoices": "invoice_service", "notifications": "notification_service"}
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    nodes = cluster_nodes(3, support.free_node_port(nodes=3), tmp_path_factory.mktemp("rabbitmq"))
+    try:
+        start_cluster(nodes)
+        yield nodes
+    finally:
+        for node in reversed(nodes):
+            node.stop()
+
+
+def _rotated(nodes, start):
+    """The failover URI starting at node `start`: instances spread their connections."""
+    return failover_uri(nodes[start:] + nodes[:start])
+
+
+@pytest.fixture
+def cluster_stack(cluster, request):
+    db_name, db_url = support.create_database()
+    support.alembic(db_url, "upgrade", "head")
+    # Ten service processes share Postgres's 100 connections: five workers each.
+    env = stack_env(_rotated(cluster, 0), db_url)
+    env.update({"AMQP_QUORUM_QUEUES": "true", "MAX_WORKERS": "5"})
+    stack = support.ProcessStack(env, support.OUTPUT / "faults" / request.node.name)
+    stack.db_name = db_name
+    procfile = set(stack.commands)
+    second_metrics = support.free_metrics_base()
+    for process in procfile & set(SERVICES):
+        stack.add(f"{process}_2", process, AMQP_URI=_rotated(cluster, 1), METRICS_PORT=second_metrics)
+    stack.add("gateway_2", "gateway", AMQP_URI=_rotated(cluster, 2), GATEWAY_PORT=support.free_port())
+    stack.gateways = [stack.base_url, f"http://127.0.0.1:{stack.envs['gateway_2']['GATEWAY_PORT']}"]
+    stack.metrics_bases = {"1": int(env["METRICS_PORT"]), "2": second_metrics}
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        support.drop_database(db_name)
+
+
+def _creates_handled(stack, instances=INSTANCES):
+    """{instance: create_order calls that order_service instance answered}, from its metrics."""
+    handled = {}
+    for instance in instances:
+        base = stack.metrics_bases[instance]
+        text = requests.get(f"http://127.0.0.1:{base + PORT_OFFSETS['order_service']}/metrics", timeout=10).text
+        handled[instance] = int(sum(float(value) for value in re.findall(
+            r'^rpc_server_calls_total\{[^}]*method="create_order"[^}]*\} (\S+)$', text, re.MULTILINE)))
+    return handled
+
+
+def _busiest_node(nodes):
+    """The running node that holds the most client connections."""
+    # The cluster lists every node's connections; the port a connection came in on names its node.
+    ports = nodes[0].ctl("-q", "list_connections", "port", "--no-table-headers").stdout.split()
+    busiest, _ = Counter(int(port) for port in ports).most_common(1)[0]
+    return next(node for node in nodes if node.port == busiest)
+
+
+def _report_split(name, stack, instances=INSTANCES):
+    handled = _creates_handled(stack, instances)
+    print(f"[cluster: {name}] creates handled per order_service instance: "
+          + " ".join(f"order_service#{instance}={count}" for instance, count in handled.items()))
+    return handled
+
+
+def test_cluster_node_stop_under_load(cluster, cluster_stack):
+    def stop_and_start_the_busiest_node():
+        node = _busiest_node(cluster)
+        print(f"\n[cluster: node stop] stopping {node.node}")
+        node.stop_app()
+        time.sleep(5)
+        node.start_app()
+
+    create_load_through("cluster: node stop", cluster_stack, stop_and_start_the_busiest_node,
+                        gateways=cluster_stack.gateways)
+    handled = _report_split("node stop", cluster_stack)
+    assert all(count > 0 for count in handled.values()), "one instance did all the work"
+
+
+def test_cluster_kill_9_one_order_service(cluster, cluster_stack):
+    def kill_one_instance():
+        cluster_stack.kill("orders_2", signal.SIGKILL).wait()
+
+    create_load_through("cluster: kill -9 order_service#2", cluster_stack, kill_one_instance,
+                        gateways=cluster_stack.gateways)
+    # The survivor took over: it handled creates, including the dead one's redelivered requests.
+    assert _report_split("kill -9 order_service#2", cluster_stack, instances=("1",))["1"] > 0
