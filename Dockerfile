@@ -1,4 +1,4 @@
-# One image for every process of the stack: the three Nameko services, the
+# One image for every process of the stack: the four Nameko services, the
 # gateway and the one-shot migration. docker-compose.yml picks the command.
 FROM python:3.11-slim
 
@@ -10,6 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GATEWAY_HOST=0.0.0.0
 
 WORKDIR /app
+
+# Fonts the gateway embeds in invoice PDFs (gateway/invoice_pdf.py): DejaVu Sans,
+# and Droid Sans Fallback for Chinese, Japanese and Korean names.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends fonts-dejavu-core fonts-droid-fallback \
+    && rm -rf /var/lib/apt/lists/*
 
 # config.yml, alembic.ini, migrations/ and gateway/gunicorn_conf.py are read
 # from the working directory at run time, so the whole project is copied

@@ -2,11 +2,19 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+MAIL_DIR ?= var/mail
 
-.PHONY: run test faults unit integration migrate token dead-letters replay-dead-letters shell install clean
+.PHONY: run test faults unit integration migrate token dead-letters replay-dead-letters mail shell install clean \
+	cluster cluster-stop
 
-run: $(STAMP)  ## set up and run the whole stack natively, until Ctrl-C
-	bash scripts/run.sh
+run: $(STAMP)  ## set up and run the whole stack natively, until Ctrl-C (CLUSTER=1: on a 3-node cluster, 2 of each)
+	CLUSTER=$(or $(CLUSTER),0) bash scripts/run.sh
+
+cluster: $(STAMP)  ## start a 3-node RabbitMQ cluster on this machine (ports 5681-5683, data under var/rabbitmq)
+	$(PY) -m scripts.rabbitmq_nodes cluster-start
+
+cluster-stop: $(STAMP)  ## stop that cluster (its data stays under var/rabbitmq)
+	$(PY) -m scripts.rabbitmq_nodes cluster-stop
 
 test: $(STAMP)  ## set up and run every test: unit, integration, then the fault tests
 	$(PY) -m pytest tests/unit tests/integration
@@ -34,8 +42,11 @@ dead-letters: $(STAMP)  ## list events that failed every retry
 replay-dead-letters: $(STAMP)  ## send dead letters back to their handlers (after the fix)
 	@$(PY) -m scripts.dead_letters replay
 
+mail: $(STAMP)  ## the latest emails the local sink kept (make run without SMTP_HOST): time, to, subject
+	@$(PY) -m scripts.mail_sink list --dir $(MAIL_DIR)
+
 shell: $(STAMP)  ## nameko shell against the running stack
-	$(PY) -m common.nameko_cli shell --config config.yml
+	$(PY) -m common.runner shell
 
 install: $(STAMP)
 

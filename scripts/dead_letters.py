@@ -13,7 +13,7 @@ import sys
 import common  # noqa: F401
 from kombu import Connection
 
-from common.config import Settings
+from common.settings import load_settings
 from common.consumers import RETRIES_HEADER, dead_letter_topology
 
 
@@ -22,9 +22,9 @@ def _origin_queue(message):
     return deaths[0].get("queue")
 
 
-def _drain(connection):
+def _drain(connection, quorum):
     """Every message in the dead-letter queue, unacknowledged."""
-    _, queue = dead_letter_topology()
+    _, queue = dead_letter_topology(quorum)
     queue = queue.bind(connection.channel())
     queue.declare()
     messages = []
@@ -33,9 +33,10 @@ def _drain(connection):
     return messages
 
 
-def list_letters(amqp_uri):
+def list_letters(amqp_uri, quorum=False):
+    """quorum: AMQP_QUORUM_QUEUES (the queue is declared as the services declare it)."""
     with Connection(amqp_uri) as connection:
-        messages = _drain(connection)
+        messages = _drain(connection, quorum)
         letters = [{"queue": _origin_queue(m), "retries": int((m.headers or {}).get(RETRIES_HEADER, 0)),
                     "body": m.payload} for m in messages]
         for message in messages:
@@ -43,12 +44,12 @@ def list_letters(amqp_uri):
     return letters
 
 
-def replay(amqp_uri):
+def replay(amqp_uri, quorum=False):
     """Send every dead letter back to the queue it died in; the number replayed."""
     with Connection(amqp_uri) as connection:
         producer = connection.Producer()
         replayed = 0
-        for message in _drain(connection):
+        for message in _drain(connection, quorum):
             headers = {k: v for k, v in (message.headers or {}).items() if k not in ("x-death", RETRIES_HEADER)}
             producer.publish(message.body, exchange="", routing_key=_origin_queue(message), headers=headers,
                              content_type=message.content_type, content_encoding=message.content_encoding,
@@ -59,16 +60,17 @@ def replay(amqp_uri):
 
 
 def main(argv):
-    amqp_uri = Settings.from_env().amqp_uri
+    settings = load_settings()
+    amqp_uri, quorum = settings.amqp_uri, settings.amqp_quorum_queues
     command = argv[0] if argv else "list"
     if command == "list":
-        letters = list_letters(amqp_uri)
+        letters = list_letters(amqp_uri, quorum)
         for letter in letters:
             print(json.dumps(letter))
         print(f"{len(letters)} dead letter(s)", file=sys.stderr)
         return 0
     if command == "replay":
-        print(f"replayed {replay(amqp_uri)} dead letter(s)")
+        print(f"replayed {replay(amqp_uri, quorum)} dead letter(s)")
         return 0
     print(__doc__, file=sys.stderr)
     return 2

@@ -1,5 +1,7 @@
 """Checks and set-up for what the stack needs outside itself (broker, database).
 
+    python -m scripts.infra settings     # exit 2 naming any invalid setting
+    python -m scripts.infra setting NAME # print one setting's value (nothing for an unset one)
     python -m scripts.infra check        # exit 1 naming what does not answer
     python -m scripts.infra ensure-db    # create DATABASE_URL's database if missing
     python -m scripts.infra wait-health URL [SECONDS]
@@ -13,7 +15,7 @@ import requests
 from kombu import Connection
 from sqlalchemy.engine import make_url
 
-from common.config import Settings
+from common.settings import SettingsError, load_settings
 
 
 def broker_problem(amqp_uri):
@@ -68,8 +70,18 @@ def _server_connection(database_url):
 
 
 def main(argv):
-    settings = Settings.from_env()
     command = argv[0] if argv else "check"
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if command == "settings":
+        return 0
+    if command == "setting":
+        value = getattr(settings, argv[1].lower())
+        print("" if value is None else value)
+        return 0
     if command == "check":
         problems = [p for p in (broker_problem(settings.amqp_uri),
                                 database_problem(settings.database_url)) if p]

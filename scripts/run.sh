@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# `make run`: database, migrations, the three services and the gateway, natively.
+# `make run`: database, migrations, the services and the gateway, natively; and, when
+# SMTP_HOST is unset, a local SMTP sink that keeps notification emails under var/mail/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 export PATH="$PWD/.venv/bin:$PATH"
 export GATEWAY_PORT="${GATEWAY_PORT:-8000}"
 
+$PY -m scripts.infra settings || exit 2   # names any bad setting before anything starts
 if ! $PY -m scripts.infra check; then
     if command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
         echo "Starting RabbitMQ and PostgreSQL with docker compose..."
@@ -28,12 +30,35 @@ $PY -m scripts.infra ensure-db
 $PY -m alembic upgrade head
 
 if [ -z "${JWT_SECRET:-}" ]; then
-    JWT_SECRET=$($PY -c 'from common.config import DEVELOPMENT_JWT_SECRET as s; print(s)')
-    echo "JWT_SECRET is not set: using the development default '$JWT_SECRET' (never in production)."
+    echo "JWT_SECRET is not set: using config.yml's development default '$($PY -m scripts.infra setting JWT_SECRET)' (never in production)."
 fi
-export JWT_SECRET
 
-honcho start -f Procfile &
+mkdir -p var
+cp Procfile var/Procfile.run
+procfile=var/Procfile.run
+
+# CLUSTER=1: a 3-node RabbitMQ cluster of our own (scripts/rabbitmq_nodes.py, as `make cluster`),
+# quorum queues, and a second instance of every service and of the gateway, each second one
+# connecting to another node first and serving its metrics from METRICS_PORT 9200.
+if [ "${CLUSTER:-0}" = "1" ]; then
+    cluster_uri=$($PY -m scripts.rabbitmq_nodes cluster-start | sed -n "s/^AMQP_URI='\(.*\)'$/\1/p")
+    rotated=$(echo "$cluster_uri" | awk -F';' '{print $2";"$3";"$1}')
+    export AMQP_URI="$cluster_uri" AMQP_QUORUM_QUEUES=true MAX_WORKERS="${MAX_WORKERS:-5}"
+    grep -v '^gateway:' Procfile | sed "s/^\([a-z]*\): /\1_2: AMQP_URI='$rotated' METRICS_PORT=9200 /" >> "$procfile"
+    echo "gateway_2: AMQP_URI='$rotated' GATEWAY_PORT=$((GATEWAY_PORT + 1)) gunicorn -c gateway/gunicorn_conf.py gateway.wsgi:app" >> "$procfile"
+    echo "CLUSTER=1: AMQP_URI=$AMQP_URI; two instances of each service; gateways on :$GATEWAY_PORT and :$((GATEWAY_PORT + 1))."
+fi
+
+# Without a mail relay the notification emails go to a local sink (scripts/mail_sink.py) on
+# 127.0.0.1:MAIL_SINK_PORT, started beside the Procfile's processes; `make mail` lists them.
+if [ -z "$($PY -m scripts.infra setting SMTP_HOST)" ]; then
+    sink_port="$($PY -m scripts.infra setting MAIL_SINK_PORT)"
+    mkdir -p var/mail
+    echo "mailsink: python -m scripts.mail_sink serve --port $sink_port --dir var/mail" >> "$procfile"
+    echo "SMTP_HOST is not set: emails go to a local sink on 127.0.0.1:$sink_port, kept under var/mail/ (make mail lists them)."
+fi
+
+honcho start -f "$procfile" &
 honcho_pid=$!
 trap 'kill -INT $honcho_pid 2>/dev/null; wait $honcho_pid 2>/dev/null; exit 0' INT TERM
 

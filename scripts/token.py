@@ -8,7 +8,7 @@ import sys
 
 import common  # noqa: F401
 from common.auth import ADMIN, CUSTOMER, issue_token
-from common.config import Settings
+from common.settings import load_settings
 
 
 def main(argv):
@@ -21,7 +21,7 @@ def main(argv):
     if args.role == CUSTOMER and not args.customer_id:
         parser.error("a customer token needs --customer-id (make token ROLE=customer CUSTOMER_ID=...)")
     sub = args.sub or (f"customer:{args.customer_id}" if args.role == CUSTOMER else "admin")
-    print(issue_token(Settings.from_env().jwt_secret, sub, args.role,
+    print(issue_token(load_settings().jwt_secret, sub, args.role,
                       args.customer_id if args.role == CUSTOMER else None, int(args.hours * 3600)))
 
 
