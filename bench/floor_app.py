@@ -19,7 +19,6 @@ Served like the gateway: `gunicorn -c gateway/gunicorn_conf.py bench.floor_app:a
 (gthread, GATEWAY_WORKERS x GATEWAY_THREADS), with a psycopg2 pool of
 GATEWAY_THREADS connections per worker process. DATABASE_URL names the database.
 """
-import os
 import queue
 import threading
 import uuid
@@ -34,9 +33,9 @@ from psycopg2.extensions import TRANSACTION_STATUS_UNKNOWN
 from psycopg2.extras import Json, execute_values
 from werkzeug.exceptions import UnsupportedMediaType
 
-from common.config import DEFAULT_DATABASE_URL
 from common.errors import InsufficientStock, NotFound, UnknownCustomer, UnknownSku, Unprocessable, ValidationFailed
 from common.schemas import OrderInput, OrderListQuery, OrderSchema
+from common.settings import load_settings
 from gateway.errors import register_error_handlers
 
 API = "/api/v1"
@@ -89,9 +88,9 @@ def create_app(database_url=None, pool_size=None):
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     app.json.sort_keys = False
-    app.extensions["floor_pool"] = LazyPool(
-        libpq_dsn(database_url or os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)),
-        pool_size or int(os.environ.get("GATEWAY_THREADS", "16")))
+    settings = load_settings()
+    app.extensions["floor_pool"] = LazyPool(libpq_dsn(database_url or settings.database_url),
+                                            pool_size or settings.gateway_threads)
     register_error_handlers(app)
     _register_routes(app)
     return app

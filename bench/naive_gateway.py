@@ -5,47 +5,47 @@ This is how the Nameko docs show a web app calling services
 connection, declares and consumes its own reply queue, then tears it all
 down. Everything else (routes, validation, auth, error mapping, gunicorn
 settings) is the real gateway, so the ratio ours/naive is the worth of the
-pool in common/rpc_pool.py.
+pool in gateway/rpc_pool.py.
 
 Served like the gateway: `gunicorn -c gateway/gunicorn_conf.py bench.naive_gateway:app`.
 """
 import logging
-from contextlib import contextmanager
+import time
 
 from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from common.config import Settings
-from common.errors import ServiceUnavailable, UpstreamTimeout
-from common.rpc_pool import BROKER_ERRORS
+from common.context import DEADLINE_KEY
+from common.errors import ServiceUnavailable
+from common.rpc import BROKER_ERRORS
+from common.settings import load_settings
 from gateway.app import create_app
+from gateway.rpc_pool import NoAnswer
 
 log = logging.getLogger(__name__)
 
 
 class PerRequestProxy:
-    """Quacks like RpcProxyPool: `with proxy.cluster(context_data) as rpc: rpc.svc.method()`."""
+    """Quacks like RpcProxyPool (`call`), with a new ClusterRpcProxy for every call."""
 
     def __init__(self, nameko_config, timeout):
         self._config = nameko_config
         self._timeout = timeout
 
-    @contextmanager
-    def cluster(self, context_data=None):
-        standalone = ClusterRpcProxy(self._config, context_data=dict(context_data or {}), timeout=self._timeout)
+    def call(self, service, method, args=(), kwargs=None, context_data=None, deadline=None, redrive=False):
+        data = {**(context_data or {}), DEADLINE_KEY: deadline or time.time() + self._timeout}
+        standalone = ClusterRpcProxy(self._config, context_data=data, timeout=self._timeout)
         try:
             proxy = standalone.start()
         except BROKER_ERRORS as exc:
             log.warning("cannot start an RPC proxy: %r", exc)
             raise ServiceUnavailable("The message broker is unreachable.", {"broker": "unreachable"}) from None
         try:
-            yield proxy
-        except RpcTimeout:
-            raise UpstreamTimeout("A service did not answer in time.", {"timeout_seconds": self._timeout}) from None
+            return getattr(getattr(proxy, service), method)(*args, **(kwargs or {}))
         except UnknownService as exc:
             raise ServiceUnavailable(f"{exc.args[0]} is not running.", {"service": exc.args[0]}) from None
-        except BROKER_ERRORS:
-            raise ServiceUnavailable("The message broker is unreachable.", {"broker": "unreachable"}) from None
+        except (RpcTimeout, *BROKER_ERRORS) as exc:
+            raise NoAnswer(repr(exc)) from None
         finally:
             try:
                 standalone.stop()
@@ -57,7 +57,7 @@ class PerRequestProxy:
 
 
 def create_naive_app(settings=None):
-    settings = settings or Settings.from_env()
+    settings = settings or load_settings()
     return create_app(settings, rpc_pool=PerRequestProxy(settings.nameko_config(), settings.rpc_timeout))
 
 

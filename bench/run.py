@@ -24,12 +24,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import cpu, loadgen, stack
-from common.config import DEFAULT_AMQP_URI, DEFAULT_DATABASE_URL, DEVELOPMENT_JWT_SECRET
+from common.settings import load_settings
 
 ROOT = stack.ROOT
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "latest.json"
 
 OURS, FLOOR, NAIVE, OURS_2X = "ours", "floor", "naive", "ours, 2 order_service"
+# The observability cases, each on a restarted stack, back to back (see run_observability_cases).
+METRICS_ON, METRICS_OFF, TRACING_ON = "ours, metrics on", "ours, metrics off", "ours, tracing on"
+# On a 3-node RabbitMQ cluster of the bench's own, one and two instances of every service.
+CLUSTER_1, CLUSTER_2 = "ours, cluster, 1 each", "ours, cluster, 2 each"
+SERVICE_MODULES = {"customer_service": "customer_service.service:CustomerService",
+                   "inventory_service": "inventory_service.service:InventoryService",
+                   "order_service": "order_service.service:OrderService",
+                   "notification_service": "notification_service.service:NotificationService",
+                   "invoice_service": "invoice_service.service:InvoiceService"}
+MAIL_SINK = "mail sink"  # the SMTP server notification_service sends to (scripts/mail_sink.py --discard)
 # Above this share of all CPUs busy with other processes, a case is flagged: the machine was not quiet.
 OTHER_LOAD_WARNING = 0.10
 ENDPOINTS = {
@@ -57,6 +67,8 @@ class Config:
     main_connections: int
     loadgen: str
     scale: bool
+    observability: bool
+    cluster: bool
     soak_seconds: int
     soak_connections: int
     soak_interval: float
@@ -66,6 +78,8 @@ class Config:
     workers: str
     threads: str
     jwt_secret: str
+    amqp_uri: str
+    database_url: str
 
     @classmethod
     def from_env(cls, env=os.environ):
@@ -73,6 +87,7 @@ class Config:
         main = _int(env, "BENCH_MAIN_CONNECTIONS", 32)
         if main not in connections:
             connections = sorted({*connections, main})
+        settings = load_settings(env)  # the system's own settings: broker, database, gateway, secret
         return cls(
             base_url=(env.get("BENCH_BASE_URL") or "").rstrip("/") or None,
             seconds=max(1, _int(env, "BENCH_SECONDS", 10)),
@@ -85,15 +100,19 @@ class Config:
             main_connections=main,
             loadgen=env.get("BENCH_LOADGEN", "auto"),
             scale=env.get("BENCH_SCALE", "1") != "0",
+            observability=env.get("BENCH_OBSERVABILITY", "1") != "0",
+            cluster=env.get("BENCH_CLUSTER", "1") != "0",
             soak_seconds=max(0, _int(env, "BENCH_SOAK_SECONDS", 0)),
             soak_connections=max(1, _int(env, "BENCH_SOAK_CONNECTIONS", 8)),
             soak_interval=float(env.get("BENCH_SOAK_INTERVAL", "5")),
             database=env.get("BENCH_DATABASE", "orders_bench"),
             keep_db=env.get("BENCH_KEEP_DB", "0") == "1",
             results=Path(env.get("BENCH_RESULTS") or DEFAULT_RESULTS),
-            workers=env.get("GATEWAY_WORKERS", "2"),
-            threads=env.get("GATEWAY_THREADS", "16"),
-            jwt_secret=env.get("JWT_SECRET", DEVELOPMENT_JWT_SECRET),
+            workers=str(settings.gateway_workers),
+            threads=str(settings.gateway_threads),
+            jwt_secret=settings.jwt_secret,
+            amqp_uri=settings.amqp_uri,
+            database_url=settings.database_url,
         )
 
 
@@ -130,7 +149,9 @@ class Bench:
         self.report["loadgen"] = loadgen.describe(self.loadgen)
         if self.loadgen == "python" and cfg.loadgen == "auto":
             print("wrk is not installed (Debian/Ubuntu: apt-get install wrk): using the Python load generator.")
-        expected = (len(cfg.connections) * 2 + 5 + (1 if cfg.scale else 0)) * (cfg.seconds + cfg.warmup + 2)
+        expected = (len(cfg.connections) * 2 + 5 + (1 if cfg.scale else 0) + (3 if cfg.observability else 0)
+                    + (2 if cfg.cluster else 0)) \
+            * (cfg.seconds + cfg.warmup + 2)
         self.token = admin_token(cfg.jwt_secret, expected + cfg.soak_seconds + 3600)
         self.logs.mkdir(parents=True, exist_ok=True)
         for old in self.logs.glob("*.log"):
@@ -139,8 +160,8 @@ class Bench:
         if cfg.base_url:
             print(f"BENCH_BASE_URL is set: using the stack at {cfg.base_url} (not starting one). "
                   "Seed rows go into its DATABASE_URL; nothing is dropped.")
-            self.amqp_uri = os.environ.get("AMQP_URI", DEFAULT_AMQP_URI)
-            self.database_url = os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL)
+            self.amqp_uri = cfg.amqp_uri
+            self.database_url = cfg.database_url
             self.vhost = None
             self.urls = {OURS: cfg.base_url}
             stack.wait_http(cfg.base_url + "/health", 30)
@@ -160,26 +181,39 @@ class Bench:
 
     def _start_stack(self):
         cfg = self.config
-        self.database_url = stack.bench_database_url(os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
-                                                     cfg.database)
+        self.database_url = stack.bench_database_url(cfg.database_url, cfg.database)
         stack.recreate_database(self.database_url)
         if not cfg.keep_db:
             self.cleanups.append(("drop the bench database", lambda: stack.drop_database(self.database_url)))
         stack.migrate(self.database_url)
-        self.vhost, self.amqp_uri = stack.create_vhost(os.environ.get("AMQP_URI", DEFAULT_AMQP_URI))
+        self.vhost, self.amqp_uri = stack.create_vhost(cfg.amqp_uri)
         self.report["vhost"] = self.vhost
         self.cleanups.append(("delete the bench vhost", lambda: stack.delete_vhost(self.vhost)))
+        # notification_service emails every created order: to an SMTP server of the bench's own
+        # that accepts and drops them (a mail relay is another machine's work: not counted as ours).
+        smtp_port = stack.free_port()
+        self._start(MAIL_SINK, [sys.executable, "-m", "scripts.mail_sink", "serve", "--port", str(smtp_port),
+                                "--discard"], stack.venv_env())
         self.stack_env = stack.venv_env(
             AMQP_URI=self.amqp_uri, DATABASE_URL=self.database_url, JWT_SECRET=cfg.jwt_secret,
             GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=stack.free_port(),
             GATEWAY_WORKERS=cfg.workers, GATEWAY_THREADS=cfg.threads,
-            RPC_TIMEOUT=os.environ.get("RPC_TIMEOUT", "10"), LOG_LEVEL=os.environ.get("LOG_LEVEL", "INFO"))
-        honcho = self._start("stack", [sys.executable, "-m", "honcho", "start", "-f", "Procfile"],
-                             self.stack_env, stop_signal=signal.SIGINT)
-        url = f"http://127.0.0.1:{self.stack_env['GATEWAY_PORT']}"
-        self.urls = {OURS: url}
+            SMTP_HOST="127.0.0.1", SMTP_PORT=smtp_port,
+            RPC_TIMEOUT=os.environ.get("RPC_TIMEOUT", "10"), LOG_LEVEL=os.environ.get("LOG_LEVEL", "INFO"),
+            METRICS_PORT=stack.free_metrics_base())
         print(f"starting the stack (database {cfg.database}, vhost {self.vhost}) ...", flush=True)
+        self._run_stack(self.stack_env)
+
+    def _run_stack(self, env):
+        honcho = self._start("stack", [sys.executable, "-m", "honcho", "start", "-f", "Procfile"], env,
+                             stop_signal=signal.SIGINT)
+        url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+        self.urls = {OURS: url}
         stack.wait_http(url + "/health", 90, honcho)
+
+    def _restart_stack(self, **overrides):
+        self.processes["stack"].stop()
+        self._run_stack({**self.stack_env, **{key: str(value) for key, value in overrides.items()}})
 
     def _cpu_labels(self):
         """{pid: label} of every process the bench started, for CPU accounting."""
@@ -192,7 +226,7 @@ class Bench:
                     if label:
                         labels[pid] = label.replace(" master", "").replace(" worker", "")
             else:
-                label = {FLOOR: "floor app", NAIVE: "naive gateway", "order_service_2": "order_service"}.get(name, name)
+                label = {FLOOR: "floor app", NAIVE: "naive gateway"}.get(name, name.removesuffix("_2"))
                 labels.update({pid: label for pid in pids})
         return labels
 
@@ -267,10 +301,10 @@ class Bench:
         result["steal"] = used["steal_share"]
         result["cpu_ms_per_ok_request"] = {label: round(1000 * value / ok, 2) if ok else None
                                            for label, value in used["seconds"].items()}
-        # The system under test only: not the load generator, not other load.
+        # The system under test only: not the load generator, not other load, not the mail relay.
         result["cpu_ms_per_ok_total"] = round(sum(
             value or 0 for label, value in result["cpu_ms_per_ok_request"].items()
-            if label not in ("load generator", "other")), 2)
+            if label not in ("load generator", "other", MAIL_SINK)), 2)
         case.update(result)
         print(f"  {name:<58} {case['ok_rps']:>8.1f} req/s  p50 {case['p50_ms']:>7.2f}  "
               f"p99 {case['p99_ms']:>8.2f} ms  errors {case['errors']}", flush=True)
@@ -300,6 +334,60 @@ class Bench:
         if cfg.scale:
             self.run_scale_case()
         self.run_hop_case()
+        if cfg.observability:
+            self.run_observability_cases()
+        if cfg.cluster:
+            self.run_cluster_cases()
+
+    def run_cluster_cases(self):
+        """POST at the main connections on a 3-node RabbitMQ cluster of the bench's own
+        (scripts/rabbitmq_nodes.py; quorum queues, every node in AMQP_URI), first with one
+        instance of every service, then with a second of each. Compared with `ours, metrics
+        on` (one node, freshly started the same way). Then the default stack again."""
+        m = self.config.main_connections
+        if self.config.base_url:
+            self.report["cluster"] = "skipped: BENCH_BASE_URL"
+            return
+        from scripts.rabbitmq_nodes import cluster_nodes, failover_uri, start_cluster
+        from tests.support import free_node_port
+
+        nodes = cluster_nodes(3, free_node_port(nodes=3), self.logs.parent / "rabbitmq")
+        self.cleanups.append(("stop the bench's RabbitMQ cluster", lambda: [node.stop() for node in nodes]))
+        print("starting a 3-node RabbitMQ cluster ...", flush=True)
+        cluster = {"AMQP_URI": start_cluster(nodes), "AMQP_QUORUM_QUEUES": "true", "MAX_WORKERS": "5"}
+        self._restart_stack(**cluster)
+        self.run_case("post_order", CLUSTER_1, m, url_key=OURS)
+        second_env = {**self.stack_env, **cluster, "AMQP_URI": failover_uri(nodes[1:] + nodes[:1]),
+                      "METRICS_PORT": str(stack.free_metrics_base())}
+        seconds = [self._start(f"{service}_2", [sys.executable, "-m", "common.runner", "run", module], second_env)
+                   for service, module in SERVICE_MODULES.items()]
+        order_metrics = f"http://127.0.0.1:{int(second_env['METRICS_PORT']) + 3}/metrics"  # order_service's
+        stack.wait_http(order_metrics, 60, seconds[2])
+        self.run_case("post_order", CLUSTER_2, m, url_key=OURS)
+        for second in seconds:
+            second.stop()
+        self._restart_stack()
+        for node in reversed(nodes):
+            node.stop()
+
+    def run_observability_cases(self):
+        """POST at the main connections three times, each on a freshly started stack, back to
+        back: metrics on and tracing off (the default), metrics off (METRICS_PORT=0), and
+        tracing on, exporting every span to a local OTLP/HTTP receiver (scripts/otlp_receiver.py,
+        standing in for Jaeger; its CPU is reported apart). Then the default stack again."""
+        m = self.config.main_connections
+        if self.config.base_url:
+            self.report["observability"] = "skipped: BENCH_BASE_URL"
+            return
+        port = stack.free_port()
+        self._start("otlp receiver", [sys.executable, "-m", "scripts.otlp_receiver", "--port", str(port)],
+                    self.stack_env)
+        for target, overrides in ((METRICS_ON, {}), (METRICS_OFF, {"METRICS_PORT": 0}),
+                                  (TRACING_ON, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"})):
+            self._restart_stack(**overrides)
+            self.run_case("post_order", target, m, url_key=OURS)
+        self.processes["otlp receiver"].stop()
+        self._restart_stack()
 
     def run_scale_case(self):
         m = self.config.main_connections
@@ -307,9 +395,9 @@ class Bench:
             print("  (skipping 2 x order_service: the stack was not started by the bench)")
             self.report["scale"] = "skipped: BENCH_BASE_URL"
             return
-        second = self._start("order_service_2", [sys.executable, "-m", "common.nameko_cli", "run", "--config",
-                                                 "config.yml", "order_service.service:OrderService"],
-                             self.stack_env)
+        second = self._start("order_service_2", [sys.executable, "-m", "common.runner", "run",
+                                                 "order_service.service:OrderService"],
+                             {**self.stack_env, "METRICS_PORT": str(stack.free_metrics_base())})
         deadline = time.monotonic() + 60
         consumers = None
         while time.monotonic() < deadline:
@@ -340,17 +428,17 @@ class Bench:
             return
         from nameko.standalone.rpc import ClusterRpcProxy
 
-        from common.entrypoints import reuse_publisher_connections
+        from common import adaptations
 
-        service = self._start("ping_service", [sys.executable, "-m", "common.nameko_cli", "run", "--config",
-                                               "config.yml", "bench.ping_service:PingService"], self.stack_env)
+        service = self._start("ping_service", [sys.executable, "-m", "common.runner", "run",
+                                               "bench.ping_service:PingService"], self.stack_env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and service.alive() \
                 and not stack.rpc_consumers(self.vhost, "rpc-bench_ping"):
             time.sleep(0.5)
         payload = {"customer_id": self.seed["customers"][0],  # the shape of a POST /orders body
                    "items": [{"sku": sku, "quantity": 1} for sku in self.seed["skus"][:self.config.items_per_order]]}
-        reuse_publisher_connections()
+        adaptations.apply([adaptations.KEPT_PRODUCER_CONNECTIONS])  # as the gateway's callers have it
         try:
             with ClusterRpcProxy({"AMQP_URI": self.amqp_uri}, timeout=10) as proxy:
                 for _ in range(50):
@@ -469,6 +557,12 @@ class Bench:
             ratio(f"GET by id@{m} req/s ours/floor", "get_order", OURS, FLOOR, m, "ok_rps", ">=", 0.6),
             ratio(f"GET list@{m} req/s ours/floor", "list_orders", OURS, FLOOR, m, "ok_rps"),
             ratio(f"POST@{m} req/s 2 order_service/1", "post_order", OURS_2X, OURS, m, "ok_rps"),
+            ratio(f"POST@{m} req/s metrics on/off", "post_order", METRICS_ON, METRICS_OFF, m, "ok_rps", ">=", 0.95),
+            ratio(f"POST@{m} req/s tracing on/off", "post_order", TRACING_ON, METRICS_ON, m, "ok_rps", ">=", 0.85),
+            ratio(f"POST@{m} req/s cluster/one node", "post_order", CLUSTER_1, METRICS_ON, m, "ok_rps"),
+            ratio(f"POST@{m} req/s cluster 2 each/1 each", "post_order", CLUSTER_2, CLUSTER_1, m, "ok_rps"),
+            ratio(f"POST@{m} CPU per answer one node/cluster", "post_order", METRICS_ON, CLUSTER_1, m,
+                  "cpu_ms_per_ok_total"),
             # What req/s ours/floor would be if both were CPU-bound on the same CPUs:
             # CPU per answer moves far less than req/s when a hypervisor steals time.
             ratio(f"POST@{m} CPU per answer floor/ours", "post_order", FLOOR, OURS, m, "cpu_ms_per_ok_total"),
@@ -528,6 +622,18 @@ class Bench:
             print(f"  {case['endpoint'].split('?')[0]:<24} {case['target']:<22} c{case['connections']:<3} "
                   f"busy {busy * 100 if busy is not None else 0:>3.0f}%  steal {steal * 100:>2.0f}%  "
                   + ", ".join(parts))
+        created = [case for case in self.cases if case["kind"] == "post_order" and case["target"] == OURS
+                   and case.get("cpu_ms_per_ok_request")]
+        if created:
+            # Off the order path, but on the same two cores: what emailing each new order costs.
+            print("\nnotification_service (the order_created consumer queueing the email, and the sender "
+                  "sending it), CPU per created order: "
+                  + ", ".join(f"c{case['connections']} "
+                              f"{case['cpu_ms_per_ok_request'].get('notification_service') or 0:.2f} ms"
+                              for case in created)
+                  + "; the mail relay (not ours): "
+                  + ", ".join(f"c{case['connections']} {case['cpu_ms_per_ok_request'].get(MAIL_SINK) or 0:.2f} ms"
+                              for case in created))
         hop = self.report.get("hop")
         if isinstance(hop, dict):
             floor = self._case("post_order", FLOOR, cfg.main_connections)

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import psycopg2
 import requests
 from sqlalchemy.engine import make_url
+
+from tests.support import free_metrics_base, free_port  # noqa: F401 (the same ports the tests pick)
 
 ROOT = Path(__file__).resolve().parent.parent
 PRODUCT_STOCK = 1_000_000_000  # common.schemas.MAX_STOCK: never runs out during a run
@@ -115,6 +116,11 @@ def seed(database_url, customers, products, orders, sample_ids=20000, run_tag="b
             cur.execute(
                 "INSERT INTO orders.known_customers (id, shipping_address, updated_at) "
                 "SELECT id, shipping_address, updated_at FROM customers.customers WHERE id = ANY(%(ids)s::uuid[])",
+                {"ids": customer_ids})
+            # And into notification_service's (name and email: whom its emails go to).
+            cur.execute(
+                "INSERT INTO notifications.known_customers (id, name, email, updated_at) "
+                "SELECT id, name, email, updated_at FROM customers.customers WHERE id = ANY(%(ids)s::uuid[])",
                 {"ids": customer_ids})
             skus = [f"{SKU_PREFIX}{i:04d}" for i in range(1, products + 1)]
             cur.execute(
@@ -218,12 +224,6 @@ def rpc_consumers(vhost, queue):
 
 
 # ---- processes ---------------------------------------------------------------
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 def venv_env(**overrides):
     """The environment with this interpreter's bin first (the Procfile says `python`, `gunicorn`)."""
@@ -403,7 +403,8 @@ def label(pid, root_pid):
     if _comm(pid) in SHELLS:
         return None
     cmd = cmdline(pid)
-    for service in ("customer_service", "inventory_service", "order_service"):
+    for service in ("customer_service", "inventory_service", "order_service", "notification_service",
+                    "invoice_service"):
         if f"{service}.service" in cmd:
             return service
     if "gunicorn" in cmd:
