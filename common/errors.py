@@ -109,6 +109,14 @@ class OutcomeUnknown(DomainError):
 
 
 @deserialize_to_instance
+class FailureNotRecorded(OutcomeUnknown):
+    """A create attempt's run failed and could not record that for the attempt
+    (its database was unreachable), so another run of it may still make the
+    resource. The attempt is idempotent: the gateway sends it again until it
+    is answered or the deadline comes (then 504 outcome_unknown)."""
+
+
+@deserialize_to_instance
 class DeadlineExceeded(DomainError):
     """The caller's deadline passed: the work was not started, or rolled back
     before COMMIT. Details: `deadline` (epoch seconds)."""

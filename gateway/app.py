@@ -160,7 +160,7 @@ def write(resource, service, method, *args, redrive=False, **kwargs):
 
 def _reason(exc):
     if isinstance(exc, OutcomeUnknown):
-        return "commit_interrupted"
+        return exc.details.get("reason", "commit_interrupted")
     return "deadline_passed" if isinstance(exc, DeadlineExceeded) else "no_reply"
 
 

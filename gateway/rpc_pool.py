@@ -14,7 +14,9 @@ longer than it. Its transport failures are told apart honestly:
 - the request may have been taken (the connection broke while publishing or
   waiting, or no reply came in time): NoAnswer. A call marked `redrive`
   (idempotent per attempt, like create_order) is then sent again, same
-  arguments, until it is answered or the deadline comes.
+  arguments, until it is answered or the deadline comes. So is one whose
+  service answered FailureNotRecorded (it failed but could not make that
+  final, so another run may still succeed).
 """
 import logging
 import socket
@@ -31,7 +33,7 @@ from nameko.rpc import MethodProxy
 from nameko.standalone.rpc import ClusterRpcProxy, PollingQueueConsumer, SingleThreadedReplyListener
 
 from common.context import DEADLINE_KEY
-from common.errors import ServiceUnavailable
+from common.errors import FailureNotRecorded, ServiceUnavailable
 from common.rpc import BROKER_ERRORS, RpcRequestPublisher
 from gateway import metrics
 
@@ -126,9 +128,9 @@ class RpcProxyPool:
             except _NeverLeft as never_left:
                 if not may_be_taken:
                     raise never_left.error from None
-            except NoAnswer as exc:
+            except (NoAnswer, FailureNotRecorded) as exc:
                 may_be_taken = True
-                log.warning("no answer from %s.%s (%s)%s", service, method, exc,
+                log.warning("no final answer from %s.%s (%s)%s", service, method, exc,
                             "; sending it again" if redrive else "")
                 if not redrive:
                     raise

@@ -19,7 +19,7 @@ from nameko.timer import timer
 
 from common.auth import ADMIN, SERVICE, CallerProvider, required
 from common.consumers import reliable_event_handler
-from common.errors import (EXPECTED_ERRORS, DeadlineExceeded, NotFound, OutcomeUnknown,
+from common.errors import (EXPECTED_ERRORS, DeadlineExceeded, FailureNotRecorded, NotFound, OutcomeUnknown,
                            ServiceUnavailable, UnknownCustomer, UpstreamTimeout, error_from_dict)
 from common.log import RequestLogContext
 from common.metrics import ServiceMetrics
@@ -285,7 +285,8 @@ class OrderService:
         answer, which every other run of it gives again, before telling the
         client; if another run made the order meanwhile, that order is the answer.
         Should the failure not be recorded (database down, deadline near), the
-        client cannot be told the order will not be made: OutcomeUnknown."""
+        client cannot be told the order will not be made: FailureNotRecorded (an
+        outcome_unknown the gateway answers by sending the request again)."""
         try:
             with self.uow as tx:
                 tx.store.lock_order_id(order_id)  # taken after the failed run rolled back
@@ -297,9 +298,9 @@ class OrderService:
         except Exception as unrecorded:
             log.warning("order %s: the failure of its attempt (%r) could not be recorded: %r", order_id, error,
                         unrecorded)
-            raise OutcomeUnknown("The order could not be created, and that could not be made final: it may "
-                                 "still be made by a redelivery of this request.",
-                                 {"order_id": str(order_id), "reason": "failure_not_recorded"}) from None
+            raise FailureNotRecorded("The order could not be created, and that could not be made final: "
+                                     "another run of this request may still make it.",
+                                     {"order_id": str(order_id), "reason": "failure_not_recorded"}) from None
         if failure is None:
             raise error  # this run's failure is now the attempt's answer
         raise error_from_dict(failure) from None

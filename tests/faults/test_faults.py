@@ -38,7 +38,8 @@ def test_broker_restart_during_creates(fault_stack):
 def test_postgres_restart_during_creates(fault_stack):
     numbers = create_load_through("postgres restart", fault_stack,
                                    lambda: support.restart_postgres(down_seconds=3))
-    assert numbers["503"] + numbers["504"] > 0, "the outage was not seen at all"
+    # A create that met the outage waited for the database (sent again, FailureNotRecorded) or ended in 503/504.
+    assert numbers["503"] + numbers["504"] > 0 or numbers["slowest_s"] >= 2, "the outage was not seen at all"
 
 
 def test_kill_9_order_service_during_creates(fault_stack):
