@@ -21,6 +21,7 @@ from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import Rpc
 from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 TRACEPARENT_KEY = "traceparent"
@@ -38,11 +39,31 @@ def configure_tracing(service_name, endpoint):
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
+                              sampler=_TracedWorkOnly())
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")))
     trace.set_tracer_provider(provider)
     _state["enabled"] = True
     return True
+
+
+class _TracedWorkOnly(Sampler):
+    """Every trace is kept (parent-based, always on), except a CLIENT span with no
+    parent: an SQL statement run outside any traced work (the outbox relay's and
+    the sender's polling under load) would be a one-span trace of its own, many
+    per second, each costing its export and telling nothing."""
+
+    _kept = ParentBased(ALWAYS_ON)
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
+                      trace_state=None):
+        has_parent = trace.get_current_span(parent_context).get_span_context().is_valid
+        if kind == SpanKind.CLIENT and not has_parent:
+            return SamplingResult(Decision.DROP)
+        return self._kept.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self):
+        return "TracedWorkOnly"
 
 
 def enabled():
