@@ -393,13 +393,16 @@ class ProcessStack:
         process.send_signal(sig)
         return process
 
-    def stop(self):
+    def stop(self, grace=20):
+        """SIGTERM to every process, then SIGKILL to those still running `grace` seconds later
+        (one deadline for all: a stack whose broker is gone does not wait 20 s per process)."""
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
+        deadline = time.monotonic() + grace
         for process in self.processes.values():
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 
+import pytest
 import requests
 from kombu import Connection, Exchange
 
@@ -58,19 +59,25 @@ def test_kill_9_inventory_service_during_creates(fault_stack):
     create_load_through("kill -9 inventory_service", fault_stack, kill_and_restart)
 
 
-def test_broker_paused_during_creates(make_fault_stack, tmp_path):
-    # A node of our own, so freezing it (SIGSTOP) touches no other stack.
+@pytest.fixture
+def own_broker_node(tmp_path):
+    """A RabbitMQ node of the test's own, so freezing it (SIGSTOP) touches no other stack.
+    Requested before make_fault_stack, it is stopped after the stack (services that lose
+    their broker first take their whole stop grace to exit)."""
     node = Node("oms-paused", support.free_node_port(), tmp_path).start(new_cookie())
-    try:
-        stack = make_fault_stack(node.amqp_uri)
+    yield node
+    node.stop()
 
-        def pause():
-            node.pause()
-            time.sleep(5)
-            node.resume()
-        create_load_through("broker paused", stack, pause)
-    finally:
-        node.stop()
+
+def test_broker_paused_during_creates(own_broker_node, make_fault_stack):
+    node = own_broker_node
+    stack = make_fault_stack(node.amqp_uri)
+
+    def pause():
+        node.pause()
+        time.sleep(5)
+        node.resume()
+    create_load_through("broker paused", stack, pause)
 
 
 def test_status_changes_during_a_broker_restart_match_their_answers(fault_stack):
