@@ -42,7 +42,7 @@ def main(argv=None):
     adaptations.apply(adaptations.FOR_SERVICES)
     service_class = _import_service(args.service)
     set_service(service_class.name)
-    configure_tracing(service_class.name, settings.otel_exporter_otlp_endpoint)
+    configure_tracing(service_class.name, settings)
     from nameko.cli.run import run as run_services
 
     run_services([service_class], settings.nameko_config())

@@ -61,6 +61,9 @@ class Settings(BaseModel):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
     otel_exporter_otlp_endpoint: str | None = Field(default=None, pattern=r"^https?://")
+    otel_traces_sampler: Literal["always_on", "always_off", "traceidratio", "parentbased_always_on",
+                                 "parentbased_always_off", "parentbased_traceidratio"]
+    otel_traces_sampler_arg: float = Field(ge=0, le=1)
     metrics_port: int = Field(ge=0, le=65000)
 
     max_workers: int = Field(ge=1, le=1000)

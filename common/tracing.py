@@ -14,24 +14,42 @@
 - SQL statements are spans (opentelemetry-instrumentation-sqlalchemy on each
   engine), and every JSON log line carries `trace_id` and `span_id` while a
   span is active (common/log.py).
+- Which traces are kept is the standard OTEL_TRACES_SAMPLER (and its
+  OTEL_TRACES_SAMPLER_ARG), read with the other settings; the default keeps
+  every trace.
 """
 import copy
 
 from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import Rpc
-from opentelemetry import context, propagate, trace
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult
+from opentelemetry import context, trace
+from opentelemetry.sdk.trace.sampling import (ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased,
+                                               ParentBasedTraceIdRatio, Sampler, SamplingResult, TraceIdRatioBased)
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACEPARENT_KEY = "traceparent"
+# OTEL_TRACES_SAMPLER's standard values (the OpenTelemetry SDK configuration spec) -> sampler,
+# given OTEL_TRACES_SAMPLER_ARG (the ratio; the others ignore it).
+SAMPLERS = {
+    "always_on": lambda ratio: ALWAYS_ON,
+    "always_off": lambda ratio: ALWAYS_OFF,
+    "traceidratio": TraceIdRatioBased,
+    "parentbased_always_on": lambda ratio: ParentBased(ALWAYS_ON),
+    "parentbased_always_off": lambda ratio: ParentBased(ALWAYS_OFF),
+    "parentbased_traceidratio": ParentBasedTraceIdRatio,
+}
 
-_state = {"enabled": False}
+_state = {"enabled": False, "tracer": None}
+# Only the W3C traceparent crosses our hops: no baggage to parse or write on every call.
+_propagator = TraceContextTextMapPropagator()
 
 
-def configure_tracing(service_name, endpoint):
+def configure_tracing(service_name, settings):
     """Install the exporting tracer provider for this process; False (and nothing
-    installed) when `endpoint` (OTEL_EXPORTER_OTLP_ENDPOINT) is empty."""
+    installed) when OTEL_EXPORTER_OTLP_ENDPOINT is empty."""
+    endpoint = settings.otel_exporter_otlp_endpoint
     if not endpoint:
         return False
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -39,21 +57,23 @@ def configure_tracing(service_name, endpoint):
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+    sampler = SAMPLERS[settings.otel_traces_sampler](settings.otel_traces_sampler_arg)
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
-                              sampler=_TracedWorkOnly())
+                              sampler=_TracedWorkOnly(sampler))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")))
     trace.set_tracer_provider(provider)
-    _state["enabled"] = True
+    _state.update(enabled=True, tracer=provider.get_tracer("order-management"))
     return True
 
 
 class _TracedWorkOnly(Sampler):
-    """Every trace is kept (parent-based, always on), except a CLIENT span with no
-    parent: an SQL statement run outside any traced work (the outbox relay's and
-    the sender's polling under load) would be a one-span trace of its own, many
-    per second, each costing its export and telling nothing."""
+    """What `kept` (OTEL_TRACES_SAMPLER) keeps, except a CLIENT span with no parent:
+    an SQL statement run outside any traced work (the outbox relay's and the
+    sender's polling under load) would be a one-span trace of its own, many per
+    second, each costing its export and telling nothing."""
 
-    _kept = ParentBased(ALWAYS_ON)
+    def __init__(self, kept=ParentBased(ALWAYS_ON)):
+        self._kept = kept
 
     def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,
                       trace_state=None):
@@ -63,7 +83,7 @@ class _TracedWorkOnly(Sampler):
         return self._kept.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
 
     def get_description(self):
-        return "TracedWorkOnly"
+        return f"TracedWorkOnly({self._kept.get_description()})"
 
 
 def enabled():
@@ -77,7 +97,8 @@ def shutdown():
 
 
 def tracer():
-    return trace.get_tracer("order-management")
+    """This process's tracer (made once: get_tracer builds a new one per call)."""
+    return _state["tracer"] or trace.get_tracer("order-management")
 
 
 def instrument_engine(engine):
@@ -106,7 +127,7 @@ def current_traceparent():
     if not enabled():
         return None
     carrier = {}
-    propagate.inject(carrier)
+    _propagator.inject(carrier)
     return carrier.get(TRACEPARENT_KEY)
 
 
@@ -155,7 +176,7 @@ class Tracing(DependencyProvider):
         entrypoint = worker_ctx.entrypoint
         kind = (SpanKind.SERVER if isinstance(entrypoint, Rpc)
                 else SpanKind.CONSUMER if isinstance(entrypoint, EventHandler) else SpanKind.INTERNAL)
-        parent = propagate.extract({TRACEPARENT_KEY: worker_ctx.data.get(TRACEPARENT_KEY) or ""})
+        parent = _propagator.extract({TRACEPARENT_KEY: worker_ctx.data.get(TRACEPARENT_KEY) or ""})
         span = tracer().start_span(f"{worker_ctx.service_name}.{entrypoint.method_name}", context=parent,
                                    kind=kind, attributes={"rpc.system": "nameko",
                                                           "rpc.service": worker_ctx.service_name,

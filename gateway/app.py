@@ -58,7 +58,7 @@ def create_app(settings=None, rpc_pool=None):
     app.extensions["rpc_pool"] = rpc_pool or RpcProxyPool(
         settings.nameko_config(), timeout=settings.rpc_timeout, max_size=settings.rpc_pool_size)
 
-    if tracing.configure_tracing("gateway", settings.otel_exporter_otlp_endpoint):
+    if tracing.configure_tracing("gateway", settings):
         # The server span of each request, joining an incoming W3C traceparent.
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 

@@ -34,6 +34,8 @@ def test_config_yml_gives_every_setting_and_the_environment_wins():
     ({"MAIL_FROM": "shop"}, "MAIL_FROM: must be an email address"),
     ({"NOTIFY_MAX_ATTEMPTS": "0"}, "NOTIFY_MAX_ATTEMPTS: Input should be greater than or equal to 1"),
     ({"SMTP_USERNAME": "shop"}, "SMTP_USERNAME and SMTP_PASSWORD: set both"),
+    ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER:"),
+    ({"OTEL_TRACES_SAMPLER_ARG": "1.5"}, "OTEL_TRACES_SAMPLER_ARG: Input should be less than or equal to 1"),
 ])
 def test_a_bad_value_is_refused_naming_the_variable(environ, named):
     with pytest.raises(SettingsError) as error:

@@ -22,3 +22,17 @@ def test_work_and_its_statements_are_kept():
     assert decision(SpanKind.SERVER) == Decision.RECORD_AND_SAMPLE  # a request, a consumer, a timer
     assert decision(SpanKind.INTERNAL) == Decision.RECORD_AND_SAMPLE
     assert decision(SpanKind.CLIENT, IN_A_TRACE) == Decision.RECORD_AND_SAMPLE
+
+
+def test_otel_traces_sampler_chooses_which_traces_are_kept():
+    from common.settings import load_settings
+    from common.tracing import SAMPLERS
+
+    settings = load_settings({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"})
+    none_kept = _TracedWorkOnly(SAMPLERS[settings.otel_traces_sampler](settings.otel_traces_sampler_arg))
+    # A new trace is sampled out at ratio 0; work inside a caller's sampled trace is still kept.
+    assert none_kept.should_sample(None, 0x1234, "POST /api/v1/orders", SpanKind.SERVER).decision == Decision.DROP
+    assert none_kept.should_sample(IN_A_TRACE, 0x1234, "order_service.create_order",
+                                   SpanKind.SERVER).decision == Decision.RECORD_AND_SAMPLE
+    assert set(SAMPLERS) == {"always_on", "always_off", "traceidratio", "parentbased_always_on",
+                             "parentbased_always_off", "parentbased_traceidratio"}
