@@ -32,6 +32,7 @@ DEFAULT_RESULTS = ROOT / "bench" / "results" / "latest.json"
 OURS, FLOOR, NAIVE, OURS_2X = "ours", "floor", "naive", "ours, 2 order_service"
 # The observability cases, each on a restarted stack, back to back (see run_observability_cases).
 METRICS_ON, METRICS_OFF, TRACING_ON = "ours, metrics on", "ours, metrics off", "ours, tracing on"
+TRACING_SAMPLED = "ours, tracing 1 in 10"  # OTEL_TRACES_SAMPLER=parentbased_traceidratio, ARG=0.1
 # On a 3-node RabbitMQ cluster of the bench's own, one and two instances of every service.
 CLUSTER_1, CLUSTER_2 = "ours, cluster, 1 each", "ours, cluster, 2 each"
 SERVICE_MODULES = {"customer_service": "customer_service.service:CustomerService",
@@ -40,6 +41,7 @@ SERVICE_MODULES = {"customer_service": "customer_service.service:CustomerService
                    "notification_service": "notification_service.service:NotificationService",
                    "invoice_service": "invoice_service.service:InvoiceService"}
 MAIL_SINK = "mail sink"  # the SMTP server notification_service sends to (scripts/mail_sink.py --discard)
+OTLP_RECEIVER = "otlp receiver"  # where "tracing on" exports spans (scripts/otlp_receiver.py --discard)
 # Above this share of all CPUs busy with other processes, a case is flagged: the machine was not quiet.
 OTHER_LOAD_WARNING = 0.10
 ENDPOINTS = {
@@ -69,6 +71,7 @@ class Config:
     scale: bool
     observability: bool
     cluster: bool
+    only: str
     soak_seconds: int
     soak_connections: int
     soak_interval: float
@@ -102,6 +105,7 @@ class Config:
             scale=env.get("BENCH_SCALE", "1") != "0",
             observability=env.get("BENCH_OBSERVABILITY", "1") != "0",
             cluster=env.get("BENCH_CLUSTER", "1") != "0",
+            only=env.get("BENCH_ONLY", ""),
             soak_seconds=max(0, _int(env, "BENCH_SOAK_SECONDS", 0)),
             soak_connections=max(1, _int(env, "BENCH_SOAK_CONNECTIONS", 8)),
             soak_interval=float(env.get("BENCH_SOAK_INTERVAL", "5")),
@@ -149,7 +153,7 @@ class Bench:
         self.report["loadgen"] = loadgen.describe(self.loadgen)
         if self.loadgen == "python" and cfg.loadgen == "auto":
             print("wrk is not installed (Debian/Ubuntu: apt-get install wrk): using the Python load generator.")
-        expected = (len(cfg.connections) * 2 + 5 + (1 if cfg.scale else 0) + (3 if cfg.observability else 0)
+        expected = (len(cfg.connections) * 2 + 5 + (1 if cfg.scale else 0) + (8 if cfg.observability else 0)
                     + (2 if cfg.cluster else 0)) \
             * (cfg.seconds + cfg.warmup + 2)
         self.token = admin_token(cfg.jwt_secret, expected + cfg.soak_seconds + 3600)
@@ -301,10 +305,11 @@ class Bench:
         result["steal"] = used["steal_share"]
         result["cpu_ms_per_ok_request"] = {label: round(1000 * value / ok, 2) if ok else None
                                            for label, value in used["seconds"].items()}
-        # The system under test only: not the load generator, not other load, not the mail relay.
+        # The system under test only: not the load generator, not other load, not the mail relay,
+        # not the trace receiver.
         result["cpu_ms_per_ok_total"] = round(sum(
             value or 0 for label, value in result["cpu_ms_per_ok_request"].items()
-            if label not in ("load generator", "other", MAIL_SINK)), 2)
+            if label not in ("load generator", "other", MAIL_SINK, OTLP_RECEIVER)), 2)
         case.update(result)
         print(f"  {name:<58} {case['ok_rps']:>8.1f} req/s  p50 {case['p50_ms']:>7.2f}  "
               f"p99 {case['p99_ms']:>8.2f} ms  errors {case['errors']}", flush=True)
@@ -319,6 +324,9 @@ class Bench:
     def run_cases(self):
         cfg = self.config
         m = cfg.main_connections
+        if cfg.only:
+            {"observability": self.run_observability_cases, "cluster": self.run_cluster_cases}[cfg.only]()
+            return
         self._start_gunicorn(FLOOR, "bench.floor_app:app")
         print(f"\ncases: {cfg.warmup}s warm-up + {cfg.seconds}s each, load generator {self.loadgen}", flush=True)
         for c in cfg.connections:
@@ -371,22 +379,32 @@ class Bench:
             node.stop()
 
     def run_observability_cases(self):
-        """POST at the main connections three times, each on a freshly started stack, back to
-        back: metrics on and tracing off (the default), metrics off (METRICS_PORT=0), and
-        tracing on, exporting every span to a local OTLP/HTTP receiver (scripts/otlp_receiver.py,
-        standing in for Jaeger; its CPU is reported apart). Then the default stack again."""
+        """POST at the main connections on a freshly started stack per round: metrics on and
+        tracing off (the default), metrics off (METRICS_PORT=0), tracing on, exporting every span
+        to a local OTLP/HTTP receiver (scripts/otlp_receiver.py --discard, standing in for a
+        collector on another machine; its CPU is reported apart), and tracing on keeping one new
+        trace in ten (the standard ratio sampler). Two rounds of each, in the order A B C D D C B A,
+        so that neither the place after a restart nor drift over the minutes favours one; the ratios
+        compare each configuration's mean of its two rounds. Then the default stack again."""
         m = self.config.main_connections
         if self.config.base_url:
             self.report["observability"] = "skipped: BENCH_BASE_URL"
             return
         port = stack.free_port()
-        self._start("otlp receiver", [sys.executable, "-m", "scripts.otlp_receiver", "--port", str(port)],
-                    self.stack_env)
-        for target, overrides in ((METRICS_ON, {}), (METRICS_OFF, {"METRICS_PORT": 0}),
-                                  (TRACING_ON, {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"})):
+        self._start(OTLP_RECEIVER, [sys.executable, "-m", "scripts.otlp_receiver", "--port", str(port),
+                                      "--discard"], self.stack_env)
+        endpoint = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}"}
+        configurations = [(METRICS_ON, {}), (METRICS_OFF, {"METRICS_PORT": 0}), (TRACING_ON, endpoint),
+                          (TRACING_SAMPLED, {**endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                                             "OTEL_TRACES_SAMPLER_ARG": "0.1"})]
+        rounds = {target: [] for target, _ in configurations}
+        for target, overrides in configurations + configurations[::-1]:
             self._restart_stack(**overrides)
-            self.run_case("post_order", target, m, url_key=OURS)
-        self.processes["otlp receiver"].stop()
+            rounds[target].append(self.run_case("post_order", f"{target} #{len(rounds[target]) + 1}", m,
+                                                 url_key=OURS))
+        for target, cases in rounds.items():
+            self.cases.append(_mean_case(target, cases))
+        self.processes[OTLP_RECEIVER].stop()
         self._restart_stack()
 
     def run_scale_case(self):
@@ -559,6 +577,7 @@ class Bench:
             ratio(f"POST@{m} req/s 2 order_service/1", "post_order", OURS_2X, OURS, m, "ok_rps"),
             ratio(f"POST@{m} req/s metrics on/off", "post_order", METRICS_ON, METRICS_OFF, m, "ok_rps", ">=", 0.95),
             ratio(f"POST@{m} req/s tracing on/off", "post_order", TRACING_ON, METRICS_ON, m, "ok_rps", ">=", 0.85),
+            ratio(f"POST@{m} req/s tracing 1 in 10/off", "post_order", TRACING_SAMPLED, METRICS_ON, m, "ok_rps"),
             ratio(f"POST@{m} req/s cluster/one node", "post_order", CLUSTER_1, METRICS_ON, m, "ok_rps"),
             ratio(f"POST@{m} req/s cluster 2 each/1 each", "post_order", CLUSTER_2, CLUSTER_1, m, "ok_rps"),
             ratio(f"POST@{m} CPU per answer one node/cluster", "post_order", METRICS_ON, CLUSTER_1, m,
@@ -687,6 +706,38 @@ class Bench:
                 action()
             except Exception as exc:  # keep cleaning up the rest
                 print(f"cleanup: could not {what}: {exc}", file=sys.stderr)
+
+
+def _mean_case(target, rounds):
+    """One case for `target`: the mean of its rounds' numbers (equal lengths), their errors summed."""
+    first = rounds[0]
+    case = {key: first[key] for key in ("endpoint", "kind", "connections")}
+    case.update(name=f"{first['endpoint']} | {target} | c{first['connections']}", target=target, rounds=len(rounds))
+    failed = [r["failed"] for r in rounds if "failed" in r]
+    if failed:
+        case["failed"] = "; ".join(failed)
+        return case
+
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return round(sum(values) / len(values), 2) if values else None
+    for key, value in first.items():
+        if key in case:
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            case[key] = sum(r[key] for r in rounds) if key in ("requests", "non2xx", "errors") \
+                else mean(r.get(key) for r in rounds)
+        elif key == "cpu_ms_per_ok_request":
+            labels = {label for r in rounds for label in r[key]}
+            case[key] = {label: mean(r[key].get(label) for r in rounds) for label in sorted(labels)}
+        elif key == "statuses":
+            case[key] = {}
+            for r in rounds:
+                for status, n in r[key].items():
+                    case[key][status] = case[key].get(status, 0) + n
+        else:
+            case[key] = value
+    return case
 
 
 def _mib(kb):

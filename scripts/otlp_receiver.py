@@ -1,9 +1,12 @@
 """A small real OTLP/HTTP trace receiver: POST /v1/traces, protobuf, decoded with opentelemetry-proto.
 
     python -m scripts.otlp_receiver --port 4318     # prints a line per batch of spans received
+    python -m scripts.otlp_receiver --discard       # answers every batch, decodes and keeps none
 
 Tests run it in-process (`OtlpReceiver`) and look at the spans; the bench runs
-it as a process so tracing can be measured while spans are really exported.
+it as a process with --discard so tracing can be measured while spans are
+really exported, with the receiver's own work as small as a remote
+collector's is to us (as the bench's mail sink discards mail).
 """
 import argparse
 import sys
@@ -41,7 +44,7 @@ def decode(body):
 class OtlpReceiver:
     """Listens on 127.0.0.1:`port` (0: any free port); `spans` grows as batches arrive."""
 
-    def __init__(self, port=0, on_batch=None):
+    def __init__(self, port=0, on_batch=None, discard=False):
         self.spans = []
         self._lock = threading.Lock()
         receiver = self
@@ -52,11 +55,12 @@ class OtlpReceiver:
                 if self.path != "/v1/traces":
                     self.send_error(404)
                     return
-                batch = decode(body)
-                with receiver._lock:
-                    receiver.spans.extend(batch)
-                if on_batch:
-                    on_batch(batch)
+                if not discard:
+                    batch = decode(body)
+                    with receiver._lock:
+                        receiver.spans.extend(batch)
+                    if on_batch:
+                        on_batch(batch)
                 answer = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/x-protobuf")
@@ -87,8 +91,10 @@ class OtlpReceiver:
 def main(argv):
     parser = argparse.ArgumentParser(prog="python -m scripts.otlp_receiver", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=4318)
+    parser.add_argument("--discard", action="store_true", help="answer every batch; decode, keep and print nothing")
     args = parser.parse_args(argv)
-    receiver = OtlpReceiver(args.port, on_batch=lambda batch: print(f"received {len(batch)} spans", flush=True))
+    receiver = OtlpReceiver(args.port, discard=args.discard,
+                            on_batch=lambda batch: print(f"received {len(batch)} spans", flush=True))
     print(f"OTLP/HTTP receiver on {receiver.endpoint}/v1/traces", flush=True)
     receiver.server.serve_forever()
 
