@@ -72,6 +72,7 @@ class Config:
     observability: bool
     cluster: bool
     only: str
+    observability_rounds: int
     soak_seconds: int
     soak_connections: int
     soak_interval: float
@@ -106,6 +107,7 @@ class Config:
             observability=env.get("BENCH_OBSERVABILITY", "1") != "0",
             cluster=env.get("BENCH_CLUSTER", "1") != "0",
             only=env.get("BENCH_ONLY", ""),
+            observability_rounds=max(1, _int(env, "BENCH_OBSERVABILITY_ROUNDS", 2)),
             soak_seconds=max(0, _int(env, "BENCH_SOAK_SECONDS", 0)),
             soak_connections=max(1, _int(env, "BENCH_SOAK_CONNECTIONS", 8)),
             soak_interval=float(env.get("BENCH_SOAK_INTERVAL", "5")),
@@ -153,7 +155,7 @@ class Bench:
         self.report["loadgen"] = loadgen.describe(self.loadgen)
         if self.loadgen == "python" and cfg.loadgen == "auto":
             print("wrk is not installed (Debian/Ubuntu: apt-get install wrk): using the Python load generator.")
-        expected = (len(cfg.connections) * 2 + 5 + (1 if cfg.scale else 0) + (8 if cfg.observability else 0)
+        expected = (len(cfg.connections) * 2 + 5 + (1 if cfg.scale else 0) + (4 * cfg.observability_rounds if cfg.observability else 0)
                     + (2 if cfg.cluster else 0)) \
             * (cfg.seconds + cfg.warmup + 2)
         self.token = admin_token(cfg.jwt_secret, expected + cfg.soak_seconds + 3600)
@@ -398,7 +400,10 @@ class Bench:
                           (TRACING_SAMPLED, {**endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                                              "OTEL_TRACES_SAMPLER_ARG": "0.1"})]
         rounds = {target: [] for target, _ in configurations}
-        for target, overrides in configurations + configurations[::-1]:
+        # Forward, then backward, then forward again ...: A B C D D C B A for two rounds.
+        order = [configurations if n % 2 == 0 else configurations[::-1]
+                 for n in range(self.config.observability_rounds)]
+        for target, overrides in [pair for one_round in order for pair in one_round]:
             self._restart_stack(**overrides)
             rounds[target].append(self.run_case("post_order", f"{target} #{len(rounds[target]) + 1}", m,
                                                  url_key=OURS))

@@ -39,6 +39,7 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
         "BENCH_SOAK_SECONDS": "2",
         # Starting a RabbitMQ cluster costs about a minute; the cluster fault tests start one anyway.
         "BENCH_CLUSTER": "0",
+        "BENCH_OBSERVABILITY_ROUNDS": "1",
         "BENCH_SOAK_CONNECTIONS": "2",
         "BENCH_SOAK_INTERVAL": "1",
         "BENCH_DATABASE": database,
@@ -61,8 +62,9 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     expected = {("post_order", target, c) for target in ("ours", "floor") for c in CONNECTIONS}
     expected |= {("post_order", "naive", MAIN), ("post_order", "ours, 2 order_service", MAIN)}
     expected |= {(kind, target, MAIN) for kind in ("get_order", "list_orders") for target in ("ours", "floor")}
-    expected |= {("post_order", target, MAIN) for target in ("ours, metrics on", "ours, metrics off",
-                                                             "ours, tracing on")}
+    # One round of each observability configuration (BENCH_OBSERVABILITY_ROUNDS=1), and its mean.
+    expected |= {("post_order", target + suffix, MAIN) for suffix in ("", " #1")
+                 for target in ("ours, metrics on", "ours, metrics off", "ours, tracing on", "ours, tracing 1 in 10")}
     assert cases == expected
     for case in report["cases"]:
         assert "failed" not in case, case
