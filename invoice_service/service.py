@@ -11,10 +11,10 @@ retries the event.
 """
 import logging
 import uuid
-from datetime import datetime
 
 from common.auth import CallerProvider, required
 from common.consumers import reliable_event_handler
+from common.customer_directory import remember_customer_event
 from common.errors import EXPECTED_ERRORS, InvoiceNotIssued, NotFound
 from common.log import RequestLogContext
 from common.metrics import ServiceMetrics
@@ -72,11 +72,11 @@ class InvoiceService:
 
     @reliable_event_handler("customer_service", "customer_created")
     def on_customer_created(self, envelope):
-        self._remember_customer(envelope)
+        remember_customer_event(self.uow, envelope)
 
     @reliable_event_handler("customer_service", "customer_updated")
     def on_customer_updated(self, envelope):
-        self._remember_customer(envelope)
+        remember_customer_event(self.uow, envelope)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_invoice_for_order(self, order_id):
@@ -123,12 +123,3 @@ class InvoiceService:
         with self.uow as tx:
             tx.store.ping()
         return {"service": self.name, "database": "ok"}
-
-    # -- helpers (no entrypoints) ------------------------------------------
-
-    def _remember_customer(self, envelope):
-        customer = envelope["data"]
-        with self.uow as tx:
-            if tx.first_time(envelope["event_id"], "remember_customer"):
-                tx.store.remember_customer(uuid.UUID(customer["id"]), customer["name"], customer["email"],
-                                           datetime.fromisoformat(customer["updated_at"]))

@@ -19,6 +19,7 @@ from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
 from common.consumers import processed_events_model
+from common.customer_directory import CustomerDirectory, known_customer_model
 from common.outbox import outbox_model
 from common.unit_of_work import StorageLayout
 
@@ -78,14 +79,7 @@ class InvoiceCounter(InvoicesBase):
     last_number: Mapped[int] = mapped_column(Integer)
 
 
-class KnownCustomer(InvoicesBase):
-    """customer_service's customers as their events told us (a local read model for bill-to)."""
-    __tablename__ = "known_customers"
-
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    email: Mapped[str] = mapped_column(String(254))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+KnownCustomer = known_customer_model(InvoicesBase)
 
 
 _invoices, _lines, _counters = Invoice.__table__, InvoiceLine.__table__, InvoiceCounter.__table__
@@ -138,8 +132,9 @@ def _view(row):
     return invoice
 
 
-class InvoiceStore:
+class InvoiceStore(CustomerDirectory):
     """The invoices schema's queries, on one session (see common/unit_of_work.py)."""
+    known_customers = KnownCustomer
 
     def __init__(self, session):
         self.session = session
@@ -195,22 +190,6 @@ class InvoiceStore:
         query, page = _with_lines(invoices)
         query = query.order_by(page.c.number.desc())
         return [_view(row) for row in self.session.connection().execute(query)]
-
-    # -- the customer directory ---------------------------------------------------
-
-    def known_customer(self, customer_id):
-        row = self.session.connection().execute(
-            select(KnownCustomer.__table__).where(KnownCustomer.id == customer_id)).first()
-        return dict(row._mapping) if row is not None else None
-
-    def remember_customer(self, customer_id, name, email, updated_at):
-        """Upsert; an older event never overwrites a newer one (events may arrive out of order)."""
-        statement = insert(KnownCustomer).values(id=customer_id, name=name, email=email, updated_at=updated_at)
-        self.session.execute(statement.on_conflict_do_update(
-            index_elements=["id"],
-            set_={"name": statement.excluded.name, "email": statement.excluded.email,
-                  "updated_at": statement.excluded.updated_at},
-            where=KnownCustomer.updated_at < statement.excluded.updated_at))
 
     def ping(self):
         self.session.execute(select(1))

@@ -9,11 +9,11 @@ unit of work. A mail server that is down or slow never holds up an event,
 let alone an order.
 """
 import logging
-import uuid
 from datetime import datetime, timezone
 
 from common.auth import ADMIN, CallerProvider, required
 from common.consumers import reliable_event_handler
+from common.customer_directory import remember_customer_event
 from common.errors import EXPECTED_ERRORS, NotFound
 from common.log import RequestLogContext
 from common.metrics import ServiceMetrics
@@ -61,11 +61,11 @@ class NotificationService:
 
     @reliable_event_handler("customer_service", "customer_created")
     def on_customer_created(self, envelope):
-        self._remember_customer(envelope)
+        remember_customer_event(self.uow, envelope)
 
     @reliable_event_handler("customer_service", "customer_updated")
     def on_customer_updated(self, envelope):
-        self._remember_customer(envelope)
+        remember_customer_event(self.uow, envelope)
 
     # -- the sender ----------------------------------------------------------------------
 
@@ -148,7 +148,7 @@ class NotificationService:
         with self.uow.single_statement() as store:
             known = store.known_customer(customer_id)
         if known is not None:
-            return {"id": known.id, "name": known.name, "email": known.email}
+            return {"id": known["id"], "name": known["name"], "email": known["email"]}
         try:
             customer = self.customer_rpc.get_customer(str(customer_id))
         except NotFound:
@@ -157,13 +157,6 @@ class NotificationService:
             store.remember_customer(customer_id, customer["name"], customer["email"],
                                     datetime.fromisoformat(customer["updated_at"]))
         return {"id": customer_id, "name": customer["name"], "email": customer["email"]}
-
-    def _remember_customer(self, envelope):
-        customer = envelope["data"]
-        with self.uow as tx:
-            if tx.first_time(envelope["event_id"], "remember_customer"):
-                tx.store.remember_customer(uuid.UUID(customer["id"]), customer["name"], customer["email"],
-                                           datetime.fromisoformat(customer["updated_at"]))
 
     def _send_batch(self, retries):
         """Claim up to SEND_BATCH due notifications, send each, record each outcome with its

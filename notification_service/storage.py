@@ -10,13 +10,13 @@ writes its event.
 import uuid
 from datetime import datetime
 
-from sqlalchemy import (CheckConstraint, Index, Integer, MetaData, String, Text, UniqueConstraint, bindparam,
-                        select, text, tuple_)
-from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy import CheckConstraint, Index, Integer, MetaData, String, Text, UniqueConstraint, select, text, tuple_
+from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
 from common.consumers import processed_events_model
+from common.customer_directory import CustomerDirectory, known_customer_model
 from common.outbox import outbox_model
 from common.unit_of_work import StorageLayout
 
@@ -65,19 +65,11 @@ class Notification(NotificationsBase):
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class KnownCustomer(NotificationsBase):
-    """customer_service's customers as their events told us: where and to whom to write."""
-    __tablename__ = "known_customers"
-
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    email: Mapped[str] = mapped_column(String(254))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+KnownCustomer = known_customer_model(NotificationsBase)
 
 
-_notifications, _known = Notification.__table__, KnownCustomer.__table__
+_notifications = Notification.__table__
 # Built once: every order event runs them, so their compiled form is reused.
-_KNOWN_CUSTOMER = select(_known).where(_known.c.id == bindparam("customer_id"))
 # Once per event, one statement: record the event id and, only if it was new,
 # queue its notifications (one array per column, so the text is the same for
 # any number of them). Atomic on its own, so it needs no BEGIN/COMMIT round
@@ -103,26 +95,12 @@ ON CONFLICT ON CONSTRAINT notifications_event_recipient_key DO NOTHING
 RETURNING id
 """)
 
-class NotificationStore:
+class NotificationStore(CustomerDirectory):
     """The notifications schema's queries, on one session (see common/unit_of_work.py)."""
+    known_customers = KnownCustomer
 
     def __init__(self, session):
         self.session = session
-
-    # -- the customer directory ------------------------------------------------------
-
-    def known_customer(self, customer_id):
-        """The customer as the local directory knows it (id, name, email, updated_at), or None."""
-        return self.session.connection().execute(_KNOWN_CUSTOMER, {"customer_id": customer_id}).first()
-
-    def remember_customer(self, customer_id, name, email, updated_at):
-        """Upsert; an older event never overwrites a newer one (events may arrive out of order)."""
-        statement = insert(KnownCustomer).values(id=customer_id, name=name, email=email, updated_at=updated_at)
-        self.session.execute(statement.on_conflict_do_update(
-            index_elements=["id"],
-            set_={"name": statement.excluded.name, "email": statement.excluded.email,
-                  "updated_at": statement.excluded.updated_at},
-            where=KnownCustomer.updated_at < statement.excluded.updated_at))
 
     # -- the event path ----------------------------------------------------------------
 

@@ -352,9 +352,25 @@ def _sku(item):
     return item.sku
 
 
+# ---- the customer directory of notifications and invoices ---------------------------
+
+class InMemoryCustomerDirectory:
+    """common.customer_directory.CustomerDirectory's contract, in memory (in `tables["customers"]`)."""
+
+    def known_customer(self, customer_id):
+        known = self.tables["customers"].get(customer_id)
+        return dict(known) if known is not None else None
+
+    def remember_customer(self, customer_id, name, email, updated_at):
+        known = self.tables["customers"].get(customer_id)
+        if known is None or known["updated_at"] < updated_at:
+            self.tables["customers"][customer_id] = {"id": customer_id, "name": name, "email": email,
+                                                     "updated_at": updated_at}
+
+
 # ---- invoices ------------------------------------------------------------------
 
-class InMemoryInvoiceStore:
+class InMemoryInvoiceStore(InMemoryCustomerDirectory):
     """invoice_service.storage.InvoiceStore's contract, in memory.
 
     The counter behaves as the real one within a transaction: take_number
@@ -399,21 +415,11 @@ class InMemoryInvoiceStore:
         numbers = sorted((n for n, i in self.tables["invoices"].items() if keep(i)), reverse=True)
         return [copy.deepcopy(self.tables["invoices"][number]) for number in numbers[:limit]]
 
-    def known_customer(self, customer_id):
-        known = self.tables["customers"].get(customer_id)
-        return dict(known) if known is not None else None
-
-    def remember_customer(self, customer_id, name, email, updated_at):
-        known = self.tables["customers"].get(customer_id)
-        if known is None or known["updated_at"] < updated_at:
-            self.tables["customers"][customer_id] = {"id": customer_id, "name": name, "email": email,
-                                                     "updated_at": updated_at}
-
     def ping(self):
         pass
 # ---- notifications ------------------------------------------------------------------
 
-class InMemoryNotificationStore:
+class InMemoryNotificationStore(InMemoryCustomerDirectory):
     """notification_service.storage.NotificationStore's contract, in memory."""
 
     def __init__(self):
@@ -422,15 +428,6 @@ class InMemoryNotificationStore:
     def know_customer(self, customer_id, name="Ada Lovelace", email="ada@example.com"):
         """Test set-up: a customer as the customer_created event would have recorded it."""
         self.remember_customer(uuid.UUID(str(customer_id)), name, email, now())
-
-    def known_customer(self, customer_id):
-        return self.tables["customers"].get(customer_id)
-
-    def remember_customer(self, customer_id, name, email, updated_at):
-        known = self.tables["customers"].get(customer_id)
-        if known is None or known.updated_at < updated_at:
-            self.tables["customers"][customer_id] = SimpleNamespace(id=customer_id, name=name, email=email,
-                                                                    updated_at=updated_at)
 
     def queue_once(self, event_id, event_type, handler, rows, at):
         if str(event_id) in self.tables["processed"]:

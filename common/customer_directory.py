@@ -1,0 +1,65 @@
+"""The customer directory notification_service and invoice_service each keep in
+their own schema: customer_service's customers (id, name, email) as its
+customer_created / customer_updated events told them, so an order event needs
+no call to know whom it is for. (order_service keeps its own kind: shipping
+addresses, not names.)
+
+- `known_customer_model(Base)`: the `known_customers` table in Base's schema.
+- `CustomerDirectory`: the store's two methods over it.
+- `remember_customer_event(uow, envelope)`: a customer event into the directory, once.
+"""
+import uuid
+from datetime import datetime
+
+from sqlalchemy import String, bindparam, select
+from sqlalchemy.dialects.postgresql import UUID, insert
+from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import DateTime
+
+
+def known_customer_model(base):
+    """The `known_customers` table in `base`'s schema."""
+
+    class KnownCustomer(base):
+        """customer_service's customers as their events told us."""
+        __tablename__ = "known_customers"
+
+        id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+        name: Mapped[str] = mapped_column(String(200))
+        email: Mapped[str] = mapped_column(String(254))
+        updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    table = KnownCustomer.__table__
+    # Built once: every order event reads it, so its compiled form is reused.
+    KnownCustomer.by_id = select(table).where(table.c.id == bindparam("customer_id"))
+    return KnownCustomer
+
+
+class CustomerDirectory:
+    """Store methods; the store class sets `known_customers` (a known_customer_model)
+    and has the unit of work's `session`."""
+    known_customers = None
+
+    def known_customer(self, customer_id):
+        """{id, name, email, updated_at} as the directory knows the customer, or None."""
+        row = self.session.connection().execute(self.known_customers.by_id, {"customer_id": customer_id}).first()
+        return dict(row._mapping) if row is not None else None
+
+    def remember_customer(self, customer_id, name, email, updated_at):
+        """Upsert; an older event never overwrites a newer one (events may arrive out of order)."""
+        model = self.known_customers
+        statement = insert(model).values(id=customer_id, name=name, email=email, updated_at=updated_at)
+        self.session.execute(statement.on_conflict_do_update(
+            index_elements=["id"],
+            set_={"name": statement.excluded.name, "email": statement.excluded.email,
+                  "updated_at": statement.excluded.updated_at},
+            where=model.updated_at < statement.excluded.updated_at))
+
+
+def remember_customer_event(uow, envelope):
+    """Record a customer_created / customer_updated event in the directory, once per event."""
+    customer = envelope["data"]
+    with uow as tx:
+        if tx.first_time(envelope["event_id"], "remember_customer"):
+            tx.store.remember_customer(uuid.UUID(customer["id"]), customer["name"], customer["email"],
+                                       datetime.fromisoformat(customer["updated_at"]))
