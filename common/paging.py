@@ -10,6 +10,7 @@ import uuid
 from datetime import datetime, timezone
 
 from common.errors import ValidationFailed
+from common.schemas import load_or_raise
 
 
 def encode_cursor(key):
@@ -26,6 +27,15 @@ def decode_cursor(cursor, parse_key=lambda key: key):
         return parse_key(json.loads(base64.urlsafe_b64decode(padded.encode())))
     except (binascii.Error, ValueError, TypeError, IndexError, AttributeError, OverflowError):
         raise ValidationFailed("Invalid cursor.", {"cursor": ["Not a cursor this API issued."]}) from None
+
+
+def page_request(schema, filters, limit, cursor, parse_key):
+    """(filters, limit, the key to continue after or None) of a list call: `filters`,
+    `limit` and `cursor` checked together with `schema` (400 naming the field), the
+    cursor decoded with `parse_key`."""
+    query = load_or_raise(schema, {**(filters or {}), "limit": limit, "cursor": cursor})
+    after = decode_cursor(query.pop("cursor"), parse_key)
+    return query, query.pop("limit"), after
 
 
 def split_page(rows, limit, key_of):

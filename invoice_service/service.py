@@ -18,9 +18,9 @@ from common.customer_directory import remember_customer_event
 from common.errors import EXPECTED_ERRORS, InvoiceNotIssued, NotFound
 from common.log import RequestLogContext
 from common.metrics import ServiceMetrics
-from common.paging import decode_cursor, split_page
+from common.paging import page_request, split_page
 from common.rpc import ServiceRpcProxy, rpc
-from common.schemas import InvoiceListQuery, InvoiceSchema, load_or_raise, uuid_or_none
+from common.schemas import InvoiceListQuery, InvoiceSchema, uuid_or_none
 from common.settings import SettingsProvider
 from common.tracing import Tracing
 from common.unit_of_work import UnitOfWork
@@ -108,9 +108,7 @@ class InvoiceService:
         A customer lists only their own invoices.
         """
         caller = required(self.caller)
-        query = load_or_raise(InvoiceListQuery, {**(filters or {}), "limit": limit, "cursor": cursor})
-        after = decode_cursor(query.pop("cursor"), domain.parse_number_cursor)
-        limit = query.pop("limit")
+        query, limit, after = page_request(InvoiceListQuery, filters, limit, cursor, domain.parse_number_cursor)
         if not caller.narrow_to_own(query):
             return {"items": [], "next_cursor": None}
         with self.uow.single_statement() as store:

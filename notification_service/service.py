@@ -17,9 +17,9 @@ from common.customer_directory import remember_customer_event
 from common.errors import EXPECTED_ERRORS, NotFound
 from common.log import RequestLogContext
 from common.metrics import ServiceMetrics
-from common.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
+from common.paging import created_id_key, page_request, parse_created_id_key, split_page
 from common.rpc import ServiceRpcProxy, rpc
-from common.schemas import NotificationListQuery, NotificationSchema, load_or_raise, uuid_or_none
+from common.schemas import NotificationListQuery, NotificationSchema, uuid_or_none
 from common.settings import SettingsProvider
 from common.tracing import Tracing
 from common.unit_of_work import UnitOfWork
@@ -87,11 +87,9 @@ class NotificationService:
     def list_notifications(self, filters=None, limit=20, cursor=None):
         """Newest first. filters: order_id, status. A customer lists only their own."""
         caller = required(self.caller)
-        query = load_or_raise(NotificationListQuery, {**(filters or {}), "limit": limit, "cursor": cursor})
-        after = decode_cursor(query.pop("cursor"), parse_created_id_key)
-        limit = query.pop("limit")
-        if caller.is_customer:
-            query["customer_id"] = uuid_or_none(caller.customer_id)
+        query, limit, after = page_request(NotificationListQuery, filters, limit, cursor, parse_created_id_key)
+        if not caller.narrow_to_own(query):
+            return {"items": [], "next_cursor": None}
         with self.uow.single_statement() as store:
             rows = store.list_notifications(query, limit + 1, after)
             page, next_cursor = split_page(rows, limit, created_id_key)

@@ -23,7 +23,7 @@ from common.errors import (EXPECTED_ERRORS, DeadlineExceeded, FailureNotRecorded
                            ServiceUnavailable, UnknownCustomer, UpstreamTimeout, error_from_dict)
 from common.log import RequestLogContext
 from common.metrics import ServiceMetrics
-from common.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
+from common.paging import created_id_key, page_request, parse_created_id_key, split_page
 from common.rpc import ServiceRpcProxy, rpc
 from common.schemas import (OrderInput, OrderListQuery, OrderSchema, OrderUpdateInput, ShippingInput,
                             StatusChangeSchema, StatusInput, id_of_attempt, load_or_raise, uuid_or_none)
@@ -134,9 +134,7 @@ class OrderService:
         A customer lists only their own orders.
         """
         caller = required(self.caller)
-        query = load_or_raise(OrderListQuery, {**(filters or {}), "limit": limit, "cursor": cursor})
-        after = decode_cursor(query.pop("cursor"), parse_created_id_key)
-        limit = query.pop("limit")
+        query, limit, after = page_request(OrderListQuery, filters, limit, cursor, parse_created_id_key)
         if not caller.narrow_to_own(query):
             return {"items": [], "next_cursor": None}
         with self.uow.single_statement() as store:
