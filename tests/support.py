@@ -69,31 +69,44 @@ def bearer(role="admin", customer_id=None, **kwargs):
     return {"Authorization": f"Bearer {token(role, customer_id, **kwargs)}"}
 
 
+def _outgoing_ports_start():
+    """The first port the kernel hands out for outgoing connections (Linux's default if unreadable)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+# Ports for servers of ours are picked below the kernel's range for outgoing connections: a stack
+# opens many connections, each on a port from that range, and a server whose port one of them took
+# between our check and its bind would not start (seen: a service's metrics port).
+_OUTGOING_PORTS_START = _outgoing_ports_start()
+
+
+def _free_ports(count=1, also_at=0):
+    """The first of `count` consecutive free ports, below the outgoing range; with
+    `also_at`, the ports `also_at` higher are free (and below it) too."""
+    import random
+
+    while True:
+        port = random.randrange(10000, _OUTGOING_PORTS_START - also_at - count)
+        if all(_is_free(candidate + shift) for candidate in range(port, port + count) for shift in {0, also_at}):
+            return port
+
+
 def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return _free_ports()
 
 
 def free_metrics_base(services=5):
     """A METRICS_PORT for a test stack: it and the next `services` ports are free."""
-    import random
-
-    while True:
-        base = random.randrange(41000, 60000)
-        if all(_is_free(port) for port in range(base, base + services + 1)):
-            return base
+    return _free_ports(services + 1)
 
 
 def free_node_port(nodes=1):
     """The first of `nodes` consecutive free AMQP ports for RabbitMQ nodes of our own
     whose distribution ports (AMQP port + 20000, scripts/rabbitmq_nodes.py) are free too."""
-    import random
-
-    while True:
-        port = random.randrange(20000, 40000)
-        if all(_is_free(candidate + dist) for candidate in range(port, port + nodes) for dist in (0, 20000)):
-            return port
+    return _free_ports(nodes, also_at=20000)
 
 
 def _is_free(port):
