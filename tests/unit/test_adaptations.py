@@ -119,11 +119,3 @@ def test_library_internals_are_assigned_in_the_adaptations_module_only():
                  and assignment.search((root / path).read_text())]
     assert assigning == []
 
-
-def test_the_sqlalchemy_statement_tracer_we_attach_per_engine_has_its_shape():
-    import inspect
-
-    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
-
-    assert list(inspect.signature(EngineTracer.__init__).parameters)[:5] == [
-        "self", "tracer", "engine", "connections_usage", "enable_commenter"]
