@@ -13,6 +13,7 @@ Settings (environment): see bench/README.md.
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -107,7 +108,7 @@ class Config:
             observability=env.get("BENCH_OBSERVABILITY", "1") != "0",
             cluster=env.get("BENCH_CLUSTER", "1") != "0",
             only=env.get("BENCH_ONLY", ""),
-            observability_rounds=max(1, _int(env, "BENCH_OBSERVABILITY_ROUNDS", 2)),
+            observability_rounds=max(1, _int(env, "BENCH_OBSERVABILITY_ROUNDS", 3)),
             soak_seconds=max(0, _int(env, "BENCH_SOAK_SECONDS", 0)),
             soak_connections=max(1, _int(env, "BENCH_SOAK_CONNECTIONS", 8)),
             soak_interval=float(env.get("BENCH_SOAK_INTERVAL", "5")),
@@ -155,7 +156,7 @@ class Bench:
         self.report["loadgen"] = loadgen.describe(self.loadgen)
         if self.loadgen == "python" and cfg.loadgen == "auto":
             print("wrk is not installed (Debian/Ubuntu: apt-get install wrk): using the Python load generator.")
-        expected = (len(cfg.connections) * 2 + 5 + (1 if cfg.scale else 0) + (4 * cfg.observability_rounds if cfg.observability else 0)
+        expected = (len(cfg.connections) * 2 + 5 + (1 if cfg.scale else 0) + (4 * cfg.observability_rounds + 1 if cfg.observability else 0)
                     + (2 if cfg.cluster else 0)) \
             * (cfg.seconds + cfg.warmup + 2)
         self.token = admin_token(cfg.jwt_secret, expected + cfg.soak_seconds + 3600)
@@ -385,9 +386,10 @@ class Bench:
         tracing off (the default), metrics off (METRICS_PORT=0), tracing on, exporting every span
         to a local OTLP/HTTP receiver (scripts/otlp_receiver.py --discard, standing in for a
         collector on another machine; its CPU is reported apart), and tracing on keeping one new
-        trace in ten (the standard ratio sampler). Two rounds of each, in the order A B C D D C B A,
-        so that neither the place after a restart nor drift over the minutes favours one; the ratios
-        compare each configuration's mean of its two rounds. Then the default stack again."""
+        trace in ten (the standard ratio sampler). After unrecorded load, three rounds of each, in
+        the order A B C D D C B A A B C D, so that neither the place after a restart nor drift over
+        the minutes favours one; the ratios compare each configuration's median round. Then the
+        default stack again."""
         m = self.config.main_connections
         if self.config.base_url:
             self.report["observability"] = "skipped: BENCH_BASE_URL"
@@ -400,6 +402,10 @@ class Bench:
                           (TRACING_SAMPLED, {**endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                                              "OTEL_TRACES_SAMPLER_ARG": "0.1"})]
         rounds = {target: [] for target, _ in configurations}
+        # Unrecorded load first: the first case after seeding was measured paying for the database
+        # settling (autovacuum of the seeded tables, cold caches), up to a fifth of its req/s.
+        self._restart_stack()
+        loadgen.run(self.loadgen, self.urls[OURS], self._workload("post_order"), m, self.config.seconds)
         # Forward, then backward, then forward again ...: A B C D D C B A for two rounds.
         order = [configurations if n % 2 == 0 else configurations[::-1]
                  for n in range(self.config.observability_rounds)]
@@ -408,7 +414,7 @@ class Bench:
             rounds[target].append(self.run_case("post_order", f"{target} #{len(rounds[target]) + 1}", m,
                                                  url_key=OURS))
         for target, cases in rounds.items():
-            self.cases.append(_mean_case(target, cases))
+            self.cases.append(_median_case(target, cases))
         self.processes[OTLP_RECEIVER].stop()
         self._restart_stack()
 
@@ -713,8 +719,11 @@ class Bench:
                 print(f"cleanup: could not {what}: {exc}", file=sys.stderr)
 
 
-def _mean_case(target, rounds):
-    """One case for `target`: the mean of its rounds' numbers (equal lengths), their errors summed."""
+def _median_case(target, rounds):
+    """One case for `target`: the median of its rounds' numbers (equal lengths), their errors summed.
+    Not the mean: on this VM a 10-second case can run while the machine is slowed (every process's
+    CPU per order up to 1.9x, the database's and RabbitMQ's too, with no steal reported), and that
+    one round would decide a ratio."""
     first = rounds[0]
     case = {key: first[key] for key in ("endpoint", "kind", "connections")}
     case.update(name=f"{first['endpoint']} | {target} | c{first['connections']}", target=target, rounds=len(rounds))
@@ -723,18 +732,18 @@ def _mean_case(target, rounds):
         case["failed"] = "; ".join(failed)
         return case
 
-    def mean(values):
+    def median(values):
         values = [v for v in values if v is not None]
-        return round(sum(values) / len(values), 2) if values else None
+        return round(statistics.median(values), 2) if values else None
     for key, value in first.items():
         if key in case:
             continue
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             case[key] = sum(r[key] for r in rounds) if key in ("requests", "non2xx", "errors") \
-                else mean(r.get(key) for r in rounds)
+                else median(r.get(key) for r in rounds)
         elif key == "cpu_ms_per_ok_request":
             labels = {label for r in rounds for label in r[key]}
-            case[key] = {label: mean(r[key].get(label) for r in rounds) for label in sorted(labels)}
+            case[key] = {label: median(r[key].get(label) for r in rounds) for label in sorted(labels)}
         elif key == "statuses":
             case[key] = {}
             for r in rounds:

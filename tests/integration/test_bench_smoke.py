@@ -62,7 +62,7 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     expected = {("post_order", target, c) for target in ("ours", "floor") for c in CONNECTIONS}
     expected |= {("post_order", "naive", MAIN), ("post_order", "ours, 2 order_service", MAIN)}
     expected |= {(kind, target, MAIN) for kind in ("get_order", "list_orders") for target in ("ours", "floor")}
-    # One round of each observability configuration (BENCH_OBSERVABILITY_ROUNDS=1), and its mean.
+    # One round of each observability configuration (BENCH_OBSERVABILITY_ROUNDS=1), and its median.
     expected |= {("post_order", target + suffix, MAIN) for suffix in ("", " #1")
                  for target in ("ours, metrics on", "ours, metrics off", "ours, tracing on", "ours, tracing 1 in 10")}
     assert cases == expected
