@@ -34,6 +34,9 @@ OURS, FLOOR, NAIVE, OURS_2X = "ours", "floor", "naive", "ours, 2 order_service"
 # The observability cases, each on a restarted stack, back to back (see run_observability_cases).
 METRICS_ON, METRICS_OFF, TRACING_ON = "ours, metrics on", "ours, metrics off", "ours, tracing on"
 TRACING_SAMPLED = "ours, tracing 1 in 10"  # OTEL_TRACES_SAMPLER=parentbased_traceidratio, ARG=0.1
+# Tracing off and on at the same time, a stack each (run_side_by_side_case).
+SIDE_OFF, SIDE_ON = "side by side, tracing off", "side by side, tracing on"
+TRACED_STACK = "traced stack"  # the second stack's honcho; its processes' labels start with "traced "
 # On a 3-node RabbitMQ cluster of the bench's own, one and two instances of every service.
 CLUSTER_1, CLUSTER_2 = "ours, cluster, 1 each", "ours, cluster, 2 each"
 SERVICE_MODULES = {"customer_service": "customer_service.service:CustomerService",
@@ -43,6 +46,8 @@ SERVICE_MODULES = {"customer_service": "customer_service.service:CustomerService
                    "invoice_service": "invoice_service.service:InvoiceService"}
 MAIL_SINK = "mail sink"  # the SMTP server notification_service sends to (scripts/mail_sink.py --discard)
 OTLP_RECEIVER = "otlp receiver"  # where "tracing on" exports spans (scripts/otlp_receiver.py --discard)
+# Not the system under test, or serving both stacks of the side-by-side case.
+SHARED_LABELS = {"postgres", "rabbitmq", "load generator", "other", MAIL_SINK, OTLP_RECEIVER}
 # Above this share of all CPUs busy with other processes, a case is flagged: the machine was not quiet.
 OTHER_LOAD_WARNING = 0.10
 ENDPOINTS = {
@@ -156,7 +161,7 @@ class Bench:
         self.report["loadgen"] = loadgen.describe(self.loadgen)
         if self.loadgen == "python" and cfg.loadgen == "auto":
             print("wrk is not installed (Debian/Ubuntu: apt-get install wrk): using the Python load generator.")
-        expected = (len(cfg.connections) * 2 + 5 + (1 if cfg.scale else 0) + (4 * cfg.observability_rounds + 1 if cfg.observability else 0)
+        expected = (len(cfg.connections) * 2 + 5 + (1 if cfg.scale else 0) + (6 * cfg.observability_rounds + 2 if cfg.observability else 0)
                     + (2 if cfg.cluster else 0)) \
             * (cfg.seconds + cfg.warmup + 2)
         self.token = admin_token(cfg.jwt_secret, expected + cfg.soak_seconds + 3600)
@@ -227,11 +232,12 @@ class Bench:
         labels = {}
         for name, process in self.processes.items():
             pids = process.tree()
-            if name == "stack":
+            if name in ("stack", TRACED_STACK):
+                prefix = "traced " if name == TRACED_STACK else ""
                 for pid in pids:
                     label = stack.label(pid, process.pid)
                     if label:
-                        labels[pid] = label.replace(" master", "").replace(" worker", "")
+                        labels[pid] = prefix + label.replace(" master", "").replace(" worker", "")
             else:
                 label = {FLOOR: "floor app", NAIVE: "naive gateway"}.get(name, name.removesuffix("_2"))
                 labels.update({pid: label for pid in pids})
@@ -415,8 +421,87 @@ class Bench:
                                                  url_key=OURS))
         for target, cases in rounds.items():
             self.cases.append(_median_case(target, cases))
+        self.run_side_by_side_case(endpoint)
         self.processes[OTLP_RECEIVER].stop()
         self._restart_stack()
+
+    def run_side_by_side_case(self, endpoint):
+        """Tracing off and tracing on at the same time: the default stack and a second one with
+        every span exported (its own database, seeded alike, and vhost), each driven by half the
+        main connections, one round per observability round. Separate cases each get their own
+        10 seconds of a machine whose speed moves by up to 2x; here both share every second, and
+        on two busy cores each stack gets about half the CPU, so the ratio of their req/s is the
+        ratio of their CPU per order. Their CPU is shown apart (Postgres and RabbitMQ serve both)."""
+        cfg, half = self.config, max(1, self.config.main_connections // 2)
+        traced_db = stack.bench_database_url(cfg.database_url, cfg.database + "_traced")
+        stack.recreate_database(traced_db)
+        if not cfg.keep_db:
+            self.cleanups.append(("drop the traced bench database", lambda: stack.drop_database(traced_db)))
+        stack.migrate(traced_db)
+        traced_seed = stack.seed(traced_db, cfg.customers, cfg.products, cfg.seed_orders,
+                                 run_tag=uuid.uuid4().hex[:8])
+        vhost, amqp_uri = stack.create_vhost(cfg.amqp_uri)
+        self.cleanups.append(("delete the traced bench vhost", lambda: stack.delete_vhost(vhost)))
+        env = {**self.stack_env, **endpoint, "AMQP_URI": amqp_uri, "DATABASE_URL": traced_db,
+               "GATEWAY_PORT": str(stack.free_port()), "METRICS_PORT": str(stack.free_metrics_base())}
+        self._restart_stack()
+        traced = self._start(TRACED_STACK, [sys.executable, "-m", "honcho", "start", "-f", "Procfile"], env,
+                             stop_signal=signal.SIGINT)
+        traced_url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
+        stack.wait_http(traced_url + "/health", 90, traced)
+        drives = {SIDE_OFF: (self.urls[OURS], self._workload("post_order")),
+                  SIDE_ON: (traced_url, loadgen.Workload(
+                      kind="post_order", token=self.token, customers=traced_seed["customers"],
+                      skus=traced_seed["skus"], items_per_order=min(cfg.items_per_order, len(traced_seed["skus"]))))}
+
+        def both(seconds):
+            results = {}
+            threads = [threading.Thread(target=lambda t=target, u=url, w=workload: results.__setitem__(
+                t, loadgen.run(self.loadgen, u, w, half, seconds))) for target, (url, workload) in drives.items()]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return results
+
+        rounds = {SIDE_OFF: [], SIDE_ON: []}
+        try:
+            both(max(cfg.warmup, 2))
+            for n in range(cfg.observability_rounds):
+                labels = self._cpu_labels()
+                before, started = cpu.snapshot(labels), time.monotonic()
+                results = both(cfg.seconds)
+                used = cpu.usage(before, cpu.snapshot(labels), time.monotonic() - started,
+                                 self.report["machine"]["usable_cpus"])
+                for target, result in results.items():
+                    rounds[target].append(self._side_case(target, n + 1, half, result, used))
+                    self.cases.append(rounds[target][-1])
+        except Exception as exc:  # recorded: the other cases still tell something
+            self.problems.append(f"side by side: {exc.__class__.__name__}: {exc}")
+            print(f"  side by side FAILED {exc}", flush=True)
+        finally:
+            traced.stop()
+        for target, cases in rounds.items():
+            if cases:
+                self.cases.append(_median_case(target, cases))
+
+    def _side_case(self, target, round_number, connections, result, used):
+        """A case of the side-by-side run: its own stack's CPU per 2xx answer only."""
+        ok = result["requests"] - result["non2xx"]
+        traced = target == SIDE_ON
+        mine = {label.removeprefix("traced "): value for label, value in used["seconds"].items()
+                if label.startswith("traced ") == traced and label not in SHARED_LABELS}
+        case = {"name": f"{ENDPOINTS['post_order']} | {target} #{round_number} | c{connections}",
+                "endpoint": ENDPOINTS["post_order"], "kind": "post_order", "target": f"{target} #{round_number}",
+                "connections": connections, **result,
+                "ok_rps": round(ok / result["seconds"], 1) if result["seconds"] else 0.0,
+                "machine_busy": used["machine_busy"], "other_load": used["other_share"], "steal": used["steal_share"],
+                "cpu_ms_per_ok_request": {label: round(1000 * value / ok, 2) if ok else None
+                                          for label, value in mine.items()}}
+        case["cpu_ms_per_ok_total"] = round(sum(v or 0 for v in case["cpu_ms_per_ok_request"].values()), 2)
+        print(f"  {case['name']:<58} {case['ok_rps']:>8.1f} req/s  p50 {case['p50_ms']:>7.2f}  "
+              f"p99 {case['p99_ms']:>8.2f} ms  errors {case['errors']}", flush=True)
+        return case
 
     def run_scale_case(self):
         m = self.config.main_connections
@@ -589,6 +674,10 @@ class Bench:
             ratio(f"POST@{m} req/s metrics on/off", "post_order", METRICS_ON, METRICS_OFF, m, "ok_rps", ">=", 0.95),
             ratio(f"POST@{m} req/s tracing on/off", "post_order", TRACING_ON, METRICS_ON, m, "ok_rps", ">=", 0.85),
             ratio(f"POST@{m} req/s tracing 1 in 10/off", "post_order", TRACING_SAMPLED, METRICS_ON, m, "ok_rps"),
+            ratio(f"POST@{m // 2}+{m // 2} req/s side by side tracing on/off", "post_order", SIDE_ON, SIDE_OFF,
+                  max(1, m // 2), "ok_rps", ">=", 0.85),
+            ratio(f"POST@{m // 2}+{m // 2} CPU per answer side by side off/on", "post_order", SIDE_OFF, SIDE_ON,
+                  max(1, m // 2), "cpu_ms_per_ok_total"),
             ratio(f"POST@{m} req/s cluster/one node", "post_order", CLUSTER_1, METRICS_ON, m, "ok_rps"),
             ratio(f"POST@{m} req/s cluster 2 each/1 each", "post_order", CLUSTER_2, CLUSTER_1, m, "ok_rps"),
             ratio(f"POST@{m} CPU per answer one node/cluster", "post_order", METRICS_ON, CLUSTER_1, m,

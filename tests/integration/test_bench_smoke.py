@@ -21,6 +21,7 @@ RATIO_LINES = (
     f"ratio POST@{MAIN} CPU per answer floor/ours",
     f"ratio POST@{MAIN} req/s metrics on/off",
     f"ratio POST@{MAIN} req/s tracing on/off",
+    f"ratio POST@{MAIN // 2}+{MAIN // 2} req/s side by side tracing on/off",
 )
 
 
@@ -65,6 +66,9 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     # One round of each observability configuration (BENCH_OBSERVABILITY_ROUNDS=1), and its median.
     expected |= {("post_order", target + suffix, MAIN) for suffix in ("", " #1")
                  for target in ("ours, metrics on", "ours, metrics off", "ours, tracing on", "ours, tracing 1 in 10")}
+    # Tracing off and on at once, a stack each with half the connections.
+    expected |= {("post_order", target + suffix, MAIN // 2) for suffix in ("", " #1")
+                 for target in ("side by side, tracing off", "side by side, tracing on")}
     assert cases == expected
     for case in report["cases"]:
         assert "failed" not in case, case
