@@ -132,6 +132,10 @@ class _SqlSpans:
         event.listen(engine, "handle_error", self._failed)
 
     def _before(self, connection, cursor, statement, parameters, execution, executemany):
+        if not trace.get_current_span().is_recording():
+            # Outside traced work, or in a trace sampled out: every sampler we offer would drop
+            # this span too (see _TracedWorkOnly), so not even a no-op one is made.
+            return
         verb = statement.split(None, 1)[0].upper() if statement.strip() else "SQL"
         execution._traced_span = self._tracer.start_span(
             verb + self._database, kind=SpanKind.CLIENT,
@@ -167,8 +171,10 @@ def with_traceparent(data):
 
 
 def client_span(service, method):
-    """A CLIENT span around one RPC call (a no-op context when tracing is off)."""
-    if not enabled():
+    """A CLIENT span around one RPC call (a no-op context when tracing is off, or when the
+    work making the call is not recorded: the callee still gets its traceparent and follows
+    its sampled flag)."""
+    if not enabled() or not trace.get_current_span().is_recording():
         return _NO_SPAN
     return tracer().start_as_current_span(f"{service}.{method}", kind=SpanKind.CLIENT, attributes={
         "rpc.system": "nameko", "rpc.service": service, "rpc.method": method})

@@ -36,3 +36,27 @@ def test_otel_traces_sampler_chooses_which_traces_are_kept():
                                    SpanKind.SERVER).decision == Decision.RECORD_AND_SAMPLE
     assert set(SAMPLERS) == {"always_on", "always_off", "traceidratio", "parentbased_always_on",
                              "parentbased_always_off", "parentbased_traceidratio"}
+
+
+def test_a_call_from_work_not_recorded_makes_no_client_span_and_passes_on_the_sampled_flag(monkeypatch):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from common import tracing
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    monkeypatch.setitem(tracing._state, "enabled", True)
+    monkeypatch.setitem(tracing._state, "tracer", provider.get_tracer(__name__))
+    sampled_out = NonRecordingSpan(SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=True,
+                                               trace_flags=TraceFlags(TraceFlags.DEFAULT)))
+    with trace.use_span(sampled_out), tracing.client_span("inventory_service", "reserve"):
+        # The callee is told: same trace, not sampled.
+        assert tracing.current_traceparent() == f"00-{0x1234:032x}-{0x5678:016x}-00"
+    with tracing.tracer().start_as_current_span("order_service.create_order"), \
+            tracing.client_span("inventory_service", "reserve"):
+        pass
+    assert [span.name for span in spans.get_finished_spans()] == ["inventory_service.reserve",
+                                                                  "order_service.create_order"]

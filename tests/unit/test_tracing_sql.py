@@ -3,7 +3,8 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from sqlalchemy import create_engine, exc, text
 
 from common.tracing import _SqlSpans
@@ -40,3 +41,14 @@ def test_a_failed_statement_ends_its_span_as_an_error(traced):
     [statement] = [span for span in spans.get_finished_spans() if span.kind == SpanKind.CLIENT]
     assert statement.status.status_code == StatusCode.ERROR
     assert "no_such_table" in statement.status.description
+
+
+def test_no_span_outside_traced_work_or_in_a_trace_sampled_out(traced):
+    engine, _, spans = traced
+    sampled_out = NonRecordingSpan(SpanContext(trace_id=0x1234, span_id=0x5678, is_remote=True,
+                                               trace_flags=TraceFlags(TraceFlags.DEFAULT)))
+    with engine.connect() as connection:
+        connection.execute(text("select 1"))  # the outbox relay's polling, say
+        with trace.use_span(sampled_out):
+            connection.execute(text("select 1"))
+    assert spans.get_finished_spans() == ()
