@@ -20,6 +20,7 @@ import threading
 import time
 import traceback
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,8 +47,10 @@ SERVICE_MODULES = {"customer_service": "customer_service.service:CustomerService
                    "invoice_service": "invoice_service.service:InvoiceService"}
 MAIL_SINK = "mail sink"  # the SMTP server notification_service sends to (scripts/mail_sink.py --discard)
 OTLP_RECEIVER = "otlp receiver"  # where "tracing on" exports spans (scripts/otlp_receiver.py --discard)
-# Not the system under test, or serving both stacks of the side-by-side case.
-SHARED_LABELS = {"postgres", "rabbitmq", "load generator", "other", MAIL_SINK, OTLP_RECEIVER}
+# CPU that is not the system under test: the load generator, other load, the mail relay, the trace receiver.
+NOT_THE_SYSTEM = {"load generator", "other", MAIL_SINK, OTLP_RECEIVER}
+# ... and the servers both stacks of the side-by-side case use.
+SHARED_LABELS = {"postgres", "rabbitmq"} | NOT_THE_SYSTEM
 # Above this share of all CPUs busy with other processes, a case is flagged: the machine was not quiet.
 OTHER_LOAD_WARNING = 0.10
 ENDPOINTS = {
@@ -305,22 +308,24 @@ class Bench:
         except BaseException:  # Ctrl-C or SIGTERM: the run ends here
             case["failed"] = "interrupted"
             raise
+        return self._record(case, result, used, used["seconds"])
+
+    def _record(self, case, result, used, cpu_seconds):
+        """Fill `case` from a load run's `result` and the CPU `used` meanwhile (`cpu_seconds`: the
+        CPU seconds by label that count for this case), and print its line."""
         ok = result["requests"] - result["non2xx"]
-        result["ok_rps"] = round(ok / result["seconds"], 1) if result["seconds"] else 0.0
-        result["cpu_seconds"] = used["seconds"]
-        result["machine_busy"] = used["machine_busy"]
-        # With BENCH_BASE_URL the stack is not ours to label: its processes land in "other".
-        result["other_load"] = None if cfg.base_url else used["other_share"]
-        result["steal"] = used["steal_share"]
-        result["cpu_ms_per_ok_request"] = {label: round(1000 * value / ok, 2) if ok else None
-                                           for label, value in used["seconds"].items()}
-        # The system under test only: not the load generator, not other load, not the mail relay,
-        # not the trace receiver.
-        result["cpu_ms_per_ok_total"] = round(sum(
-            value or 0 for label, value in result["cpu_ms_per_ok_request"].items()
-            if label not in ("load generator", "other", MAIL_SINK, OTLP_RECEIVER)), 2)
         case.update(result)
-        print(f"  {name:<58} {case['ok_rps']:>8.1f} req/s  p50 {case['p50_ms']:>7.2f}  "
+        case["ok_rps"] = round(ok / result["seconds"], 1) if result["seconds"] else 0.0
+        case["cpu_seconds"] = cpu_seconds
+        case["machine_busy"] = used["machine_busy"]
+        # With BENCH_BASE_URL the stack is not ours to label: its processes land in "other".
+        case["other_load"] = None if self.config.base_url else used["other_share"]
+        case["steal"] = used["steal_share"]
+        case["cpu_ms_per_ok_request"] = {label: round(1000 * value / ok, 2) if ok else None
+                                         for label, value in cpu_seconds.items()}
+        case["cpu_ms_per_ok_total"] = round(sum(
+            value or 0 for label, value in case["cpu_ms_per_ok_request"].items() if label not in NOT_THE_SYSTEM), 2)
+        print(f"  {case['name']:<58} {case['ok_rps']:>8.1f} req/s  p50 {case['p50_ms']:>7.2f}  "
               f"p99 {case['p99_ms']:>8.2f} ms  errors {case['errors']}", flush=True)
         if case["steal"] is not None and case["steal"] > OTHER_LOAD_WARNING:
             print(f"    [!] the hypervisor ran someone else on {case['steal'] * 100:.0f}% of our CPU time (steal): "
@@ -408,9 +413,8 @@ class Bench:
                           (TRACING_SAMPLED, {**endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                                              "OTEL_TRACES_SAMPLER_ARG": "0.1"})]
         rounds = {target: [] for target, _ in configurations}
-        # Unrecorded load first: the first case after seeding was measured paying for the database
-        # settling (autovacuum of the seeded tables, cold caches), up to a fifth of its req/s.
-        self._restart_stack()
+        # Unrecorded load first (on the default stack, as it runs now): the first case after seeding
+        # was measured paying for the database settling (autovacuum, cold caches), up to a fifth of its req/s.
         loadgen.run(self.loadgen, self.urls[OURS], self._workload("post_order"), m, self.config.seconds)
         # Forward, then backward, then forward again ...: A B C D D C B A for two rounds.
         order = [configurations if n % 2 == 0 else configurations[::-1]
@@ -455,14 +459,10 @@ class Bench:
                       skus=traced_seed["skus"], items_per_order=min(cfg.items_per_order, len(traced_seed["skus"]))))}
 
         def both(seconds):
-            results = {}
-            threads = [threading.Thread(target=lambda t=target, u=url, w=workload: results.__setitem__(
-                t, loadgen.run(self.loadgen, u, w, half, seconds))) for target, (url, workload) in drives.items()]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            return results
+            with ThreadPoolExecutor(len(drives)) as pool:
+                runs = {target: pool.submit(loadgen.run, self.loadgen, url, workload, half, seconds)
+                        for target, (url, workload) in drives.items()}
+                return {target: run.result() for target, run in runs.items()}
 
         rounds = {SIDE_OFF: [], SIDE_ON: []}
         try:
@@ -487,21 +487,13 @@ class Bench:
 
     def _side_case(self, target, round_number, connections, result, used):
         """A case of the side-by-side run: its own stack's CPU per 2xx answer only."""
-        ok = result["requests"] - result["non2xx"]
         traced = target == SIDE_ON
         mine = {label.removeprefix("traced "): value for label, value in used["seconds"].items()
                 if label.startswith("traced ") == traced and label not in SHARED_LABELS}
         case = {"name": f"{ENDPOINTS['post_order']} | {target} #{round_number} | c{connections}",
                 "endpoint": ENDPOINTS["post_order"], "kind": "post_order", "target": f"{target} #{round_number}",
-                "connections": connections, **result,
-                "ok_rps": round(ok / result["seconds"], 1) if result["seconds"] else 0.0,
-                "machine_busy": used["machine_busy"], "other_load": used["other_share"], "steal": used["steal_share"],
-                "cpu_ms_per_ok_request": {label: round(1000 * value / ok, 2) if ok else None
-                                          for label, value in mine.items()}}
-        case["cpu_ms_per_ok_total"] = round(sum(v or 0 for v in case["cpu_ms_per_ok_request"].values()), 2)
-        print(f"  {case['name']:<58} {case['ok_rps']:>8.1f} req/s  p50 {case['p50_ms']:>7.2f}  "
-              f"p99 {case['p99_ms']:>8.2f} ms  errors {case['errors']}", flush=True)
-        return case
+                "connections": connections}
+        return self._record(case, result, used, mine)
 
     def run_scale_case(self):
         m = self.config.main_connections

@@ -11,8 +11,9 @@
 - An event carries the context of the change that caused it: the outbox row
   keeps the `traceparent` current when the event was written, the relay sends
   it as a message header, and the consumer's span continues that trace.
-- SQL statements are spans (`_SqlSpans` on each traced engine), and every JSON log line carries `trace_id` and `span_id` while a
-  span is active (common/log.py).
+- SQL statements are spans (`_SqlSpans` on each traced engine), and every
+  JSON log line carries `trace_id` and `span_id` while a span is active
+  (common/log.py).
 - Which traces are kept is the standard OTEL_TRACES_SAMPLER (and its
   OTEL_TRACES_SAMPLER_ARG), read with the other settings; the default keeps
   every trace.
