@@ -14,7 +14,9 @@ see `common/rpc.py` and `gateway/rpc_pool.py`.
 Private attributes we read, not write (tested the same way):
 `ClusterRpcProxy._worker_ctx` and `._reply_listener` (the gateway's pool
 builds method proxies on a started standalone proxy) and
-`ReplyListener._reply_events` (a timed-out call drops its reply waiter).
+`ReplyListener._reply_events` (a timed-out call drops its reply waiter),
+`OTLPSpanExporter._client` and `._shutdown` (common/otlp_export.py sends its
+own encoding of the spans through the exporter's HTTP client).
 """
 import json
 import logging
