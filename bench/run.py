@@ -37,6 +37,7 @@ METRICS_ON, METRICS_OFF, TRACING_ON = "ours, metrics on", "ours, metrics off", "
 TRACING_SAMPLED = "ours, tracing 1 in 10"  # OTEL_TRACES_SAMPLER=parentbased_traceidratio, ARG=0.1
 # Tracing off and on at the same time, a stack each (run_side_by_side_case).
 SIDE_OFF, SIDE_ON = "side by side, tracing off", "side by side, tracing on"
+SIDE_CONTROL = "side by side, control"  # BENCH_SIDE_BY_SIDE_CONTROL: the second stack untraced as well
 TRACED_STACK = "traced stack"  # the second stack's honcho; its processes' labels start with "traced "
 # On a 3-node RabbitMQ cluster of the bench's own, one and two instances of every service.
 CLUSTER_1, CLUSTER_2 = "ours, cluster, 1 each", "ours, cluster, 2 each"
@@ -82,6 +83,7 @@ class Config:
     cluster: bool
     only: str
     observability_rounds: int
+    side_by_side_control: bool
     soak_seconds: int
     soak_connections: int
     soak_interval: float
@@ -117,6 +119,7 @@ class Config:
             cluster=env.get("BENCH_CLUSTER", "1") != "0",
             only=env.get("BENCH_ONLY", ""),
             observability_rounds=max(1, _int(env, "BENCH_OBSERVABILITY_ROUNDS", 3)),
+            side_by_side_control=env.get("BENCH_SIDE_BY_SIDE_CONTROL", "0") == "1",
             soak_seconds=max(0, _int(env, "BENCH_SOAK_SECONDS", 0)),
             soak_connections=max(1, _int(env, "BENCH_SOAK_CONNECTIONS", 8)),
             soak_interval=float(env.get("BENCH_SOAK_INTERVAL", "5")),
@@ -339,7 +342,8 @@ class Bench:
         cfg = self.config
         m = cfg.main_connections
         if cfg.only:
-            {"observability": self.run_observability_cases, "cluster": self.run_cluster_cases}[cfg.only]()
+            {"observability": self.run_observability_cases, "cluster": self.run_cluster_cases,
+             "side-by-side": lambda: self.run_observability_cases(separate=False)}[cfg.only]()
             return
         self._start_gunicorn(FLOOR, "bench.floor_app:app")
         print(f"\ncases: {cfg.warmup}s warm-up + {cfg.seconds}s each, load generator {self.loadgen}", flush=True)
@@ -392,7 +396,7 @@ class Bench:
         for node in reversed(nodes):
             node.stop()
 
-    def run_observability_cases(self):
+    def run_observability_cases(self, separate=True):
         """POST at the main connections on a freshly started stack per round: metrics on and
         tracing off (the default), metrics off (METRICS_PORT=0), tracing on, exporting every span
         to a local OTLP/HTTP receiver (scripts/otlp_receiver.py --discard, standing in for a
@@ -400,8 +404,7 @@ class Bench:
         trace in ten (the standard ratio sampler). After unrecorded load, three rounds of each, in
         the order A B C D D C B A A B C D, so that neither the place after a restart nor drift over
         the minutes favours one; the ratios compare each configuration's median round. Then the
-        default stack again."""
-        m = self.config.main_connections
+        default stack again. Without `separate`, only the side-by-side case."""
         if self.config.base_url:
             self.report["observability"] = "skipped: BENCH_BASE_URL"
             return
@@ -412,6 +415,14 @@ class Bench:
         configurations = [(METRICS_ON, {}), (METRICS_OFF, {"METRICS_PORT": 0}), (TRACING_ON, endpoint),
                           (TRACING_SAMPLED, {**endpoint, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                                              "OTEL_TRACES_SAMPLER_ARG": "0.1"})]
+        if separate:
+            self._run_separate_cases(configurations)
+        self.run_side_by_side_case(endpoint)
+        self.processes[OTLP_RECEIVER].stop()
+        self._restart_stack()
+
+    def _run_separate_cases(self, configurations):
+        m = self.config.main_connections
         rounds = {target: [] for target, _ in configurations}
         # Unrecorded load first (on the default stack, as it runs now): the first case after seeding
         # was measured paying for the database settling (autovacuum, cold caches), up to a fifth of its req/s.
@@ -425,9 +436,6 @@ class Bench:
                                                  url_key=OURS))
         for target, cases in rounds.items():
             self.cases.append(_median_case(target, cases))
-        self.run_side_by_side_case(endpoint)
-        self.processes[OTLP_RECEIVER].stop()
-        self._restart_stack()
 
     def run_side_by_side_case(self, endpoint):
         """Tracing off and tracing on at the same time: the default stack and a second one with
@@ -446,6 +454,10 @@ class Bench:
                                  run_tag=uuid.uuid4().hex[:8])
         vhost, amqp_uri = stack.create_vhost(cfg.amqp_uri)
         self.cleanups.append(("delete the traced bench vhost", lambda: stack.delete_vhost(vhost)))
+        # The control run (BENCH_SIDE_BY_SIDE_CONTROL=1) leaves the second stack untraced too: what
+        # its ratio misses 1.0 by is the method's own error (the second database, the second vhost).
+        second = SIDE_CONTROL if cfg.side_by_side_control else SIDE_ON
+        endpoint = {} if cfg.side_by_side_control else endpoint
         env = {**self.stack_env, **endpoint, "AMQP_URI": amqp_uri, "DATABASE_URL": traced_db,
                "GATEWAY_PORT": str(stack.free_port()), "METRICS_PORT": str(stack.free_metrics_base())}
         self._restart_stack()
@@ -454,7 +466,7 @@ class Bench:
         traced_url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
         stack.wait_http(traced_url + "/health", 90, traced)
         drives = {SIDE_OFF: (self.urls[OURS], self._workload("post_order")),
-                  SIDE_ON: (traced_url, loadgen.Workload(
+                  second: (traced_url, loadgen.Workload(
                       kind="post_order", token=self.token, customers=traced_seed["customers"],
                       skus=traced_seed["skus"], items_per_order=min(cfg.items_per_order, len(traced_seed["skus"]))))}
 
@@ -464,7 +476,7 @@ class Bench:
                         for target, (url, workload) in drives.items()}
                 return {target: run.result() for target, run in runs.items()}
 
-        rounds = {SIDE_OFF: [], SIDE_ON: []}
+        rounds = {SIDE_OFF: [], second: []}
         try:
             both(max(cfg.warmup, 2))
             for n in range(cfg.observability_rounds):
@@ -487,7 +499,7 @@ class Bench:
 
     def _side_case(self, target, round_number, connections, result, used):
         """A case of the side-by-side run: its own stack's CPU per 2xx answer only."""
-        traced = target == SIDE_ON
+        traced = target != SIDE_OFF  # the second stack's processes are labelled "traced ..."
         mine = {label.removeprefix("traced "): value for label, value in used["seconds"].items()
                 if label.startswith("traced ") == traced and label not in SHARED_LABELS}
         case = {"name": f"{ENDPOINTS['post_order']} | {target} #{round_number} | c{connections}",
@@ -670,6 +682,8 @@ class Bench:
                   max(1, m // 2), "ok_rps", ">=", 0.85),
             ratio(f"POST@{m // 2}+{m // 2} CPU per answer side by side off/on", "post_order", SIDE_OFF, SIDE_ON,
                   max(1, m // 2), "cpu_ms_per_ok_total"),
+            ratio(f"POST@{m // 2}+{m // 2} req/s side by side control second/first", "post_order", SIDE_CONTROL,
+                  SIDE_OFF, max(1, m // 2), "ok_rps"),
             ratio(f"POST@{m} req/s cluster/one node", "post_order", CLUSTER_1, METRICS_ON, m, "ok_rps"),
             ratio(f"POST@{m} req/s cluster 2 each/1 each", "post_order", CLUSTER_2, CLUSTER_1, m, "ok_rps"),
             ratio(f"POST@{m} CPU per answer one node/cluster", "post_order", METRICS_ON, CLUSTER_1, m,
