@@ -166,6 +166,15 @@ def current_traceparent():
     return carrier.get(TRACEPARENT_KEY)
 
 
+def parent_context(traceparent, tracestate=None):
+    """The context whose current span is the (remote) one a W3C `traceparent` names; an empty
+    context when it is missing or malformed (then a new trace starts)."""
+    carrier = {TRACEPARENT_KEY: traceparent or ""}
+    if tracestate:
+        carrier["tracestate"] = tracestate
+    return _propagator.extract(carrier)
+
+
 def with_traceparent(data):
     """`data` (context data, a dict) plus the active span's traceparent, if any."""
     traceparent = current_traceparent()
@@ -213,7 +222,7 @@ class Tracing(DependencyProvider):
         entrypoint = worker_ctx.entrypoint
         kind = (SpanKind.SERVER if isinstance(entrypoint, Rpc)
                 else SpanKind.CONSUMER if isinstance(entrypoint, EventHandler) else SpanKind.INTERNAL)
-        parent = _propagator.extract({TRACEPARENT_KEY: worker_ctx.data.get(TRACEPARENT_KEY) or ""})
+        parent = parent_context(worker_ctx.data.get(TRACEPARENT_KEY))
         span = tracer().start_span(f"{worker_ctx.service_name}.{entrypoint.method_name}", context=parent,
                                    kind=kind, attributes={"rpc.system": "nameko",
                                                           "rpc.service": worker_ctx.service_name,

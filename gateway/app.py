@@ -26,7 +26,7 @@ from common.schemas import (CustomerInput, CustomerPatch, InvoiceListQuery, List
                             schema_instance)
 from common.settings import load_settings
 from common import tracing
-from gateway import metrics
+from gateway import metrics, server_span
 from gateway.errors import register_error_handlers
 from gateway.invoice_pdf import render_invoice
 from gateway.openapi import SPEC_PATH, register_openapi
@@ -59,10 +59,7 @@ def create_app(settings=None, rpc_pool=None):
         settings.nameko_config(), timeout=settings.rpc_timeout, max_size=settings.rpc_pool_size)
 
     if tracing.configure_tracing("gateway", settings):
-        # The server span of each request, joining an incoming W3C traceparent.
-        from opentelemetry.instrumentation.flask import FlaskInstrumentor
-
-        FlaskInstrumentor().instrument_app(app, excluded_urls="/health,/metrics")
+        server_span.instrument(app)  # first: the span holds every hook below
     register_error_handlers(app)
     app.before_request(_assign_request_id)
     app.before_request(_authenticate)

@@ -11,6 +11,7 @@ one scrape of any worker gives the whole gateway. In production expose
 - rpc_client_calls_total{service,method,outcome}, rpc_client_duration_seconds{service,method}
 - rpc_pool_proxies{state="in_use"|"idle"}
 """
+import functools
 import re
 
 from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
@@ -62,7 +63,12 @@ def count_proxies(state, change):
 
 def route_template(url_rule):
     """/api/v1/orders/<order_id> -> /api/v1/orders/{order_id}; no rule (404): 'unmatched'."""
-    return _FLASK_VARIABLE.sub(r"{\1}", url_rule.rule) if url_rule is not None else "unmatched"
+    return _template(url_rule.rule) if url_rule is not None else "unmatched"
+
+
+@functools.lru_cache(maxsize=256)  # one entry per route: a few dozen
+def _template(rule):
+    return _FLASK_VARIABLE.sub(r"{\1}", rule)
 
 
 def exposition():
