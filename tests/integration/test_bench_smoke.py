@@ -22,6 +22,7 @@ RATIO_LINES = (
     f"ratio POST@{MAIN} req/s metrics on/off",
     f"ratio POST@{MAIN} req/s tracing on/off",
     f"ratio POST@{MAIN // 2}+{MAIN // 2} req/s side by side tracing on/off",
+    f"ratio POST@{MAIN // 2}+{MAIN // 2} CPU per answer with Postgres and RabbitMQ side by side on/off",
 )
 
 
@@ -70,6 +71,8 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     expected |= {("post_order", target + suffix, MAIN // 2) for suffix in ("", " #1")
                  for target in ("side by side, tracing off", "side by side, tracing on")}
     assert cases == expected
+    side_by_side = [c for c in report["cases"] if c["target"].startswith("side by side")]
+    assert all(c["cpu_ms_per_ok_whole"] > c["cpu_ms_per_ok_total"] > 0 for c in side_by_side), side_by_side
     for case in report["cases"]:
         assert "failed" not in case, case
         assert case["requests"] > 0 and case["ok_rps"] > 0, case
