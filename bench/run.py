@@ -35,10 +35,11 @@ OURS, FLOOR, NAIVE, OURS_2X = "ours", "floor", "naive", "ours, 2 order_service"
 # The observability cases, each on a restarted stack, back to back (see run_observability_cases).
 METRICS_ON, METRICS_OFF, TRACING_ON = "ours, metrics on", "ours, metrics off", "ours, tracing on"
 TRACING_SAMPLED = "ours, tracing 1 in 10"  # OTEL_TRACES_SAMPLER=parentbased_traceidratio, ARG=0.1
-# Tracing off and on at the same time, a stack each (run_side_by_side_case).
+# Two stacks at the same time, the default one and a second one (run_side_by_side_cases).
 SIDE_OFF, SIDE_ON = "side by side, tracing off", "side by side, tracing on"
-SIDE_CONTROL = "side by side, control"  # BENCH_SIDE_BY_SIDE_CONTROL: the second stack untraced as well
-TRACED_STACK = "traced stack"  # the second stack's honcho; its processes' labels start with "traced "
+SIDE_METRICS_ON, SIDE_METRICS_OFF = "side by side, metrics on", "side by side, metrics off"
+SIDE_CONTROL = "side by side, control"  # BENCH_SIDE_BY_SIDE_CONTROL: the second stack as the first
+SECOND_STACK, SECOND_PREFIX = "second stack", "second "  # its honcho; its processes' labels start with "second "
 # On a 3-node RabbitMQ cluster of the bench's own, one and two instances of every service.
 CLUSTER_1, CLUSTER_2 = "ours, cluster, 1 each", "ours, cluster, 2 each"
 SERVICE_MODULES = {"customer_service": "customer_service.service:CustomerService",
@@ -238,8 +239,8 @@ class Bench:
         labels = {}
         for name, process in self.processes.items():
             pids = process.tree()
-            if name in ("stack", TRACED_STACK):
-                prefix = "traced " if name == TRACED_STACK else ""
+            if name in ("stack", SECOND_STACK):
+                prefix = SECOND_PREFIX if name == SECOND_STACK else ""
                 for pid in pids:
                     label = stack.label(pid, process.pid)
                     if label:
@@ -404,7 +405,7 @@ class Bench:
         trace in ten (the standard ratio sampler). After unrecorded load, three rounds of each, in
         the order A B C D D C B A A B C D, so that neither the place after a restart nor drift over
         the minutes favours one; the ratios compare each configuration's median round. Then the
-        default stack again. Without `separate`, only the side-by-side case."""
+        default stack again. Without `separate`, only the side-by-side cases."""
         if self.config.base_url:
             self.report["observability"] = "skipped: BENCH_BASE_URL"
             return
@@ -417,7 +418,7 @@ class Bench:
                                              "OTEL_TRACES_SAMPLER_ARG": "0.1"})]
         if separate:
             self._run_separate_cases(configurations)
-        self.run_side_by_side_case(endpoint)
+        self.run_side_by_side_cases(endpoint)
         self.processes[OTLP_RECEIVER].stop()
         self._restart_stack()
 
@@ -437,38 +438,41 @@ class Bench:
         for target, cases in rounds.items():
             self.cases.append(_median_case(target, cases))
 
-    def run_side_by_side_case(self, endpoint):
-        """Tracing off and tracing on at the same time: the default stack and a second one with
-        every span exported (its own database, seeded alike, and vhost), each driven by half the
-        main connections, one round per observability round. Separate cases each get their own
-        10 seconds of a machine whose speed moves by up to 2x; here both share every second, and
-        on two busy cores each stack gets about half the CPU, so the ratio of their req/s is the
-        ratio of their CPU per order. Their CPU is shown apart (Postgres and RabbitMQ serve both)."""
-        cfg, half = self.config, max(1, self.config.main_connections // 2)
-        traced_db = stack.bench_database_url(cfg.database_url, cfg.database + "_traced")
-        stack.recreate_database(traced_db)
+    def run_side_by_side_cases(self, endpoint):
+        """Two stacks at the same time, each driven by half the main connections, one round per
+        observability round: the default one, and a second one (its own database, seeded alike,
+        and vhost) with tracing on, every span exported, then with metrics off. Separate cases
+        each get their own 10 seconds of a machine whose speed moves by up to 2x; here both share
+        every second, and on two busy cores each stack gets about half the CPU, so the ratio of
+        their req/s is about the ratio of their CPU per order. Each stack's own CPU is counted
+        apart, and the Postgres and RabbitMQ work an order needs is added to both. The control
+        run (BENCH_SIDE_BY_SIDE_CONTROL=1) leaves the second stack as the first: how far its
+        ratios are from 1.0 is the method's own error."""
+        cfg = self.config
+        second_db = stack.bench_database_url(cfg.database_url, cfg.database + "_second")
+        stack.recreate_database(second_db)
         if not cfg.keep_db:
-            self.cleanups.append(("drop the traced bench database", lambda: stack.drop_database(traced_db)))
-        stack.migrate(traced_db)
-        traced_seed = stack.seed(traced_db, cfg.customers, cfg.products, cfg.seed_orders,
-                                 run_tag=uuid.uuid4().hex[:8])
+            self.cleanups.append(("drop the second bench database", lambda: stack.drop_database(second_db)))
+        stack.migrate(second_db)
+        seed = stack.seed(second_db, cfg.customers, cfg.products, cfg.seed_orders, run_tag=uuid.uuid4().hex[:8])
         vhost, amqp_uri = stack.create_vhost(cfg.amqp_uri)
-        self.cleanups.append(("delete the traced bench vhost", lambda: stack.delete_vhost(vhost)))
-        # The control run (BENCH_SIDE_BY_SIDE_CONTROL=1) leaves the second stack untraced too: what
-        # its ratio misses 1.0 by is the method's own error (the second database, the second vhost).
-        second = SIDE_CONTROL if cfg.side_by_side_control else SIDE_ON
-        endpoint = {} if cfg.side_by_side_control else endpoint
-        env = {**self.stack_env, **endpoint, "AMQP_URI": amqp_uri, "DATABASE_URL": traced_db,
-               "GATEWAY_PORT": str(stack.free_port()), "METRICS_PORT": str(stack.free_metrics_base())}
-        self._restart_stack()
-        traced = self._start(TRACED_STACK, [sys.executable, "-m", "honcho", "start", "-f", "Procfile"], env,
-                             stop_signal=signal.SIGINT)
-        traced_url = f"http://127.0.0.1:{env['GATEWAY_PORT']}"
-        stack.wait_http(traced_url + "/health", 90, traced)
-        drives = {SIDE_OFF: (self.urls[OURS], self._workload("post_order")),
-                  second: (traced_url, loadgen.Workload(
-                      kind="post_order", token=self.token, customers=traced_seed["customers"],
-                      skus=traced_seed["skus"], items_per_order=min(cfg.items_per_order, len(traced_seed["skus"]))))}
+        self.cleanups.append(("delete the second bench vhost", lambda: stack.delete_vhost(vhost)))
+        second_env = {**self.stack_env, "AMQP_URI": amqp_uri, "DATABASE_URL": second_db,
+                      "GATEWAY_PORT": str(stack.free_port()), "METRICS_PORT": str(stack.free_metrics_base())}
+        workload = loadgen.Workload(kind="post_order", token=self.token, customers=seed["customers"],
+                                    skus=seed["skus"], items_per_order=min(cfg.items_per_order, len(seed["skus"])))
+        comparisons = ([(SIDE_OFF, SIDE_CONTROL, {})] if cfg.side_by_side_control else
+                       [(SIDE_OFF, SIDE_ON, endpoint), (SIDE_METRICS_ON, SIDE_METRICS_OFF, {"METRICS_PORT": "0"})])
+        for first, second, overrides in comparisons:
+            self._restart_stack()
+            self._side_by_side(first, second, {**second_env, **overrides}, workload)
+
+    def _side_by_side(self, first, second, second_env, second_workload):
+        cfg, half = self.config, max(1, self.config.main_connections // 2)
+        second_stack = self._start(SECOND_STACK, [sys.executable, "-m", "honcho", "start", "-f", "Procfile"],
+                                   second_env, stop_signal=signal.SIGINT)
+        second_url = f"http://127.0.0.1:{second_env['GATEWAY_PORT']}"
+        drives = {first: (self.urls[OURS], self._workload("post_order")), second: (second_url, second_workload)}
 
         def both(seconds):
             with ThreadPoolExecutor(len(drives)) as pool:
@@ -476,8 +480,9 @@ class Bench:
                         for target, (url, workload) in drives.items()}
                 return {target: run.result() for target, run in runs.items()}
 
-        rounds = {SIDE_OFF: [], second: []}
+        rounds = {first: [], second: []}
         try:
+            stack.wait_http(second_url + "/health", 90, second_stack)
             both(max(cfg.warmup, 2))
             for n in range(cfg.observability_rounds):
                 labels = self._cpu_labels()
@@ -485,32 +490,31 @@ class Bench:
                 results = both(cfg.seconds)
                 used = cpu.usage(before, cpu.snapshot(labels), time.monotonic() - started,
                                  self.report["machine"]["usable_cpus"])
-                # Postgres and RabbitMQ serve both stacks: their CPU per answer of either, which a
-                # traced order needs as much as an untraced one, completes each stack's CPU per order.
+                # Postgres and RabbitMQ serve both stacks: their CPU per answer of either, which an
+                # order of one needs as much as one of the other, completes each stack's CPU per order.
                 answers = sum(result["requests"] - result["non2xx"] for result in results.values())
                 shared_ms = round(1000 * sum(used["seconds"].get(label) or 0 for label in ("postgres", "rabbitmq"))
                                   / answers, 2) if answers else None
                 for target, result in results.items():
-                    case = self._side_case(target, n + 1, half, result, used)
+                    case = self._side_case(target, target == second, n + 1, half, result, used)
                     case["shared_cpu_ms_per_ok"] = shared_ms
                     case["cpu_ms_per_ok_whole"] = None if shared_ms is None else round(
                         case["cpu_ms_per_ok_total"] + shared_ms, 2)
                     rounds[target].append(case)
                     self.cases.append(case)
         except Exception as exc:  # recorded: the other cases still tell something
-            self.problems.append(f"side by side: {exc.__class__.__name__}: {exc}")
-            print(f"  side by side FAILED {exc}", flush=True)
+            self.problems.append(f"{second}: {exc.__class__.__name__}: {exc}")
+            print(f"  {second} FAILED {exc}", flush=True)
         finally:
-            traced.stop()
+            second_stack.stop()
         for target, cases in rounds.items():
             if cases:
                 self.cases.append(_median_case(target, cases))
 
-    def _side_case(self, target, round_number, connections, result, used):
-        """A case of the side-by-side run: its own stack's CPU per 2xx answer only."""
-        traced = target != SIDE_OFF  # the second stack's processes are labelled "traced ..."
-        mine = {label.removeprefix("traced "): value for label, value in used["seconds"].items()
-                if label.startswith("traced ") == traced and label not in SHARED_LABELS}
+    def _side_case(self, target, on_second_stack, round_number, connections, result, used):
+        """A case of a side-by-side run: its own stack's CPU per 2xx answer only."""
+        mine = {label.removeprefix(SECOND_PREFIX): value for label, value in used["seconds"].items()
+                if label.startswith(SECOND_PREFIX) == on_second_stack and label not in SHARED_LABELS}
         case = {"name": f"{ENDPOINTS['post_order']} | {target} #{round_number} | c{connections}",
                 "endpoint": ENDPOINTS["post_order"], "kind": "post_order", "target": f"{target} #{round_number}",
                 "connections": connections}
@@ -693,8 +697,12 @@ class Bench:
                   max(1, m // 2), "cpu_ms_per_ok_total"),
             # The same with the Postgres and RabbitMQ work each order needs: tracing's CPU per order on
             # the whole machine, which is what bounds req/s on CPU-bound cores (target: at most +15%).
-            ratio(f"POST@{m // 2}+{m // 2} CPU per answer with Postgres and RabbitMQ side by side on/off",
+            ratio(f"POST@{m // 2}+{m // 2} CPU per answer with Postgres and RabbitMQ side by side tracing on/off",
                   "post_order", SIDE_ON, SIDE_OFF, max(1, m // 2), "cpu_ms_per_ok_whole", "<=", 1.15),
+            ratio(f"POST@{m // 2}+{m // 2} req/s side by side metrics on/off", "post_order", SIDE_METRICS_ON,
+                  SIDE_METRICS_OFF, max(1, m // 2), "ok_rps", ">=", 0.95),
+            ratio(f"POST@{m // 2}+{m // 2} CPU per answer with Postgres and RabbitMQ side by side metrics on/off",
+                  "post_order", SIDE_METRICS_ON, SIDE_METRICS_OFF, max(1, m // 2), "cpu_ms_per_ok_whole", "<=", 1.05),
             ratio(f"POST@{m // 2}+{m // 2} req/s side by side control second/first", "post_order", SIDE_CONTROL,
                   SIDE_OFF, max(1, m // 2), "ok_rps"),
             ratio(f"POST@{m // 2}+{m // 2} CPU per answer with Postgres and RabbitMQ side by side control "

@@ -22,7 +22,9 @@ RATIO_LINES = (
     f"ratio POST@{MAIN} req/s metrics on/off",
     f"ratio POST@{MAIN} req/s tracing on/off",
     f"ratio POST@{MAIN // 2}+{MAIN // 2} req/s side by side tracing on/off",
-    f"ratio POST@{MAIN // 2}+{MAIN // 2} CPU per answer with Postgres and RabbitMQ side by side on/off",
+    f"ratio POST@{MAIN // 2}+{MAIN // 2} CPU per answer with Postgres and RabbitMQ side by side tracing on/off",
+    f"ratio POST@{MAIN // 2}+{MAIN // 2} req/s side by side metrics on/off",
+    f"ratio POST@{MAIN // 2}+{MAIN // 2} CPU per answer with Postgres and RabbitMQ side by side metrics on/off",
 )
 
 
@@ -67,9 +69,9 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     # One round of each observability configuration (BENCH_OBSERVABILITY_ROUNDS=1), and its median.
     expected |= {("post_order", target + suffix, MAIN) for suffix in ("", " #1")
                  for target in ("ours, metrics on", "ours, metrics off", "ours, tracing on", "ours, tracing 1 in 10")}
-    # Tracing off and on at once, a stack each with half the connections.
-    expected |= {("post_order", target + suffix, MAIN // 2) for suffix in ("", " #1")
-                 for target in ("side by side, tracing off", "side by side, tracing on")}
+    # Tracing off and on at once, then metrics on and off, a stack each with half the connections.
+    expected |= {("post_order", f"side by side, {target}{suffix}", MAIN // 2) for suffix in ("", " #1")
+                 for target in ("tracing off", "tracing on", "metrics on", "metrics off")}
     assert cases == expected
     side_by_side = [c for c in report["cases"] if c["target"].startswith("side by side")]
     assert all(c["cpu_ms_per_ok_whole"] > c["cpu_ms_per_ok_total"] > 0 for c in side_by_side), side_by_side
