@@ -51,8 +51,9 @@ MAIL_SINK = "mail sink"  # the SMTP server notification_service sends to (script
 OTLP_RECEIVER = "otlp receiver"  # where "tracing on" exports spans (scripts/otlp_receiver.py --discard)
 # CPU that is not the system under test: the load generator, other load, the mail relay, the trace receiver.
 NOT_THE_SYSTEM = {"load generator", "other", MAIL_SINK, OTLP_RECEIVER}
-# ... and the servers both stacks of the side-by-side case use.
-SHARED_LABELS = {"postgres", "rabbitmq"} | NOT_THE_SYSTEM
+# The servers both stacks of a side-by-side case use, and all the CPU neither stack owns.
+SHARED_SERVERS = ("postgres", "rabbitmq")
+SHARED_LABELS = {*SHARED_SERVERS} | NOT_THE_SYSTEM
 # Above this share of all CPUs busy with other processes, a case is flagged: the machine was not quiet.
 OTHER_LOAD_WARNING = 0.10
 ENDPOINTS = {
@@ -493,7 +494,7 @@ class Bench:
                 # Postgres and RabbitMQ serve both stacks: their CPU per answer of either, which an
                 # order of one needs as much as one of the other, completes each stack's CPU per order.
                 answers = sum(result["requests"] - result["non2xx"] for result in results.values())
-                shared_ms = round(1000 * sum(used["seconds"].get(label) or 0 for label in ("postgres", "rabbitmq"))
+                shared_ms = round(1000 * sum(used["seconds"].get(label) or 0 for label in SHARED_SERVERS)
                                   / answers, 2) if answers else None
                 for target, result in results.items():
                     case = self._side_case(target, target == second, n + 1, half, result, used)

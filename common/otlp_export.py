@@ -4,11 +4,12 @@ opentelemetry-exporter-otlp-proto-http builds a protobuf object per span and per
 attribute and hashes the span's Resource (a JSON dump) for every span: 50-85 us
 a span here, more than making the span, and about a third of tracing's CPU in
 inventory_service under load (README "Performance"). `SpanEncoder` below writes
-the same ExportTraceServiceRequest bytes directly (about 13 us a span) for the spans we make (ids, name, kind, times, scalar
-attributes, status) and keeps the encoding of each attribute, which repeats
-from span to span (the same SQL statements, the same service names). A span
-with anything else (events, as record_exception adds; links; a trace state;
-array attributes; dropped counts) is encoded by the library. A unit test
+the same ExportTraceServiceRequest bytes directly (about 13 us a span) for the
+spans we make (ids, name, kind, times, scalar attributes, status) and keeps the
+encoding of each attribute, which repeats from span to span (the same SQL
+statements, the same service names). A span with anything else (events, as
+record_exception adds; links; a trace state; array attributes; dropped counts;
+no status) is encoded by the library. A unit test
 decodes both encodings with opentelemetry-proto and compares them.
 """
 import logging
@@ -88,7 +89,7 @@ class SpanEncoder:
     def _encode_span(self, span):
         context = span.get_span_context()
         status = span.status
-        if (span.events or span.links or context.trace_state or span.dropped_attributes
+        if (status is None or span.events or span.links or context.trace_state or span.dropped_attributes
                 or span.dropped_events or span.dropped_links):
             return self._library_span(span)
         attributes = []
@@ -103,8 +104,6 @@ class SpanEncoder:
         flags = _HAS_IS_REMOTE | (_IS_REMOTE if parent is not None and parent.is_remote else 0)
         name = span.name.encode()
         status_payload = b""
-        if status is None:
-            return self._library_span(span)
         if status.description:
             status_payload += _delimited(b"\x12", status.description.encode())
         if status.status_code is not StatusCode.UNSET:

@@ -146,24 +146,24 @@ class _SqlSpans:
 
         class TracedCursor(psycopg2.extensions.cursor):
             def execute(self, query, vars=None):
-                span = statement_span(query)
-                if span is None:
-                    return super().execute(query, vars)
-                with _ending(span):
-                    return super().execute(query, vars)
+                return _within(statement_span(query), super().execute, query, vars)
 
             def executemany(self, query, vars_list):
-                span = statement_span(query)
-                if span is None:
-                    return super().executemany(query, vars_list)
-                with _ending(span):
-                    return super().executemany(query, vars_list)
+                return _within(statement_span(query), super().executemany, query, vars_list)
 
         self.cursor_class = TracedCursor
         event.listen(engine, "connect", self._on_connect)  # a pool event: no dispatch per statement
 
     def _on_connect(self, dbapi_connection, connection_record):
         dbapi_connection.cursor_factory = self.cursor_class
+
+
+def _within(span, call, *args):
+    """call(*args), inside `span` if there is one (ended after it, an error if it raised)."""
+    if span is None:
+        return call(*args)
+    with _ending(span):
+        return call(*args)
 
 
 class _ending:

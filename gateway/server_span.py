@@ -1,10 +1,11 @@
 """The gateway's server span: one per HTTP request while tracing is on.
 
 Named "<METHOD> <route>" with the route as the metrics name it
-(`/api/v1/orders/{order_id}`; the method alone where no route matched), of kind SERVER, the child of an incoming W3C
-`traceparent` (else the root of a new trace), and current from the first
-before-request hook to the request's teardown, so that the auth check, the
-RPC client spans and the access log line are all inside it. Its attributes
+(`/api/v1/orders/{order_id}`; the method alone where no route matched), of
+kind SERVER, the child of an incoming W3C `traceparent` (else the root of a
+new trace), and current from the first before-request hook to the request's
+teardown, so that the auth check, the RPC client spans and the access log
+line are all inside it. Its attributes
 are the HTTP ones opentelemetry-instrumentation-flask sets that tell a request
 apart (http.method, http.route, http.target, http.scheme, net.peer.ip,
 http.user_agent, http.status_code); a 5xx answer or an unhandled error is an
