@@ -46,7 +46,7 @@ mail: $(STAMP)  ## the latest emails the local sink kept (make run without SMTP_
 	@$(PY) -m scripts.mail_sink list --dir $(MAIL_DIR)
 
 shell: $(STAMP)  ## nameko shell against the running stack
-	$(PY) -m common.runner shell
+	$(PY) -m common.kit.runner shell
 
 install: $(STAMP)
 

@@ -33,9 +33,16 @@ from psycopg2.extensions import TRANSACTION_STATUS_UNKNOWN
 from psycopg2.extras import Json, execute_values
 from werkzeug.exceptions import UnsupportedMediaType
 
-from common.errors import InsufficientStock, NotFound, UnknownCustomer, UnknownSku, Unprocessable, ValidationFailed
-from common.schemas import OrderInput, OrderListQuery, OrderSchema
-from common.settings import load_settings
+from common.contract.errors import (
+    InsufficientStock,
+    NotFound,
+    UnknownCustomer,
+    UnknownSku,
+    Unprocessable,
+    ValidationFailed,
+)
+from common.contract.schemas.orders import OrderInput, OrderListQuery, OrderSchema
+from common.contract.settings import load_settings
 from gateway.errors import register_error_handlers
 
 API = "/api/v1"

@@ -15,10 +15,10 @@ import time
 from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from common.context import DEADLINE_KEY
-from common.errors import ServiceUnavailable
-from common.rpc import BROKER_ERRORS
-from common.settings import load_settings
+from common.contract.context import DEADLINE_KEY
+from common.contract.errors import ServiceUnavailable
+from common.contract.settings import load_settings
+from common.kit.rpc import BROKER_ERRORS
 from gateway.app import create_app
 from gateway.rpc_pool import NoAnswer
 

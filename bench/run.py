@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench import cpu, loadgen, stack
-from common.settings import load_settings
+from common.contract.settings import load_settings
 
 ROOT = stack.ROOT
 DEFAULT_RESULTS = ROOT / "bench" / "results" / "latest.json"
@@ -387,7 +387,7 @@ class Bench:
         self.run_case("post_order", CLUSTER_1, m, url_key=OURS)
         second_env = {**self.stack_env, **cluster, "AMQP_URI": failover_uri(nodes[1:] + nodes[:1]),
                       "METRICS_PORT": str(stack.free_metrics_base())}
-        seconds = [self._start(f"{service}_2", [sys.executable, "-m", "common.runner", "run", module], second_env)
+        seconds = [self._start(f"{service}_2", [sys.executable, "-m", "common.kit.runner", "run", module], second_env)
                    for service, module in SERVICE_MODULES.items()]
         order_metrics = f"http://127.0.0.1:{int(second_env['METRICS_PORT']) + 3}/metrics"  # order_service's
         stack.wait_http(order_metrics, 60, seconds[2])
@@ -527,7 +527,7 @@ class Bench:
             print("  (skipping 2 x order_service: the stack was not started by the bench)")
             self.report["scale"] = "skipped: BENCH_BASE_URL"
             return
-        second = self._start("order_service_2", [sys.executable, "-m", "common.runner", "run",
+        second = self._start("order_service_2", [sys.executable, "-m", "common.kit.runner", "run",
                                                  "order_service.service:OrderService"],
                              {**self.stack_env, "METRICS_PORT": str(stack.free_metrics_base())})
         deadline = time.monotonic() + 60
@@ -560,9 +560,9 @@ class Bench:
             return
         from nameko.standalone.rpc import ClusterRpcProxy
 
-        from common import adaptations
+        from common.kit import patches
 
-        service = self._start("ping_service", [sys.executable, "-m", "common.runner", "run",
+        service = self._start("ping_service", [sys.executable, "-m", "common.kit.runner", "run",
                                                "bench.ping_service:PingService"], self.stack_env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and service.alive() \
@@ -570,7 +570,7 @@ class Bench:
             time.sleep(0.5)
         payload = {"customer_id": self.seed["customers"][0],  # the shape of a POST /orders body
                    "items": [{"sku": sku, "quantity": 1} for sku in self.seed["skus"][:self.config.items_per_order]]}
-        adaptations.apply([adaptations.KEPT_PRODUCER_CONNECTIONS])  # as the gateway's callers have it
+        patches.apply([patches.KEPT_PRODUCER_CONNECTIONS])  # as the gateway's callers have it
         try:
             with ClusterRpcProxy({"AMQP_URI": self.amqp_uri}, timeout=10) as proxy:
                 for _ in range(50):

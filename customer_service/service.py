@@ -1,17 +1,15 @@
 """customer_service: Nameko entrypoints only; rules in domain, queries in storage."""
 from datetime import datetime, timezone
 
-from common.auth import ADMIN, SERVICE, CallerProvider, required
-from common.consumers import reliable_event_handler
-from common.errors import EXPECTED_ERRORS, NotFound
-from common.log import RequestLogContext
-from common.metrics import ServiceMetrics
-from common.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
-from common.rpc import rpc
-from common.schemas import (CustomerInput, CustomerPatch, CustomerSchema, ListQuery, id_of_attempt, load_or_raise,
-                            uuid_or_none)
-from common.tracing import Tracing
-from common.unit_of_work import UnitOfWork
+from common.contract.caller import ADMIN, SERVICE, required
+from common.contract.errors import EXPECTED_ERRORS, NotFound
+from common.contract.schemas.base import ListQuery, id_of_attempt, load_or_raise, uuid_or_none
+from common.contract.schemas.customers import CustomerInput, CustomerPatch, CustomerSchema
+from common.kit.base import ServiceBase
+from common.kit.consumers import reliable_event_handler
+from common.kit.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
+from common.kit.rpc import rpc
+from common.kit.unit_of_work import UnitOfWork
 from customer_service import domain, storage
 
 customer_schema = CustomerSchema()
@@ -21,14 +19,10 @@ def _now():
     return datetime.now(timezone.utc)
 
 
-class CustomerService:
+class CustomerService(ServiceBase):
     name = "customer_service"
 
     uow = UnitOfWork(storage.layout)
-    log_context = RequestLogContext()
-    tracing = Tracing()
-    metrics = ServiceMetrics()
-    caller = CallerProvider()
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def create_customer(self, data, attempt_id=None):
@@ -89,12 +83,6 @@ class CustomerService:
         order = envelope["data"]
         with self.uow.single_statement() as store:
             store.count_order_once(envelope["event_id"], "count_order", uuid_or_none(order["customer_id"]))
-
-    @rpc
-    def health(self):
-        with self.uow as tx:
-            tx.store.ping()
-        return {"service": self.name, "database": "ok"}
 
     def _customer(self, store, caller, customer_id, lock=False):
         """The customer, or NotFound: also for another customer's record, so ids cannot be probed."""

@@ -9,11 +9,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
-from common.consumers import processed_events_model
-from common.db import advisory_lock, constraint_name
-from common.errors import AlreadyExists
-from common.outbox import outbox_model
-from common.unit_of_work import StorageLayout
+from common.contract.errors import AlreadyExists
+from common.kit.consumers import processed_events_model
+from common.kit.db import advisory_lock, constraint_name
+from common.kit.outbox import outbox_model
+from common.kit.unit_of_work import StorageLayout
 
 SCHEMA = "customers"
 
@@ -35,7 +35,6 @@ class Customer(CustomersBase):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-_customers = Customer.__table__
 # Once per order_created event, one statement: record the event id and, only
 # if it was new, count the order. Atomic on its own, so it needs no
 # BEGIN/COMMIT round trips; a redelivery finds the id and counts nothing.
@@ -52,7 +51,7 @@ WHERE id = :customer_id AND EXISTS (SELECT 1 FROM first_time)
 
 
 class CustomerStore:
-    """The customers schema's queries, on one session (see common/unit_of_work.py)."""
+    """The customers schema's queries, on one session (see common/kit/unit_of_work.py)."""
 
     def __init__(self, session):
         self.session = session

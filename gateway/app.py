@@ -12,20 +12,38 @@ import uuid
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from common.auth import CALLER_KEY, verify_token
-from common.context import REQUEST_ID_KEY
-from common.log import logging_config, set_request_id, set_service
-from common.errors import (AlreadyExists, DeadlineExceeded, DomainError, Forbidden, IdempotencyKeyReused,
-                           InsufficientStock, InvalidTransition, InvoiceNotIssued, NotFound, OutcomeUnknown,
-                           ServiceUnavailable,
-                           StockBelowReserved, Unauthenticated, UnknownCustomer, UnknownSku, Unprocessable,
-                           UpstreamTimeout, VersionConflict)
-from common.schemas import (CustomerInput, CustomerPatch, InvoiceListQuery, ListQuery, NotificationListQuery,
-                            OrderInput, OrderListQuery, OrderUpdateInput, ProductInput, ProductPatch, ShippingInput,
-                            StatusInput,
-                            schema_instance)
-from common.settings import load_settings
-from common import tracing
+from common.contract.caller import CALLER_KEY, verify_token
+from common.contract.context import REQUEST_ID_KEY
+from common.contract.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    DomainError,
+    Forbidden,
+    IdempotencyKeyReused,
+    InsufficientStock,
+    InvalidTransition,
+    InvoiceNotIssued,
+    NotFound,
+    OutcomeUnknown,
+    ServiceUnavailable,
+    StockBelowReserved,
+    Unauthenticated,
+    UnknownCustomer,
+    UnknownSku,
+    Unprocessable,
+    UpstreamTimeout,
+    VersionConflict,
+)
+from common.contract.schemas.base import ListQuery, schema_instance
+from common.contract.schemas.customers import CustomerInput, CustomerPatch
+from common.contract.schemas.invoices import InvoiceListQuery
+from common.contract.schemas.notifications import NotificationListQuery
+from common.contract.schemas.orders import OrderInput, OrderListQuery, OrderUpdateInput, ShippingInput, StatusInput
+from common.contract.schemas.products import ProductInput, ProductPatch
+from common.contract.services import SERVICE_NAMES
+from common.contract.settings import load_settings
+from common.observability import tracing
+from common.observability.log import logging_config, set_request_id, set_service
 from gateway import metrics, server_span
 from gateway.errors import register_error_handlers
 from gateway.invoice_pdf import render_invoice
@@ -35,7 +53,6 @@ from gateway.rpc_pool import NoAnswer, RpcProxyPool
 
 access_log = logging.getLogger("gateway.access")
 
-SERVICES = ("customer_service", "inventory_service", "order_service", "notification_service", "invoice_service")
 MAX_BODY_BYTES = 64 * 1024
 DATABASE_DOWN = "database unreachable"
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -44,7 +61,7 @@ routes = Routes()  # declared below, each on its handler
 
 
 def create_app(settings=None, rpc_pool=None):
-    """The gateway app; `settings` default to the process's (common.settings.load_settings)."""
+    """The gateway app; `settings` default to the process's (common.contract.settings.load_settings)."""
     settings = settings or load_settings()
     logging.config.dictConfig(logging_config(settings.log_level))
     set_service("gateway")
@@ -73,7 +90,7 @@ def create_app(settings=None, rpc_pool=None):
 def _assign_request_id():
     g.started = time.perf_counter()
     # When this request will have been answered: every RPC it makes carries it,
-    # and no service commits its work after it (common/context.py).
+    # and no service commits its work after it (common/contract/context.py).
     g.deadline = time.time() + current_app.config["RPC_TIMEOUT"]
     incoming = request.headers.get("X-Request-ID", "")
     g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
@@ -205,7 +222,7 @@ def created(resource, location):
                         "(`unreachable`, `not running`, `timeout`, `unknown`).")
 def health():
     checks = {"broker": "ok"}
-    for service in SERVICES:
+    for service in SERVICE_NAMES:
         try:
             checks[service] = _service_health(service)
         except ServiceUnavailable:
@@ -213,9 +230,9 @@ def health():
             break
         except UpstreamTimeout:
             break
-    for service in SERVICES:
+    for service in SERVICE_NAMES:
         checks.setdefault(service, "unknown" if checks["broker"] != "ok" else "timeout")
-    states = {checks[service] for service in SERVICES}
+    states = {checks[service] for service in SERVICE_NAMES}
     checks["database"] = ("unreachable" if DATABASE_DOWN in states
                           else "ok" if "ok" in states else "unknown")
     down = sorted(name for name, state in checks.items() if state != "ok")

@@ -4,7 +4,7 @@ import logging
 from flask import jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from common.errors import DomainError
+from common.contract.errors import DomainError
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,15 @@ import sys
 import tempfile
 
 import common  # noqa: F401
-from common import adaptations
-from common.log import logging_config
-from common.settings import SettingsError, load_settings
+from common.contract.settings import SettingsError, load_settings
+from common.kit import patches
+from common.observability.log import logging_config
 
 try:
     settings = load_settings()
 except SettingsError as exc:
     sys.exit(f"gateway: {exc}")
-adaptations.apply(adaptations.FOR_GATEWAY)
+patches.apply(patches.FOR_GATEWAY)
 
 # prometheus-client's multiprocess mode: each worker writes its metrics under this
 # directory and GET /metrics sums them (gateway/metrics.py). Set before a worker

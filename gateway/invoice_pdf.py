@@ -18,7 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 
-from common.errors import ServiceUnavailable
+from common.contract.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -14,11 +14,18 @@ one scrape of any worker gives the whole gateway. In production expose
 import functools
 import re
 
-from prometheus_client import (CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest)
-from prometheus_client import multiprocess
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
-from common.metrics import LATENCY_BUCKETS
+from common.observability.metrics import LATENCY_BUCKETS
 
 HTTP_REQUESTS = Counter("http_requests", "HTTP requests answered", ["method", "route", "status"])
 HTTP_DURATION = Histogram("http_request_duration_seconds", "Time to answer an HTTP request", ["method", "route"],

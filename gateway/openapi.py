@@ -1,12 +1,12 @@
 """The OpenAPI 3 document (GET /api/v1/openapi.json) and Swagger UI (GET /docs).
 
 The document is generated with apispec's marshmallow plugin from the very
-schemas in `common/schemas.py` that validate requests (the *Input / *Patch /
+schemas in `common/contract/schemas/` that validate requests (the *Input / *Patch /
 *Query classes) and shape responses (the resource schemas), so a field or a
 limit changed there changes the document too. Which routes exist, with their
 statuses, headers and the error classes they answer with, comes from their
 declarations (gateway/routes.py, on the handlers in gateway/app.py); each
-error status is the one its class carries (common/errors.py). What is left
+error status is the one its class carries (common/contract/errors.py). What is left
 for this module: component names, one description per error status, the
 parameters and headers, and facts the resource schemas leave open (that every
 field is always present, which strings are enums). The examples are data, in
@@ -27,12 +27,30 @@ from flask import Response, abort, send_from_directory
 from marshmallow import Schema, fields, validate
 from swagger_ui_bundle import swagger_ui_path
 
-from common.errors import DomainError, Unauthenticated
-from common.schemas import (INVOICE_NUMBER_PATTERN, NOTIFICATION_KINDS, NOTIFICATION_STATUSES, ORDER_STATUSES,
-                            AddressSchema, AtLeastOneField, BillToSchema, CustomerInput, CustomerPatch, CustomerSchema,
-                            InvoiceLineSchema, InvoiceSchema, Money, NotificationSchema, OrderInput, OrderItemInput,
-                            OrderItemSchema, OrderSchema, OrderUpdateInput, ProductInput, ProductPatch, ProductSchema,
-                            SellerSchema, ShippingInput, StatusChangeSchema, StatusInput, TaxRate)
+from common.contract.errors import DomainError, Unauthenticated
+from common.contract.schemas.base import AddressSchema, AtLeastOneField, Money
+from common.contract.schemas.customers import CustomerInput, CustomerPatch, CustomerSchema
+from common.contract.schemas.invoices import (
+    INVOICE_NUMBER_PATTERN,
+    BillToSchema,
+    InvoiceLineSchema,
+    InvoiceSchema,
+    SellerSchema,
+    TaxRate,
+)
+from common.contract.schemas.notifications import NOTIFICATION_KINDS, NOTIFICATION_STATUSES, NotificationSchema
+from common.contract.schemas.orders import (
+    ORDER_STATUSES,
+    OrderInput,
+    OrderItemInput,
+    OrderItemSchema,
+    OrderSchema,
+    OrderUpdateInput,
+    ShippingInput,
+    StatusChangeSchema,
+    StatusInput,
+)
+from common.contract.schemas.products import ProductInput, ProductPatch, ProductSchema
 from gateway.routes import API, PATH_VARIABLE
 
 SPEC_PATH = f"{API}/openapi.json"
@@ -220,7 +238,7 @@ RESPONSE_HEADERS = {
 }
 
 # Not the API's answer: gunicorn refuses a request line over 4094 bytes (its limit_request_line)
-# before the gateway sees the request (as JSON: common/adaptations.py). Query strings and path parameters
+# before the gateway sees the request (as JSON: common/kit/patches.py). Query strings and path parameters
 # with long non-ASCII text reach it well inside the documented lengths (each character is up
 # to 12 bytes percent-encoded), so the operations that take them can answer this.
 URI_TOO_LONG_DESCRIPTION = ("The request line (method, path and query string, percent-encoded) is longer than "

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
-from common.errors import ServiceUnavailable, Unauthenticated, UpstreamTimeout, ValidationFailed
-from common.schemas import schema_instance
+from common.contract.errors import ServiceUnavailable, Unauthenticated, UpstreamTimeout, ValidationFailed
+from common.contract.schemas.base import schema_instance
 
 API = "/api/v1"
 # What a route can answer besides the errors it declares.

@@ -7,7 +7,7 @@ each to one thread at a time. A proxy that failed at the transport level
 borrower starts a fresh one, which is how the pool recovers after a broker
 restart.
 
-Every call carries the request's deadline (common/context.py) and waits no
+Every call carries the request's deadline (common/contract/context.py) and waits no
 longer than it. Its transport failures are told apart honestly:
 - the request never left (no connection to the broker, nobody consumes the
   service's queue): ServiceUnavailable, 503, nothing was done;
@@ -32,9 +32,9 @@ from nameko.exceptions import RpcTimeout, UnknownService
 from nameko.rpc import MethodProxy
 from nameko.standalone.rpc import ClusterRpcProxy, PollingQueueConsumer, SingleThreadedReplyListener
 
-from common.context import DEADLINE_KEY
-from common.errors import FailureNotRecorded, ServiceUnavailable
-from common.rpc import BROKER_ERRORS, RpcRequestPublisher
+from common.contract.context import DEADLINE_KEY
+from common.contract.errors import FailureNotRecorded, ServiceUnavailable
+from common.kit.rpc import BROKER_ERRORS, RpcRequestPublisher
 from gateway import metrics
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from flask import g, request
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from common import tracing
+from common.observability import tracing
 from gateway.metrics import route_template
 
 UNTRACED_PATHS = frozenset({"/health", "/metrics"})

@@ -2,8 +2,15 @@
 import re
 import uuid
 
-from common.errors import InsufficientStock, InvalidTransition, StockBelowReserved, UnknownSku, ValidationFailed
-from common.schemas import SKU_PATTERN, load_or_raise
+from common.contract.errors import (
+    InsufficientStock,
+    InvalidTransition,
+    StockBelowReserved,
+    UnknownSku,
+    ValidationFailed,
+)
+from common.contract.schemas.base import load_or_raise
+from common.contract.schemas.products import SKU_PATTERN
 from inventory_service.schemas import ReserveInput
 
 

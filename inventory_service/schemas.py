@@ -1,7 +1,7 @@
 """Inputs only inventory_service takes (shared ones live in common.schemas)."""
 from marshmallow import Schema, fields, validate
 
-from common.schemas import MAX_ORDER_LINES, OrderItemInput
+from common.contract.schemas.orders import MAX_ORDER_LINES, OrderItemInput
 
 
 class ReserveInput(Schema):

@@ -6,16 +6,15 @@ and each runs in one unit of work with its stock_* events.
 import logging
 from datetime import datetime, timedelta, timezone
 
-from common.auth import ADMIN, SERVICE, CallerProvider, required
-from common.errors import EXPECTED_ERRORS, NotFound, ServiceUnavailable, UpstreamTimeout
-from common.log import RequestLogContext
-from common.metrics import ServiceMetrics
-from common.paging import decode_cursor, split_page
-from common.rpc import ServiceRpcProxy, rpc
-from common.schemas import ListQuery, ProductInput, ProductPatch, ProductSchema, load_or_raise
-from common.settings import SettingsProvider, every
-from common.tracing import Tracing
-from common.unit_of_work import UnitOfWork
+from common.contract.caller import ADMIN, SERVICE, required
+from common.contract.errors import EXPECTED_ERRORS, NotFound, ServiceUnavailable, UpstreamTimeout
+from common.contract.schemas.base import ListQuery, load_or_raise
+from common.contract.schemas.products import ProductInput, ProductPatch, ProductSchema
+from common.kit.base import ServiceBase
+from common.kit.paging import decode_cursor, split_page
+from common.kit.rpc import ServiceRpcProxy, rpc
+from common.kit.timers import every
+from common.kit.unit_of_work import UnitOfWork
 from inventory_service import domain, storage
 
 log = logging.getLogger(__name__)
@@ -29,15 +28,10 @@ SETTLEMENTS = {
 SETTLEMENT_OF_ACTION = {"release": "released", "commit": "committed"}
 
 
-class InventoryService:
+class InventoryService(ServiceBase):
     name = "inventory_service"
 
     uow = UnitOfWork(storage.layout)
-    settings = SettingsProvider()
-    log_context = RequestLogContext()
-    tracing = Tracing()
-    metrics = ServiceMetrics()
-    caller = CallerProvider()
     order_rpc = ServiceRpcProxy("order_service")
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -178,12 +172,6 @@ class InventoryService:
                 self._settle(order_id, SETTLEMENT_OF_ACTION[action])
                 log.info("reconciler: %s reservation of order %s (order: %s)", action, order_id,
                          states.get(order_id, "missing"))
-
-    @rpc
-    def health(self):
-        with self.uow as tx:
-            tx.store.ping()
-        return {"service": self.name, "database": "ok"}
 
     # -- helpers (no entrypoints) ------------------------------------------
 

@@ -11,18 +11,30 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from sqlalchemy import (CheckConstraint, ForeignKey, Index, Integer, MetaData, Numeric, String,
-                        Text, bindparam, select, text, update)
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    bindparam,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
-from common.db import constraint_name
-from common.errors import AlreadyExists
-from common.outbox import outbox_model
-from common.unit_of_work import StorageLayout
+from common.contract.errors import AlreadyExists
+from common.kit.db import constraint_name
+from common.kit.outbox import outbox_model
+from common.kit.unit_of_work import StorageLayout
 
 SCHEMA = "inventory"
 
@@ -170,7 +182,7 @@ def _now():
 
 
 class InventoryStore:
-    """The inventory schema's queries, on one session (see common/unit_of_work.py)."""
+    """The inventory schema's queries, on one session (see common/kit/unit_of_work.py)."""
 
     def __init__(self, session):
         self.session = session

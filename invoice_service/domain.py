@@ -10,7 +10,7 @@ import uuid
 from datetime import timezone
 from decimal import ROUND_HALF_UP, Decimal
 
-from common.schemas import INVOICE_NUMBER_PATTERN
+from common.contract.schemas.invoices import INVOICE_NUMBER_PATTERN
 
 SHIPPED = "shipped"
 CENT = Decimal("0.01")
@@ -52,7 +52,7 @@ def is_invoice_number(value):
 
 
 def parse_number_cursor(key):
-    """The number inside a list cursor (see common.paging.decode_cursor)."""
+    """The number inside a list cursor (see common.kit.paging.decode_cursor)."""
     if not is_invoice_number(key):
         raise ValueError("not an invoice number")
     return key

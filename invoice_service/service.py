@@ -12,33 +12,26 @@ retries the event.
 import logging
 import uuid
 
-from common.auth import CallerProvider, required
-from common.consumers import reliable_event_handler
-from common.customer_directory import remember_customer_event
-from common.errors import EXPECTED_ERRORS, InvoiceNotIssued, NotFound
-from common.log import RequestLogContext
-from common.metrics import ServiceMetrics
-from common.paging import page_request, split_page
-from common.rpc import ServiceRpcProxy, rpc
-from common.schemas import InvoiceListQuery, InvoiceSchema, uuid_or_none
-from common.settings import SettingsProvider
-from common.tracing import Tracing
-from common.unit_of_work import UnitOfWork
+from common.contract.caller import required
+from common.contract.errors import EXPECTED_ERRORS, InvoiceNotIssued, NotFound
+from common.contract.schemas.base import uuid_or_none
+from common.contract.schemas.invoices import InvoiceListQuery, InvoiceSchema
+from common.kit.base import ServiceBase
+from common.kit.consumers import reliable_event_handler
+from common.kit.customer_directory import remember_customer_event
+from common.kit.paging import page_request, split_page
+from common.kit.rpc import ServiceRpcProxy, rpc
+from common.kit.unit_of_work import UnitOfWork
 from invoice_service import domain, storage
 
 log = logging.getLogger(__name__)
 invoice_schema = InvoiceSchema()
 
 
-class InvoiceService:
+class InvoiceService(ServiceBase):
     name = "invoice_service"
 
     uow = UnitOfWork(storage.layout)
-    settings = SettingsProvider()
-    log_context = RequestLogContext()
-    tracing = Tracing()
-    metrics = ServiceMetrics()
-    caller = CallerProvider()
     customer_rpc = ServiceRpcProxy("customer_service")
     inventory_rpc = ServiceRpcProxy("inventory_service")
 
@@ -115,9 +108,3 @@ class InvoiceService:
             rows = store.list_invoices(query, limit + 1, after)
         page, next_cursor = split_page(rows, limit, lambda invoice: invoice["number"])
         return {"items": invoice_schema.dump(page, many=True), "next_cursor": next_cursor}
-
-    @rpc
-    def health(self):
-        with self.uow as tx:
-            tx.store.ping()
-        return {"service": self.name, "database": "ok"}

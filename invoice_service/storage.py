@@ -11,17 +11,31 @@ import uuid
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from sqlalchemy import (CheckConstraint, ForeignKey, Index, Integer, MetaData, Numeric, String, Text, UniqueConstraint,
-                        bindparam, cast, exists, select, text)
+from sqlalchemy import (
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    bindparam,
+    cast,
+    exists,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID, aggregate_order_by, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
-from common.consumers import processed_events_model
-from common.customer_directory import CustomerDirectory, known_customer_model
-from common.outbox import outbox_model
-from common.unit_of_work import StorageLayout
+from common.kit.consumers import processed_events_model
+from common.kit.customer_directory import CustomerDirectory, known_customer_model
+from common.kit.outbox import outbox_model
+from common.kit.unit_of_work import StorageLayout
 
 SCHEMA = "invoices"
 
@@ -133,7 +147,7 @@ def _view(row):
 
 
 class InvoiceStore(CustomerDirectory):
-    """The invoices schema's queries, on one session (see common/unit_of_work.py)."""
+    """The invoices schema's queries, on one session (see common/kit/unit_of_work.py)."""
     known_customers = KnownCustomer
 
     def __init__(self, session):

@@ -5,7 +5,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 import common  # noqa: F401  (quietens eventlet's notice before services import it)
-from common.settings import load_settings
+from common.contract.settings import load_settings
 from customer_service.storage import CustomersBase
 from inventory_service.storage import InventoryBase
 from invoice_service.storage import InvoicesBase

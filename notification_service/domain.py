@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parseaddr
 
-from common.errors import InvalidTransition
-from common.schemas import NOTIFICATION_KINDS
+from common.contract.errors import InvalidTransition
+from common.contract.schemas.notifications import NOTIFICATION_KINDS
 
 QUEUED, SENT, FAILED = "queued", "sent", "failed"
 TRANSITIONS = {QUEUED: (SENT, FAILED), FAILED: (QUEUED,), SENT: ()}

@@ -26,7 +26,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from nameko.extensions import DependencyProvider
 
-from common.settings import settings_of
+from common.contract.settings import settings_of
 
 TEMPLATES = Path(__file__).with_name("templates")
 # A connection to the relay no batch has used for this long is closed (relays drop idle

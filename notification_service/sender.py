@@ -14,7 +14,7 @@ import time
 
 from nameko.extensions import DependencyProvider
 
-from common.settings import SettingsTimer
+from common.kit.timers import SettingsTimer
 
 # Never run back to back faster than this (e.g. while another instance holds a due row).
 MIN_PAUSE_SECONDS = 0.05

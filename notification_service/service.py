@@ -11,18 +11,16 @@ let alone an order.
 import logging
 from datetime import datetime, timezone
 
-from common.auth import ADMIN, CallerProvider, required
-from common.consumers import reliable_event_handler
-from common.customer_directory import remember_customer_event
-from common.errors import EXPECTED_ERRORS, NotFound
-from common.log import RequestLogContext
-from common.metrics import ServiceMetrics
-from common.paging import created_id_key, page_request, parse_created_id_key, split_page
-from common.rpc import ServiceRpcProxy, rpc
-from common.schemas import NotificationListQuery, NotificationSchema, uuid_or_none
-from common.settings import SettingsProvider
-from common.tracing import Tracing
-from common.unit_of_work import UnitOfWork
+from common.contract.caller import ADMIN, required
+from common.contract.errors import EXPECTED_ERRORS, NotFound
+from common.contract.schemas.base import uuid_or_none
+from common.contract.schemas.notifications import NotificationListQuery, NotificationSchema
+from common.kit.base import ServiceBase
+from common.kit.consumers import reliable_event_handler
+from common.kit.customer_directory import remember_customer_event
+from common.kit.paging import created_id_key, page_request, parse_created_id_key, split_page
+from common.kit.rpc import ServiceRpcProxy, rpc
+from common.kit.unit_of_work import UnitOfWork
 from notification_service import domain, mail, storage
 from notification_service.sender import SenderWake, sender
 
@@ -36,15 +34,10 @@ def _now():
     return datetime.now(timezone.utc)
 
 
-class NotificationService:
+class NotificationService(ServiceBase):
     name = "notification_service"
 
     uow = UnitOfWork(storage.layout)
-    settings = SettingsProvider()
-    log_context = RequestLogContext()
-    tracing = Tracing()
-    metrics = ServiceMetrics()
-    caller = CallerProvider()
     customer_rpc = ServiceRpcProxy("customer_service")
     mailer = mail.Mailer()
     wake_sender = SenderWake()
@@ -113,12 +106,6 @@ class NotificationService:
             queued = notification_schema.dump(notification)
         self.wake_sender()
         return queued
-
-    @rpc
-    def health(self):
-        with self.uow as tx:
-            tx.store.ping()
-        return {"service": self.name, "database": "ok"}
 
     # -- helpers (no entrypoints) -------------------------------------------------------------
 

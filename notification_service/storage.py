@@ -15,10 +15,10 @@ from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
-from common.consumers import processed_events_model
-from common.customer_directory import CustomerDirectory, known_customer_model
-from common.outbox import outbox_model
-from common.unit_of_work import StorageLayout
+from common.kit.consumers import processed_events_model
+from common.kit.customer_directory import CustomerDirectory, known_customer_model
+from common.kit.outbox import outbox_model
+from common.kit.unit_of_work import StorageLayout
 
 SCHEMA = "notifications"
 
@@ -96,7 +96,7 @@ RETURNING id
 """)
 
 class NotificationStore(CustomerDirectory):
-    """The notifications schema's queries, on one session (see common/unit_of_work.py)."""
+    """The notifications schema's queries, on one session (see common/kit/unit_of_work.py)."""
     known_customers = KnownCustomer
 
     def __init__(self, session):

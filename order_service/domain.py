@@ -6,8 +6,17 @@ from collections import Counter
 from datetime import datetime
 from decimal import Decimal
 
-from common.errors import (DomainError, Forbidden, IdempotencyKeyReused, InvalidTransition, ServiceUnavailable, Unprocessable,
-                           UpstreamTimeout, ValidationFailed, VersionConflict)
+from common.contract.errors import (
+    DomainError,
+    Forbidden,
+    IdempotencyKeyReused,
+    InvalidTransition,
+    ServiceUnavailable,
+    Unprocessable,
+    UpstreamTimeout,
+    ValidationFailed,
+    VersionConflict,
+)
 
 PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED = (
     "pending", "processing", "shipped", "delivered", "cancelled")
@@ -167,7 +176,7 @@ def failure_record(error):
     return json.loads(json.dumps(error.to_dict(), default=str))
 
 
-# ---- who may do what (the caller is a common.auth.Caller) ------------------
+# ---- who may do what (the caller is a common.contract.caller.Caller) ------------------
 
 
 def check_may_order_for(caller, customer_id):

@@ -15,21 +15,34 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from nameko.timer import timer
-
-from common.auth import ADMIN, SERVICE, CallerProvider, required
-from common.consumers import reliable_event_handler
-from common.errors import (EXPECTED_ERRORS, DeadlineExceeded, FailureNotRecorded, NotFound, OutcomeUnknown,
-                           ServiceUnavailable, UnknownCustomer, UpstreamTimeout, error_from_dict)
-from common.log import RequestLogContext
-from common.metrics import ServiceMetrics
-from common.paging import created_id_key, page_request, parse_created_id_key, split_page
-from common.rpc import ServiceRpcProxy, rpc
-from common.schemas import (OrderInput, OrderListQuery, OrderSchema, OrderUpdateInput, ShippingInput,
-                            StatusChangeSchema, StatusInput, id_of_attempt, load_or_raise, uuid_or_none)
-from common.settings import SettingsProvider
-from common.tracing import Tracing
-from common.unit_of_work import UnitOfWork
+from common.contract.caller import ADMIN, SERVICE, required
+from common.contract.errors import (
+    EXPECTED_ERRORS,
+    DeadlineExceeded,
+    FailureNotRecorded,
+    NotFound,
+    OutcomeUnknown,
+    ServiceUnavailable,
+    UnknownCustomer,
+    UpstreamTimeout,
+    error_from_dict,
+)
+from common.contract.schemas.base import id_of_attempt, load_or_raise, uuid_or_none
+from common.contract.schemas.orders import (
+    OrderInput,
+    OrderListQuery,
+    OrderSchema,
+    OrderUpdateInput,
+    ShippingInput,
+    StatusChangeSchema,
+    StatusInput,
+)
+from common.kit.base import ServiceBase
+from common.kit.consumers import reliable_event_handler
+from common.kit.paging import created_id_key, page_request, parse_created_id_key, split_page
+from common.kit.rpc import ServiceRpcProxy, rpc
+from common.kit.timers import every
+from common.kit.unit_of_work import UnitOfWork
 from order_service import domain, storage
 
 log = logging.getLogger(__name__)
@@ -42,15 +55,10 @@ def _now():
     return datetime.now(timezone.utc)
 
 
-class OrderService:
+class OrderService(ServiceBase):
     name = "order_service"
 
     uow = UnitOfWork(storage.layout)
-    settings = SettingsProvider()
-    log_context = RequestLogContext()
-    tracing = Tracing()
-    metrics = ServiceMetrics()
-    caller = CallerProvider()
     customer_rpc = ServiceRpcProxy("customer_service")
     inventory_rpc = ServiceRpcProxy("inventory_service")
 
@@ -247,7 +255,7 @@ class OrderService:
         with self.uow as tx:
             return tx.store.order_states(parsed)
 
-    @timer(interval=3600)
+    @every("idempotency_prune_interval_seconds")
     def prune_attempts(self):
         """Forget idempotency keys and failed attempts past their retention."""
         cutoff = _now() - timedelta(hours=self.settings.idempotency_retention_hours)
@@ -261,12 +269,6 @@ class OrderService:
     @reliable_event_handler("customer_service", "customer_updated")
     def on_customer_updated(self, envelope):
         self._remember_customer(envelope)
-
-    @rpc
-    def health(self):
-        with self.uow as tx:
-            tx.store.ping()
-        return {"service": self.name, "database": "ok"}
 
     # -- helpers (no entrypoints) ------------------------------------------
 
@@ -340,4 +342,3 @@ class OrderService:
         log.error("inventory %s of order %s did not succeed: left to inventory's reconciler", inventory_method,
                   order_id)
         return None
-

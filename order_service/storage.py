@@ -4,18 +4,34 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from sqlalchemy import (BigInteger, ForeignKey, Identity, Index, Integer, MetaData, Numeric, String, Text, bindparam,
-                        delete, exists, select, text, tuple_, update)
-from sqlalchemy import cast
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    exists,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID, aggregate_order_by, insert
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
-from common.consumers import processed_events_model
-from common.db import advisory_lock
-from common.outbox import outbox_model
-from common.unit_of_work import StorageLayout
+from common.kit.consumers import processed_events_model
+from common.kit.db import advisory_lock
+from common.kit.outbox import outbox_model
+from common.kit.unit_of_work import StorageLayout
 
 SCHEMA = "orders"
 
@@ -175,7 +191,7 @@ _ORDER_VIEW, _ = _with_items(select(_orders).where(_orders.c.id == bindparam("or
 
 
 class OrderStore:
-    """The orders schema's queries, on one session (see common/unit_of_work.py)."""
+    """The orders schema's queries, on one session (see common/kit/unit_of_work.py)."""
 
     def __init__(self, session):
         self.session = session

@@ -10,11 +10,11 @@ only after its copy is published to the handler's queue.
 import json
 import sys
 
-import common  # noqa: F401
 from kombu import Connection
 
-from common.settings import load_settings
-from common.consumers import RETRIES_HEADER, dead_letter_topology
+import common  # noqa: F401
+from common.contract.settings import load_settings
+from common.kit.consumers import RETRIES_HEADER, dead_letter_topology
 
 
 def _origin_queue(message):

@@ -9,13 +9,13 @@
 import sys
 import time
 
-import common  # noqa: F401
 import psycopg2
 import requests
 from kombu import Connection
 from sqlalchemy.engine import make_url
 
-from common.settings import SettingsError, load_settings
+import common  # noqa: F401
+from common.contract.settings import SettingsError, load_settings
 
 
 def broker_problem(amqp_uri):

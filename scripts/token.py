@@ -7,8 +7,8 @@ import argparse
 import sys
 
 import common  # noqa: F401
-from common.auth import ADMIN, CUSTOMER, issue_token
-from common.settings import load_settings
+from common.contract.caller import ADMIN, CUSTOMER, issue_token
+from common.contract.settings import load_settings
 
 
 def main(argv):

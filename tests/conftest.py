@@ -8,7 +8,7 @@ import eventlet  # noqa: E402
 
 eventlet.monkey_patch()
 
-from common import adaptations  # noqa: E402
+from common.kit import patches  # noqa: E402
 
 # The tests' own psycopg2 connections must not block the hub either.
-adaptations.apply([adaptations.GREEN_PSYCOPG2])
+patches.apply([patches.GREEN_PSYCOPG2])

@@ -59,7 +59,7 @@ MAIL_FROM = "Test shop <orders@shop.example>"
 
 
 def token(role="admin", customer_id=None, secret=JWT_SECRET, **kwargs):
-    from common.auth import issue_token
+    from common.contract.caller import issue_token
 
     sub = f"customer:{customer_id}" if role == "customer" else f"{role}-tester"
     return issue_token(secret, sub, role, customer_id, **kwargs)

@@ -13,14 +13,15 @@ from collections import Counter
 import pytest
 import requests
 
-from common.metrics import PORT_OFFSETS
+from common.contract.services import BY_NAME
+from common.contract.services import SERVICES as REGISTRY
 from scripts.rabbitmq_nodes import cluster_nodes, failover_uri, start_cluster
 from tests import support
 from tests.faults.conftest import create_load_through, stack_env
 
 INSTANCES = ("1", "2")
-SERVICES = {"customers": "customer_service", "inventory": "inventory_service", "orders": "order_service",
-            "invoices": "invoice_service", "notifications": "notification_service"}
+# Procfile process name -> service name
+SERVICES = {service.process: service.name for service in REGISTRY}
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def _creates_handled(stack, instances=INSTANCES):
     handled = {}
     for instance in instances:
         base = stack.metrics_bases[instance]
-        text = requests.get(f"http://127.0.0.1:{base + PORT_OFFSETS['order_service']}/metrics", timeout=10).text
+        text = requests.get(f"http://127.0.0.1:{base + BY_NAME['order_service'].metrics_offset}/metrics", timeout=10).text
         handled[instance] = int(sum(float(value) for value in re.findall(
             r'^rpc_server_calls_total\{[^}]*method="create_order"[^}]*\} (\S+)$', text, re.MULTILINE)))
     return handled

@@ -8,7 +8,7 @@ import jwt
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from common.errors import Forbidden, NotFound, Unauthenticated
+from common.contract.errors import Forbidden, NotFound, Unauthenticated
 from tests import support
 
 

@@ -108,7 +108,7 @@ def test_what_schemathesis_found(api, customer):
     surrogate = api.post("/api/v1/customers", data='{"name": "\\ud800", "email": "s@example.com"}',
                          headers={"Content-Type": "application/json"})
     assert surrogate.status_code == 400 and "name" in surrogate.json()["error"]["details"]
-    from common.paging import encode_cursor
+    from common.kit.paging import encode_cursor
     for path, cursor in (("/api/v1/orders", ["2026-01-01T00:00:00", str(uuid.uuid4())]),
                          ("/api/v1/customers", ["9999-12-31T23:59:59-23:00", str(uuid.uuid4())]),
                          ("/api/v1/products", "A\u0000B")):

@@ -11,7 +11,7 @@ import uuid
 import pytest
 import requests
 
-from common.metrics import PORT_OFFSETS
+from common.contract.services import SERVICES
 from scripts.otlp_receiver import OtlpReceiver
 from tests import support
 from tests.integration.conftest import ApiClient, stack_env
@@ -116,8 +116,7 @@ def prometheus(stack, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("prometheus")
     base = int(stack.env["METRICS_PORT"])
     gateway = stack.base_url.removeprefix("http://")
-    services = [f"127.0.0.1:{base + offset}" for name, offset in PORT_OFFSETS.items()
-                if f"{name}.service" in (support.ROOT / "Procfile").read_text()]
+    services = [f"127.0.0.1:{base + service.metrics_offset}" for service in SERVICES]
     (workdir / "prometheus.yml").write_text(json.dumps({
         # A loaded test machine can take over a second to answer a scrape.
         "global": {"scrape_interval": "2s", "scrape_timeout": "2s", "evaluation_interval": "2s"},

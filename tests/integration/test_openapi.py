@@ -18,7 +18,7 @@ from marshmallow import fields, validate
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 
-import common.schemas
+import common.contract.schemas
 from gateway.openapi import ENVELOPE_SCHEMAS, EXAMPLES, REQUEST_SCHEMAS, RESOURCE_SCHEMAS
 from order_service.domain import MAX_IDEMPOTENCY_KEY
 from tests import support

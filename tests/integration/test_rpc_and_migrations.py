@@ -6,7 +6,7 @@ import uuid
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from common.errors import InsufficientStock, InvalidTransition, NotFound
+from common.contract.errors import InsufficientStock, InvalidTransition, NotFound
 from tests import support
 
 
@@ -75,7 +75,7 @@ def test_nameko_shell_reaches_the_stack(stack):
     # Piped input runs as a script: the README's example, as a user would type it.
     script = "print('database:', n.rpc.order_service.health()['database'])\n"
     result = subprocess.run(
-        [sys.executable, "-m", "common.runner", "shell"],
+        [sys.executable, "-m", "common.kit.runner", "shell"],
         input=script, capture_output=True, text=True, cwd=support.ROOT, env=stack.env, timeout=60)
     assert "database: ok" in result.stdout, result.stdout + result.stderr
 

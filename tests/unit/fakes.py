@@ -1,6 +1,6 @@
 """In-memory stand-ins for a service's unit of work and stores, for fast unit tests.
 
-They keep the contracts of common/unit_of_work.py and each service's
+They keep the contracts of common/kit/unit_of_work.py and each service's
 storage module (the same method names, arguments and results), hold their
 rows in plain Python, and roll back whole on an exception, so a service's
 entrypoints run unchanged under nameko's `worker_factory`:
@@ -22,9 +22,9 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from types import SimpleNamespace
 
-from common.errors import AlreadyExists, NotFound
-from common.outbox import Outbox
-from common.settings import load_settings
+from common.contract.errors import AlreadyExists, NotFound
+from common.contract.settings import load_settings
+from common.kit.outbox import Outbox
 
 SETTINGS = load_settings({})  # config.yml's defaults, nothing from this process's environment
 
@@ -355,7 +355,7 @@ def _sku(item):
 # ---- the customer directory of notifications and invoices ---------------------------
 
 class InMemoryCustomerDirectory:
-    """common.customer_directory.CustomerDirectory's contract, in memory (in `tables["customers"]`)."""
+    """common.kit.customer_directory.CustomerDirectory's contract, in memory (in `tables["customers"]`)."""
 
     def known_customer(self, customer_id):
         known = self.tables["customers"].get(customer_id)

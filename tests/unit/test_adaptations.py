@@ -1,4 +1,4 @@
-"""Each library internal we adapt or read (common/adaptations.py) still has the shape we rely on.
+"""Each library internal we adapt or read (common/kit/patches.py) still has the shape we rely on.
 
 A failure here after an upgrade means an adaptation would silently stop
 working: re-check it against the new version before changing the pin.
@@ -7,7 +7,7 @@ import inspect
 
 import pytest
 
-from common import adaptations
+from common.kit import patches
 from tests import support
 
 
@@ -16,9 +16,9 @@ def _parameters(function):
 
 
 def test_every_adaptation_says_why_and_is_listed_for_a_process():
-    for adaptation in adaptations.ALL:
+    for adaptation in patches.ALL:
         assert adaptation.why and adaptation.internal and adaptation.library
-    assert set(adaptations.ALL) == set(adaptations.FOR_SERVICES) | set(adaptations.FOR_GATEWAY)
+    assert set(patches.ALL) == set(patches.FOR_SERVICES) | set(patches.FOR_GATEWAY)
 
 
 def test_the_pinned_versions_are_the_ones_these_adaptations_were_written_for():
@@ -47,7 +47,7 @@ def test_nameko_publishers_find_their_producer_through_the_module_level_get_prod
 
 
 def test_the_kept_producer_lookup_has_nameko_s_signature():
-    assert _parameters(adaptations._get_producer) == _parameters(
+    assert _parameters(patches._get_producer) == _parameters(
         __import__("nameko.amqp.publish", fromlist=["get_producer"]).get_producer)
 
 
@@ -68,7 +68,7 @@ def test_gunicorn_writes_its_own_errors_through_util_write_error():
 
 
 def test_gunicorn_json_error_is_a_complete_response_in_the_contract_shape():
-    raw = adaptations.json_error_response(414, "Request-URI Too Long", "Request Line is too large (5000 > 4094)")
+    raw = patches.json_error_response(414, "Request-URI Too Long", "Request Line is too large (5000 > 4094)")
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 414 Request-URI Too Long")
     assert b"Content-Type: application/json" in head
@@ -107,21 +107,21 @@ def test_the_otlp_exporter_sends_encoded_bytes_through_its_client():
 
 def test_apply_patches_each_once_and_require_names_what_is_missing(monkeypatch):
     calls = []
-    probe = adaptations.Adaptation("probe", "lib", "lib.thing", "because", lambda: calls.append(1))
-    monkeypatch.setattr(adaptations, "_applied", set())
+    probe = patches.Adaptation("probe", "lib", "lib.thing", "because", lambda: calls.append(1))
+    monkeypatch.setattr(patches, "_applied", set())
     with pytest.raises(RuntimeError, match="probe"):
-        adaptations.require([probe], "a service")
-    adaptations.apply([probe, probe])
-    adaptations.apply([probe])
+        patches.require([probe], "a service")
+    patches.apply([probe, probe])
+    patches.apply([probe])
     assert calls == [1]
-    adaptations.require([probe], "a service")
+    patches.require([probe], "a service")
 
 
 def test_the_span_lock_modules_use_threading_for_lock_only():
     import importlib
     import re
 
-    for name in adaptations.SPAN_LOCK_MODULES:
+    for name in patches.SPAN_LOCK_MODULES:
         source = inspect.getsource(importlib.import_module(name))
         assert set(re.findall(r"\bthreading\.\w+", source)) == {"threading.Lock"}, name
 
@@ -132,9 +132,9 @@ def test_spans_made_after_the_adaptation_hold_real_locks(monkeypatch):
     from eventlet.lock import Lock as GreenLock
     from opentelemetry.sdk.trace import TracerProvider
 
-    for name in adaptations.SPAN_LOCK_MODULES:
+    for name in patches.SPAN_LOCK_MODULES:
         monkeypatch.setattr(importlib.import_module(name), "threading", importlib.import_module(name).threading)
-    adaptations._real_locks_in_spans()
+    patches._real_locks_in_spans()
     span = TracerProvider().get_tracer("t").start_span("s", attributes={"a": 1})
     for lock in (span._lock, span._attributes._lock, span._events._lock, span._links._lock):
         assert not isinstance(lock, GreenLock) and type(lock).__module__ == "_thread"
@@ -147,7 +147,7 @@ def test_library_internals_are_assigned_in_the_adaptations_module_only():
     tracked = support.python_files()
     assignment = re.compile(r"^\s*(Responder|MethodProxy|QueueConsumer|Publisher|publish|util|Rpc|RpcConsumer)"
                             r"\.\w+(\s*,\s*\w+\.\w+)*\s*=[^=]", re.MULTILINE)
-    assigning = [path for path in tracked if path != "common/adaptations.py"
+    assigning = [path for path in tracked if path != "common/kit/patches.py"
                  and assignment.search((root / path).read_text())]
     assert assigning == []
 

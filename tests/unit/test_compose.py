@@ -137,13 +137,13 @@ def test_mounted_project_files_exist(services):
 
 
 def test_prometheus_scrapes_each_service_on_its_metrics_port(services):
-    from common.metrics import PORT_OFFSETS
+    from common.contract.services import SERVICES
 
     config = yaml.safe_load((ROOT / "ops/prometheus/prometheus.yml").read_text())
     targets = {target for job in config["scrape_configs"] for static in job["static_configs"]
                for target in static["targets"]}
     base = int(services["order_service"]["environment"]["METRICS_PORT"])
-    expected = {f"{name}:{base + offset}" for name, offset in PORT_OFFSETS.items() if name in services}
+    expected = {f"{s.name}:{base + s.metrics_offset}" for s in SERVICES if s.name in services}
     assert targets == expected | {"gateway:8000"}
 
 

@@ -4,7 +4,7 @@ from decimal import Decimal
 
 import pytest
 
-from common.errors import InsufficientStock, UnknownSku, Unprocessable, ValidationFailed
+from common.contract.errors import InsufficientStock, UnknownSku, Unprocessable, ValidationFailed
 from inventory_service import domain as inventory
 from order_service import domain as orders
 

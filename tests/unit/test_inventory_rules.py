@@ -5,9 +5,15 @@ from datetime import timedelta
 import pytest
 from nameko.testing.services import worker_factory
 
-from common.auth import Caller
-from common.errors import (InsufficientStock, InvalidTransition, NotFound, ServiceUnavailable, StockBelowReserved,
-                           UnknownSku)
+from common.contract.caller import Caller
+from common.contract.errors import (
+    InsufficientStock,
+    InvalidTransition,
+    NotFound,
+    ServiceUnavailable,
+    StockBelowReserved,
+    UnknownSku,
+)
 from inventory_service.service import InventoryService
 from tests.unit.fakes import SETTINGS, FakeUnitOfWork, InMemoryInventoryStore
 

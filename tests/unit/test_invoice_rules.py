@@ -8,8 +8,8 @@ from decimal import Decimal
 import pytest
 from nameko.testing.services import worker_factory
 
-from common.auth import Caller
-from common.errors import InvoiceNotIssued, NotFound, ServiceUnavailable, ValidationFailed
+from common.contract.caller import Caller
+from common.contract.errors import InvoiceNotIssued, NotFound, ServiceUnavailable, ValidationFailed
 from invoice_service import domain
 from invoice_service.service import InvoiceService
 from tests.unit.fakes import SETTINGS, FakeCustomerService, FakeUnitOfWork, InMemoryInvoiceStore

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from common.settings import SETTINGS_KEY
+from common.contract.settings import SETTINGS_KEY
 from notification_service import mail
 from tests.support import SmtpServer, free_port
 from tests.unit.fakes import SETTINGS

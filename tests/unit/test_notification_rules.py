@@ -3,15 +3,15 @@ worker_factory on in-memory fakes (no Postgres, no broker, no SMTP server)."""
 import smtplib
 import socket
 import uuid
-from email.contentmanager import raw_data_manager
 from datetime import datetime, timedelta, timezone
+from email.contentmanager import raw_data_manager
 from types import SimpleNamespace
 
 import pytest
 from nameko.testing.services import worker_factory
 
-from common.auth import Caller
-from common.errors import Forbidden, InvalidTransition, NotFound
+from common.contract.caller import Caller
+from common.contract.errors import Forbidden, InvalidTransition, NotFound
 from notification_service import domain, mail
 from notification_service.service import NotificationService
 from tests.unit.fakes import SETTINGS, FakeCustomerService, FakeMailer, FakeUnitOfWork, InMemoryNotificationStore

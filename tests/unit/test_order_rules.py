@@ -5,13 +5,29 @@ import uuid
 import pytest
 from nameko.testing.services import worker_factory
 
-from common.auth import Caller
-from common.errors import (DomainError, IdempotencyKeyReused, InsufficientStock, InvalidTransition, NotFound,
-                           OutcomeUnknown, ServiceUnavailable, UnknownCustomer, UpstreamTimeout, VersionConflict)
+from common.contract.caller import Caller
+from common.contract.errors import (
+    DomainError,
+    IdempotencyKeyReused,
+    InsufficientStock,
+    InvalidTransition,
+    NotFound,
+    OutcomeUnknown,
+    ServiceUnavailable,
+    UnknownCustomer,
+    UpstreamTimeout,
+    VersionConflict,
+)
 from inventory_service.service import InventoryService
 from order_service.service import OrderService
-from tests.unit.fakes import (SETTINGS, AsRpc, FakeCustomerService, FakeUnitOfWork, InMemoryInventoryStore,
-                             InMemoryOrderStore)
+from tests.unit.fakes import (
+    SETTINGS,
+    AsRpc,
+    FakeCustomerService,
+    FakeUnitOfWork,
+    InMemoryInventoryStore,
+    InMemoryOrderStore,
+)
 
 CUSTOMER = {"id": str(uuid.uuid4()), "shipping_address": {"line1": "1 Road", "city": "X", "postal_code": "1",
                                                           "country": "GB"}}

@@ -1,4 +1,4 @@
-"""Our OTLP span encoding (common/otlp_export.py) says what the library's says: both
+"""Our OTLP span encoding (common/observability/otlp_export.py) says what the library's says: both
 decoded with opentelemetry-proto give the same ExportTraceServiceRequest."""
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -10,10 +10,19 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
-from opentelemetry.trace import TraceState, set_span_in_context
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 
-from common.otlp_export import FastOTLPSpanExporter, SpanEncoder
+from common.observability.otlp_export import FastOTLPSpanExporter, SpanEncoder
 
 
 @pytest.fixture

@@ -3,9 +3,11 @@ from decimal import Decimal
 import pytest
 from nameko.exceptions import deserialize, serialize
 
-from common.errors import InsufficientStock, ValidationFailed
-from common.paging import decode_cursor, encode_cursor, split_page
-from common.schemas import OrderInput, ProductInput, load_or_raise
+from common.contract.errors import InsufficientStock, ValidationFailed
+from common.contract.schemas.base import load_or_raise
+from common.contract.schemas.orders import OrderInput
+from common.contract.schemas.products import ProductInput
+from common.kit.paging import decode_cursor, encode_cursor, split_page
 
 CUSTOMER_ID = "0b8f1c1e-8d2a-4c1e-9a53-000000000001"
 

@@ -1,4 +1,4 @@
-"""Settings are read one way (common/settings.py), checked together, and name what is wrong."""
+"""Settings are read one way (common/contract/settings.py), checked together, and name what is wrong."""
 import re
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.settings import Settings, SettingsError, load_settings
+from common.contract.settings import Settings, SettingsError, load_settings
 from tests import support
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,14 +80,14 @@ def test_only_the_settings_module_reads_the_environment():
     environment on to a child process is not reading one.)"""
     tracked = support.python_files()
     readers = [path for path in tracked
-               if not path.startswith(("tests/", "bench/")) and path != "common/settings.py"
+               if not path.startswith(("tests/", "bench/")) and path != "common/contract/settings.py"
                and re.search(r"os\.environ\.get|os\.environ\[[^\]]+\](?!\s*=[^=])|getenv\(",
                                     (ROOT / path).read_text())]
     assert readers == []
 
 
 def test_a_service_refuses_to_start_on_a_bad_setting():
-    result = subprocess.run([sys.executable, "-m", "common.runner", "run", "order_service.service:OrderService"],
+    result = subprocess.run([sys.executable, "-m", "common.kit.runner", "run", "order_service.service:OrderService"],
                             cwd=ROOT, env={"PATH": "/usr/bin:/bin", "ORDER_CREATE_DEADLINE_SECONDS": "-1"},
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2

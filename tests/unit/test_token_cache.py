@@ -2,8 +2,8 @@
 import pytest
 
 from common import auth
-from common.auth import issue_token, verify_token
-from common.errors import Unauthenticated
+from common.contract.caller import issue_token, verify_token
+from common.contract.errors import Unauthenticated
 
 SECRET = "a-test-secret-that-is-long-enough-for-hs256"
 

@@ -1,9 +1,9 @@
-"""Which spans the exporting tracer provider keeps (common/tracing.py)."""
+"""Which spans the exporting tracer provider keeps (common/observability/tracing.py)."""
 from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
-from common.tracing import _TracedWorkOnly
+from common.observability.tracing import _TracedWorkOnly
 
 SAMPLER = _TracedWorkOnly()
 IN_A_TRACE = trace.set_span_in_context(NonRecordingSpan(SpanContext(
@@ -25,8 +25,8 @@ def test_work_and_its_statements_are_kept():
 
 
 def test_otel_traces_sampler_chooses_which_traces_are_kept():
-    from common.settings import load_settings
-    from common.tracing import SAMPLERS
+    from common.contract.settings import load_settings
+    from common.observability.tracing import SAMPLERS
 
     settings = load_settings({"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0"})
     none_kept = _TracedWorkOnly(SAMPLERS[settings.otel_traces_sampler](settings.otel_traces_sampler_arg))
@@ -43,7 +43,7 @@ def test_a_call_from_work_not_recorded_makes_no_client_span_and_passes_on_the_sa
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from common import tracing
+    from common.observability import tracing
 
     spans = InMemorySpanExporter()
     provider = TracerProvider()

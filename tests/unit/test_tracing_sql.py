@@ -1,4 +1,4 @@
-"""SQL statements as spans (common/tracing.py `_SqlSpans`), on the real Postgres (its
+"""SQL statements as spans (common/observability/tracing.py `_SqlSpans`), on the real Postgres (its
 `postgres` database: the spans come from psycopg2's cursors, nothing is written)."""
 import pytest
 from opentelemetry import trace
@@ -8,7 +8,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, StatusCode, TraceFlags
 from sqlalchemy import create_engine, exc, text
 
-from common.tracing import _SqlSpans
+from common.observability.tracing import _SqlSpans
 from tests import support
 
 

@@ -22,10 +22,10 @@ from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
-from common.errors import ServiceUnavailable
-from common.metrics import EVENT_RETRIES, EVENTS_DEAD_LETTERED
-from common.rpc import BROKER_ERRORS
-from common.settings import settings_of
+from common.contract.errors import ServiceUnavailable
+from common.contract.settings import settings_of
+from common.kit.rpc import BROKER_ERRORS
+from common.observability.metrics import EVENT_RETRIES, EVENTS_DEAD_LETTERED
 
 log = logging.getLogger(__name__)
 

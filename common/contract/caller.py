@@ -2,7 +2,7 @@
 
 The gateway turns a verified token into a `Caller` and sends it in Nameko
 context data under "caller"; every service reads it back with
-`CallerProvider` and enforces its own rules, so RPC callers (nameko shell,
+`common.kit.providers.CallerProvider` and enforces its own rules, so RPC callers (nameko shell,
 other services) meet the same checks as HTTP clients. A service calling
 another through `ServiceRpcProxy` is the caller itself (role "service"):
 it has already checked the end user.
@@ -13,9 +13,8 @@ import uuid
 from dataclasses import asdict, dataclass
 
 import jwt
-from nameko.contextdata import ContextDataProvider
 
-from common.errors import Forbidden, Unauthenticated
+from common.contract.errors import Forbidden, Unauthenticated
 
 ADMIN, CUSTOMER, SERVICE = "admin", "customer", "service"
 TOKEN_ROLES = (ADMIN, CUSTOMER)  # "service" never comes from a token
@@ -102,14 +101,6 @@ def _verified(token, secret):
         except ValueError:
             raise Unauthenticated("A customer token needs a customer_id claim.", {"customer_id": "missing"}) from None
     return Caller(sub=str(claims["sub"]), role=role, customer_id=customer_id), int(claims["exp"])
-
-
-class CallerProvider(ContextDataProvider):
-    """The Caller of this worker, or None when the RPC carried none."""
-    context_key = CALLER_KEY
-
-    def get_dependency(self, worker_ctx):
-        return Caller.from_context(worker_ctx.data.get(self.context_key))
 
 
 def required(caller):

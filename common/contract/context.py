@@ -10,7 +10,7 @@ after its client was told 503 or 504. Hosts must keep their clocks in sync
 """
 import time
 
-from common.errors import DeadlineExceeded
+from common.contract.errors import DeadlineExceeded
 
 REQUEST_ID_KEY = "request_id"
 DEADLINE_KEY = "deadline"

@@ -13,7 +13,7 @@
   it as a message header, and the consumer's span continues that trace.
 - SQL statements are spans (`_SqlSpans` on each traced engine), and every
   JSON log line carries `trace_id` and `span_id` while a span is active
-  (common/log.py).
+  (common/observability/log.py).
 - Which traces are kept is the standard OTEL_TRACES_SAMPLER (and its
   OTEL_TRACES_SAMPLER_ARG), read with the other settings; the default keeps
   every trace.
@@ -24,8 +24,16 @@ from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
 from nameko.rpc import Rpc
 from opentelemetry import context, trace
-from opentelemetry.sdk.trace.sampling import (ALWAYS_OFF, ALWAYS_ON, Decision, ParentBased,
-                                               ParentBasedTraceIdRatio, Sampler, SamplingResult, TraceIdRatioBased)
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -56,7 +64,7 @@ def configure_tracing(service_name, settings):
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from common.otlp_export import FastOTLPSpanExporter
+    from common.observability.otlp_export import FastOTLPSpanExporter
 
     sampler = SAMPLERS[settings.otel_traces_sampler](settings.otel_traces_sampler_arg)
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}),

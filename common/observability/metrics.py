@@ -1,7 +1,7 @@
 """Prometheus metrics of a Nameko service (prometheus-client), on its own port.
 
 Each service process serves the Prometheus text format on METRICS_PORT plus
-its offset below (0 turns it off), so one variable gives a whole stack its
+its offset in the registry (common/contract/services.py; 0 turns it off), so one variable gives a whole stack its
 ports: with the default 9100, customer_service is on 9101, inventory on 9102,
 and so on. A second instance of a service on the same host gets another
 METRICS_PORT. The gateway serves its own on GET /metrics (gateway/metrics.py).
@@ -27,13 +27,11 @@ from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
-from common.settings import settings_of
+from common.contract import services
+from common.contract.settings import settings_of
 
 log = logging.getLogger(__name__)
 
-# Each service's port is METRICS_PORT + its offset (the gateway answers on its own HTTP port).
-PORT_OFFSETS = {"customer_service": 1, "inventory_service": 2, "order_service": 3, "notification_service": 4,
-                "invoice_service": 5}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 RPC_CALLS = Counter("rpc_server_calls", "RPC calls a service handled", ["service", "method", "outcome"])
@@ -57,18 +55,11 @@ def outcome_of(exc_info):
     return getattr(exc_info[1], "code", "error")
 
 
-def port_of(service_name, metrics_port):
-    """The Prometheus port of `service_name` for METRICS_PORT `metrics_port` (None: off)."""
-    if not metrics_port or service_name not in PORT_OFFSETS:
-        return None
-    return metrics_port + PORT_OFFSETS[service_name]
-
-
 class ServiceMetrics(DependencyProvider):
     """Serves this process's metrics (once) and counts every worker by entrypoint and outcome."""
 
     def setup(self):
-        port = port_of(self.container.service_name, settings_of(self.container).metrics_port)
+        port = services.metrics_port(self.container.service_name, settings_of(self.container).metrics_port)
         self.on = port is not None
         if self.on and _server["port"] is None:
             start_http_server(port, addr="0.0.0.0")
@@ -132,7 +123,7 @@ class StorageCollector:
 
 def watch_storage(service, metrics_port, engine, relay_engine, outbox_model):
     """Report the service's outbox and pool in its metrics (when it serves them)."""
-    if port_of(service, metrics_port) is None or service in _watched:
+    if services.metrics_port(service, metrics_port) is None or service in _watched:
         return
     _watched.add(service)
     REGISTRY.register(StorageCollector(service, engine, relay_engine, outbox_model))

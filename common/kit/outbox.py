@@ -2,7 +2,7 @@
 
 A service writes the event row in the same transaction as the change and,
 after the commit, wakes its `OutboxRelay` (both done by its unit of work,
-common/unit_of_work.py). The relay is one background greenthread per service
+common/kit/unit_of_work.py). The relay is one background greenthread per service
 process: woken after each commit and every OUTBOX_RELAY_INTERVAL seconds, it
 publishes due rows in batches, waits for the broker to confirm the whole
 batch (publisher confirms), marks them sent, and backs off the rows of a
@@ -25,9 +25,9 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
-from common.context import REQUEST_ID_KEY
-from common.events import make_envelope
-from common.tracing import TRACEPARENT_KEY, current_traceparent
+from common.contract.context import REQUEST_ID_KEY
+from common.contract.events import make_envelope
+from common.observability.tracing import TRACEPARENT_KEY, current_traceparent
 
 log = logging.getLogger(__name__)
 

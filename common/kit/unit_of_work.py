@@ -12,7 +12,7 @@ commits; any exception rolls back the whole of it. After a commit that wrote
 events, the outbox relay is woken, so an event leaves as soon as its change
 is committed; no service method does that itself.
 
-Right before COMMIT the caller's deadline is checked (common/context.py): a
+Right before COMMIT the caller's deadline is checked (common/contract/context.py): a
 change whose client has been (or is about to be) told 503/504 rolls back
 instead (DeadlineExceeded). A lost or refused database connection before
 COMMIT is ServiceUnavailable (503: rolled back, nothing changed); lost
@@ -23,7 +23,7 @@ own), `with self.uow.single_statement() as store:` runs it in autocommit:
 one round trip instead of three (no BEGIN, no COMMIT).
 
 `UnitOfWork` is the Nameko DependencyProvider that owns the service's
-database engine and its outbox relay (see common/outbox.py).
+database engine and its outbox relay (see common/kit/outbox.py).
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,13 +35,13 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import sessionmaker
 
-from common import metrics, tracing
-from common.batch_publisher import ConfirmedBatchPublisher
-from common.consumers import first_time
-from common.context import COMMIT_MARGIN_SECONDS, DEADLINE_KEY, REQUEST_ID_KEY, check_deadline
-from common.errors import OutcomeUnknown, ServiceUnavailable
-from common.outbox import Outbox, OutboxRelay
-from common.settings import settings_of
+from common.contract.context import COMMIT_MARGIN_SECONDS, DEADLINE_KEY, REQUEST_ID_KEY, check_deadline
+from common.contract.errors import OutcomeUnknown, ServiceUnavailable
+from common.contract.settings import settings_of
+from common.kit.batch_publisher import ConfirmedBatchPublisher
+from common.kit.consumers import first_time
+from common.kit.outbox import Outbox, OutboxRelay
+from common.observability import metrics, tracing
 
 # No pool_pre_ping (a round trip per transaction): after a Postgres restart the
 # first transaction on a dead connection fails (503) and SQLAlchemy then
@@ -57,8 +57,8 @@ class StorageLayout:
     """What a service's storage module declares for its unit of work."""
     base: Any               # the SQLAlchemy declarative base of the service's schema
     store: type             # its queries: store(session)
-    outbox: Any             # common.outbox.outbox_model(base)
-    processed_events: Any = None  # common.consumers.processed_events_model(base), for consumers
+    outbox: Any             # common.kit.outbox.outbox_model(base)
+    processed_events: Any = None  # common.kit.consumers.processed_events_model(base), for consumers
 
 
 class Transaction:

@@ -3,7 +3,7 @@ service-to-service proxy use, and `ServiceRpcProxy`.
 
 Everything here is a subclass or a class attribute of nameko's own classes;
 the few global patches of nameko/kombu internals live in
-`common/adaptations.py`, applied once at process start.
+`common/kit/patches.py`, applied once at process start.
 """
 import copy
 import logging
@@ -11,18 +11,19 @@ import sys
 
 import eventlet
 from amqp.exceptions import ConnectionError as AmqpConnectionError
+from kombu import Queue
 from kombu.exceptions import OperationalError
 from nameko.amqp.publish import Publisher
 from nameko.constants import NON_PERSISTENT
 from nameko.exceptions import UnknownService
-from kombu import Queue
 from nameko.rpc import MethodProxy, Rpc, RpcConsumer, RpcProxy, ServiceProxy
 
-from common import adaptations, tracing
-from common.auth import CALLER_KEY, SERVICE
-from common.context import DEADLINE_KEY, check_deadline, seconds_left
-from common.errors import DeadlineExceeded, ServiceUnavailable, UpstreamTimeout
-from common.settings import settings_of
+from common.contract.caller import CALLER_KEY, SERVICE
+from common.contract.context import DEADLINE_KEY, check_deadline, seconds_left
+from common.contract.errors import DeadlineExceeded, ServiceUnavailable, UpstreamTimeout
+from common.contract.settings import settings_of
+from common.kit import patches
+from common.observability import tracing
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ class ResilientRpc(Rpc):
     rpc_consumer = ClusterableRpcConsumer()
 
     def setup(self):
-        adaptations.require(adaptations.FOR_SERVICES, self.container.service_name)
+        patches.require(patches.FOR_SERVICES, self.container.service_name)
         super().setup()
 
     def handle_message(self, body, message):

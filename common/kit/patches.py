@@ -2,20 +2,20 @@
 
 Each adaptation replaces something the library offers no setting or
 subclass hook for; each has a one-line why, and `apply` runs them once, by an
-explicit call at process start (`common/runner.py` for services,
+explicit call at process start (`common/kit/runner.py` for services,
 `gateway/gunicorn_conf.py` for the gateway), never as a side effect of an
 import. `tests/unit/test_adaptations.py` fails when an internal one of them
 relies on changes shape (a library upgrade would otherwise undo it silently).
 
 Where nameko lets a subclass say it (the request publisher of our method
 proxies, the gateway's fail-fast publisher), we use a subclass instead:
-see `common/rpc.py` and `gateway/rpc_pool.py`.
+see `common/kit/rpc.py` and `gateway/rpc_pool.py`.
 
 Private attributes we read, not write (tested the same way):
 `ClusterRpcProxy._worker_ctx` and `._reply_listener` (the gateway's pool
 builds method proxies on a started standalone proxy) and
 `ReplyListener._reply_events` (a timed-out call drops its reply waiter),
-`OTLPSpanExporter._client` and `._shutdown` (common/otlp_export.py sends its
+`OTLPSpanExporter._client` and `._shutdown` (common/observability/otlp_export.py sends its
 own encoding of the spans through the exporter's HTTP client).
 """
 import json
@@ -49,7 +49,7 @@ def _green_psycopg2():
 def _replies_without_confirms():
     from nameko.rpc import Responder
 
-    from common.rpc import UnconfirmedReplyPublisher
+    from common.kit.rpc import UnconfirmedReplyPublisher
 
     Responder.publisher_cls = UnconfirmedReplyPublisher
 
@@ -190,14 +190,10 @@ def apply(adaptations):
             _applied.add(adaptation.name)
 
 
-def applied():
-    return frozenset(_applied)
-
-
 def require(adaptations, who):
     """Refuse to run without `adaptations`: a service started some other way than
-    `common.runner` would lose them silently."""
+    `common.kit.runner` would lose them silently."""
     missing = [adaptation.name for adaptation in adaptations if adaptation.name not in _applied]
     if missing:
         raise RuntimeError(f"{who} needs the library adaptations {missing}: start it with "
-                           "`python -m common.runner run ...` (or call common.adaptations.apply first)")
+                           "`python -m common.kit.runner run ...` (or call common.patches.apply first)")

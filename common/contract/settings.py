@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from nameko.extensions import DependencyProvider
-from nameko.timer import Timer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -77,6 +75,7 @@ class Settings(BaseModel):
     reservation_grace_seconds: PositiveSeconds
     order_create_deadline_seconds: PositiveSeconds
     idempotency_retention_hours: float = Field(gt=0)
+    idempotency_prune_interval_seconds: PositiveSeconds
 
     # Invoices: prices include tax; the seller is copied into each invoice when it is issued.
     tax_rate: Decimal = Field(ge=0, lt=1, decimal_places=4)
@@ -215,26 +214,3 @@ def _describe(exc, path):
             message += f" (got {error['input']!r})"
         lines.append(f"{name}: {message}")
     return "invalid configuration: " + "; ".join(lines)
-
-
-class SettingsProvider(DependencyProvider):
-    """`self.settings` in a worker: the Settings the service was started with."""
-
-    def get_dependency(self, worker_ctx):
-        return settings_of(self.container)
-
-
-class SettingsTimer(Timer):
-    """nameko's timer with its interval taken from a setting when the service
-    starts (nameko's own takes a number when the class is defined)."""
-
-    def __init__(self, setting, **kwargs):
-        super().__init__(interval=None, **kwargs)
-        self.setting = setting
-
-    def setup(self):
-        super().setup()
-        self.interval = getattr(settings_of(self.container), self.setting)
-
-
-every = SettingsTimer.decorator

@@ -1,7 +1,7 @@
 """Start a Nameko service or the nameko shell, the one way every service process starts.
 
-    python -m common.runner run order_service.service:OrderService
-    python -m common.runner shell
+    python -m common.kit.runner run order_service.service:OrderService
+    python -m common.kit.runner shell
 
 In this order: eventlet patches the standard library (as `nameko run` does),
 the settings are read and checked (a bad one exits with status 2, naming the
@@ -17,14 +17,14 @@ import logging.config  # noqa: E402
 import sys  # noqa: E402
 
 import common  # noqa: E402,F401 (filters eventlet's deprecation notice)
-from common import adaptations  # noqa: E402
-from common.log import logging_config, set_service  # noqa: E402
-from common.settings import SettingsError, load_settings  # noqa: E402
-from common.tracing import configure_tracing  # noqa: E402
+from common.contract.settings import SettingsError, load_settings  # noqa: E402
+from common.kit import patches  # noqa: E402
+from common.observability.log import logging_config, set_service  # noqa: E402
+from common.observability.tracing import configure_tracing  # noqa: E402
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m common.runner", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m common.kit.runner", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run one service: module.path:ServiceClass")
     run.add_argument("service")
@@ -39,7 +39,7 @@ def main(argv=None):
     logging.config.dictConfig(logging_config(settings.log_level))
     if args.command == "shell":
         return _shell(settings)
-    adaptations.apply(adaptations.FOR_SERVICES)
+    patches.apply(patches.FOR_SERVICES)
     service_class = _import_service(args.service)
     set_service(service_class.name)
     configure_tracing(service_class.name, settings)

@@ -9,8 +9,8 @@ import json
 import uuid
 from datetime import datetime, timezone
 
-from common.errors import ValidationFailed
-from common.schemas import load_or_raise
+from common.contract.errors import ValidationFailed
+from common.contract.schemas.base import load_or_raise
 
 
 def encode_cursor(key):

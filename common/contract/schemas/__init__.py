@@ -1,0 +1,1 @@
+"""Marshmallow schemas of every request and resource, a module per resource (base: what they share)."""

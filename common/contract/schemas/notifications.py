@@ -1,0 +1,40 @@
+"""Notifications: statuses, kinds, the list query and what a notification looks like."""
+from marshmallow import fields, validate
+
+from common.contract.schemas.base import ListQuery, Schema
+
+NOTIFICATION_STATUSES = ("queued", "sent", "failed")
+# What a notification tells the customer (notification_service.domain decides which event makes which).
+NOTIFICATION_KINDS = ("order_confirmation", "order_shipped", "order_delivered", "order_cancelled")
+
+
+
+class NotificationListQuery(ListQuery):
+    order_id = fields.UUID()
+    status = fields.String(validate=validate.OneOf(NOTIFICATION_STATUSES))
+
+
+
+
+class NotificationSchema(Schema):
+    id = fields.UUID()
+    order_id = fields.UUID(allow_none=True)
+    customer_id = fields.UUID()
+    event_id = fields.UUID(metadata={"description": "The event that caused it: one notification per "
+                                                    "(event, recipient)."})
+    event_type = fields.String(metadata={"description": "That event's type, e.g. `order_status_changed`."})
+    kind = fields.String(metadata={"description": "What the email says."})
+    recipient = fields.String(metadata={"description": "The email address it is sent to."})
+    subject = fields.String()
+    message_id = fields.String(metadata={"description": "The email's Message-ID: the same on every attempt."})
+    status = fields.String(metadata={"description": "`queued` (waiting for its next attempt), `sent` (the mail "
+                                                    "server took it) or `failed` (refused, or out of attempts)."})
+    attempts = fields.Integer()
+    last_error = fields.String(allow_none=True, metadata={"description": "What the mail server (or the "
+                                                                         "connection) said on the last failed "
+                                                                         "attempt."})
+    next_attempt_at = fields.AwareDateTime(allow_none=True, metadata={"description": "When it is tried next "
+                                                                                     "(`queued` only)."})
+    created_at = fields.AwareDateTime()
+    updated_at = fields.AwareDateTime()
+    sent_at = fields.AwareDateTime(allow_none=True)

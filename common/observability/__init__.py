@@ -1,0 +1,1 @@
+"""Logs (JSON lines), metrics (Prometheus) and traces (OpenTelemetry) of every process."""
