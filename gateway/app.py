@@ -33,6 +33,7 @@ from common.contract.errors import (
     Unprocessable,
     UpstreamTimeout,
     VersionConflict,
+    error_body,
 )
 from common.contract.schemas.base import ListQuery, schema_instance
 from common.contract.schemas.customers import CustomerInput, CustomerPatch
@@ -239,8 +240,7 @@ def health():
     if not down:
         return jsonify({"status": "ok", "checks": checks})
     body = {"status": "unavailable", "checks": checks,
-            "error": {"code": "service_unavailable", "message": "Down: " + ", ".join(down),
-                      "details": checks}}
+            **error_body(ServiceUnavailable.code, "Down: " + ", ".join(down), checks)}
     return jsonify(body), 503
 
 

@@ -4,14 +4,13 @@ import logging
 from flask import jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from common.contract.errors import DomainError
+from common.contract.errors import DomainError, error_body
 
 log = logging.getLogger(__name__)
 
 
 def error_response(status, code, message, details=None):
-    body = {"error": {"code": code, "message": message, "details": details or {}}}
-    return jsonify(body), status
+    return jsonify(error_body(code, message, details)), status
 
 
 def register_error_handlers(app):

@@ -31,6 +31,11 @@ class DomainError(Exception):
         return {"code": self.code, "message": self.message, "details": self.details}
 
 
+def error_body(code, message, details=None):
+    """The body of every error answer: {"error": {"code", "message", "details"}}."""
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
 @deserialize_to_instance
 class ValidationFailed(DomainError):
     """Bad input; details map each bad field to its messages."""

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
+from common.contract.errors import error_body
+
 log = logging.getLogger(__name__)
 
 
@@ -134,7 +136,7 @@ def json_error_response(status, reason, message):
     """The bytes of a complete HTTP/1.1 error response in the contract's shape
     (gunicorn's status and message; the connection then closes)."""
     code = "internal_error" if status == 500 else reason.lower().replace(" ", "_")
-    body = json.dumps({"error": {"code": code, "message": message or reason, "details": {}}}).encode()
+    body = json.dumps(error_body(code, message or reason)).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n")
     return head.encode("latin-1") + body
