@@ -1,7 +1,7 @@
 """verify_token keeps valid tokens it has checked; expiry still counts on every use."""
 import pytest
 
-from common import auth
+from common.contract import caller as auth
 from common.contract.caller import issue_token, verify_token
 from common.contract.errors import Unauthenticated
 
