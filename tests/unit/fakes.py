@@ -442,23 +442,37 @@ class InMemoryNotificationStore(InMemoryCustomerDirectory):
                 **{**row, "order_id": uuid.UUID(str(row["order_id"])) if row["order_id"] else None,
                    "customer_id": uuid.UUID(str(row["customer_id"]))},
                 event_id=uuid.UUID(str(event_id)), event_type=event_type, status="queued", attempts=0,
-                last_error=None, next_attempt_at=at, created_at=at, updated_at=at, sent_at=None)
+                last_error=None, next_attempt_at=at, created_at=at, updated_at=at, sent_at=None,
+                claim_token=None, claimed_until=None)
             self.tables["notifications"][notification.id] = notification
             queued.append(notification.id)
         return queued
 
-    def claim_due(self, at, limit):
+    def claim_due(self, at, until, limit):
         due = [n for n in self.tables["notifications"].values()
-               if n.status == "queued" and n.next_attempt_at <= at]
-        return sorted(due, key=lambda n: n.next_attempt_at)[:limit]
+               if n.status == "queued" and n.next_attempt_at <= at
+               and (n.claimed_until is None or n.claimed_until <= at)]
+        token = uuid.uuid4()
+        claimed = []
+        for notification in sorted(due, key=lambda n: n.next_attempt_at)[:limit]:
+            notification.claim_token, notification.claimed_until = token, until
+            claimed.append(copy.copy(notification))  # as the real store's: the row as claimed, not the row
+        return claimed
 
     def record_attempt(self, notification, outcome, at):
-        notification.status = outcome.status
-        notification.attempts = outcome.attempts
-        notification.last_error = outcome.last_error
-        notification.next_attempt_at = outcome.next_attempt_at
-        notification.sent_at = outcome.sent_at
-        notification.updated_at = at
+        if notification.claim_token is None:
+            raise ValueError("only a claimed notification has an outcome to record")
+        row = self.tables["notifications"].get(notification.id)
+        if row is None or row.claim_token != notification.claim_token:
+            return None
+        row.status = outcome.status
+        row.attempts = outcome.attempts
+        row.last_error = outcome.last_error
+        row.next_attempt_at = outcome.next_attempt_at
+        row.sent_at = outcome.sent_at
+        row.updated_at = at
+        row.claim_token = row.claimed_until = None
+        return copy.copy(row)
 
     def requeue(self, notification, at):
         notification.status, notification.attempts, notification.next_attempt_at = "queued", 0, at
