@@ -22,6 +22,8 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from types import SimpleNamespace
 
+from sqlalchemy.exc import IntegrityError
+
 from common.contract.errors import AlreadyExists, NotFound
 from common.contract.settings import load_settings
 from common.kit.outbox import Outbox
@@ -31,6 +33,13 @@ SETTINGS = load_settings({})  # config.yml's defaults, nothing from this process
 
 def now():
     return datetime.now(timezone.utc)
+
+
+def refused(constraint):
+    """The IntegrityError Postgres gives for a row that breaks `constraint`."""
+    orig = Exception(f"violates {constraint}")
+    orig.diag = SimpleNamespace(constraint_name=constraint)
+    return IntegrityError("(in memory)", None, orig)
 
 
 # ---- the unit of work ----------------------------------------------------------
@@ -172,7 +181,7 @@ class InMemoryInventoryStore:
         return product
 
     def get_products(self, skus):
-        return [self.tables["products"][sku] for sku in sorted(skus) if sku in self.tables["products"]]
+        return [self.tables["products"][sku] for sku in sorted(set(skus)) if sku in self.tables["products"]]
 
     def list_products(self, limit, after_sku=None):
         skus = sorted(sku for sku in self.tables["products"] if after_sku is None or sku > after_sku)
@@ -181,11 +190,21 @@ class InMemoryInventoryStore:
     def available_stock(self, skus):
         return {product.sku: product.available for product in self.get_products(skus)}
 
+    # The table's CHECK constraints, in the order Postgres tests them (by name).
+    CHECKS = (("reserved_not_negative", lambda product: product.reserved >= 0),
+              ("reserved_within_stock", lambda product: product.reserved <= product.stock),
+              ("stock_not_negative", lambda product: product.stock >= 0))
+
     def _changed(self, sku, stock=0, reserved=0):
-        product = self.tables["products"][sku]
+        """The product after the change (a copy, as UPDATE ... RETURNING gives), or None if no such sku."""
+        product = self.tables["products"].get(sku)
+        if product is None:
+            return None
         product.stock += stock
         product.reserved += reserved
-        assert 0 <= product.reserved <= product.stock, "the CHECK constraints would refuse this"
+        for constraint, holds in self.CHECKS:
+            if not holds(product):
+                raise refused(constraint)
         return copy.copy(product)
 
     def take_stock(self, sku, quantity):
