@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
@@ -189,7 +191,16 @@ class InventoryStore:
 
     def _update_stock(self, statement, sku, quantity):
         row = self.session.connection().execute(statement, {"sku_": sku, "quantity": quantity, "at": _now()}).first()
-        return ProductSnapshot(**row._mapping) if row is not None else None
+        return self._taken(ProductSnapshot(**row._mapping)) if row is not None else None
+
+    def _taken(self, snapshot):
+        """`snapshot`, after bringing a Product this session loaded before in step with it:
+        the UPDATE ran in SQL, past the ORM, and would leave that object's stock stale."""
+        loaded = self.session.identity_map.get(identity_key(Product, snapshot.sku))
+        if loaded is not None:
+            for column in ("stock", "reserved", "updated_at"):
+                set_committed_value(loaded, column, getattr(snapshot, column))
+        return snapshot
 
     def insert_product(self, fields):
         now = _now()
@@ -239,8 +250,8 @@ class InventoryStore:
         }).all()
         if not rows[0].claimed:
             return None
-        return {row.sku: ProductSnapshot(**{column: value for column, value in row._mapping.items()
-                                            if column != "claimed"})
+        return {row.sku: self._taken(ProductSnapshot(**{column: value for column, value in row._mapping.items()
+                                                        if column != "claimed"}))
                 for row in rows if row.sku is not None}
 
     def _add_reservation_items(self, order_id, lines):

@@ -164,6 +164,18 @@ def test_taking_stock_reserves_only_what_is_available(stores):
     assert units(stores, "A") == (5, 5)
 
 
+def test_a_product_read_before_shows_the_stock_taken_since(stores):
+    add_products(stores, "A", "B", stock=5)
+    with stores.transaction() as store:
+        a, b = store.get_products(["A", "B"])
+        store.claim_and_take_stock(uuid4(), [("A", 1), ("B", 1)])
+        store.take_stock("A", 2)
+        store.give_back_stock("B", 1)
+        assert (a.reserved, a.available, b.reserved) == (3, 2, 0)
+        store.commit_stock("A", 3)
+        assert (a.stock, a.reserved, store.get_product("A").available) == (2, 0, 2)
+
+
 def test_giving_back_and_committing_stock_give_the_product_after(stores):
     add_products(stores, "A", stock=5)
     with stores.transaction() as store:
