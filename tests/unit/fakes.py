@@ -410,11 +410,19 @@ class InMemoryInvoiceStore(InMemoryCustomerDirectory):
     def insert_invoice(self, year, sequence, invoice):
         if self.fail_on_insert is not None:
             raise self.fail_on_insert
-        invoices = self.tables["invoices"]
-        assert invoice["number"] not in invoices, "the primary key would refuse this"
-        assert all(other["order_id"] != invoice["order_id"] for other in invoices.values()), \
-            "the unique order_id would refuse this"
-        invoices[invoice["number"]] = {**copy.deepcopy(invoice), "year": year, "sequence": sequence}
+        invoices = self.tables["invoices"].values()
+        for constraint, breaks in [
+            ("invoice_number", invoice["number"] != f"INV-{year}-{sequence:06d}"),
+            ("invoices_pkey", any(other["number"] == invoice["number"] for other in invoices)),
+            ("invoices_order_id_key", any(other["order_id"] == invoice["order_id"] for other in invoices)),
+        ]:
+            if breaks:
+                raise refused(constraint)
+        # Lines read back as the store's json_agg gives them: money as text with its two decimals.
+        lines = [{**line, "unit_price": f"{line['unit_price']:.2f}", "line_total": f"{line['line_total']:.2f}"}
+                 for line in invoice["lines"]]
+        self.tables["invoices"][invoice["number"]] = {**copy.deepcopy(invoice), "lines": lines,
+                                                      "year": year, "sequence": sequence}
 
     def has_invoice_for_order(self, order_id):
         return self.invoice_for_order(order_id) is not None
@@ -436,6 +444,8 @@ class InMemoryInvoiceStore(InMemoryCustomerDirectory):
 
     def ping(self):
         pass
+
+
 # ---- notifications ------------------------------------------------------------------
 
 class InMemoryNotificationStore(InMemoryCustomerDirectory):
