@@ -48,7 +48,7 @@ class InventoryService(ServiceBase):
         changes = load_or_raise(ProductPatch, data)
         with self.uow as tx:
             product = self._product(tx.store, sku, lock=True)
-            domain.check_stock_covers_reserved(product, changes)
+            product.check_stock_change(changes)
             before = (product.available, product.low_stock_threshold)
             product = tx.store.update_product(product, changes)
             self._emit_low_stock(tx, [(product, *before)])
@@ -215,7 +215,7 @@ class InventoryService(ServiceBase):
         """(type, data) of stock_low for each changed product that just fell below its threshold."""
         return [("stock_low", product_schema.dump(product))
                 for product, available_before, threshold_before in changed
-                if domain.fell_below_threshold(available_before, threshold_before, product)]
+                if product.fell_below_threshold(available_before, threshold_before)]
 
     def _reservation(self, store, order_uuid):
         reservation = store.get_reservation(order_uuid, lock=True)

@@ -37,6 +37,7 @@ from common.contract.errors import AlreadyExists
 from common.kit.db import constraint_name
 from common.kit.outbox import outbox_model
 from common.kit.unit_of_work import StorageLayout
+from inventory_service.domain import ProductRules
 
 SCHEMA = "inventory"
 
@@ -45,7 +46,7 @@ class InventoryBase(DeclarativeBase):
     metadata = MetaData(schema=SCHEMA)
 
 
-class Product(InventoryBase):
+class Product(ProductRules, InventoryBase):
     __tablename__ = "products"
     __table_args__ = (
         CheckConstraint("stock >= 0", name="stock_not_negative"),
@@ -64,10 +65,6 @@ class Product(InventoryBase):
     low_stock_threshold: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-    @property
-    def available(self):
-        return self.stock - self.reserved
 
 
 class Reservation(InventoryBase):
@@ -99,7 +96,7 @@ class ReservationItem(InventoryBase):
 
 
 @dataclass(frozen=True)
-class ProductSnapshot:
+class ProductSnapshot(ProductRules):
     """A product as an UPDATE ... RETURNING left it (no ORM identity-map work on the hot path)."""
     sku: str
     name: str
@@ -111,10 +108,6 @@ class ProductSnapshot:
     low_stock_threshold: int
     created_at: datetime
     updated_at: datetime
-
-    @property
-    def available(self):
-        return self.stock - self.reserved
 
 
 _products = Product.__table__

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from common.contract.errors import AlreadyExists, NotFound
 from common.contract.settings import load_settings
 from common.kit.outbox import Outbox
+from inventory_service.domain import ProductRules
 
 SETTINGS = load_settings({})  # config.yml's defaults, nothing from this process's environment
 
@@ -134,7 +135,7 @@ class FakeCustomerService:
 # ---- inventory ------------------------------------------------------------------
 
 @dataclass
-class FakeProduct:
+class FakeProduct(ProductRules):
     sku: str
     name: str
     unit_price: Decimal
@@ -145,10 +146,6 @@ class FakeProduct:
     low_stock_threshold: int = 0
     created_at: datetime = field(default_factory=now)
     updated_at: datetime = field(default_factory=now)
-
-    @property
-    def available(self):
-        return self.stock - self.reserved
 
 
 class InMemoryInventoryStore:
