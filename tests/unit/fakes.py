@@ -22,15 +22,25 @@ from datetime import datetime, timezone
 from decimal import Decimal
 from types import SimpleNamespace
 
+from sqlalchemy.exc import IntegrityError
+
 from common.contract.errors import AlreadyExists, NotFound
 from common.contract.settings import load_settings
 from common.kit.outbox import Outbox
+from inventory_service.domain import ProductRules
 
 SETTINGS = load_settings({})  # config.yml's defaults, nothing from this process's environment
 
 
 def now():
     return datetime.now(timezone.utc)
+
+
+def refused(constraint):
+    """The IntegrityError Postgres gives for a row that breaks `constraint`."""
+    orig = Exception(f"violates {constraint}")
+    orig.diag = SimpleNamespace(constraint_name=constraint)
+    return IntegrityError("(in memory)", None, orig)
 
 
 # ---- the unit of work ----------------------------------------------------------
@@ -125,7 +135,7 @@ class FakeCustomerService:
 # ---- inventory ------------------------------------------------------------------
 
 @dataclass
-class FakeProduct:
+class FakeProduct(ProductRules):
     sku: str
     name: str
     unit_price: Decimal
@@ -136,10 +146,6 @@ class FakeProduct:
     low_stock_threshold: int = 0
     created_at: datetime = field(default_factory=now)
     updated_at: datetime = field(default_factory=now)
-
-    @property
-    def available(self):
-        return self.stock - self.reserved
 
 
 class InMemoryInventoryStore:
@@ -172,7 +178,7 @@ class InMemoryInventoryStore:
         return product
 
     def get_products(self, skus):
-        return [self.tables["products"][sku] for sku in sorted(skus) if sku in self.tables["products"]]
+        return [self.tables["products"][sku] for sku in sorted(set(skus)) if sku in self.tables["products"]]
 
     def list_products(self, limit, after_sku=None):
         skus = sorted(sku for sku in self.tables["products"] if after_sku is None or sku > after_sku)
@@ -181,11 +187,21 @@ class InMemoryInventoryStore:
     def available_stock(self, skus):
         return {product.sku: product.available for product in self.get_products(skus)}
 
+    # The table's CHECK constraints, in the order Postgres tests them (by name).
+    CHECKS = (("reserved_not_negative", lambda product: product.reserved >= 0),
+              ("reserved_within_stock", lambda product: product.reserved <= product.stock),
+              ("stock_not_negative", lambda product: product.stock >= 0))
+
     def _changed(self, sku, stock=0, reserved=0):
-        product = self.tables["products"][sku]
+        """The product after the change (a copy, as UPDATE ... RETURNING gives), or None if no such sku."""
+        product = self.tables["products"].get(sku)
+        if product is None:
+            return None
         product.stock += stock
         product.reserved += reserved
-        assert 0 <= product.reserved <= product.stock, "the CHECK constraints would refuse this"
+        for constraint, holds in self.CHECKS:
+            if not holds(product):
+                raise refused(constraint)
         return copy.copy(product)
 
     def take_stock(self, sku, quantity):
@@ -391,11 +407,19 @@ class InMemoryInvoiceStore(InMemoryCustomerDirectory):
     def insert_invoice(self, year, sequence, invoice):
         if self.fail_on_insert is not None:
             raise self.fail_on_insert
-        invoices = self.tables["invoices"]
-        assert invoice["number"] not in invoices, "the primary key would refuse this"
-        assert all(other["order_id"] != invoice["order_id"] for other in invoices.values()), \
-            "the unique order_id would refuse this"
-        invoices[invoice["number"]] = {**copy.deepcopy(invoice), "year": year, "sequence": sequence}
+        invoices = self.tables["invoices"].values()
+        for constraint, breaks in [
+            ("invoice_number", invoice["number"] != f"INV-{year}-{sequence:06d}"),
+            ("invoices_pkey", any(other["number"] == invoice["number"] for other in invoices)),
+            ("invoices_order_id_key", any(other["order_id"] == invoice["order_id"] for other in invoices)),
+        ]:
+            if breaks:
+                raise refused(constraint)
+        # Lines read back as the store's json_agg gives them: money as text with its two decimals.
+        lines = [{**line, "unit_price": f"{line['unit_price']:.2f}", "line_total": f"{line['line_total']:.2f}"}
+                 for line in invoice["lines"]]
+        self.tables["invoices"][invoice["number"]] = {**copy.deepcopy(invoice), "lines": lines,
+                                                      "year": year, "sequence": sequence}
 
     def has_invoice_for_order(self, order_id):
         return self.invoice_for_order(order_id) is not None
@@ -417,6 +441,8 @@ class InMemoryInvoiceStore(InMemoryCustomerDirectory):
 
     def ping(self):
         pass
+
+
 # ---- notifications ------------------------------------------------------------------
 
 class InMemoryNotificationStore(InMemoryCustomerDirectory):
