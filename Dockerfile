@@ -11,10 +11,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Fonts the gateway embeds in invoice PDFs (gateway/invoice_pdf.py): DejaVu Sans,
-# and Droid Sans Fallback for Chinese, Japanese and Korean names.
+# Invoice PDFs embed the fonts invoice_service ships; Droid Sans Fallback is the
+# optional extra for Chinese, Japanese and Korean names (without it they print as boxes).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends fonts-dejavu-core fonts-droid-fallback \
+    && apt-get install -y --no-install-recommends fonts-droid-fallback \
     && rm -rf /var/lib/apt/lists/*
 
 # config.yml, alembic.ini, migrations/ and gateway/gunicorn_conf.py are read

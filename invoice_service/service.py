@@ -1,4 +1,4 @@
-"""invoice_service: Nameko entrypoints only; rules in domain, queries in storage.
+"""invoice_service: Nameko entrypoints only; rules in domain, queries in storage, the PDF layout in pdf.
 
 An invoice is issued when an order becomes `shipped` (order_service's
 order_status_changed event). What the invoice needs from elsewhere is fetched
@@ -9,8 +9,11 @@ number, writes the invoice and its invoice_issued event, and commits; any
 failure rolls all of it back, number included, and the reliable handler
 retries the event.
 """
+import base64
 import logging
 import uuid
+
+from eventlet import tpool
 
 from common.contract.caller import required
 from common.contract.errors import EXPECTED_ERRORS, InvoiceNotIssued, NotFound
@@ -22,7 +25,7 @@ from common.kit.customer_directory import remember_customer_event
 from common.kit.paging import page_request, split_page
 from common.kit.rpc import ServiceRpcProxy, rpc
 from common.kit.unit_of_work import UnitOfWork
-from invoice_service import domain, storage
+from invoice_service import domain, pdf, storage
 
 log = logging.getLogger(__name__)
 invoice_schema = InvoiceSchema()
@@ -75,6 +78,19 @@ class InvoiceService(ServiceBase):
     def get_invoice_for_order(self, order_id):
         """The order's invoice; InvoiceNotIssued (404) before it ships, and for another
         customer's order or no such order, so order ids cannot be probed."""
+        return self._invoice_for_order(order_id)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def get_invoice_pdf(self, order_id):
+        """The order's invoice as an A4 PDF: {"number", "pdf": base64 of the bytes}; the same
+        InvoiceNotIssued as get_invoice_for_order."""
+        invoice = self._invoice_for_order(order_id)
+        cjk_font = pdf.cjk_font()  # here, not in the pool's thread: it may log
+        # In a native thread: a layout of a second or so would otherwise stall every worker on this hub.
+        content = tpool.execute(pdf.render_invoice, invoice, cjk_font)
+        return {"number": invoice["number"], "pdf": base64.b64encode(content).decode("ascii")}
+
+    def _invoice_for_order(self, order_id):
         caller = required(self.caller)
         parsed = uuid_or_none(order_id)
         with self.uow.single_statement() as store:

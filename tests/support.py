@@ -55,6 +55,27 @@ def chromium_or_skip():
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
+def poppler(tool):
+    """pdftotext / pdftoppm / pdfinfo (Debian's poppler-utils); a test without it fails under CI=true, else skips."""
+    import pytest
+
+    path = shutil.which(tool)
+    if path is None:
+        message = f"{tool} is not installed (apt-get install poppler-utils; .ci/run does it)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def pdf_text(pdf_bytes, tmp_path):
+    """The text a reader finds in a PDF, laid out as on the page (poppler's pdftotext)."""
+    path = tmp_path / "invoice.pdf"
+    path.write_bytes(pdf_bytes)
+    return subprocess.run([poppler("pdftotext"), "-layout", str(path), "-"], capture_output=True, text=True,
+                          check=True).stdout
+
+
 MAIL_FROM = "Test shop <orders@shop.example>"
 
 

@@ -1,6 +1,9 @@
 """Invoice rules (numbering, tax) and invoice_service's entrypoints on in-memory fakes
 (no Postgres, no broker): issuing once per shipped order, gap-free numbers, ownership."""
+import base64
+import json
 import random
+import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
@@ -10,8 +13,9 @@ from nameko.testing.services import worker_factory
 
 from common.contract.caller import Caller
 from common.contract.errors import InvoiceNotIssued, NotFound, ServiceUnavailable, ValidationFailed
-from invoice_service import domain
+from invoice_service import domain, pdf
 from invoice_service.service import InvoiceService
+from tests import support
 from tests.unit.fakes import SETTINGS, FakeCustomerService, FakeUnitOfWork, InMemoryInvoiceStore
 
 ADA = {"id": str(uuid.uuid4()), "name": "Ada Lovelace", "email": "ada@example.com"}
@@ -272,9 +276,36 @@ def test_customers_read_only_their_own_invoices(world):
 
 @pytest.mark.parametrize("order_id", [str(uuid.uuid4()), "not-an-id", "", "\x00"])
 def test_no_invoice_yet_is_invoice_not_issued(world, order_id):
-    with pytest.raises(InvoiceNotIssued) as error:
-        world.invoices.get_invoice_for_order(order_id)
-    assert (error.value.http_status, error.value.code) == (404, "invoice_not_issued")
+    for method in (world.invoices.get_invoice_for_order, world.invoices.get_invoice_pdf):
+        with pytest.raises(InvoiceNotIssued) as error:
+            method(order_id)
+        assert (error.value.http_status, error.value.code) == (404, "invoice_not_issued")
+
+
+def test_the_pdf_is_base64_in_json_and_only_for_the_owner(world, tmp_path):
+    ada_order, grace_order = shipped_order(ADA), shipped_order(GRACE)
+    world.ship(ada_order)
+    world.ship(grace_order)
+    ada = world.as_caller(Caller(f"customer:{ADA['id']}", "customer", ADA["id"]))
+    answer = json.loads(json.dumps(ada.get_invoice_pdf(ada_order["id"])))
+    invoice = ada.get_invoice_for_order(ada_order["id"])
+    assert set(answer) == {"number", "pdf"} and answer["number"] == invoice["number"]
+    content = base64.b64decode(answer["pdf"], validate=True)
+    assert content.startswith(b"%PDF-")
+    text = support.pdf_text(content, tmp_path)
+    assert invoice["number"] in text and "Ada Lovelace" in text and "60.08 EUR" in text, text
+    with pytest.raises(InvoiceNotIssued):
+        ada.get_invoice_pdf(grace_order["id"])
+
+
+def test_the_pdf_is_laid_out_off_the_calling_thread(world, monkeypatch):
+    order = shipped_order()
+    world.ship(order)
+    threads = []
+    render = pdf.render_invoice
+    monkeypatch.setattr(pdf, "render_invoice", lambda *args: threads.append(threading.get_ident()) or render(*args))
+    world.invoices.get_invoice_pdf(order["id"])
+    assert threads and threads[0] != threading.get_ident()
 
 
 @pytest.mark.parametrize("number", ["INV-2026-000001", "nope", "INV-2026-000001\x00", "%" * 300])
