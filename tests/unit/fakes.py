@@ -398,8 +398,8 @@ class InMemoryCustomerStore:
 
     def insert_customer(self, customer_id, fields, now):
         self._check_unique_email(customer_id, fields.get("email"))
-        customer = SimpleNamespace(id=customer_id, shipping_address=None, orders_count=0, created_at=now,
-                                   updated_at=now, **fields)
+        customer = SimpleNamespace(**{"shipping_address": None, **fields}, id=customer_id, orders_count=0,
+                                   created_at=now, updated_at=now)
         self.tables["customers"][customer_id] = customer
         return customer
 
