@@ -120,17 +120,24 @@ def check_can_replace(reservation):
                                 {"order_id": str(reservation.order_id), "status": reservation.status})
 
 
-def check_stock_covers_reserved(product, changes):
-    if "stock" in changes and changes["stock"] < product.reserved:
-        raise StockBelowReserved(
-            f"Stock cannot go below the {product.reserved} units reserved by orders.",
-            {"sku": product.sku, "stock": changes["stock"], "reserved": product.reserved})
+class ProductRules:
+    """The rules of a product, whatever holds its row: the ORM model, the snapshot an
+    UPDATE returns, the unit tests' fake (each has sku, stock, reserved, low_stock_threshold)."""
 
+    @property
+    def available(self):
+        return self.stock - self.reserved
 
-def fell_below_threshold(available_before, threshold_before, product):
-    """True when this change took the product's available stock below its threshold."""
-    return (product.available < product.low_stock_threshold
-            and available_before >= threshold_before)
+    def check_stock_change(self, changes):
+        """Stock never goes below what orders have reserved."""
+        if "stock" in changes and changes["stock"] < self.reserved:
+            raise StockBelowReserved(
+                f"Stock cannot go below the {self.reserved} units reserved by orders.",
+                {"sku": self.sku, "stock": changes["stock"], "reserved": self.reserved})
+
+    def fell_below_threshold(self, available_before, threshold_before):
+        """True when the change that left the product so took its available stock below its threshold."""
+        return self.available < self.low_stock_threshold and available_before >= threshold_before
 
 
 def stock_event(reservation_view, products):

@@ -11,7 +11,7 @@ from common.contract.errors import EXPECTED_ERRORS, NotFound, ServiceUnavailable
 from common.contract.schemas.base import ListQuery, load_or_raise
 from common.contract.schemas.products import ProductInput, ProductPatch, ProductSchema
 from common.kit.base import ServiceBase
-from common.kit.paging import decode_cursor, split_page
+from common.kit.paging import page_request, split_page
 from common.kit.rpc import ServiceRpcProxy, rpc
 from common.kit.timers import every
 from common.kit.unit_of_work import UnitOfWork
@@ -48,7 +48,7 @@ class InventoryService(ServiceBase):
         changes = load_or_raise(ProductPatch, data)
         with self.uow as tx:
             product = self._product(tx.store, sku, lock=True)
-            domain.check_stock_covers_reserved(product, changes)
+            product.check_stock_change(changes)
             before = (product.available, product.low_stock_threshold)
             product = tx.store.update_product(product, changes)
             self._emit_low_stock(tx, [(product, *before)])
@@ -72,11 +72,10 @@ class InventoryService(ServiceBase):
     def list_products(self, limit=20, cursor=None):
         """By sku."""
         required(self.caller)
-        query = load_or_raise(ListQuery, {"limit": limit, "cursor": cursor})
-        after_sku = decode_cursor(query["cursor"], domain.parse_sku)
+        _, limit, after_sku = page_request(ListQuery, None, limit, cursor, domain.parse_sku)
         with self.uow as tx:
-            rows = tx.store.list_products(query["limit"] + 1, after_sku)
-            page, next_cursor = split_page(rows, query["limit"], lambda product: product.sku)
+            rows = tx.store.list_products(limit + 1, after_sku)
+            page, next_cursor = split_page(rows, limit, lambda product: product.sku)
             return {"items": product_schema.dump(page, many=True), "next_cursor": next_cursor}
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -216,7 +215,7 @@ class InventoryService(ServiceBase):
         """(type, data) of stock_low for each changed product that just fell below its threshold."""
         return [("stock_low", product_schema.dump(product))
                 for product, available_before, threshold_before in changed
-                if domain.fell_below_threshold(available_before, threshold_before, product)]
+                if product.fell_below_threshold(available_before, threshold_before)]
 
     def _reservation(self, store, order_uuid):
         reservation = store.get_reservation(order_uuid, lock=True)

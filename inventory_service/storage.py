@@ -28,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
@@ -35,6 +37,7 @@ from common.contract.errors import AlreadyExists
 from common.kit.db import constraint_name
 from common.kit.outbox import outbox_model
 from common.kit.unit_of_work import StorageLayout
+from inventory_service.domain import ProductRules
 
 SCHEMA = "inventory"
 
@@ -43,7 +46,7 @@ class InventoryBase(DeclarativeBase):
     metadata = MetaData(schema=SCHEMA)
 
 
-class Product(InventoryBase):
+class Product(ProductRules, InventoryBase):
     __tablename__ = "products"
     __table_args__ = (
         CheckConstraint("stock >= 0", name="stock_not_negative"),
@@ -62,10 +65,6 @@ class Product(InventoryBase):
     low_stock_threshold: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-    @property
-    def available(self):
-        return self.stock - self.reserved
 
 
 class Reservation(InventoryBase):
@@ -97,7 +96,7 @@ class ReservationItem(InventoryBase):
 
 
 @dataclass(frozen=True)
-class ProductSnapshot:
+class ProductSnapshot(ProductRules):
     """A product as an UPDATE ... RETURNING left it (no ORM identity-map work on the hot path)."""
     sku: str
     name: str
@@ -109,10 +108,6 @@ class ProductSnapshot:
     low_stock_threshold: int
     created_at: datetime
     updated_at: datetime
-
-    @property
-    def available(self):
-        return self.stock - self.reserved
 
 
 _products = Product.__table__
@@ -189,7 +184,16 @@ class InventoryStore:
 
     def _update_stock(self, statement, sku, quantity):
         row = self.session.connection().execute(statement, {"sku_": sku, "quantity": quantity, "at": _now()}).first()
-        return ProductSnapshot(**row._mapping) if row is not None else None
+        return self._taken(ProductSnapshot(**row._mapping)) if row is not None else None
+
+    def _taken(self, snapshot):
+        """`snapshot`, after bringing a Product this session loaded before in step with it:
+        the UPDATE ran in SQL, past the ORM, and would leave that object's stock stale."""
+        loaded = self.session.identity_map.get(identity_key(Product, snapshot.sku))
+        if loaded is not None:
+            for column in ("stock", "reserved", "updated_at"):
+                set_committed_value(loaded, column, getattr(snapshot, column))
+        return snapshot
 
     def insert_product(self, fields):
         now = _now()
@@ -239,8 +243,8 @@ class InventoryStore:
         }).all()
         if not rows[0].claimed:
             return None
-        return {row.sku: ProductSnapshot(**{column: value for column, value in row._mapping.items()
-                                            if column != "claimed"})
+        return {row.sku: self._taken(ProductSnapshot(**{column: value for column, value in row._mapping.items()
+                                                        if column != "claimed"}))
                 for row in rows if row.sku is not None}
 
     def _add_reservation_items(self, order_id, lines):

@@ -3,13 +3,14 @@
 Order events become queued notifications (one per event and recipient, with
 the event's dedup, in one statement) and nothing else happens on the event
 path: the sender, a timer entrypoint woken after each new notification,
-claims due ones (FOR UPDATE SKIP LOCKED), sends them over SMTP and records
-each outcome with its notification_sent / notification_failed event in one
-unit of work. A mail server that is down or slow never holds up an event,
-let alone an order.
+claims due ones under a lease (committed at once), sends them over SMTP
+outside any transaction and records each outcome with its notification_sent /
+notification_failed event in a short unit of work of its own, applied only
+if the claim still holds the row. A mail server that is down or slow never
+holds up an event, let alone an order, nor keeps a database connection busy.
 """
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from common.contract.caller import ADMIN, required
 from common.contract.errors import EXPECTED_ERRORS, NotFound
@@ -26,8 +27,10 @@ from notification_service.sender import SenderWake, sender
 
 log = logging.getLogger(__name__)
 notification_schema = NotificationSchema()
-# Due notifications claimed per transaction, and transactions per run of the sender.
+# Due notifications claimed at once, and claims per run of the sender.
 SEND_BATCH, MAX_BATCHES_PER_RUN = 20, 50
+# A claim's lease is its batch's longest sends plus this, for recording the outcomes.
+LEASE_MARGIN_SECONDS = 30
 
 
 def _now():
@@ -144,35 +147,48 @@ class NotificationService(ServiceBase):
         return {"id": customer_id, "name": customer["name"], "email": customer["email"]}
 
     def _send_batch(self, retries):
-        """Claim up to SEND_BATCH due notifications, send each, record each outcome with its
-        event; the number claimed. The row locks keep other instances off these rows.
-        Adds the time of each retry it schedules to `retries`."""
+        """Claim up to SEND_BATCH due notifications, send each, record each outcome; the
+        number claimed. Adds the time of each retry it schedules to `retries`."""
+        now = _now()
+        with self.uow.single_statement() as store:
+            claimed = store.claim_due(now, now + self._lease(), SEND_BATCH)
+        if not claimed:
+            return 0
+        with self.mailer.session() as smtp:
+            for notification in claimed:
+                error = None
+                try:
+                    smtp.send(mail.build_message(notification, self.settings.mail_from))
+                except Exception as exc:  # every failure is an outcome; domain says which kind
+                    error = exc
+                self._record(notification, error, retries)
+        return len(claimed)
+
+    def _lease(self):
+        """Longer than a batch's sends can take (each gives up after SMTP_TIMEOUT_SECONDS), so no other instance
+        resends a mail still being sent: derived from that timeout, it needs no setting of its own."""
+        return timedelta(seconds=self.settings.smtp_timeout_seconds * SEND_BATCH + LEASE_MARGIN_SECONDS)
+
+    def _record(self, notification, error, retries):
+        """Record the outcome of one attempt and emit its event, if the claim still holds."""
         settings = self.settings
+        now = _now()
+        attempt = domain.after_attempt(notification, error, now, settings.notify_retry_base_seconds,
+                                       settings.notify_max_attempts)
         with self.uow as tx:
-            due = tx.store.claim_due(_now(), SEND_BATCH)
-            if not due:
-                return 0
-            with self.mailer.session() as smtp:
-                for notification in due:
-                    error = None
-                    try:
-                        smtp.send(mail.build_message(notification, settings.mail_from))
-                    except Exception as exc:  # every failure is an outcome; domain says which kind
-                        error = exc
-                    now = _now()
-                    attempt = domain.after_attempt(notification, error, now, settings.notify_retry_base_seconds,
-                                                   settings.notify_max_attempts)
-                    tx.store.record_attempt(notification, attempt, now)
-                    if attempt.status == domain.QUEUED:
-                        retries.append(attempt.next_attempt_at)
-                    else:
-                        tx.emit(f"notification_{attempt.status}", notification_schema.dump(notification))
-                    if error is not None:
-                        log.warning("notification %s to %s: attempt %d %s: %s", notification.id,
-                                    notification.recipient, attempt.attempts,
-                                    "failed for good" if attempt.status == domain.FAILED else "will be retried",
-                                    attempt.last_error)
-            return len(due)
+            recorded = tx.store.record_attempt(notification, attempt, now)
+            if recorded is not None and attempt.status != domain.QUEUED:
+                tx.emit(f"notification_{attempt.status}", notification_schema.dump(recorded))
+        if recorded is None:
+            log.warning("notification %s to %s: its claim expired and another took it; this attempt's outcome "
+                        "is not recorded", notification.id, notification.recipient)
+            return
+        if attempt.status == domain.QUEUED:
+            retries.append(attempt.next_attempt_at)
+        if error is not None:
+            log.warning("notification %s to %s: attempt %d %s: %s", notification.id, notification.recipient,
+                        attempt.attempts, "failed for good" if attempt.status == domain.FAILED else "will be retried",
+                        attempt.last_error)
 
     def _notification(self, store, caller, notification_id, lock=False):
         """The notification, or NotFound: also for another customer's, so ids cannot be probed."""

@@ -2,15 +2,31 @@
 
 A notification is one email to one recipient for one event: a row written
 `queued` (with the event's id recorded in `processed_events` in the same
-statement), then claimed by the sender with FOR UPDATE SKIP LOCKED, so
-several instances never send one row at once, and moved to `sent` or
-`failed` (or left `queued` for its next attempt) in the transaction that
-writes its event.
+statement), then claimed by the sender under a lease: one committed
+statement gives the due rows a claim token and the time the claim lasts
+until, and no other claim takes them before then, so several instances
+never send one row at once while no transaction stays open across SMTP.
+Each outcome moves the row to `sent` or `failed` (or leaves it `queued` for
+its next attempt) and releases the claim, in the transaction that writes its
+event, and only if the row is still under the claim that sent it.
 """
 import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Index, Integer, MetaData, String, Text, UniqueConstraint, select, text, tuple_
+from sqlalchemy import (
+    CheckConstraint,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime
@@ -34,6 +50,7 @@ class Notification(NotificationsBase):
         UniqueConstraint("event_id", "recipient", name="notifications_event_recipient_key"),
         CheckConstraint("status IN ('queued', 'sent', 'failed')", name="notification_status"),
         CheckConstraint("attempts >= 0", name="notification_attempts_not_negative"),
+        CheckConstraint("(claim_token IS NULL) = (claimed_until IS NULL)", name="notification_claim_whole"),
         # The sender's question: which queued ones are due?
         Index("ix_notifications_due", "next_attempt_at", postgresql_where=text("status = 'queued'")),
         # Keyset paging is newest first, optionally within one order, customer or status.
@@ -63,6 +80,9 @@ class Notification(NotificationsBase):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The sender's claim on the row (see NotificationStore.claim_due); both None when unclaimed.
+    claim_token: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 KnownCustomer = known_customer_model(NotificationsBase)
@@ -124,21 +144,37 @@ class NotificationStore(CustomerDirectory):
 
     # -- the sender --------------------------------------------------------------------
 
-    def claim_due(self, now, limit):
-        """Up to `limit` queued notifications due by `now`, oldest due first, locked for
-        this transaction; rows another transaction holds are skipped, not waited for."""
-        return self.session.scalars(
-            select(Notification).where(Notification.status == "queued", Notification.next_attempt_at <= now)
-            .order_by(Notification.next_attempt_at).limit(limit).with_for_update(skip_locked=True)).all()
+    def claim_due(self, now, until, limit):
+        """Claim up to `limit` queued notifications due by `now` that no claim holds at
+        `now`, oldest due first: each is marked claimed until `until` under one new
+        claim token, which the returned rows carry. One statement: run in autocommit
+        (`uow.single_statement()`), the claim is committed before any mail goes out.
+        Rows another claim is taking at this moment are skipped, not waited for."""
+        due = (select(Notification.id)
+               .where(Notification.status == "queued", Notification.next_attempt_at <= now,
+                      or_(Notification.claimed_until.is_(None), Notification.claimed_until <= now))
+               .order_by(Notification.next_attempt_at).limit(limit).with_for_update(skip_locked=True)
+               .cte("due").prefix_with("MATERIALIZED"))  # run once: exactly the rows it locked
+        claimed = self.session.scalars(
+            update(Notification).where(Notification.id == due.c.id)
+            .values(claim_token=uuid.uuid4(), claimed_until=until).returning(Notification),
+            execution_options={"synchronize_session": False}).all()
+        return sorted(claimed, key=lambda notification: notification.next_attempt_at)
 
     def record_attempt(self, notification, outcome, now):
-        """Apply a domain.Attempt (the outcome of one try) to a claimed notification."""
-        notification.status = outcome.status
-        notification.attempts = outcome.attempts
-        notification.last_error = outcome.last_error
-        notification.next_attempt_at = outcome.next_attempt_at
-        notification.sent_at = outcome.sent_at
-        notification.updated_at = now  # written with the batch's other outcomes when it commits
+        """Apply a domain.Attempt (the outcome of one try) to a claimed notification and
+        release the claim, if the claim `notification` carries still holds the row; the
+        row as recorded, or None when another claim has taken it since (nothing changed)."""
+        if notification.claim_token is None:
+            raise ValueError("only a claimed notification has an outcome to record")
+        return self.session.scalars(
+            update(Notification)
+            .where(Notification.id == notification.id, Notification.claim_token == notification.claim_token)
+            .values(status=outcome.status, attempts=outcome.attempts, last_error=outcome.last_error,
+                    next_attempt_at=outcome.next_attempt_at, sent_at=outcome.sent_at, updated_at=now,
+                    claim_token=None, claimed_until=None)
+            .returning(Notification),
+            execution_options={"synchronize_session": False}).first()
 
     def requeue(self, notification, now):
         """A failed notification queued again: attempts from 0, due now."""

@@ -107,6 +107,6 @@ def required(caller):
     """The caller, or Unauthenticated: every data RPC needs one."""
     if caller is None:
         raise Unauthenticated(
-            "This RPC needs a caller in the context data (see README: nameko shell).",
+            "This RPC needs a caller in the context data (see docs/operations.md: nameko shell).",
             {"context_data": CALLER_KEY})
     return caller

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -143,6 +144,27 @@ def test_while_the_mail_server_is_down_it_retries_then_sends_exactly_once(api, s
     time.sleep(2)  # anything sent twice would have arrived by now
     assert len(smtp_server.to(customer["email"])) == 1
     assert smtp_server.to(customer["email"])[0]["message"]["Message-ID"] == sent["message_id"]
+
+
+def test_a_mail_a_crashed_instance_had_claimed_goes_out_once_its_lease_expires(api, shop, smtp_server, db_name):
+    # What a sender that died between its claim and its record leaves: a due row under a live lease.
+    customer, _ = shop
+    notification_id, order_id = str(uuid.uuid4()), str(uuid.uuid4())
+    message_id = f"<notification-{notification_id}@shop.example>"
+    [(claimed_until,)] = support.query(db_name, """
+        INSERT INTO notifications.notifications
+            (id, event_id, event_type, kind, order_id, customer_id, recipient, subject, body_text, body_html,
+             message_id, status, attempts, next_attempt_at, created_at, updated_at, claim_token, claimed_until)
+        VALUES (%s, %s, 'order_created', 'order_confirmation', %s, %s, %s, 'We received your order', 'Hello',
+                '<p>Hello</p>', %s, 'queued', 0, now(), now(), now(), %s, now() + interval '3 seconds')
+        RETURNING claimed_until""", notification_id, str(uuid.uuid4()), order_id, customer["id"],
+        customer["email"], message_id, str(uuid.uuid4()))
+    smtp_server.wait_for(lambda m: m["message"]["Message-ID"] == message_id, timeout=30)
+    sent = _wait_for_status(api, order_id, "sent")
+    assert (sent["id"], sent["attempts"], sent["message_id"]) == (notification_id, 1, message_id)
+    assert datetime.fromisoformat(sent["sent_at"]) >= claimed_until  # no instance took it under the lease
+    time.sleep(2)  # anything sent twice would have arrived by now
+    assert [m["message"]["Message-ID"] for m in smtp_server.to(customer["email"])] == [message_id]
 
 
 def test_the_same_event_delivered_twice_sends_one_email(api, shop, smtp_server, stack):

@@ -12,7 +12,7 @@ from tests import support
 
 @pytest.fixture
 def rpc(stack):
-    # A trusted admin call, as the README shows for nameko shell.
+    # A trusted admin call, as docs/operations.md shows for nameko shell.
     admin = {"caller": {"sub": "ops-tester", "role": "admin"}}
     with ClusterRpcProxy({"AMQP_URI": stack.env["AMQP_URI"]}, context_data=admin, timeout=10) as cluster:
         yield cluster
@@ -72,7 +72,7 @@ def test_batch_reads(rpc, api):
 
 
 def test_nameko_shell_reaches_the_stack(stack):
-    # Piped input runs as a script: the README's example, as a user would type it.
+    # Piped input runs as a script: the example in docs/operations.md, as a user would type it.
     script = "print('database:', n.rpc.order_service.health()['database'])\n"
     result = subprocess.run(
         [sys.executable, "-m", "common.kit.runner", "shell"],

@@ -27,6 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from common.contract.errors import AlreadyExists, NotFound
 from common.contract.settings import load_settings
 from common.kit.outbox import Outbox
+from inventory_service.domain import ProductRules
 from order_service import domain
 
 SETTINGS = load_settings({})  # config.yml's defaults, nothing from this process's environment
@@ -34,6 +35,13 @@ SETTINGS = load_settings({})  # config.yml's defaults, nothing from this process
 
 def now():
     return datetime.now(timezone.utc)
+
+
+def refused(constraint):
+    """The IntegrityError Postgres gives for a row that breaks `constraint`."""
+    orig = Exception(f"violates {constraint}")
+    orig.diag = SimpleNamespace(constraint_name=constraint)
+    return IntegrityError("(in memory)", None, orig)
 
 
 # ---- the unit of work ----------------------------------------------------------
@@ -135,7 +143,7 @@ class FakeCustomerService:
 # ---- inventory ------------------------------------------------------------------
 
 @dataclass
-class FakeProduct:
+class FakeProduct(ProductRules):
     sku: str
     name: str
     unit_price: Decimal
@@ -146,10 +154,6 @@ class FakeProduct:
     low_stock_threshold: int = 0
     created_at: datetime = field(default_factory=now)
     updated_at: datetime = field(default_factory=now)
-
-    @property
-    def available(self):
-        return self.stock - self.reserved
 
 
 class InMemoryInventoryStore:
@@ -182,7 +186,7 @@ class InMemoryInventoryStore:
         return product
 
     def get_products(self, skus):
-        return [self.tables["products"][sku] for sku in sorted(skus) if sku in self.tables["products"]]
+        return [self.tables["products"][sku] for sku in sorted(set(skus)) if sku in self.tables["products"]]
 
     def list_products(self, limit, after_sku=None):
         skus = sorted(sku for sku in self.tables["products"] if after_sku is None or sku > after_sku)
@@ -191,11 +195,21 @@ class InMemoryInventoryStore:
     def available_stock(self, skus):
         return {product.sku: product.available for product in self.get_products(skus)}
 
+    # The table's CHECK constraints, in the order Postgres tests them (by name).
+    CHECKS = (("reserved_not_negative", lambda product: product.reserved >= 0),
+              ("reserved_within_stock", lambda product: product.reserved <= product.stock),
+              ("stock_not_negative", lambda product: product.stock >= 0))
+
     def _changed(self, sku, stock=0, reserved=0):
-        product = self.tables["products"][sku]
+        """The product after the change (a copy, as UPDATE ... RETURNING gives), or None if no such sku."""
+        product = self.tables["products"].get(sku)
+        if product is None:
+            return None
         product.stock += stock
         product.reserved += reserved
-        assert 0 <= product.reserved <= product.stock, "the CHECK constraints would refuse this"
+        for constraint, holds in self.CHECKS:
+            if not holds(product):
+                raise refused(constraint)
         return copy.copy(product)
 
     def take_stock(self, sku, quantity):
@@ -478,11 +492,19 @@ class InMemoryInvoiceStore(InMemoryCustomerDirectory):
     def insert_invoice(self, year, sequence, invoice):
         if self.fail_on_insert is not None:
             raise self.fail_on_insert
-        invoices = self.tables["invoices"]
-        assert invoice["number"] not in invoices, "the primary key would refuse this"
-        assert all(other["order_id"] != invoice["order_id"] for other in invoices.values()), \
-            "the unique order_id would refuse this"
-        invoices[invoice["number"]] = {**copy.deepcopy(invoice), "year": year, "sequence": sequence}
+        invoices = self.tables["invoices"].values()
+        for constraint, breaks in [
+            ("invoice_number", invoice["number"] != f"INV-{year}-{sequence:06d}"),
+            ("invoices_pkey", any(other["number"] == invoice["number"] for other in invoices)),
+            ("invoices_order_id_key", any(other["order_id"] == invoice["order_id"] for other in invoices)),
+        ]:
+            if breaks:
+                raise refused(constraint)
+        # Lines read back as the store's json_agg gives them: money as text with its two decimals.
+        lines = [{**line, "unit_price": f"{line['unit_price']:.2f}", "line_total": f"{line['line_total']:.2f}"}
+                 for line in invoice["lines"]]
+        self.tables["invoices"][invoice["number"]] = {**copy.deepcopy(invoice), "lines": lines,
+                                                      "year": year, "sequence": sequence}
 
     def has_invoice_for_order(self, order_id):
         return self.invoice_for_order(order_id) is not None
@@ -504,6 +526,8 @@ class InMemoryInvoiceStore(InMemoryCustomerDirectory):
 
     def ping(self):
         pass
+
+
 # ---- notifications ------------------------------------------------------------------
 
 class InMemoryNotificationStore(InMemoryCustomerDirectory):
@@ -529,23 +553,37 @@ class InMemoryNotificationStore(InMemoryCustomerDirectory):
                 **{**row, "order_id": uuid.UUID(str(row["order_id"])) if row["order_id"] else None,
                    "customer_id": uuid.UUID(str(row["customer_id"]))},
                 event_id=uuid.UUID(str(event_id)), event_type=event_type, status="queued", attempts=0,
-                last_error=None, next_attempt_at=at, created_at=at, updated_at=at, sent_at=None)
+                last_error=None, next_attempt_at=at, created_at=at, updated_at=at, sent_at=None,
+                claim_token=None, claimed_until=None)
             self.tables["notifications"][notification.id] = notification
             queued.append(notification.id)
         return queued
 
-    def claim_due(self, at, limit):
+    def claim_due(self, at, until, limit):
         due = [n for n in self.tables["notifications"].values()
-               if n.status == "queued" and n.next_attempt_at <= at]
-        return sorted(due, key=lambda n: n.next_attempt_at)[:limit]
+               if n.status == "queued" and n.next_attempt_at <= at
+               and (n.claimed_until is None or n.claimed_until <= at)]
+        token = uuid.uuid4()
+        claimed = []
+        for notification in sorted(due, key=lambda n: n.next_attempt_at)[:limit]:
+            notification.claim_token, notification.claimed_until = token, until
+            claimed.append(copy.copy(notification))  # as the real store's: the row as claimed, not the row
+        return claimed
 
     def record_attempt(self, notification, outcome, at):
-        notification.status = outcome.status
-        notification.attempts = outcome.attempts
-        notification.last_error = outcome.last_error
-        notification.next_attempt_at = outcome.next_attempt_at
-        notification.sent_at = outcome.sent_at
-        notification.updated_at = at
+        if notification.claim_token is None:
+            raise ValueError("only a claimed notification has an outcome to record")
+        row = self.tables["notifications"].get(notification.id)
+        if row is None or row.claim_token != notification.claim_token:
+            return None
+        row.status = outcome.status
+        row.attempts = outcome.attempts
+        row.last_error = outcome.last_error
+        row.next_attempt_at = outcome.next_attempt_at
+        row.sent_at = outcome.sent_at
+        row.updated_at = at
+        row.claim_token = row.claimed_until = None
+        return copy.copy(row)
 
     def requeue(self, notification, at):
         notification.status, notification.attempts, notification.next_attempt_at = "queued", 0, at

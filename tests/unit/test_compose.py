@@ -11,17 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from common.contract.services import GATEWAY, SERVICE_NAMES, SERVICES
+
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
-# Procfile process name -> compose service running the same command.
-PROCFILE_TO_COMPOSE = {
-    "customers": "customer_service",
-    "inventory": "inventory_service",
-    "orders": "order_service",
-    "invoices": "invoice_service",
-    "notifications": "notification_service",
-    "gateway": "gateway",
-}
+# Procfile process name -> compose service running the same command (the registry's, and the gateway).
+PROCFILE_TO_COMPOSE = {**{service.process: service.name for service in SERVICES}, GATEWAY: GATEWAY}
 MODULE = re.compile(r"[a-z_]+(\.[a-z_]+)+(:[A-Za-z_]\w*)?")  # pkg.module[:attr]
 
 
@@ -73,9 +68,7 @@ def test_compose_file_validates_with_docker_compose(validated):
 
 
 def test_required_services_and_healthchecks(services):
-    required = {"rabbitmq", "postgres", "migrate", "customer_service",
-                "inventory_service", "order_service", "notification_service", "invoice_service", "mailpit",
-                "gateway"}
+    required = {"rabbitmq", "postgres", "migrate", "mailpit", GATEWAY, *SERVICE_NAMES}
     assert required <= services.keys()
     assert "management" in services["rabbitmq"]["image"]
     for name in ("rabbitmq", "postgres", "gateway"):
@@ -84,17 +77,15 @@ def test_required_services_and_healthchecks(services):
 
 
 def test_dependencies(services):
-    assert {"customer_service", "inventory_service", "order_service", "notification_service",
-            "invoice_service"} <= set(services["gateway"]["depends_on"])
-    for name in ("customer_service", "inventory_service", "order_service", "notification_service", "invoice_service"):
+    assert set(SERVICE_NAMES) <= set(services["gateway"]["depends_on"])
+    for name in SERVICE_NAMES:
         assert services[name]["depends_on"]["migrate"] == {
             "condition": "service_completed_successfully"}
 
 
 def test_every_build_uses_the_one_dockerfile(services):
     built = {name: svc["build"] for name, svc in services.items() if "build" in svc}
-    assert set(built) >= {"migrate", "customer_service", "inventory_service",
-                          "order_service", "notification_service", "invoice_service", "gateway"}
+    assert set(built) >= {"migrate", GATEWAY, *SERVICE_NAMES}
     for name, build in built.items():
         if isinstance(build, str):
             build = {"context": build}
@@ -124,6 +115,8 @@ def test_notification_emails_go_to_mailpit_in_compose(services):
 def test_procfile_and_compose_run_the_same_commands(services):
     processes = procfile()
     assert set(processes) == set(PROCFILE_TO_COMPOSE)
+    for service in SERVICES:  # the registry says how a service starts
+        assert argv(processes[service.process]) == argv(service.command), service.process
     for process, service in PROCFILE_TO_COMPOSE.items():
         assert argv(services[service]["command"]) == argv(processes[process]), process
 

@@ -13,6 +13,7 @@ from common.contract.errors import (
     ServiceUnavailable,
     StockBelowReserved,
     UnknownSku,
+    ValidationFailed,
 )
 from inventory_service.service import InventoryService
 from tests.unit.fakes import SETTINGS, FakeUnitOfWork, InMemoryInventoryStore
@@ -135,6 +136,21 @@ def test_stock_cannot_go_below_what_is_reserved(inventory, store):
     with pytest.raises(StockBelowReserved):
         inventory.update_product("A", {"stock": 2})
     assert inventory.update_product("A", {"stock": 3})["available"] == 0
+
+
+def test_products_page_by_sku_with_a_cursor(inventory, store):
+    for sku in ("C", "A", "B"):
+        store.add_product(sku, stock=1)
+    first = inventory.list_products(limit=2)
+    assert [product["sku"] for product in first["items"]] == ["A", "B"]
+    rest = inventory.list_products(limit=2, cursor=first["next_cursor"])
+    assert [product["sku"] for product in rest["items"]] == ["C"] and rest["next_cursor"] is None
+    with pytest.raises(ValidationFailed) as error:
+        inventory.list_products(cursor="not-a-cursor")
+    assert error.value.details == {"cursor": ["Not a cursor this API issued."]}
+    with pytest.raises(ValidationFailed) as error:
+        inventory.list_products(limit=101)
+    assert list(error.value.details) == ["limit"]
 
 
 class _Orders:

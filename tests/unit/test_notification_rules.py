@@ -13,6 +13,7 @@ from nameko.testing.services import worker_factory
 from common.contract.caller import Caller
 from common.contract.errors import Forbidden, InvalidTransition, NotFound
 from notification_service import domain, mail
+from notification_service import service as service_module
 from notification_service.service import NotificationService
 from tests.unit.fakes import SETTINGS, FakeCustomerService, FakeMailer, FakeUnitOfWork, InMemoryNotificationStore
 
@@ -327,6 +328,55 @@ def test_the_server_back_in_time_sends_once(world):
     [notification] = world.notifications()
     assert (notification.status, notification.attempts) == ("sent", 2)
     assert "unreachable" in notification.last_error  # what the failed attempt met stays readable
+
+
+def _while_sending(world, action):
+    """Run `action(message)` inside each send, before the fake relay takes the message."""
+    send = world.mailer.send
+
+    def hooked(message):
+        action(message)
+        send(message)
+    world.mailer.send = hooked
+
+
+def test_mail_is_sent_outside_any_transaction_under_a_lease_longer_than_the_batch(world):
+    world.service.on_order_created(envelope("order_created", order()))
+    seen = []  # (the unit of work open, the row's claimed_until) at each send
+    _while_sending(world, lambda _: seen.append((world.service.uow._open, world.notifications()[0].claimed_until)))
+    world.send()
+    [(transaction, claimed_until)] = seen
+    assert transaction is None
+    lease = claimed_until - datetime.now(timezone.utc)
+    assert lease > timedelta(seconds=SETTINGS.smtp_timeout_seconds * service_module.SEND_BATCH)
+    [notification] = world.notifications()
+    assert (notification.status, notification.claim_token, notification.claimed_until) == ("sent", None, None)
+
+
+def test_a_notification_under_another_instances_lease_waits_for_it_to_expire(world):
+    world.service.on_order_created(envelope("order_created", order()))
+    [notification] = world.notifications()
+    held = world.store.claim_due(datetime.now(timezone.utc), datetime.now(timezone.utc) + timedelta(minutes=4), 20)
+    assert world.send() is None and world.mailer.sent == []
+    notification.claimed_until -= timedelta(minutes=5)  # the instance that claimed it died without recording
+    world.send()
+    [message] = world.mailer.sent
+    assert message["Message-ID"] == held[0].message_id == notification.message_id
+    assert (notification.status, notification.attempts) == ("sent", 1)
+
+
+def test_an_outcome_after_another_claim_took_the_row_changes_nothing(world):
+    world.service.on_order_created(envelope("order_created", order()))
+    [notification] = world.notifications()
+    later = datetime.now(timezone.utc) + timedelta(hours=1)
+
+    def lease_lost(message):  # this send outlasted its lease and another instance claimed the row
+        world.store.claim_due(later, later + timedelta(minutes=4), 20)
+    _while_sending(world, lease_lost)
+    world.mailer.refuse["ada@example.com"] = refused(550, "5.1.1 User unknown")
+    world.send()
+    assert (notification.status, notification.attempts, notification.last_error) == ("queued", 0, None)
+    assert world.events() == []
 
 
 def test_a_refused_recipient_fails_at_once_with_the_servers_message(world):
