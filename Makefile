@@ -17,7 +17,7 @@ cluster-stop: $(STAMP)  ## stop that cluster (its data stays under var/rabbitmq)
 	$(PY) -m scripts.rabbitmq_nodes cluster-stop
 
 test: $(STAMP)  ## set up and run every test: unit, integration, then the fault tests
-	$(PY) -m pytest tests/unit tests/integration --durations=10
+	$(PY) -m pytest tests/unit tests/stores tests/integration --durations=10
 	$(MAKE) --no-print-directory faults
 
 faults: $(STAMP)  ## broker/Postgres restarts, kill -9, poison events: each against a fresh stack

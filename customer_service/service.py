@@ -7,7 +7,7 @@ from common.contract.schemas.base import ListQuery, id_of_attempt, load_or_raise
 from common.contract.schemas.customers import CustomerInput, CustomerPatch, CustomerSchema
 from common.kit.base import ServiceBase
 from common.kit.consumers import reliable_event_handler
-from common.kit.paging import created_id_key, decode_cursor, parse_created_id_key, split_page
+from common.kit.paging import created_id_key, page_request, parse_created_id_key, split_page
 from common.kit.rpc import rpc
 from common.kit.unit_of_work import UnitOfWork
 from customer_service import domain, storage
@@ -69,12 +69,11 @@ class CustomerService(ServiceBase):
     def list_customers(self, limit=20, cursor=None):
         """Oldest first; a customer sees only their own record."""
         caller = required(self.caller)
-        query = load_or_raise(ListQuery, {"limit": limit, "cursor": cursor})
-        after = decode_cursor(query["cursor"], parse_created_id_key)
+        _, limit, after = page_request(ListQuery, None, limit, cursor, parse_created_id_key)
         only_id = uuid_or_none(caller.customer_id) if caller.is_customer else None
         with self.uow as tx:
-            rows = tx.store.list_customers(query["limit"] + 1, after, only_id)
-            page, next_cursor = split_page(rows, query["limit"], created_id_key)
+            rows = tx.store.list_customers(limit + 1, after, only_id)
+            page, next_cursor = split_page(rows, limit, created_id_key)
             return {"items": customer_schema.dump(page, many=True), "next_cursor": next_cursor}
 
     @reliable_event_handler("order_service", "order_created")

@@ -3,9 +3,11 @@ import hashlib
 import json
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from common.contract.caller import ADMIN, SERVICE
 from common.contract.errors import (
     DomainError,
     Forbidden,
@@ -17,9 +19,9 @@ from common.contract.errors import (
     ValidationFailed,
     VersionConflict,
 )
+from common.contract.schemas.orders import MAX_IDEMPOTENCY_KEY, ORDER_STATUSES, OrderSchema
 
-PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED = (
-    "pending", "processing", "shipped", "delivered", "cancelled")
+PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED = ORDER_STATUSES
 
 # The contract's status machine: the only legal moves.
 TRANSITIONS = {
@@ -34,7 +36,122 @@ STOCK_ACTION = {SHIPPED: "commit", CANCELLED: "release"}
 EDITABLE = (PENDING,)
 SHIPPING_EDITABLE = (PENDING, PROCESSING)
 DELETABLE = (PENDING, CANCELLED)
-MAX_IDEMPOTENCY_KEY = 200
+_order_schema = OrderSchema()
+
+
+@dataclass
+class OrderItem:
+    sku: str
+    quantity: int
+    unit_price: Decimal
+    line_total: Decimal
+
+
+@dataclass
+class StatusChange:
+    order_id: uuid.UUID
+    from_status: str | None
+    to_status: str
+    changed_at: datetime
+    changed_by: str
+
+
+class Order:
+    """The order aggregate: every change to an order goes through one of its methods,
+    which checks the change, applies it, bumps `version` (the ETag) and `updated_at`,
+    and records its event in `events` for the unit of work to write to the outbox.
+
+    Its state (id, customer_id, status, currency, total_amount, shipping_address,
+    carrier, tracking_number, version, created_at, updated_at, items) lives in the
+    class that holds it: order_service.storage.Order maps it to the orders tables
+    (with its own mapped `item_type` and `status_change_type`), the unit tests' fake
+    keeps it in memory. That class gives `status_changes`, the order's history, as an
+    append-only collection (`add`): new entries are written, old ones never loaded.
+    """
+
+    item_type = OrderItem
+    status_change_type = StatusChange
+
+    @property
+    def events(self):
+        """(event type, data) recorded since the unit of work last collected them."""
+        return self.__dict__.setdefault("_events", [])
+
+    def check_version(self, expected_version):
+        if expected_version is not None and self.version != expected_version:
+            raise VersionConflict("The order changed since you read it.",
+                                  {"expected_version": expected_version, "current_version": self.version})
+
+    def check_status_in(self, allowed, action):
+        if self.status not in allowed:
+            raise InvalidTransition(f"Cannot {action} an order that is {self.status}.",
+                                    {"status": self.status, "allowed_statuses": list(allowed)})
+
+    def check_editable(self, expected_version):
+        """Items and shipping address change only while pending (checked before inventory is asked)."""
+        self.check_version(expected_version)
+        self.check_status_in(EDITABLE, "change the items of")
+
+    def edit(self, now, lines=None, reservation=None, **changes):
+        """New `lines` priced from `reservation` and/or a new shipping_address (in `changes`)."""
+        if lines is not None:
+            self.currency, self.total_amount, rows = price_lines(lines, reservation)
+            self.items = [self.item_type(**row) for row in rows]
+        if "shipping_address" in changes:
+            self.shipping_address = changes["shipping_address"]
+        return self._changed("order_updated", now)
+
+    def update_shipping(self, changes, by, now, expected_version=None):
+        """Set any of shipping_address, carrier, tracking_number before the order ships."""
+        by.require(ADMIN, SERVICE)
+        self.check_version(expected_version)
+        self.check_status_in(SHIPPING_EDITABLE, "change the shipping of")
+        for name, value in changes.items():
+            setattr(self, name, value)
+        return self._changed("order_updated", now)
+
+    def change_status(self, to, by, now, expected_version=None):
+        """Move along the status machine; shipping needs the carrier and tracking number."""
+        check_may_set_status(by, to)
+        self.check_version(expected_version)
+        self._check_transition(to)
+        self.status_changes.add(self.status_change_type(
+            order_id=self.id, from_status=self.status, to_status=to, changed_at=now, changed_by=by.sub))
+        self.status = to
+        return self._changed("order_status_changed", now)
+
+    def delete(self, by, expected_version=None):
+        """Check that the order may go (pending or cancelled, by an admin or a service) and record
+        order_deleted; the store then removes it."""
+        by.require(ADMIN, SERVICE)
+        self.check_version(expected_version)
+        self.check_status_in(DELETABLE, "delete")
+        return self._record("order_deleted")
+
+    def lines(self):
+        return [{"sku": item.sku, "quantity": item.quantity} for item in self.items]
+
+    def _check_transition(self, to):
+        allowed = TRANSITIONS[self.status]
+        if to not in allowed:
+            raise InvalidTransition(f"An order cannot go from {self.status} to {to}.",
+                                    {"status": self.status, "requested": to, "allowed": list(allowed)})
+        if to == SHIPPED:
+            missing = [name for name in ("carrier", "tracking_number") if not getattr(self, name)]
+            if missing:
+                raise InvalidTransition("Set the carrier and tracking number (PUT .../shipping) before shipping.",
+                                        {"status": self.status, "requested": to, "missing": missing})
+
+    def _changed(self, event_type, now):
+        self.version += 1
+        self.updated_at = now
+        return self._record(event_type)
+
+    def _record(self, event_type):
+        """The order as its event tells it, recorded with the event."""
+        data = _order_schema.dump(self)
+        self.events.append((event_type, data))
+        return data
 
 
 def merge_lines(items):
@@ -107,34 +224,12 @@ def check_create_deadline(started, now, deadline_seconds):
                               {"deadline_seconds": deadline_seconds})
 
 
-def touch(order, now: datetime):
-    """Every change bumps the version (the ETag) and updated_at."""
-    order.version += 1
-    order.updated_at = now
 
 
-def check_version(order, expected_version):
-    if expected_version is not None and order.version != expected_version:
-        raise VersionConflict("The order changed since you read it.",
-                              {"expected_version": expected_version, "current_version": order.version})
 
 
-def check_status_in(order, allowed, action):
-    if order.status not in allowed:
-        raise InvalidTransition(f"Cannot {action} an order that is {order.status}.",
-                                {"status": order.status, "allowed_statuses": list(allowed)})
 
 
-def check_transition(order, new_status):
-    allowed = TRANSITIONS[order.status]
-    if new_status not in allowed:
-        raise InvalidTransition(f"An order cannot go from {order.status} to {new_status}.",
-                                {"status": order.status, "requested": new_status, "allowed": list(allowed)})
-    if new_status == SHIPPED:
-        missing = [field for field in ("carrier", "tracking_number") if not getattr(order, field)]
-        if missing:
-            raise InvalidTransition("Set the carrier and tracking number (PUT .../shipping) before shipping.",
-                                    {"status": order.status, "requested": new_status, "missing": missing})
 
 
 def check_same_caller(caller, order):

@@ -159,29 +159,21 @@ class OrderService(ServiceBase):
         """
         caller = required(self.caller)
         changes = load_or_raise(OrderUpdateInput, data)
-        replaced_lines = None
+        replaced_lines = lines = reservation = None
         try:
             with self.uow as tx:
                 order = self._order(tx.store, caller, order_id, lock=True)
-                domain.check_version(order, expected_version)
-                domain.check_status_in(order, domain.EDITABLE, "change the items of")
+                order.check_editable(expected_version)
                 if "items" in changes:
-                    lines = domain.merge_lines(changes["items"])
+                    lines = domain.merge_lines(changes.pop("items"))
                     # Set before the call: a reply lost on the way back may hide a replacement made.
-                    replaced_lines = [{"sku": item.sku, "quantity": item.quantity} for item in order.items]
+                    replaced_lines = order.lines()
                     reservation = self.inventory_rpc.replace_reservation(str(order.id), lines)
-                    order.currency, order.total_amount, item_rows = domain.price_lines(lines, reservation)
-                    tx.store.replace_items(order, item_rows)
-                if "shipping_address" in changes:
-                    order.shipping_address = changes["shipping_address"]
-                domain.touch(order, _now())
-                updated = order_schema.dump(order)
-                tx.emit("order_updated", updated)
+                return order.edit(_now(), lines, reservation, **changes)
         except BaseException:
             if replaced_lines is not None:
                 self._settle("replace_reservation", order_id, replaced_lines)
             raise
-        return updated
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def update_shipping(self, order_id, data, expected_version=None):
@@ -190,15 +182,7 @@ class OrderService(ServiceBase):
         changes = load_or_raise(ShippingInput, data)
         with self.uow as tx:
             order = self._order(tx.store, caller, order_id, lock=True)
-            caller.require(ADMIN, SERVICE)
-            domain.check_version(order, expected_version)
-            domain.check_status_in(order, domain.SHIPPING_EDITABLE, "change the shipping of")
-            for field, value in changes.items():
-                setattr(order, field, value)
-            domain.touch(order, _now())
-            updated = order_schema.dump(order)
-            tx.emit("order_updated", updated)
-            return updated
+            return order.update_shipping(changes, caller, _now(), expected_version)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def update_status(self, order_id, data, expected_version=None):
@@ -210,15 +194,7 @@ class OrderService(ServiceBase):
         new_status = load_or_raise(StatusInput, data)["status"]
         with self.uow as tx:
             order = self._order(tx.store, caller, order_id, lock=True)
-            domain.check_may_set_status(caller, new_status)
-            domain.check_version(order, expected_version)
-            domain.check_transition(order, new_status)
-            now = _now()
-            tx.store.add_status_change(order.id, order.status, new_status, caller.sub, now)
-            order.status = new_status
-            domain.touch(order, now)
-            updated = order_schema.dump(order)
-            tx.emit("order_status_changed", updated)
+            updated = order.change_status(new_status, caller, _now(), expected_version)
         stock_action = domain.STOCK_ACTION.get(new_status)
         if stock_action:
             self._settle(stock_action, order_id)
@@ -230,12 +206,8 @@ class OrderService(ServiceBase):
         caller = required(self.caller)
         with self.uow as tx:
             order = self._order(tx.store, caller, order_id, lock=True)
-            caller.require(ADMIN, SERVICE)
-            domain.check_version(order, expected_version)
-            domain.check_status_in(order, domain.DELETABLE, "delete")
-            deleted = order_schema.dump(order)
+            deleted = order.delete(caller, expected_version)
             tx.store.delete_order(order)
-            tx.emit("order_deleted", deleted)
         self._settle("release", deleted["id"])
         return deleted
 

@@ -24,7 +24,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID, aggregate_order_by, insert
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, WriteOnlyMapped, mapped_column, relationship
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
@@ -32,38 +32,13 @@ from common.kit.consumers import processed_events_model
 from common.kit.db import advisory_lock
 from common.kit.outbox import outbox_model
 from common.kit.unit_of_work import StorageLayout
+from order_service import domain
 
 SCHEMA = "orders"
 
 
 class OrdersBase(DeclarativeBase):
     metadata = MetaData(schema=SCHEMA)
-
-
-class Order(OrdersBase):
-    __tablename__ = "orders"
-    # Keyset paging is newest first, optionally within one customer or status.
-    __table_args__ = (
-        Index("ix_orders_created", text("created_at DESC"), text("id DESC")),
-        Index("ix_orders_customer_created", "customer_id", text("created_at DESC"), text("id DESC")),
-        Index("ix_orders_status_created", "status", text("created_at DESC"), text("id DESC")),
-    )
-
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
-    # A customer id from customer_service: no foreign key across schemas.
-    customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
-    status: Mapped[str] = mapped_column(String(16))
-    currency: Mapped[str] = mapped_column(String(3))
-    total_amount: Mapped[Decimal] = mapped_column(Numeric(20, 2))
-    shipping_address: Mapped[dict | None] = mapped_column(JSONB)
-    carrier: Mapped[str | None] = mapped_column(String(100))
-    tracking_number: Mapped[str | None] = mapped_column(String(100))
-    version: Mapped[int] = mapped_column(Integer, default=1)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-
-    items: Mapped[list["OrderItem"]] = relationship(
-        order_by="OrderItem.sku", cascade="all, delete-orphan", lazy="selectin")
 
 
 class OrderItem(OrdersBase):
@@ -88,6 +63,38 @@ class StatusChange(OrdersBase):
     to_status: Mapped[str] = mapped_column(String(16))
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     changed_by: Mapped[str] = mapped_column(String(200))
+
+
+class Order(OrdersBase, domain.Order):
+    """An order (the aggregate of order_service.domain), with its items and history."""
+    __tablename__ = "orders"
+    # Keyset paging is newest first, optionally within one customer or status.
+    __table_args__ = (
+        Index("ix_orders_created", text("created_at DESC"), text("id DESC")),
+        Index("ix_orders_customer_created", "customer_id", text("created_at DESC"), text("id DESC")),
+        Index("ix_orders_status_created", "status", text("created_at DESC"), text("id DESC")),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    # A customer id from customer_service: no foreign key across schemas.
+    customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    status: Mapped[str] = mapped_column(String(16))
+    currency: Mapped[str] = mapped_column(String(3))
+    total_amount: Mapped[Decimal] = mapped_column(Numeric(20, 2))
+    shipping_address: Mapped[dict | None] = mapped_column(JSONB)
+    carrier: Mapped[str | None] = mapped_column(String(100))
+    tracking_number: Mapped[str | None] = mapped_column(String(100))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    items: Mapped[list["OrderItem"]] = relationship(
+        order_by="OrderItem.sku", cascade="all, delete-orphan", lazy="selectin")
+    # The database deletes the history with its order (ON DELETE CASCADE).
+    status_changes: WriteOnlyMapped["StatusChange"] = relationship(passive_deletes=True)
+
+    item_type = OrderItem
+    status_change_type = StatusChange
 
 
 class IdempotencyKey(OrdersBase):
@@ -166,7 +173,6 @@ VALUES (:event_id, :event_type, :payload, :event_created_at, :event_created_at, 
 """).bindparams(bindparam("id", type_=UUID(as_uuid=True)), bindparam("customer_id", type_=UUID(as_uuid=True)),
                 bindparam("shipping_address", type_=JSONB), bindparam("event_id", type_=UUID(as_uuid=True)),
                 bindparam("payload", type_=JSONB))
-_INSERT_STATUS_CHANGE = insert(StatusChange.__table__)
 
 
 # Reads build each order with its items in one round trip (a correlated
@@ -195,6 +201,7 @@ class OrderStore:
 
     def __init__(self, session):
         self.session = session
+        self.seen = []  # the orders handed out: the unit of work collects their events
 
     def create_context(self, order_id, customer_id):
         """(whether order `order_id` exists already, how its attempt failed or
@@ -237,7 +244,10 @@ class OrderStore:
         if lock:
             # Serializes every change to one order, across workers and instances.
             query = query.with_for_update()
-        return self.session.scalars(query).first()
+        order = self.session.scalars(query).first()
+        if order is not None:
+            self.seen.append(order)
+        return order
 
     def order_view(self, order_id):
         """The order with its items as a dict, or None."""
@@ -260,15 +270,6 @@ class OrderStore:
         query, page = _with_items(orders)
         query = query.order_by(page.c.created_at.desc(), page.c.id.desc())
         return [dict(row._mapping) for row in self.session.connection().execute(query)]
-
-    def replace_items(self, order, item_fields):
-        order.items = [OrderItem(order_id=order.id, **item) for item in item_fields]
-        self.session.flush()
-
-    def add_status_change(self, order_id, from_status, to_status, actor, at):
-        self.session.connection().execute(_INSERT_STATUS_CHANGE, {
-            "order_id": order_id, "from_status": from_status, "to_status": to_status, "changed_at": at,
-            "changed_by": actor})
 
     def status_history(self, order_id):
         return self.session.scalars(

@@ -2,15 +2,17 @@
 
     with self.uow as tx:
         order = tx.store.get_order(order_id, lock=True)
-        ...
-        tx.emit("order_updated", order_schema.dump(order))
+        updated = order.change_status(new_status, caller, now)
 
 Inside the block: one SQLAlchemy session and one transaction, the service's
 store (its storage module's queries) bound to it, and the service's events,
-written to its outbox table in that same transaction. Leaving the block
-commits; any exception rolls back the whole of it. After a commit that wrote
-events, the outbox relay is woken, so an event leaves as soon as its change
-is committed; no service method does that itself.
+written to its outbox table in that same transaction: those the aggregates the
+store handed out recorded (a store lists them in `seen`; each keeps its
+`events`, (event type, data) pairs), collected when the block ends, and any
+written with `tx.emit`. Leaving the block commits; any exception rolls back
+the whole of it. After a commit that wrote events, the outbox relay is woken,
+so an event leaves as soon as its change is committed; no service method does
+that itself.
 
 Right before COMMIT the caller's deadline is checked (common/contract/context.py): a
 change whose client has been (or is about to be) told 503/504 rolls back
@@ -72,6 +74,12 @@ class Transaction:
         self._request_id = request_id
         self.emitted = 0
 
+    def collect_new_events(self):
+        """The events the store's aggregates recorded, each taken once, in the order recorded."""
+        for aggregate in getattr(self.store, "seen", ()):
+            while aggregate.events:
+                yield aggregate.events.pop(0)
+
     def emit(self, event_type, data):
         """Write an event to the outbox in this transaction (sent after the commit)."""
         self._outbox.add(self.session, self.event_row(event_type, data))
@@ -114,6 +122,8 @@ class WorkerUnitOfWork:
         try:
             try:
                 yield tx
+                for event_type, data in tx.collect_new_events():
+                    tx.emit(event_type, data)
                 session.flush()
                 check_deadline(self._deadline, COMMIT_MARGIN_SECONDS, "committing")
             except BaseException as exc:

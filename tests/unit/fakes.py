@@ -28,6 +28,7 @@ from common.contract.errors import AlreadyExists, NotFound
 from common.contract.settings import load_settings
 from common.kit.outbox import Outbox
 from inventory_service.domain import ProductRules
+from order_service import domain
 
 SETTINGS = load_settings({})  # config.yml's defaults, nothing from this process's environment
 
@@ -50,6 +51,11 @@ class FakeTransaction:
         self.store = store
         self.session = None
         self.pending = []
+
+    def collect_new_events(self):
+        for aggregate in getattr(self.store, "seen", ()):
+            while aggregate.events:
+                yield aggregate.events.pop(0)
 
     def emit(self, event_type, data):
         self.pending.append((event_type, data))
@@ -78,13 +84,15 @@ class FakeUnitOfWork:
     def __enter__(self):
         assert self._open is None, "one unit of work at a time per worker"
         self._snapshot = copy.deepcopy(self.store.tables)
+        if hasattr(self.store, "seen"):
+            self.store.seen = []  # as a real store, new in each unit of work
         self._open = FakeTransaction(self.store)
         return self._open
 
     def __exit__(self, exc_type, exc, tb):
         tx, self._open = self._open, None
         if exc_type is None:
-            self.events.extend(tx.pending)
+            self.events.extend([*tx.pending, *tx.collect_new_events()])
             self.commits += 1
         else:
             self.store.tables = self._snapshot
@@ -267,11 +275,30 @@ class InMemoryInventoryStore:
 
 # ---- orders ------------------------------------------------------------------
 
+ORDER_FIELDS = ("id", "customer_id", "status", "currency", "total_amount", "shipping_address", "carrier",
+                "tracking_number", "version", "created_at", "updated_at")
+
+
+class AppendOnly(list):
+    """The history collection of an order in memory (storage maps a write-only relationship)."""
+    add = list.append
+
+
+class FakeOrder(domain.Order):
+    """order_service.storage.Order in memory: the same aggregate, plain attributes."""
+
+    def __init__(self, items=(), **fields):
+        vars(self).update(fields)
+        self.items = [self.item_type(**item) for item in sorted(items, key=lambda item: item["sku"])]
+        self.status_changes = AppendOnly()
+
+
 class InMemoryOrderStore:
     """order_service.storage.OrderStore's contract, in memory."""
 
     def __init__(self):
-        self.tables = {"orders": {}, "history": [], "keys": {}, "customers": {}, "processed": set(), "failed": {}}
+        self.tables = {"orders": {}, "keys": {}, "customers": {}, "processed": set(), "failed": {}}
+        self.seen = []
         self.fail_on_insert = None  # an exception insert_new_order raises (a failed persist)
         self.fail_on_record = None  # an exception record_failed_attempt raises (the database went away)
         self.on_lock = None  # called on lock_order_id: another run of the attempt, between two of ours
@@ -284,12 +311,13 @@ class InMemoryOrderStore:
         return (*self.attempt_outcome(order_id), self.tables["customers"].get(customer_id))
 
     def attempt_outcome(self, order_id):
-        return order_id in self.tables["orders"], self.tables["failed"].get(order_id)
+        failed = self.tables["failed"].get(order_id)
+        return order_id in self.tables["orders"], failed.error if failed is not None else None
 
     def record_failed_attempt(self, order_id, error, at):
         if self.fail_on_record is not None:
             raise self.fail_on_record
-        self.tables["failed"].setdefault(order_id, error)
+        self.tables["failed"].setdefault(order_id, SimpleNamespace(error=error, failed_at=at))
 
     def lock_order_id(self, order_id):
         if self.on_lock is not None:
@@ -298,18 +326,25 @@ class InMemoryOrderStore:
     def insert_new_order(self, order_fields, item_fields, changed_by, event_row):
         if self.fail_on_insert is not None:
             raise self.fail_on_insert
-        order = SimpleNamespace(**order_fields, items=[SimpleNamespace(**item) for item in item_fields])
+        if order_fields["id"] in self.tables["orders"]:
+            raise IntegrityError("INSERT INTO orders.orders", None, Exception("orders_pkey"))
+        order = FakeOrder(item_fields, **order_fields)
+        order.status_changes.add(order.status_change_type(
+            order_id=order.id, from_status=None, to_status=order.status, changed_at=order.created_at,
+            changed_by=changed_by))
         self.tables["orders"][order.id] = order
-        self.add_status_change(order.id, None, order.status, changed_by, order.created_at)
 
     def get_order(self, order_id, lock=False):
-        return self.tables["orders"].get(order_id)
+        order = self.tables["orders"].get(order_id)
+        if order is not None:
+            self.seen.append(order)
+        return order
 
     def order_view(self, order_id):
         order = self.tables["orders"].get(order_id)
         if order is None:
             return None
-        view = {key: value for key, value in vars(order).items() if key != "items"}
+        view = {name: getattr(order, name) for name in ORDER_FIELDS}
         view["items"] = [{"sku": item.sku, "quantity": item.quantity, "unit_price": str(item.unit_price),
                           "line_total": str(item.line_total)} for item in sorted(order.items, key=_sku)]
         return view
@@ -318,24 +353,19 @@ class InMemoryOrderStore:
         def keep(order):
             return all([filters.get("status", order.status) == order.status,
                         filters.get("customer_id", order.customer_id) == order.customer_id,
+                        "created_after" not in filters or order.created_at > filters["created_after"],
+                        "created_before" not in filters or order.created_at < filters["created_before"],
                         after is None or (order.created_at, order.id) < tuple(after)])
         orders = sorted((o for o in self.tables["orders"].values() if keep(o)),
                         key=lambda o: (o.created_at, o.id), reverse=True)
         return [self.order_view(order.id) for order in orders[:limit]]
 
-    def replace_items(self, order, item_fields):
-        order.items = [SimpleNamespace(**item) for item in item_fields]
-
-    def add_status_change(self, order_id, from_status, to_status, actor, at):
-        self.tables["history"].append(SimpleNamespace(order_id=order_id, from_status=from_status,
-                                                      to_status=to_status, changed_at=at, changed_by=actor))
-
     def status_history(self, order_id):
-        return [change for change in self.tables["history"] if change.order_id == order_id]
+        order = self.tables["orders"].get(order_id)
+        return list(order.status_changes) if order is not None else []
 
     def delete_order(self, order):
         del self.tables["orders"][order.id]
-        self.tables["history"] = [c for c in self.tables["history"] if c.order_id != order.id]
 
     def claim_idempotency_key(self, key, request_hash, order_id, at):
         if key in self.tables["keys"]:
@@ -359,6 +389,7 @@ class InMemoryOrderStore:
 
     def prune_attempts(self, older_than):
         self.tables["keys"] = {k: v for k, v in self.tables["keys"].items() if v.created_at >= older_than}
+        self.tables["failed"] = {k: v for k, v in self.tables["failed"].items() if v.failed_at >= older_than}
 
     def ping(self):
         pass
@@ -366,6 +397,60 @@ class InMemoryOrderStore:
 
 def _sku(item):
     return item.sku
+
+
+# ---- customers ------------------------------------------------------------------
+
+class InMemoryCustomerStore:
+    """customer_service.storage.CustomerStore's contract, in memory."""
+
+    def __init__(self):
+        self.tables = {"customers": {}, "processed": set()}
+
+    def lock_customer_id(self, customer_id):
+        pass
+
+    def insert_customer(self, customer_id, fields, now):
+        self._check_unique_email(customer_id, fields.get("email"))
+        customer = SimpleNamespace(**{"shipping_address": None, **fields}, id=customer_id, orders_count=0,
+                                   created_at=now, updated_at=now)
+        self.tables["customers"][customer_id] = customer
+        return customer
+
+    def update_customer(self, customer, changes, now):
+        self._check_unique_email(customer.id, changes.get("email"))
+        for name, value in changes.items():
+            setattr(customer, name, value)
+        customer.updated_at = now
+        return customer
+
+    def _check_unique_email(self, customer_id, email):
+        if any(other.email == email and other.id != customer_id for other in self.tables["customers"].values()):
+            raise AlreadyExists("A customer with this email exists.", {"email": email})
+
+    def get_customer(self, customer_id, lock=False):
+        return self.tables["customers"].get(customer_id)
+
+    def get_customers(self, customer_ids):
+        return [self.tables["customers"][i] for i in customer_ids if i in self.tables["customers"]]
+
+    def list_customers(self, limit, after=None, only_id=None):
+        def keep(customer):
+            return ((only_id is None or customer.id == only_id)
+                    and (after is None or (customer.created_at, customer.id) > tuple(after)))
+        customers = sorted((c for c in self.tables["customers"].values() if keep(c)),
+                           key=lambda c: (c.created_at, c.id))
+        return customers[:limit]
+
+    def ping(self):
+        pass
+
+    def count_order_once(self, event_id, handler, customer_id):
+        if event_id in self.tables["processed"]:
+            return
+        self.tables["processed"].add(event_id)
+        if customer_id in self.tables["customers"]:
+            self.tables["customers"][customer_id].orders_count += 1
 
 
 # ---- the customer directory of notifications and invoices ---------------------------

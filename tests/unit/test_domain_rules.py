@@ -4,12 +4,24 @@ from decimal import Decimal
 
 import pytest
 
-from common.contract.errors import InsufficientStock, UnknownSku, Unprocessable, ValidationFailed
+from common.contract.caller import Caller
+from common.contract.errors import (
+    Forbidden,
+    InsufficientStock,
+    InvalidTransition,
+    UnknownSku,
+    Unprocessable,
+    ValidationFailed,
+    VersionConflict,
+)
 from inventory_service import domain as inventory
 from order_service import domain as orders
+from tests.unit.fakes import FakeOrder
 
 ORDER_ID = str(uuid.uuid4())
 NOW = datetime(2026, 11, 21, tzinfo=timezone.utc)
+ADMIN = Caller("admin-1", "admin")
+CUSTOMER = Caller("customer:1", "customer", str(uuid.uuid4()))
 
 
 def test_reservation_plan_is_in_sku_order_and_refuses_duplicates():
@@ -70,3 +82,53 @@ def test_an_order_has_one_currency():
     with pytest.raises(Unprocessable):
         orders.price_lines([{"sku": "A", "quantity": 1}, {"sku": "B", "quantity": 1}],
                            _reservation(("A", "1.00", "EUR"), ("B", "1.00", "USD")))
+
+
+def _order(status="pending"):
+    return FakeOrder([{"sku": "A", "quantity": 1, "unit_price": Decimal("1.00"), "line_total": Decimal("1.00")}],
+                     id=uuid.UUID(ORDER_ID), customer_id=uuid.uuid4(), status=status, currency="EUR",
+                     total_amount=Decimal("1.00"), shipping_address=None, carrier=None, tracking_number=None,
+                     version=1, created_at=NOW, updated_at=NOW)
+
+
+def test_a_status_change_is_checked_applied_and_recorded_by_the_order():
+    order = _order()
+    later = datetime(2026, 11, 22, tzinfo=timezone.utc)
+    changed = order.change_status("processing", ADMIN, later, expected_version=1)
+    assert (order.status, order.version, order.updated_at) == ("processing", 2, later)
+    assert [(c.from_status, c.to_status, c.changed_by, c.changed_at) for c in order.status_changes] == [
+        ("pending", "processing", "admin-1", later)]
+    assert order.events == [("order_status_changed", changed)] and changed["version"] == 2
+
+
+def test_a_refused_change_leaves_the_order_as_it_was():
+    order = _order("processing")
+    with pytest.raises(InvalidTransition) as no_carrier:
+        order.change_status("shipped", ADMIN, NOW)
+    assert no_carrier.value.details["missing"] == ["carrier", "tracking_number"]
+    with pytest.raises(Forbidden):
+        order.change_status("shipped", CUSTOMER, NOW)  # customers may only cancel
+    with pytest.raises(VersionConflict):
+        order.change_status("cancelled", ADMIN, NOW, expected_version=7)
+    with pytest.raises(InvalidTransition):
+        order.change_status("delivered", ADMIN, NOW)
+    with pytest.raises(InvalidTransition):
+        order.check_editable(None)  # items change only while pending
+    assert (order.status, order.version, order.events, list(order.status_changes)) == ("processing", 1, [], [])
+
+
+def test_shipping_details_deletes_and_edits_are_the_orders_to_check():
+    order = _order()
+    with pytest.raises(Forbidden):
+        order.update_shipping({"carrier": "DHL"}, CUSTOMER, NOW)
+    order.update_shipping({"carrier": "DHL", "tracking_number": "JD1"}, ADMIN, NOW)
+    edited = order.edit(NOW, [{"sku": "B", "quantity": 2}], _reservation(("B", "0.10", "EUR")),
+                        shipping_address={"line1": "y"})
+    assert (edited["total_amount"], edited["version"], edited["shipping_address"]) == ("0.20", 3, {"line1": "y"})
+    assert order.lines() == [{"sku": "B", "quantity": 2}]
+    with pytest.raises(Forbidden):
+        order.delete(CUSTOMER)
+    assert order.delete(ADMIN)["id"] == ORDER_ID
+    assert [event_type for event_type, _ in order.events] == ["order_updated", "order_updated", "order_deleted"]
+    with pytest.raises(InvalidTransition):
+        _order("shipped").delete(ADMIN)

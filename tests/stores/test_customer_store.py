@@ -1,0 +1,87 @@
+"""CustomerStore on Postgres and InMemoryCustomerStore (tests/unit/fakes.py) answer alike."""
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from common.contract.errors import AlreadyExists
+from customer_service.storage import CustomerStore
+from tests.stores.conftest import BACKENDS, MEMORY
+from tests.unit.fakes import InMemoryCustomerStore
+
+T0 = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
+ADDRESS = {"line1": "12 Analytical Way", "city": "London", "postal_code": "N1 9GU", "country": "GB"}
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request):
+    if request.param == MEMORY:
+        return InMemoryCustomerStore()
+    return CustomerStore(request.getfixturevalue("session"))
+
+
+def insert(store, name="Ada", at=T0, **fields):
+    customer_id = uuid.uuid4()
+    store.insert_customer(customer_id, {"name": name, "email": f"{name.lower()}@example.com", **fields}, at)
+    return customer_id
+
+
+def test_a_new_customer_reads_back_with_no_orders(store):
+    customer_id = insert(store, shipping_address=ADDRESS)
+    customer = store.get_customer(customer_id, lock=True)
+    assert (customer.id, customer.name, customer.email, customer.shipping_address) == (
+        customer_id, "Ada", "ada@example.com", ADDRESS)
+    assert (customer.orders_count, customer.created_at, customer.updated_at) == (0, T0, T0)
+    assert store.get_customer(insert(store, "Grace")).shipping_address is None
+    assert store.get_customer(uuid.uuid4()) is None
+
+
+def test_an_email_belongs_to_one_customer(store):
+    insert(store, "Ada")
+    insert(store, "Grace")
+    with pytest.raises(AlreadyExists) as taken:
+        store.insert_customer(uuid.uuid4(), {"name": "Other", "email": "ada@example.com"}, T0)
+    assert taken.value.details == {"email": "ada@example.com"}
+
+
+def test_an_email_taken_by_another_is_refused_on_update(store):
+    insert(store, "Ada")
+    grace = store.get_customer(insert(store, "Grace"), lock=True)
+    with pytest.raises(AlreadyExists):
+        store.update_customer(grace, {"email": "ada@example.com"}, T0 + timedelta(minutes=1))
+
+
+def test_an_update_changes_the_fields_given_and_updated_at(store):
+    customer = store.get_customer(insert(store, "Ada"), lock=True)
+    store.update_customer(customer, {"name": "Ada L.", "email": "ada@example.com", "shipping_address": ADDRESS},
+                          T0 + timedelta(minutes=1))
+    again = store.get_customer(customer.id)
+    assert (again.name, again.email, again.shipping_address) == ("Ada L.", "ada@example.com", ADDRESS)
+    assert (again.created_at, again.updated_at) == (T0, T0 + timedelta(minutes=1))
+
+
+def test_many_customers_are_found_by_id_and_unknown_ids_left_out(store):
+    ada, grace = insert(store, "Ada"), insert(store, "Grace")
+    assert sorted(c.id for c in store.get_customers([ada, uuid.uuid4(), grace])) == sorted([ada, grace])
+    assert store.get_customers([]) == []
+
+
+def test_lists_are_oldest_first_and_continue_after_a_key(store):
+    ids = [insert(store, f"C{i}", at=T0 + timedelta(minutes=i)) for i in range(4)]
+    assert [c.id for c in store.list_customers(10)] == ids
+    assert [c.id for c in store.list_customers(2)] == ids[:2]
+    assert [c.id for c in store.list_customers(10, (T0 + timedelta(minutes=1), ids[1]))] == ids[2:]
+    assert [c.id for c in store.list_customers(10, only_id=ids[2])] == [ids[2]]
+    assert store.list_customers(10, (T0 + timedelta(minutes=2), ids[2]), only_id=ids[1]) == []
+
+
+def test_an_order_is_counted_once_per_event(store):
+    ada = insert(store, "Ada")
+    first, second = str(uuid.uuid4()), str(uuid.uuid4())
+    store.count_order_once(first, "count_order", ada)
+    store.count_order_once(first, "count_order", ada)  # redelivered
+    store.count_order_once(second, "count_order", ada)
+    store.count_order_once(str(uuid.uuid4()), "count_order", uuid.uuid4())  # no such customer: nothing
+    if isinstance(store, CustomerStore):
+        store.session.expire_all()  # the count is made by one SQL statement, beside the ORM
+    assert store.get_customer(ada).orders_count == 2

@@ -1,0 +1,69 @@
+"""customer_service through its real entrypoints, on the in-memory store (no Postgres, no broker)."""
+import uuid
+
+import pytest
+from nameko.testing.services import worker_factory
+
+from common.contract.caller import Caller
+from common.contract.errors import AlreadyExists, NotFound, ValidationFailed
+from customer_service.service import CustomerService
+from tests.unit.fakes import SETTINGS, FakeUnitOfWork, InMemoryCustomerStore
+
+
+def service(caller=Caller("admin-1", "admin"), store=None):
+    return worker_factory(CustomerService, uow=FakeUnitOfWork(store or InMemoryCustomerStore()),
+                          settings=SETTINGS, caller=caller)
+
+
+def make(customers, name):
+    return customers.create_customer({"name": name, "email": f"{name}@Example.com"})
+
+
+def test_a_customer_is_made_once_per_attempt_with_its_event():
+    customers = service()
+    attempt = str(uuid.uuid4())
+    first = customers.create_customer({"name": "Ada", "email": "Ada@Example.com"}, attempt_id=attempt)
+    assert first["id"] == attempt and first["email"] == "ada@example.com"
+    assert customers.create_customer({"name": "Ada", "email": "ada@example.com"}, attempt_id=attempt) == first
+    assert customers.uow.event_types() == ["customer_created"]
+    with pytest.raises(AlreadyExists):
+        customers.create_customer({"name": "Ada", "email": "ADA@example.com"})
+
+
+def test_lists_page_through_every_customer_oldest_first():
+    customers = service()
+    made = [make(customers, f"c{i}")["id"] for i in range(5)]
+    first = customers.list_customers(limit=2)
+    second = customers.list_customers(limit=2, cursor=first["next_cursor"])
+    last = customers.list_customers(limit=2, cursor=second["next_cursor"])
+    assert [c["id"] for page in (first, second, last) for c in page["items"]] == sorted(
+        made, key=lambda i: (customers.get_customer(i)["created_at"], i))
+    assert last["next_cursor"] is None
+
+
+@pytest.mark.parametrize("limit, cursor, field", [(0, None, "limit"), (101, None, "limit"),
+                                                  (20, "not-a-cursor", "cursor")])
+def test_a_bad_page_request_names_its_field(limit, cursor, field):
+    with pytest.raises(ValidationFailed) as refused:
+        service().list_customers(limit=limit, cursor=cursor)
+    assert field in refused.value.details
+
+
+def test_a_customer_sees_only_their_own_record():
+    store = InMemoryCustomerStore()
+    admin = service(store=store)
+    ada, grace = make(admin, "ada"), make(admin, "grace")
+    as_ada = service(Caller(f"customer:{ada['id']}", "customer", ada["id"]), store)
+    assert [c["id"] for c in as_ada.list_customers()["items"]] == [ada["id"]]
+    with pytest.raises(NotFound):
+        as_ada.get_customer(grace["id"])
+    assert as_ada.update_customer(ada["id"], {"name": "Ada L."})["name"] == "Ada L."
+
+
+def test_an_order_event_counts_once():
+    customers = service()
+    ada = make(customers, "ada")
+    envelope = {"event_id": str(uuid.uuid4()), "data": {"customer_id": ada["id"]}}
+    customers.on_order_created(envelope)
+    customers.on_order_created(envelope)
+    assert customers.get_customer(ada["id"])["orders_count"] == 1
