@@ -215,7 +215,7 @@ def settled(stack, customer, product):
 
 
 def summary(name, load, stack, customer, product):
-    """The summary line of the older fault tests; returns the numbers for assertions."""
+    """A summary line of a `Load` run; returns the numbers for assertions."""
     statuses = load.statuses()
     created = load.created()
     in_db, consumed, reserved, pending_units = counts(stack, customer, product)
