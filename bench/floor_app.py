@@ -127,119 +127,133 @@ def _order_from_rows(rows):
 
 
 def _register_routes(app):
-    @app.get("/health")
-    def health():
-        with db() as cur:
-            cur.execute("SELECT 1")
-        return jsonify({"status": "ok"})
+    app.add_url_rule("/health", view_func=health, methods=["GET"])
+    app.add_url_rule(f"{API}/orders", view_func=create_order, methods=["POST"])
+    app.add_url_rule(f"{API}/orders/<order_id>", view_func=get_order, methods=["GET"])
+    app.add_url_rule(f"{API}/orders", view_func=list_orders, methods=["GET"])
 
-    @app.post(f"{API}/orders")
-    def create_order():
-        data = OrderInput().load(_json_body_or_400())
-        quantities = Counter()
-        for item in data["items"]:
-            quantities[item["sku"]] += item["quantity"]
-        lines = sorted(quantities.items())
-        order_id = uuid.uuid4()
-        now = datetime.now(timezone.utc)
-        with db() as cur:
-            cur.execute("SELECT shipping_address FROM customers.customers WHERE id = %s",
-                        (str(data["customer_id"]),))
-            customer = cur.fetchone()
-            if customer is None:
-                raise UnknownCustomer("Unknown customer.", {"customer_id": str(data["customer_id"])})
-            items, currencies = [], set()
-            for sku, quantity in lines:
-                cur.execute("UPDATE inventory.products SET reserved = reserved + %s, updated_at = %s "
-                            "WHERE sku = %s AND stock - reserved >= %s RETURNING unit_price, currency",
-                            (quantity, now, sku, quantity))
-                row = cur.fetchone()
-                if row is None:
-                    cur.execute("SELECT stock - reserved FROM inventory.products WHERE sku = %s", (sku,))
-                    available = cur.fetchone()
-                    if available is None:
-                        raise UnknownSku(f"Unknown sku: {sku}", {"skus": [sku]})
-                    raise InsufficientStock(f"Not enough stock for {sku}: {available[0]} available.",
-                                            {"sku": sku, "requested": quantity, "available": available[0]})
-                unit_price, currency = row
-                currencies.add(currency)
-                items.append({"sku": sku, "quantity": quantity, "unit_price": unit_price,
-                              "line_total": unit_price * quantity})
-            if len(currencies) != 1:
-                raise Unprocessable("All items of an order must share one currency.",
-                                    {"currencies": sorted(currencies)})
-            total = sum((item["line_total"] for item in items), Decimal("0.00"))
-            address = data.get("shipping_address")
-            address = address if address is not None else customer[0]
-            order = {"id": order_id, "customer_id": data["customer_id"], "status": "pending",
-                     "currency": currencies.pop(), "total_amount": total, "shipping_address": address,
-                     "carrier": None, "tracking_number": None, "version": 1, "created_at": now,
-                     "updated_at": now, "items": items}
-            cur.execute(
-                "INSERT INTO orders.orders (id, customer_id, status, currency, total_amount, shipping_address, "
-                "version, created_at, updated_at) VALUES (%s, %s, 'pending', %s, %s, %s, 1, %s, %s)",
-                (str(order_id), str(data["customer_id"]), order["currency"], total,
-                 Json(address) if address is not None else None, now, now))
-            execute_values(cur, "INSERT INTO orders.order_items (order_id, sku, quantity, unit_price, line_total) "
-                                "VALUES %s",
-                           [(str(order_id), i["sku"], i["quantity"], i["unit_price"], i["line_total"])
-                            for i in items])
-        response = jsonify(order_schema.dump(order))
-        response.status_code = 201
-        response.headers["Location"] = f"{API}/orders/{order_id}"
-        response.set_etag("1")
-        return response
 
-    @app.get(f"{API}/orders/<order_id>")
-    def get_order(order_id):
-        try:
-            order_id = uuid.UUID(order_id)
-        except ValueError:
-            raise NotFound("No such order.", {"order_id": order_id}) from None
-        with db() as cur:
+def health():
+    with db() as cur:
+        cur.execute("SELECT 1")
+    return jsonify({"status": "ok"})
+
+
+def create_order():
+    data = OrderInput().load(_json_body_or_400())
+    quantities = Counter()
+    for item in data["items"]:
+        quantities[item["sku"]] += item["quantity"]
+    order_id = uuid.uuid4()
+    now = datetime.now(timezone.utc)
+    with db() as cur:
+        cur.execute("SELECT shipping_address FROM customers.customers WHERE id = %s",
+                    (str(data["customer_id"]),))
+        customer = cur.fetchone()
+        if customer is None:
+            raise UnknownCustomer("Unknown customer.", {"customer_id": str(data["customer_id"])})
+        items, currency = _reserve(cur, sorted(quantities.items()), now)
+        total = sum((item["line_total"] for item in items), Decimal("0.00"))
+        address = data.get("shipping_address")
+        address = address if address is not None else customer[0]
+        order = {"id": order_id, "customer_id": data["customer_id"], "status": "pending",
+                 "currency": currency, "total_amount": total, "shipping_address": address,
+                 "carrier": None, "tracking_number": None, "version": 1, "created_at": now,
+                 "updated_at": now, "items": items}
+        _insert(cur, order)
+    response = jsonify(order_schema.dump(order))
+    response.status_code = 201
+    response.headers["Location"] = f"{API}/orders/{order_id}"
+    response.set_etag("1")
+    return response
+
+
+def _reserve(cur, lines, now):
+    """The conditional stock reservation of each (sku, quantity): (the order's items, its currency)."""
+    items, currencies = [], set()
+    for sku, quantity in lines:
+        cur.execute("UPDATE inventory.products SET reserved = reserved + %s, updated_at = %s "
+                    "WHERE sku = %s AND stock - reserved >= %s RETURNING unit_price, currency",
+                    (quantity, now, sku, quantity))
+        row = cur.fetchone()
+        if row is None:
+            cur.execute("SELECT stock - reserved FROM inventory.products WHERE sku = %s", (sku,))
+            available = cur.fetchone()
+            if available is None:
+                raise UnknownSku(f"Unknown sku: {sku}", {"skus": [sku]})
+            raise InsufficientStock(f"Not enough stock for {sku}: {available[0]} available.",
+                                    {"sku": sku, "requested": quantity, "available": available[0]})
+        unit_price, currency = row
+        currencies.add(currency)
+        items.append({"sku": sku, "quantity": quantity, "unit_price": unit_price,
+                      "line_total": unit_price * quantity})
+    if len(currencies) != 1:
+        raise Unprocessable("All items of an order must share one currency.", {"currencies": sorted(currencies)})
+    return items, currencies.pop()
+
+
+def _insert(cur, order):
+    address = order["shipping_address"]
+    cur.execute(
+        "INSERT INTO orders.orders (id, customer_id, status, currency, total_amount, shipping_address, "
+        "version, created_at, updated_at) VALUES (%s, %s, 'pending', %s, %s, %s, 1, %s, %s)",
+        (str(order["id"]), str(order["customer_id"]), order["currency"], order["total_amount"],
+         Json(address) if address is not None else None, order["created_at"], order["updated_at"]))
+    execute_values(cur, "INSERT INTO orders.order_items (order_id, sku, quantity, unit_price, line_total) "
+                        "VALUES %s",
+                   [(str(order["id"]), i["sku"], i["quantity"], i["unit_price"], i["line_total"])
+                    for i in order["items"]])
+
+
+def get_order(order_id):
+    try:
+        order_id = uuid.UUID(order_id)
+    except ValueError:
+        raise NotFound("No such order.", {"order_id": order_id}) from None
+    with db() as cur:
+        cur.execute(f"SELECT {ORDER_COLUMNS}, {ITEM_COLUMNS} FROM orders.orders o "
+                    "LEFT JOIN orders.order_items i ON i.order_id = o.id WHERE o.id = %s ORDER BY i.sku",
+                    (str(order_id),))
+        rows = cur.fetchall()
+    if not rows:
+        raise NotFound("No such order.", {"order_id": str(order_id)})
+    order = _order_from_rows(rows)
+    response = jsonify(order_schema.dump(order))
+    response.set_etag(str(order["version"]))
+    return response
+
+
+def list_orders():
+    errors = OrderListQuery().validate(request.args.to_dict())
+    if errors:
+        raise ValidationFailed("Some query parameters are invalid.", errors)
+    query = OrderListQuery().load(request.args.to_dict())
+    limit = query["limit"]
+    where, params = [], []
+    if "customer_id" in query:
+        where.append("customer_id = %s")
+        params.append(str(query["customer_id"]))
+    if "status" in query:
+        where.append("status = %s")
+        params.append(query["status"])
+    sql = (f"SELECT id FROM orders.orders {'WHERE ' + ' AND '.join(where) if where else ''} "
+           "ORDER BY created_at DESC, id DESC LIMIT %s")
+    with db() as cur:
+        cur.execute(sql, (*params, limit + 1))
+        ids = [row[0] for row in cur.fetchall()]
+        page = ids[:limit]
+        by_id = {}
+        if page:
             cur.execute(f"SELECT {ORDER_COLUMNS}, {ITEM_COLUMNS} FROM orders.orders o "
-                        "LEFT JOIN orders.order_items i ON i.order_id = o.id WHERE o.id = %s ORDER BY i.sku",
-                        (str(order_id),))
-            rows = cur.fetchall()
-        if not rows:
-            raise NotFound("No such order.", {"order_id": str(order_id)})
-        order = _order_from_rows(rows)
-        response = jsonify(order_schema.dump(order))
-        response.set_etag(str(order["version"]))
-        return response
-
-    @app.get(f"{API}/orders")
-    def list_orders():
-        errors = OrderListQuery().validate(request.args.to_dict())
-        if errors:
-            raise ValidationFailed("Some query parameters are invalid.", errors)
-        query = OrderListQuery().load(request.args.to_dict())
-        limit = query["limit"]
-        where, params = [], []
-        if "customer_id" in query:
-            where.append("customer_id = %s")
-            params.append(str(query["customer_id"]))
-        if "status" in query:
-            where.append("status = %s")
-            params.append(query["status"])
-        sql = (f"SELECT id FROM orders.orders {'WHERE ' + ' AND '.join(where) if where else ''} "
-               "ORDER BY created_at DESC, id DESC LIMIT %s")
-        with db() as cur:
-            cur.execute(sql, (*params, limit + 1))
-            ids = [row[0] for row in cur.fetchall()]
-            page = ids[:limit]
-            by_id = {}
-            if page:
-                cur.execute(f"SELECT {ORDER_COLUMNS}, {ITEM_COLUMNS} FROM orders.orders o "
-                            "LEFT JOIN orders.order_items i ON i.order_id = o.id "
-                            "WHERE o.id = ANY(%s::uuid[]) ORDER BY o.created_at DESC, o.id DESC, i.sku",
-                            (page,))
-                for row in cur.fetchall():
-                    by_id.setdefault(row[0], []).append(row)
-        orders = [_order_from_rows(by_id[order_id]) for order_id in page]
-        # The floor does not page further; it says whether there is more like ours does.
-        return jsonify({"items": order_schema.dump(orders, many=True),
-                        "next_cursor": "more" if len(ids) > limit else None})
+                        "LEFT JOIN orders.order_items i ON i.order_id = o.id "
+                        "WHERE o.id = ANY(%s::uuid[]) ORDER BY o.created_at DESC, o.id DESC, i.sku",
+                        (page,))
+            for row in cur.fetchall():
+                by_id.setdefault(row[0], []).append(row)
+    orders = [_order_from_rows(by_id[order_id]) for order_id in page]
+    # The floor does not page further; it says whether there is more like ours does.
+    return jsonify({"items": order_schema.dump(orders, many=True),
+                    "next_cursor": "more" if len(ids) > limit else None})
 
 
 def _json_body_or_400():

@@ -3,36 +3,32 @@
 These tests stop the broker, restart Postgres and kill services, so they run
 apart from the integration suite (`make faults`, which `make test` runs last).
 """
-import os
-import sys
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests import support
+from tests import harness, support
 
 RPC_TIMEOUT = 5.0  # the fault stacks' gateway deadline: short, so a run takes seconds
 
 
 def stack_env(amqp_uri, db_url):
     return {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **harness.venv_env(),
         "AMQP_URI": amqp_uri, "DATABASE_URL": db_url, "JWT_SECRET": support.JWT_SECRET,
-        "GATEWAY_PORT": str(support.free_port()), "GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "16",
+        "GATEWAY_PORT": str(harness.free_port()), "GATEWAY_WORKERS": "2", "GATEWAY_THREADS": "16",
         "RPC_TIMEOUT": str(RPC_TIMEOUT), "SERVICE_RPC_TIMEOUT": "3", "LOG_LEVEL": "WARNING",
         # Fast clocks so a run takes seconds: the order deadline stays below the grace.
         "RECONCILE_INTERVAL_SECONDS": "1", "RESERVATION_GRACE_SECONDS": "6",
         "ORDER_CREATE_DEADLINE_SECONDS": "3", "OUTBOX_RELAY_INTERVAL": "0.5",
         "EVENT_MAX_RETRIES": "3", "EVENT_RETRY_BASE_SECONDS": "0.2",
-        "METRICS_PORT": str(support.free_metrics_base()),
+        "METRICS_PORT": str(harness.free_metrics_base()),
         # notification_service sends to a port nobody listens on: its emails wait and retry.
-        "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(support.free_port()),
+        "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(harness.free_port()),
     }
 
 
@@ -48,8 +44,8 @@ def make_fault_stack(request):
             cleanups.append(lambda: support.delete_vhost(vhost))
         db_name, db_url = support.create_database()
         cleanups.append(lambda: support.drop_database(db_name))
-        support.alembic(db_url, "upgrade", "head")
-        stack = support.ProcessStack(stack_env(amqp_uri, db_url), support.OUTPUT / "faults" / request.node.name)
+        harness.migrate(db_url)
+        stack = harness.ProcessStack(stack_env(amqp_uri, db_url), support.OUTPUT / "faults" / request.node.name)
         stack.db_name, stack.amqp_uri = db_name, amqp_uri
         cleanups.append(stack.stop)
         stack.start()
@@ -219,7 +215,7 @@ def settled(stack, customer, product):
 
 
 def summary(name, load, stack, customer, product):
-    """The summary line of the older fault tests; returns the numbers for assertions."""
+    """A summary line of a `Load` run; returns the numbers for assertions."""
     statuses = load.statuses()
     created = load.created()
     in_db, consumed, reserved, pending_units = counts(stack, customer, product)

@@ -1,13 +1,11 @@
 """Fixtures that start the real stack once per test session."""
-import os
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
 
-from tests import support
+from tests import harness, support
+from tests.servers.smtp import SmtpServer
 
 
 @pytest.fixture(scope="session")
@@ -21,15 +19,15 @@ def broker():
 def database():
     """A throwaway database migrated to head: (name, url)."""
     name, url = support.create_database()
-    support.alembic(url, "upgrade", "head")
+    harness.migrate(url)
     yield name, url
     support.drop_database(name)
 
 
 @pytest.fixture(scope="session")
 def smtp_server():
-    """The real SMTP server the stack's notification_service sends to (support.SmtpServer)."""
-    server = support.SmtpServer().start()
+    """The real SMTP server the stack's notification_service sends to (tests/servers/smtp.py)."""
+    server = SmtpServer().start()
     yield server
     server.stop()
 
@@ -37,26 +35,24 @@ def smtp_server():
 def stack_env(amqp_uri, database_url, smtp_port=None, **overrides):
     """The environment of a test stack: its broker, database, SMTP server, fresh ports, the test secret."""
     env = {
-        **os.environ,
-        # The Procfile says `python` and `gunicorn`: make them this interpreter's.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **harness.venv_env(),
         "AMQP_URI": amqp_uri,
         "DATABASE_URL": database_url,
-        "GATEWAY_PORT": str(support.free_port()),
+        "GATEWAY_PORT": str(harness.free_port()),
         "GATEWAY_WORKERS": "2",
         "GATEWAY_THREADS": "16",
         "RPC_TIMEOUT": "10",
         "SERVICE_RPC_TIMEOUT": "5",  # below RPC_TIMEOUT, as the README asks
         "LOG_LEVEL": "INFO",
         "JWT_SECRET": support.JWT_SECRET,
-        "METRICS_PORT": str(support.free_metrics_base()),
+        "METRICS_PORT": str(harness.free_metrics_base()),
         "TAX_RATE": support.TAX_RATE,  # a real rate, so invoices show their tax part
     }
     env.update({
         # Emails go to the test's SMTP server (without one, to a port nobody listens on: they wait
         # and retry); retries come fast so an outage test takes seconds.
         "SMTP_HOST": "127.0.0.1",
-        "SMTP_PORT": str(smtp_port or support.free_port()),
+        "SMTP_PORT": str(smtp_port or harness.free_port()),
         "SMTP_STARTTLS": "false",
         "MAIL_FROM": support.MAIL_FROM,
         "NOTIFY_RETRY_BASE_SECONDS": "0.5",
@@ -67,7 +63,8 @@ def stack_env(amqp_uri, database_url, smtp_port=None, **overrides):
 
 @pytest.fixture(scope="session")
 def stack(broker, database, smtp_server):
-    running = support.Stack(stack_env(broker, database[1], smtp_server.port), support.OUTPUT / "stack.log")
+    running = harness.Stack(stack_env(broker, database[1], smtp_server.port), support.OUTPUT / "stack.log",
+                            append=False)  # one run per file: the logging tests read it
     try:
         running.start()
         yield running

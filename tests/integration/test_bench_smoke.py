@@ -21,8 +21,11 @@ RATIO_LINES = (
     f"ratio POST@{MAIN} CPU per answer floor/ours",
     f"ratio POST@{MAIN} req/s metrics on/off",
     f"ratio POST@{MAIN} req/s tracing on/off",
+    f"ratio POST@{MAIN} req/s tracing 100%/off",
     f"ratio POST@{MAIN // 2}+{MAIN // 2} req/s side by side tracing on/off",
     f"ratio POST@{MAIN // 2}+{MAIN // 2} CPU per answer with Postgres and RabbitMQ side by side tracing on/off",
+    f"ratio POST@{MAIN // 2}+{MAIN // 2} req/s side by side tracing 100%/off",
+    f"ratio POST@{MAIN // 2}+{MAIN // 2} CPU per answer with Postgres and RabbitMQ side by side tracing 100%/off",
     f"ratio POST@{MAIN // 2}+{MAIN // 2} req/s side by side metrics on/off",
     f"ratio POST@{MAIN // 2}+{MAIN // 2} CPU per answer with Postgres and RabbitMQ side by side metrics on/off",
 )
@@ -49,9 +52,10 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
         "BENCH_DATABASE": database,
         "BENCH_RESULTS": str(results),
     }
-    env.pop("BENCH_BASE_URL", None)
+    for knob in ("BENCH_BASE_URL", "BENCH_BASELINE", "BENCH_ONLY"):  # each would leave cases out
+        env.pop(knob, None)
     run = subprocess.run([sys.executable, "-m", "bench.run"], cwd=support.ROOT, env=env,
-                         capture_output=True, text=True, timeout=240)
+                         capture_output=True, text=True, timeout=420)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
 
@@ -68,10 +72,12 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     expected |= {(kind, target, MAIN) for kind in ("get_order", "list_orders") for target in ("ours", "floor")}
     # One round of each observability configuration (BENCH_OBSERVABILITY_ROUNDS=1), and its median.
     expected |= {("post_order", target + suffix, MAIN) for suffix in ("", " #1")
-                 for target in ("ours, metrics on", "ours, metrics off", "ours, tracing on", "ours, tracing 1 in 10")}
-    # Tracing off and on at once, then metrics on and off, a stack each with half the connections.
+                 for target in ("ours, metrics on", "ours, metrics off", "ours, tracing on", "ours, tracing 100%")}
+    # Tracing off and on (at the configured ratio, then at 100%) at once, then metrics on and off,
+    # a stack each with half the connections.
     expected |= {("post_order", f"side by side, {target}{suffix}", MAIN // 2) for suffix in ("", " #1")
-                 for target in ("tracing off", "tracing on", "metrics on", "metrics off")}
+                 for target in ("tracing off", "tracing on", "tracing off vs 100%", "tracing 100%",
+                                "metrics on", "metrics off")}
     assert cases == expected
     side_by_side = [c for c in report["cases"] if c["target"].startswith("side by side")]
     assert all(c["cpu_ms_per_ok_whole"] > c["cpu_ms_per_ok_total"] > 0 for c in side_by_side), side_by_side

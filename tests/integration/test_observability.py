@@ -12,9 +12,9 @@ import pytest
 import requests
 
 from common.contract.services import SERVICES
-from scripts.otlp_receiver import OtlpReceiver
 from tests import support
 from tests.integration.conftest import ApiClient, stack_env
+from tests.servers.otlp_receiver import OtlpReceiver
 
 SERVER, CLIENT, CONSUMER = 2, 3, 5  # opentelemetry.proto.trace.v1.Span.SpanKind
 

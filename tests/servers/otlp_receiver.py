@@ -1,7 +1,7 @@
 """A small real OTLP/HTTP trace receiver: POST /v1/traces, protobuf, decoded with opentelemetry-proto.
 
-    python -m scripts.otlp_receiver --port 4318     # prints a line per batch of spans received
-    python -m scripts.otlp_receiver --discard       # answers every batch, decodes and keeps none
+    python -m tests.servers.otlp_receiver --port 4318     # prints a line per batch of spans received
+    python -m tests.servers.otlp_receiver --discard       # answers every batch, decodes and keeps none
 
 Tests run it in-process (`OtlpReceiver`) and look at the spans; the bench runs
 it as a process with --discard so tracing can be measured while spans are
@@ -91,7 +91,7 @@ class OtlpReceiver:
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(prog="python -m scripts.otlp_receiver", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.servers.otlp_receiver", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=4318)
     parser.add_argument("--discard", action="store_true", help="answer every batch; decode, keep and print nothing")
     args = parser.parse_args(argv)

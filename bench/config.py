@@ -1,0 +1,93 @@
+"""The bench's knobs, read once from the environment (bench/README.md lists them)."""
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.contract.settings import load_settings
+from tests.harness import ROOT
+
+DEFAULT_RESULTS = ROOT / "bench" / "results" / "latest.json"
+
+
+def _int(env, name, default):
+    value = env.get(name, "").strip()
+    return int(value) if value else default
+
+
+@dataclass
+class Config:
+    base_url: str | None
+    seconds: int
+    warmup: int
+    seed_orders: int
+    customers: int
+    products: int
+    items_per_order: int
+    connections: list
+    main_connections: int
+    loadgen: str
+    scale: bool
+    observability: bool
+    cluster: bool
+    only: str
+    observability_rounds: int
+    side_by_side_control: bool
+    baseline: str | None
+    soak_seconds: int
+    soak_connections: int
+    soak_interval: float
+    database: str
+    keep_db: bool
+    results: Path
+    workers: str
+    threads: str
+    jwt_secret: str
+    amqp_uri: str
+    database_url: str
+    trace_ratio: float
+
+    @classmethod
+    def from_env(cls, env=os.environ):
+        connections = sorted({int(c) for c in env.get("BENCH_CONNECTIONS", "1,8,32,64").split(",") if c.strip()})
+        main = _int(env, "BENCH_MAIN_CONNECTIONS", 32)
+        if main not in connections:
+            connections = sorted({*connections, main})
+        settings = load_settings(env)  # the system's own settings: broker, database, gateway, secret
+        return cls(
+            base_url=(env.get("BENCH_BASE_URL") or "").rstrip("/") or None,
+            seconds=max(1, _int(env, "BENCH_SECONDS", 10)),
+            warmup=max(0, _int(env, "BENCH_WARMUP_SECONDS", 2)),
+            seed_orders=max(1, _int(env, "BENCH_SEED_ORDERS", 100_000)),
+            customers=max(1, _int(env, "BENCH_CUSTOMERS", 200)),
+            products=max(2, _int(env, "BENCH_PRODUCTS", 50)),
+            items_per_order=max(1, _int(env, "BENCH_ITEMS_PER_ORDER", 2)),
+            connections=connections,
+            main_connections=main,
+            loadgen=env.get("BENCH_LOADGEN", "auto"),
+            scale=env.get("BENCH_SCALE", "1") != "0",
+            observability=env.get("BENCH_OBSERVABILITY", "1") != "0",
+            cluster=env.get("BENCH_CLUSTER", "1") != "0",
+            only=env.get("BENCH_ONLY", ""),
+            observability_rounds=max(1, _int(env, "BENCH_OBSERVABILITY_ROUNDS", 3)),
+            side_by_side_control=env.get("BENCH_SIDE_BY_SIDE_CONTROL", "0") == "1",
+            baseline=env.get("BENCH_BASELINE", "").strip() or None,
+            soak_seconds=max(0, _int(env, "BENCH_SOAK_SECONDS", 0)),
+            soak_connections=max(1, _int(env, "BENCH_SOAK_CONNECTIONS", 8)),
+            soak_interval=float(env.get("BENCH_SOAK_INTERVAL", "5")),
+            database=env.get("BENCH_DATABASE", "orders_bench"),
+            keep_db=env.get("BENCH_KEEP_DB", "0") == "1",
+            results=Path(env.get("BENCH_RESULTS") or DEFAULT_RESULTS),
+            workers=str(settings.gateway_workers),
+            threads=str(settings.gateway_threads),
+            jwt_secret=settings.jwt_secret,
+            amqp_uri=settings.amqp_uri,
+            database_url=settings.database_url,
+            # "tracing on" keeps this share of new traces: the ratio the stack is configured with.
+            trace_ratio=settings.otel_traces_sampler_arg,
+        )
+
+    def expected_seconds(self):
+        """About how long the cases take (the bearer token must outlive them)."""
+        cases = (len(self.connections) * 2 + 5 + (1 if self.scale else 0)
+                 + (7 * self.observability_rounds + 3 if self.observability else 0) + (2 if self.cluster else 0))
+        return cases * (self.seconds + self.warmup + 2)

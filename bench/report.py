@@ -1,0 +1,232 @@
+"""The report of a run: the ratios and their targets, the table printed at the end, the JSON file."""
+import json
+
+from bench.targets import (
+    CLUSTER_1,
+    CLUSTER_2,
+    ENDPOINTS,
+    FLOOR,
+    MAIL_SINK,
+    METRICS_OFF,
+    METRICS_ON,
+    NAIVE,
+    OTHER_LOAD_WARNING,
+    OURS,
+    OURS_2X,
+    SIDE_BASELINE,
+    SIDE_CONTROL,
+    SIDE_METRICS,
+    SIDE_TRACING,
+    SIDE_TRACING_ALL,
+    TRACING_ALL,
+    TRACING_ON,
+)
+
+WHOLE = "CPU per answer with Postgres and RabbitMQ"
+
+
+def find_case(cases, kind, target, connections):
+    """The measured case (kind, target, connections), or None (absent, failed, or no requests)."""
+    for case in cases:
+        if (case["kind"], case["target"], case["connections"]) == (kind, target, connections):
+            return case if "failed" not in case and case.get("requests") else None
+    return None
+
+
+def _specs(config):
+    """(name, kind, a, b, connections, field, op, target) of every ratio a / b (with BENCH_BASELINE,
+    of the only comparison that runs)."""
+    m, low = config.main_connections, min(config.connections)
+    h = max(1, m // 2)
+    both = f"{m // 2}+{m // 2}"
+    post = "post_order"
+    if config.baseline:
+        return [(f"POST@{both} req/s side by side after/before", post, *SIDE_BASELINE, h, "ok_rps", None, None),
+                (f"POST@{both} {WHOLE} side by side after/before", post, *SIDE_BASELINE, h, "cpu_ms_per_ok_whole",
+                 None, None)]
+    return [
+        (f"POST@{m} req/s ours/floor", post, OURS, FLOOR, m, "ok_rps", ">=", 0.5),
+        (f"POST@{m} req/s ours/naive", post, OURS, NAIVE, m, "ok_rps", ">=", 8),
+        (f"POST@{m} p99 ours/floor", post, OURS, FLOOR, m, "p99_ms", "<=", 2),
+        (f"POST@{low} p50 ours/floor", post, OURS, FLOOR, low, "p50_ms", "<=", 3),
+        (f"GET by id@{m} req/s ours/floor", "get_order", OURS, FLOOR, m, "ok_rps", ">=", 0.6),
+        (f"GET list@{m} req/s ours/floor", "list_orders", OURS, FLOOR, m, "ok_rps", None, None),
+        (f"POST@{m} req/s 2 order_service/1", post, OURS_2X, OURS, m, "ok_rps", None, None),
+        (f"POST@{m} req/s metrics on/off", post, METRICS_ON, METRICS_OFF, m, "ok_rps", ">=", 0.95),
+        (f"POST@{m} req/s tracing on/off", post, TRACING_ON, METRICS_ON, m, "ok_rps", ">=", 0.85),
+        (f"POST@{m} req/s tracing 100%/off", post, TRACING_ALL, METRICS_ON, m, "ok_rps", None, None),
+        (f"POST@{both} req/s side by side tracing on/off", post, *SIDE_TRACING[::-1], h, "ok_rps", ">=", 0.85),
+        (f"POST@{both} CPU per answer side by side off/on", post, *SIDE_TRACING, h, "cpu_ms_per_ok_total", None, None),
+        # With the Postgres and RabbitMQ work each order needs: tracing's CPU per order on the
+        # whole machine, which is what bounds req/s on CPU-bound cores.
+        (f"POST@{both} {WHOLE} side by side tracing on/off", post, *SIDE_TRACING[::-1], h, "cpu_ms_per_ok_whole",
+         "<=", 1.15),
+        (f"POST@{both} req/s side by side tracing 100%/off", post, *SIDE_TRACING_ALL[::-1], h, "ok_rps", None, None),
+        (f"POST@{both} {WHOLE} side by side tracing 100%/off", post, *SIDE_TRACING_ALL[::-1], h,
+         "cpu_ms_per_ok_whole", None, None),
+        (f"POST@{both} req/s side by side metrics on/off", post, *SIDE_METRICS, h, "ok_rps", ">=", 0.95),
+        (f"POST@{both} {WHOLE} side by side metrics on/off", post, *SIDE_METRICS, h, "cpu_ms_per_ok_whole",
+         "<=", 1.05),
+        (f"POST@{both} req/s side by side control second/first", post, *SIDE_CONTROL[::-1], h, "ok_rps", None, None),
+        (f"POST@{both} {WHOLE} side by side control second/first", post, *SIDE_CONTROL[::-1], h,
+         "cpu_ms_per_ok_whole", None, None),
+        (f"POST@{m} req/s cluster/one node", post, CLUSTER_1, METRICS_ON, m, "ok_rps", None, None),
+        (f"POST@{m} req/s cluster 2 each/1 each", post, CLUSTER_2, CLUSTER_1, m, "ok_rps", None, None),
+        (f"POST@{m} CPU per answer one node/cluster", post, METRICS_ON, CLUSTER_1, m, "cpu_ms_per_ok_total",
+         None, None),
+        # What req/s ours/floor would be if both were CPU-bound on the same CPUs:
+        # CPU per answer moves far less than req/s when a hypervisor steals time.
+        (f"POST@{m} CPU per answer floor/ours", post, FLOOR, OURS, m, "cpu_ms_per_ok_total", None, None),
+        (f"GET by id@{m} CPU per answer floor/ours", "get_order", FLOOR, OURS, m, "cpu_ms_per_ok_total", None, None),
+    ]
+
+
+def ratios(cases, config):
+    entries = []
+    for name, kind, a, b, conns, field, op, target in _specs(config):
+        ca, cb = find_case(cases, kind, a, conns), find_case(cases, kind, b, conns)
+        value = round(ca[field] / cb[field], 3) if ca and cb and cb[field] else None
+        entry = {"name": name, "value": value, "op": op, "target": target}
+        if target is not None:
+            entry["pass"] = None if value is None else (value >= target if op == ">=" else value <= target)
+        suspect = [c["name"] for c in (ca, cb) if c and c["errors"]]
+        if suspect:
+            entry["errors_in"] = suspect
+        entries.append(entry)
+    return entries
+
+
+# ---- the printed report ----------------------------------------------------------
+
+def print_report(bench, ratios):
+    _print_header(bench)
+    _print_table(bench.cases)
+    _print_cpu(bench)
+    _print_off_the_path(bench)
+    print("\nratios (this run):")
+    for entry in ratios:
+        value = "n/a" if entry["value"] is None else f"{entry['value']:.2f}"
+        if entry["target"] is None:
+            verdict, target = "", "(no target)"
+        else:
+            verdict = "n/a" if entry["pass"] is None else ("PASS" if entry["pass"] else "MISS")
+            target = f"(target {entry['op']} {entry['target']})"
+        note = "  [errors in the compared cases]" if entry.get("errors_in") else ""
+        print(f"ratio {entry['name']:<42} {value:>7} {target:<16} {verdict}{note}")
+    if bench.problems:
+        print("\nproblems (the numbers above are not all true):")
+        for problem in bench.problems:
+            print("  - " + problem)
+
+
+def _print_header(bench):
+    cfg, mach = bench.config, bench.report["machine"]
+    print("\n" + "=" * 100)
+    print(f"machine: {mach['nproc']} CPUs ({mach['usable_cpus']} usable), {mach['cpu_model']}, "
+          f"{mach['ram_gib']} GiB RAM, kernel {mach['kernel']}, Python {mach['python']}, "
+          f"Postgres {bench.report.get('postgres', '?')}; "
+          f"busy before the run: {mach.get('busy_before_start', 0) * 100:.0f}%")
+    print(f"load generator: {bench.report.get('loadgen')}; gateway and peers: gunicorn gthread "
+          f"{cfg.workers} workers x {cfg.threads} threads; everything on this machine, 127.0.0.1 only")
+    print(f"seeded: {bench.report.get('seed', {}).get('orders', '?')} orders; {cfg.warmup}s warm-up + "
+          f"{cfg.seconds}s per case; auth enforced by the gateway: {bench.report.get('auth_enforced')}")
+    print(f"tracing cases: OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG "
+          f"{cfg.trace_ratio:g} (tracing on: the configured ratio) or 1 (tracing 100%)")
+    print("req/s counts 2xx answers only; latency covers every answer; errors = non-2xx + socket errors")
+
+
+def _print_table(cases):
+    header = f"{'case':<34} {'target':<22} {'conns':>5} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} " \
+             f"{'p99 ms':>8} {'errors':>7}"
+    for endpoint in ENDPOINTS.values():
+        rows = [c for c in cases if c["endpoint"] == endpoint]
+        if not rows:
+            continue
+        print("\n" + header)
+        print("-" * len(header))
+        for case in rows:
+            if "failed" in case:
+                print(f"{endpoint:<34} {case['target']:<22} {case['connections']:>5}   FAILED: {case['failed']}")
+                continue
+            errors = str(case["errors"])
+            if case["statuses"]:
+                errors += " " + ",".join(f"{k}x{v}" for k, v in case["statuses"].items())
+            noisy = "  [!] other load {:.0f}%".format(case["other_load"] * 100) \
+                if (case.get("other_load") or 0) > OTHER_LOAD_WARNING else ""
+            if (case.get("steal") or 0) > OTHER_LOAD_WARNING:
+                noisy += "  [!] steal {:.0f}%".format(case["steal"] * 100)
+            print(f"{endpoint:<34} {case['target']:<22} {case['connections']:>5} {case['ok_rps']:>9.1f} "
+                  f"{case['p50_ms']:>8.2f} {case['p90_ms']:>8.2f} {case['p99_ms']:>8.2f} {errors:>7}{noisy}")
+    samples = [c for c in cases if c.get("error_sample")]
+    if samples:
+        print("\nfirst error answer per case:")
+        for case in samples:
+            print(f"  {case['name']}: {case['error_sample'][:160]}")
+
+
+def _print_cpu(bench):
+    print("\nCPU per 2xx answer, ms (machine busy = share of all CPUs in use during the case;"
+          " steal = share the hypervisor gave to someone else;"
+          " other = busy time of processes the bench did not start"
+          + (", here including the running stack's)" if bench.config.base_url else ")"))
+    for case in bench.cases:
+        if "failed" in case or not case.get("cpu_ms_per_ok_request"):
+            continue
+        parts = [f"{label} {value:.2f}" for label, value in case["cpu_ms_per_ok_request"].items()
+                 if value is not None and value >= 0.01]
+        busy = case.get("machine_busy")
+        steal = case.get("steal") or 0
+        print(f"  {case['endpoint'].split('?')[0]:<24} {case['target']:<22} c{case['connections']:<3} "
+              f"busy {busy * 100 if busy is not None else 0:>3.0f}%  steal {steal * 100:>2.0f}%  "
+              + ", ".join(parts))
+
+
+def _print_off_the_path(bench):
+    """What emailing each new order costs (off the order path, on the same cores), and one RPC hop."""
+    cfg = bench.config
+    created = [case for case in bench.cases if case["kind"] == "post_order" and case["target"] == OURS
+               and case.get("cpu_ms_per_ok_request")]
+    if created:
+        print("\nnotification_service (the order_created consumer queueing the email, and the sender "
+              "sending it), CPU per created order: "
+              + ", ".join(f"c{case['connections']} "
+                          f"{case['cpu_ms_per_ok_request'].get('notification_service') or 0:.2f} ms"
+                          for case in created)
+              + "; the mail relay (not ours): "
+              + ", ".join(f"c{case['connections']} {case['cpu_ms_per_ok_request'].get(MAIL_SINK) or 0:.2f} ms"
+                          for case in created))
+    hop = bench.report.get("hop")
+    if isinstance(hop, dict):
+        floor = find_case(bench.cases, "post_order", FLOOR, cfg.main_connections)
+        floor_cpu = sum(v or 0 for v in floor.get("cpu_ms_per_ok_request", {}).values()) if floor else None
+        print(f"\none empty nameko RPC hop (bench/ping_service.py, one call at a time): "
+              f"{hop['cpu_ms_total']:.2f} ms CPU per call ("
+              + ", ".join(f"{label} {value:.2f}" for label, value in hop["cpu_ms_per_call"].items()) + ")"
+              + (f"; the floor's whole POST at c{cfg.main_connections}: {floor_cpu:.2f} ms CPU per order"
+                 if floor_cpu else ""))
+
+
+# ---- the JSON file ---------------------------------------------------------------
+
+def write(bench, ratios, finished_at):
+    cfg = bench.config
+    bench.report.update({
+        "finished_at": finished_at,
+        "settings": {"seconds": cfg.seconds, "warmup_seconds": cfg.warmup, "seed_orders": cfg.seed_orders,
+                     "customers": cfg.customers, "products": cfg.products,
+                     "items_per_order": cfg.items_per_order, "connections": cfg.connections,
+                     "main_connections": cfg.main_connections, "gateway_workers": int(cfg.workers),
+                     "gateway_threads": int(cfg.threads), "scale": cfg.scale,
+                     "soak_seconds": cfg.soak_seconds, "base_url": cfg.base_url,
+                     "database": None if cfg.base_url else cfg.database,
+                     "trace_ratio": cfg.trace_ratio, "baseline": cfg.baseline},
+        "cases": bench.cases,
+        "ratios": ratios,
+        "problems": bench.problems,
+        "valid": not bench.problems,
+    })
+    cfg.results.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cfg.results.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(bench.report, indent=2, default=str) + "\n")
+    tmp.replace(cfg.results)
+    print(f"\nresults: {bench.shown(cfg.results)}; process logs: {bench.shown(bench.logs)}/")

@@ -1,0 +1,29 @@
+"""What the cases are called, and which CPU counts as the system's."""
+
+OURS, FLOOR, NAIVE, OURS_2X = "ours", "floor", "naive", "ours, 2 order_service"
+# The observability cases, each on a restarted stack, back to back (cases.separate_cases).
+METRICS_ON, METRICS_OFF = "ours, metrics on", "ours, metrics off"
+TRACING_ON, TRACING_ALL = "ours, tracing on", "ours, tracing 100%"  # at the configured ratio; every trace
+# Two stacks at the same time, the default one and a second one (side_by_side.py): (first, second).
+SIDE_TRACING = ("side by side, tracing off", "side by side, tracing on")
+SIDE_TRACING_ALL = ("side by side, tracing off vs 100%", "side by side, tracing 100%")
+SIDE_METRICS = ("side by side, metrics on", "side by side, metrics off")
+SIDE_CONTROL = ("side by side, tracing off", "side by side, control")  # the second stack as the first
+SIDE_BASELINE = ("side by side, after", "side by side, before")  # this checkout, BENCH_BASELINE's
+SECOND_STACK, SECOND_PREFIX = "second stack", "second "  # its honcho; its processes' labels start with "second "
+# On a 3-node RabbitMQ cluster of the bench's own, one and two instances of every service.
+CLUSTER_1, CLUSTER_2 = "ours, cluster, 1 each", "ours, cluster, 2 each"
+MAIL_SINK = "mail sink"  # the SMTP server notification_service sends to (scripts/mail_sink.py --discard)
+OTLP_RECEIVER = "otlp receiver"  # where the tracing cases export spans (tests/servers/otlp_receiver.py --discard)
+# CPU that is not the system under test: the load generator, other load, the mail relay, the trace receiver.
+NOT_THE_SYSTEM = {"load generator", "other", MAIL_SINK, OTLP_RECEIVER}
+# The servers both stacks of a side-by-side case use, and all the CPU neither stack owns.
+SHARED_SERVERS = ("postgres", "rabbitmq")
+SHARED_LABELS = {*SHARED_SERVERS} | NOT_THE_SYSTEM
+# Above this share of all CPUs busy with other processes, a case is flagged: the machine was not quiet.
+OTHER_LOAD_WARNING = 0.10
+ENDPOINTS = {
+    "post_order": "POST /api/v1/orders",
+    "get_order": "GET /api/v1/orders/{id}",
+    "list_orders": "GET /api/v1/orders?customer_id=",
+}

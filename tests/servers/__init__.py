@@ -1,0 +1,1 @@
+"""Servers only the tests and the bench run: an SMTP server that keeps mail, an OTLP/HTTP trace receiver."""
