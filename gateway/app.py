@@ -12,11 +12,9 @@ import uuid
 
 from flask import Flask, Response, current_app, g, jsonify, request
 
-from common.contract.caller import CALLER_KEY, verify_token
-from common.contract.context import REQUEST_ID_KEY
+from common.contract.caller import verify_token
 from common.contract.errors import (
     AlreadyExists,
-    DeadlineExceeded,
     DomainError,
     Forbidden,
     IdempotencyKeyReused,
@@ -24,7 +22,6 @@ from common.contract.errors import (
     InvalidTransition,
     InvoiceNotIssued,
     NotFound,
-    OutcomeUnknown,
     ServiceUnavailable,
     StockBelowReserved,
     Unauthenticated,
@@ -35,7 +32,7 @@ from common.contract.errors import (
     VersionConflict,
     error_body,
 )
-from common.contract.schemas.base import ListQuery, schema_instance
+from common.contract.schemas.base import ListQuery
 from common.contract.schemas.customers import CustomerInput, CustomerPatch
 from common.contract.schemas.invoices import InvoiceListQuery
 from common.contract.schemas.notifications import NotificationListQuery
@@ -46,11 +43,13 @@ from common.contract.settings import load_settings
 from common.observability import tracing
 from common.observability.log import logging_config, set_request_id, set_service
 from gateway import metrics, server_span
+from gateway.calls import read, write
 from gateway.errors import register_error_handlers
+from gateway.http import created, expected_version, order_response, page_args
 from gateway.invoice_pdf import render_invoice
 from gateway.openapi import SPEC_PATH, register_openapi
 from gateway.routes import API, Routes
-from gateway.rpc_pool import NoAnswer, RpcProxyPool
+from gateway.rpc_pool import RpcProxyPool
 
 access_log = logging.getLogger("gateway.access")
 
@@ -122,94 +121,6 @@ def _log_request(response):
     access_log.info("%s %s %s", request.method, request.path, response.status_code, extra={
         "method": request.method, "path": request.path, "status": response.status_code,
         "duration_ms": duration_ms})
-    return response
-
-
-def _call(service, method, args, kwargs, redrive=False):
-    context = {REQUEST_ID_KEY: g.request_id}
-    if g.get("caller") is not None:
-        context[CALLER_KEY] = g.caller.to_context()
-    started, outcome = time.perf_counter(), "ok"
-    with tracing.client_span(service, method):
-        try:
-            return current_app.extensions["rpc_pool"].call(
-                service, method, args, kwargs, context_data=tracing.with_traceparent(context),
-                deadline=g.deadline, redrive=redrive)
-        except NoAnswer:
-            outcome = "no_answer"
-            raise
-        except Exception as exc:
-            outcome = getattr(exc, "code", "error")
-            raise
-        finally:
-            metrics.record_rpc(service, method, outcome, time.perf_counter() - started)
-
-
-def read(service, method, *args, **kwargs):
-    """service.method(...) for a read: no answer in time is 504 upstream_timeout."""
-    try:
-        return _call(service, method, args, kwargs)
-    except (NoAnswer, DeadlineExceeded):
-        raise UpstreamTimeout("A service did not answer in time.",
-                              {"timeout_seconds": current_app.config["RPC_TIMEOUT"]}) from None
-
-
-def write(resource, service, method, *args, redrive=False, **kwargs):
-    """service.method(...) for a write to `resource` ({"order_id": ...}).
-
-    503 only when the request never reached a service, or a service refused it
-    before changing anything; when nobody can tell whether the change was made
-    (no reply in time, the deadline passed, a COMMIT cut off), 504
-    outcome_unknown naming the resource: from RPC_TIMEOUT seconds after that
-    answer on, reading it tells, and keeps telling the same.
-    `redrive`: the call is idempotent per attempt, so it is sent again while
-    the deadline allows when its reply was lost.
-    """
-    try:
-        return _call(service, method, args, kwargs, redrive=redrive)
-    except (NoAnswer, DeadlineExceeded, OutcomeUnknown) as exc:
-        raise OutcomeUnknown("The change may or may not have been made: read the resource (from RPC_TIMEOUT "
-                             "seconds after this answer it no longer changes) before sending it again.",
-                             {**resource, "reason": _reason(exc)}) from None
-
-
-def _reason(exc):
-    if isinstance(exc, OutcomeUnknown):
-        return exc.details.get("reason", "commit_interrupted")
-    return "deadline_passed" if isinstance(exc, DeadlineExceeded) else "no_reply"
-
-
-def page_args(query):
-    """`limit` and `cursor` of a query string ListQuery validated, defaults filled in."""
-    query = schema_instance(ListQuery).load(query)
-    return query["limit"], query["cursor"]
-
-
-def expected_version():
-    """The order version named by If-Match, or None (no header, or `*`): last write wins."""
-    if "If-Match" not in request.headers:
-        return None
-    tags = request.if_match
-    if tags.star_tag:
-        return None
-    versions = [int(tag) for tag in tags.as_set(include_weak=True) if tag and tag.isascii() and tag.isdigit()]
-    if not versions:
-        raise VersionConflict("If-Match names no version of this order.",
-                              {"if_match": request.headers["If-Match"]})
-    return versions[0]
-
-
-def order_response(order, status=200):
-    response = jsonify(order)
-    response.status_code = status
-    response.set_etag(str(order["version"]))
-    return response
-
-
-def created(resource, location):
-    response = jsonify(resource)
-    response.status_code = 201
-    response.headers["Location"] = location
     return response
 
 
