@@ -51,9 +51,8 @@ from common.contract.schemas.orders import (
     StatusInput,
 )
 from common.contract.schemas.products import ProductInput, ProductPatch, ProductSchema
-from gateway.routes import API, PATH_VARIABLE
+from gateway.routes.declare import API, PATH_VARIABLE, SPEC_PATH
 
-SPEC_PATH = f"{API}/openapi.json"
 DOCS_PATH = "/docs"
 OPENAPI_VERSION = "3.0.3"  # what the bundled Swagger UI (4.x) renders
 MAX_IDEMPOTENCY_KEY = 200  # = order_service.domain.MAX_IDEMPOTENCY_KEY (the test checks)

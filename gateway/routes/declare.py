@@ -20,6 +20,7 @@ from common.contract.errors import ServiceUnavailable, Unauthenticated, Upstream
 from common.contract.schemas.base import schema_instance
 
 API = "/api/v1"
+SPEC_PATH = f"{API}/openapi.json"  # where the gateway serves the OpenAPI document
 # What a route can answer besides the errors it declares.
 AUTHENTICATED_ERRORS = (Unauthenticated, ServiceUnavailable, UpstreamTimeout)
 BODY_ERRORS = (ValidationFailed, RequestEntityTooLarge, UnsupportedMediaType)  # see json_body
@@ -128,6 +129,9 @@ class Routes:
     def public_paths(self):
         """The paths that need no token (compared with request paths: a public route has no variables)."""
         return frozenset(route.path for route in self._routes if route.public)
+
+
+routes = Routes()  # the gateway's, filled in by the modules of gateway/routes/
 
 
 def json_body(schema_class):
