@@ -11,9 +11,8 @@ from gateway.http import created, page_args
 from gateway.routes.declare import API, routes
 
 
-@routes.post(f"{API}/customers", "Create a customer", tag="customers", status=201, response="Customer",
-             body=CustomerInput, errors=(Forbidden, AlreadyExists), location=True,
-             description="Admins only. The email is unique (409 if taken).")
+@routes.post(f"{API}/customers", tag="customers", status=201, response="Customer", body=CustomerInput,
+             errors=(Forbidden, AlreadyExists), location=True)
 def create_customer(body):
     customer_id = str(uuid.uuid4())  # fixed before the call, so a 504 can name it
     customer = write({"customer_id": customer_id}, "customer_service", "create_customer", body,
@@ -21,21 +20,18 @@ def create_customer(body):
     return created(customer, f"{API}/customers/{customer['id']}")
 
 
-@routes.get(f"{API}/customers/<customer_id>", "Read a customer", tag="customers", response="Customer",
-            errors=(NotFound,))
+@routes.get(f"{API}/customers/<customer_id>", tag="customers", response="Customer", errors=(NotFound,))
 def get_customer(customer_id):
     return jsonify(read("customer_service", "get_customer", customer_id))
 
 
-@routes.get(f"{API}/customers", "List customers, oldest first", tag="customers", response="CustomerPage",
-            query=ListQuery, description="A customer sees only their own record.")
+@routes.get(f"{API}/customers", tag="customers", response="CustomerPage", query=ListQuery)
 def list_customers(query):
     limit, cursor = page_args(query)
     return jsonify(read("customer_service", "list_customers", limit, cursor))
 
 
-@routes.patch(f"{API}/customers/<customer_id>", "Change a customer", tag="customers", response="Customer",
-              body=CustomerPatch, errors=(NotFound, AlreadyExists),
-              description="Any of name, email, shipping_address (null clears it).")
+@routes.patch(f"{API}/customers/<customer_id>", tag="customers", response="Customer", body=CustomerPatch,
+              errors=(NotFound, AlreadyExists))
 def update_customer(customer_id, body):
     return jsonify(write({"customer_id": customer_id}, "customer_service", "update_customer", customer_id, body))

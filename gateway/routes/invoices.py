@@ -10,12 +10,8 @@ from gateway.routes.declare import API, routes
 PDF = "application/pdf"
 
 
-@routes.get(f"{API}/orders/<order_id>/invoice", "The order's invoice, as JSON or as a PDF", tag="invoices",
-            response="Invoice", other_media_types={PDF: {"type": "string", "format": "binary"}},
-            errors=(InvoiceNotIssued,),
-            description="Issued when the order becomes `shipped` (within seconds); before that, and for another "
-                        "customer's order, 404 `invoice_not_issued`. With `Accept: application/pdf` the answer is "
-                        "the invoice as an A4 PDF (seller, bill-to, number, date, lines, totals).")
+@routes.get(f"{API}/orders/<order_id>/invoice", tag="invoices", response="Invoice",
+            other_media_types={PDF: {"type": "string", "format": "binary"}}, errors=(InvoiceNotIssued,))
 def get_order_invoice(order_id):
     invoice = read("invoice_service", "get_invoice_for_order", order_id)
     if request.accept_mimetypes.best_match(["application/json", PDF], default="application/json") == PDF:
@@ -27,16 +23,12 @@ def get_order_invoice(order_id):
     return response
 
 
-@routes.get(f"{API}/invoices", "List invoices, newest first", tag="invoices", response="InvoicePage",
-            query=InvoiceListQuery,
-            description="Newest (highest number) first. `issued_after` / `issued_before` are exclusive; a time "
-                        "without an offset is UTC. A customer lists only their own invoices.")
+@routes.get(f"{API}/invoices", tag="invoices", response="InvoicePage", query=InvoiceListQuery)
 def list_invoices(query):
     limit, cursor = query.pop("limit", 20), query.pop("cursor", None)
     return jsonify(read("invoice_service", "list_invoices", query, int(limit), cursor))
 
 
-@routes.get(f"{API}/invoices/<number>", "Read an invoice", tag="invoices", response="Invoice",
-            errors=(NotFound,), description="By number, e.g. `INV-2026-000042`.")
+@routes.get(f"{API}/invoices/<number>", tag="invoices", response="Invoice", errors=(NotFound,))
 def get_invoice(number):
     return jsonify(read("invoice_service", "get_invoice", number))

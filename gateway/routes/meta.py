@@ -10,10 +10,7 @@ from gateway.routes.declare import SPEC_PATH, routes
 DATABASE_DOWN = "database unreachable"
 
 
-@routes.get("/health", "Is everything up?", tag="health", response="Health", public=True,
-            other_responses={503: ("Something is down; `checks` and `error.details` say what.", "Health")},
-            description="Broker, every service and the database. 503 names what is down "
-                        "(`unreachable`, `not running`, `timeout`, `unknown`).")
+@routes.get("/health", tag="health", response="Health", public=True, other_responses={503: "Health"})
 def health():
     checks = {"broker": "ok"}
     for service in SERVICE_NAMES:
@@ -37,12 +34,8 @@ def health():
     return jsonify(body), 503
 
 
-@routes.get("/metrics", "Prometheus metrics of the gateway", tag="meta", public=True, errors=(NotFound,),
-            other_media_types={"text/plain; version=0.0.4": {"type": "string"}},
-            description="Prometheus text format (no token, like `/health`): `http_requests_total{method,route,"
-                        "status}`, `http_request_duration_seconds`, `rpc_client_calls_total{service,method,"
-                        "outcome}`, `rpc_client_duration_seconds`, `rpc_pool_proxies{state}`. 404 when metrics are off "
-                        "(METRICS_PORT=0). In production, serve it only to an internal network.")
+@routes.get("/metrics", tag="meta", public=True, errors=(NotFound,),
+            other_media_types={"text/plain; version=0.0.4": {"type": "string"}})
 def metrics_text():
     if not metrics.enabled():
         raise NotFound("Metrics are off (METRICS_PORT=0).", {"path": "/metrics"})
@@ -50,7 +43,7 @@ def metrics_text():
     return Response(body, content_type=content_type)
 
 
-@routes.get(SPEC_PATH, "This OpenAPI document", tag="meta", response={"type": "object"}, public=True)
+@routes.get(SPEC_PATH, tag="meta", response={"type": "object"}, public=True)
 def openapi():
     return Response(current_app.extensions["openapi"], mimetype="application/json")
 

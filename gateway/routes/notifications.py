@@ -7,28 +7,21 @@ from gateway.calls import read, write
 from gateway.routes.declare import API, routes
 
 
-@routes.get(f"{API}/notifications", "List notifications, newest first", tag="notifications",
-            response="NotificationPage", query=NotificationListQuery,
-            description="The emails sent (or to be sent) to customers about their orders. A customer lists only "
-                        "their own.")
+@routes.get(f"{API}/notifications", tag="notifications", response="NotificationPage", query=NotificationListQuery)
 def list_notifications(query):
     limit, cursor = query.pop("limit", 20), query.pop("cursor", None)
     # What is left of the query are the filters.
     return jsonify(read("notification_service", "list_notifications", query, int(limit), cursor))
 
 
-@routes.get(f"{API}/notifications/<notification_id>", "Read a notification", tag="notifications",
-            response="Notification", errors=(NotFound,))
+@routes.get(f"{API}/notifications/<notification_id>", tag="notifications", response="Notification",
+            errors=(NotFound,))
 def get_notification(notification_id):
     return jsonify(read("notification_service", "get_notification", notification_id))
 
 
-@routes.post(f"{API}/notifications/<notification_id>/retry", "Send a failed notification again",
-             tag="notifications", status=202, response="Notification",
-             errors=(Forbidden, NotFound, InvalidTransition),
-             description="Admins only. A `failed` notification goes back to `queued` with `attempts` from 0 and is "
-                         "sent as soon as the sender gets to it (202: accepted, not yet sent); any other status "
-                         "is 409.")
+@routes.post(f"{API}/notifications/<notification_id>/retry", tag="notifications", status=202,
+             response="Notification", errors=(Forbidden, NotFound, InvalidTransition))
 def retry_notification(notification_id):
     return jsonify(write({"notification_id": notification_id}, "notification_service", "retry_notification",
                          notification_id)), 202

@@ -9,28 +9,25 @@ from gateway.http import created, page_args
 from gateway.routes.declare import API, routes
 
 
-@routes.post(f"{API}/products", "Create a product", tag="products", status=201, response="Product",
-             body=ProductInput, errors=(Forbidden, AlreadyExists), location=True,
-             description="Admins only. The sku is unique (409 if taken).")
+@routes.post(f"{API}/products", tag="products", status=201, response="Product", body=ProductInput,
+             errors=(Forbidden, AlreadyExists), location=True)
 def create_product(body):
     product = write({"sku": body["sku"]}, "inventory_service", "create_product", body)
     return created(product, f"{API}/products/{product['sku']}")
 
 
-@routes.get(f"{API}/products/<sku>", "Read a product", tag="products", response="Product", errors=(NotFound,),
-            description="`available = stock - reserved`.")
+@routes.get(f"{API}/products/<sku>", tag="products", response="Product", errors=(NotFound,))
 def get_product(sku):
     return jsonify(read("inventory_service", "get_product", sku))
 
 
-@routes.get(f"{API}/products", "List products by sku", tag="products", response="ProductPage", query=ListQuery)
+@routes.get(f"{API}/products", tag="products", response="ProductPage", query=ListQuery)
 def list_products(query):
     limit, cursor = page_args(query)
     return jsonify(read("inventory_service", "list_products", limit, cursor))
 
 
-@routes.patch(f"{API}/products/<sku>", "Change price, stock, name, description or threshold", tag="products",
-              response="Product", body=ProductPatch, errors=(Forbidden, NotFound, StockBelowReserved),
-              description="Admins only. Stock below what orders have reserved is 409.")
+@routes.patch(f"{API}/products/<sku>", tag="products", response="Product", body=ProductPatch,
+              errors=(Forbidden, NotFound, StockBelowReserved))
 def update_product(sku, body):
     return jsonify(write({"sku": sku}, "inventory_service", "update_product", sku, body))
