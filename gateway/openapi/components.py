@@ -31,6 +31,7 @@ from common.contract.schemas.orders import (
     StatusInput,
 )
 from common.contract.schemas.products import ProductInput, ProductPatch, ProductSchema
+from common.contract.services import SERVICE_NAMES
 from gateway.openapi.data import EXAMPLES, PROSE
 from gateway.routes.declare import API
 
@@ -81,9 +82,7 @@ class HealthSchema(Schema):
     status = fields.String(required=True, validate=validate.OneOf(["ok", "unavailable"]))
     checks = fields.Dict(keys=fields.String(), values=fields.String(), required=True, metadata={
         "description": "`broker`, each service and `database`: `ok` or what is wrong.",
-        "example": {"broker": "ok", "customer_service": "ok", "inventory_service": "ok",
-                    "order_service": "ok", "notification_service": "ok", "invoice_service": "ok",
-                    "database": "ok"}})
+        "example": {"broker": "ok", **dict.fromkeys(SERVICE_NAMES, "ok"), "database": "ok"}})
     error = fields.Nested(ErrorBody, metadata={"description": "Only when something is down (503)."})
 
 
