@@ -1,4 +1,4 @@
-"""HTTP helpers the routes share: paging arguments, If-Match, and the answers with ETag or Location."""
+"""HTTP helpers the routes share: paging arguments and filters, If-Match, and the answers with ETag or Location."""
 from flask import jsonify, request
 
 from common.contract.errors import VersionConflict
@@ -9,6 +9,13 @@ def page_args(query):
     """`limit` and `cursor` of a query string ListQuery validated, defaults filled in."""
     query = schema_instance(ListQuery).load(query)
     return query["limit"], query["cursor"]
+
+
+def filtered_page_args(query):
+    """A filtered list's query string (a ListQuery subclass's, validated): its filters, what is left
+    past `limit` and `cursor` (strings: the service parses them), and `limit` and `cursor`, defaults filled in."""
+    limit, cursor = page_args({key: query.pop(key) for key in ("limit", "cursor") if key in query})
+    return query, limit, cursor
 
 
 def expected_version():

@@ -6,6 +6,7 @@ from flask import Response, jsonify, request
 from common.contract.errors import InvoiceNotIssued, NotFound
 from common.contract.schemas.invoices import InvoiceListQuery
 from gateway.calls import read
+from gateway.http import filtered_page_args
 from gateway.routes.declare import API, routes
 
 JSON, PDF = "application/json", "application/pdf"
@@ -26,8 +27,8 @@ def get_order_invoice(order_id):
 
 @routes.get(f"{API}/invoices", tag="invoices", response="InvoicePage", query=InvoiceListQuery)
 def list_invoices(query):
-    limit, cursor = query.pop("limit", 20), query.pop("cursor", None)
-    return jsonify(read("invoice_service", "list_invoices", query, int(limit), cursor))
+    filters, limit, cursor = filtered_page_args(query)
+    return jsonify(read("invoice_service", "list_invoices", filters, limit, cursor))
 
 
 @routes.get(f"{API}/invoices/<number>", tag="invoices", response="Invoice", errors=(NotFound,))

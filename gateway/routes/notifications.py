@@ -4,14 +4,14 @@ from flask import jsonify
 from common.contract.errors import Forbidden, InvalidTransition, NotFound
 from common.contract.schemas.notifications import NotificationListQuery
 from gateway.calls import read, write
+from gateway.http import filtered_page_args
 from gateway.routes.declare import API, routes
 
 
 @routes.get(f"{API}/notifications", tag="notifications", response="NotificationPage", query=NotificationListQuery)
 def list_notifications(query):
-    limit, cursor = query.pop("limit", 20), query.pop("cursor", None)
-    # What is left of the query are the filters.
-    return jsonify(read("notification_service", "list_notifications", query, int(limit), cursor))
+    filters, limit, cursor = filtered_page_args(query)
+    return jsonify(read("notification_service", "list_notifications", filters, limit, cursor))
 
 
 @routes.get(f"{API}/notifications/<notification_id>", tag="notifications", response="Notification",

@@ -16,7 +16,7 @@ from common.contract.errors import (
 )
 from common.contract.schemas.orders import OrderInput, OrderListQuery, OrderUpdateInput, ShippingInput, StatusInput
 from gateway.calls import read, write
-from gateway.http import expected_version, order_response
+from gateway.http import expected_version, filtered_page_args, order_response
 from gateway.routes.declare import API, routes
 
 
@@ -38,9 +38,8 @@ def create_order(body):
 
 @routes.get(f"{API}/orders", tag="orders", response="OrderPage", query=OrderListQuery)
 def list_orders(query):
-    limit, cursor = query.pop("limit", 20), query.pop("cursor", None)
-    # What is left of the query are the filters.
-    return jsonify(read("order_service", "list_orders", query, int(limit), cursor))
+    filters, limit, cursor = filtered_page_args(query)
+    return jsonify(read("order_service", "list_orders", filters, limit, cursor))
 
 
 @routes.get(f"{API}/orders/<order_id>", tag="orders", response="Order", errors=(NotFound,), etag=True)
