@@ -183,7 +183,7 @@ def response_headers(*names):
     return {name: ref("headers", name) for name in ("X-Request-ID", *names)}
 
 
-def register(spec):
+def register_components(spec):
     """Every component into `spec` (an apispec APISpec), with its words and examples."""
     spec.components.security_scheme("bearerAuth", {
         "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": PROSE["security"]})

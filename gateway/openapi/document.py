@@ -17,13 +17,13 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from common.contract.errors import DomainError
 from common.contract.schemas.base import Money
 from common.contract.schemas.invoices import TaxRate
-from gateway.openapi import components
 from gateway.openapi.components import (
     ERROR_RESPONSES,
     MONEY_PATTERN,
     TAX_RATE_PATTERN,
     URI_TOO_LONG,
     ref,
+    register_components,
     response_headers,
 )
 from gateway.openapi.data import EXAMPLES, PROSE
@@ -44,7 +44,7 @@ def build_spec(routes):
     marshmallow_plugin.map_to_openapi_type(Money, "string", "decimal")
     marshmallow_plugin.map_to_openapi_type(TaxRate, "string", None)
     marshmallow_plugin.converter.add_attribute_function(_money_properties)
-    components.register(spec)
+    register_components(spec)
 
     paths = {}
     for route in routes:
