@@ -1,13 +1,15 @@
-"""Each HTTP route declared once, next to its handler: its Flask rule and its OpenAPI operation.
+"""How a route is declared: once, on its handler, with its Flask rule and the structure of its operation.
 
-    @routes.post(f"{API}/customers", "Create a customer", tag="customers", status=201,
-                 response="Customer", body=CustomerInput, errors=(Forbidden, AlreadyExists), location=True)
+    @routes.post(f"{API}/customers", tag="customers", status=201, response="Customer",
+                 body=CustomerInput, errors=(Forbidden, AlreadyExists), location=True)
     def create_customer(body): ...
 
-The gateway serves `routes` (Routes.register) and gateway/openapi.py documents
-them (build_spec): the body schema a route declares is the one its view
-validates the body with, and the error statuses it documents are those of the
-error classes it declares plus what every route of its kind can answer.
+The gateway serves `routes` (Routes.register) and gateway/openapi/ documents
+them: the body schema a route declares is the one its view validates the body
+with, and the error statuses it documents are those of the error classes it
+declares plus what every route of its kind can answer. What the document says
+in words (summary, description) is data, keyed by operation id
+(gateway/openapi/prose.yaml).
 """
 import re
 from collections.abc import Callable
@@ -20,6 +22,7 @@ from common.contract.errors import ServiceUnavailable, Unauthenticated, Upstream
 from common.contract.schemas.base import schema_instance
 
 API = "/api/v1"
+SPEC_PATH = f"{API}/openapi.json"  # where the gateway serves the OpenAPI document
 # What a route can answer besides the errors it declares.
 AUTHENTICATED_ERRORS = (Unauthenticated, ServiceUnavailable, UpstreamTimeout)
 BODY_ERRORS = (ValidationFailed, RequestEntityTooLarge, UnsupportedMediaType)  # see json_body
@@ -34,15 +37,13 @@ class Route:
     method: str
     path: str  # a Flask rule: /api/v1/orders/<order_id>
     handler: Callable  # called with the path variables, and `body` / `query` when declared
-    summary: str
     tag: str
-    description: str | None = None
     status: int = 200  # of the success response
     # The success body as JSON: a component schema name, an inline schema, or None (no JSON body).
     response: str | dict | None = None
     # The success body in other media types (the client picks by Accept): {media type: schema}.
     other_media_types: dict = field(default_factory=dict)
-    # Answers that are neither the success nor an error: {status: (description, component schema name)}.
+    # Answers that are neither the success nor an error: {status: component schema name}.
     other_responses: dict = field(default_factory=dict)
     body: type | None = None  # the marshmallow schema that validates the JSON body
     query: type | None = None  # the marshmallow schema that validates the query string
@@ -92,7 +93,7 @@ class Route:
 
 
 class Routes:
-    """The routes in declaration order; `@routes.get(path, summary, tag=..., ...)` declares one."""
+    """The routes in declaration order; `@routes.get(path, tag=..., ...)` declares one."""
 
     def __init__(self):
         self._routes = []
@@ -100,24 +101,24 @@ class Routes:
     def __iter__(self):
         return iter(self._routes)
 
-    def get(self, path, summary, **operation):
-        return self.route("get", path, summary, **operation)
+    def get(self, path, **operation):
+        return self.route("get", path, **operation)
 
-    def post(self, path, summary, **operation):
-        return self.route("post", path, summary, **operation)
+    def post(self, path, **operation):
+        return self.route("post", path, **operation)
 
-    def put(self, path, summary, **operation):
-        return self.route("put", path, summary, **operation)
+    def put(self, path, **operation):
+        return self.route("put", path, **operation)
 
-    def patch(self, path, summary, **operation):
-        return self.route("patch", path, summary, **operation)
+    def patch(self, path, **operation):
+        return self.route("patch", path, **operation)
 
-    def delete(self, path, summary, **operation):
-        return self.route("delete", path, summary, **operation)
+    def delete(self, path, **operation):
+        return self.route("delete", path, **operation)
 
-    def route(self, method, path, summary, **operation):
+    def route(self, method, path, **operation):
         def declare(handler):
-            self._routes.append(Route(method, path, handler, summary, **operation))
+            self._routes.append(Route(method, path, handler, **operation))
             return handler
         return declare
 
@@ -128,6 +129,9 @@ class Routes:
     def public_paths(self):
         """The paths that need no token (compared with request paths: a public route has no variables)."""
         return frozenset(route.path for route in self._routes if route.public)
+
+
+routes = Routes()  # the gateway's, filled in by the modules of gateway/routes/
 
 
 def json_body(schema_class):

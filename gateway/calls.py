@@ -1,0 +1,75 @@
+"""What the outcome of an RPC call means for the HTTP answer.
+
+Every route calls services through `read` or `write`; both carry the
+request's id, caller and deadline, record the call's metrics and span, and
+turn a call that got no answer into the one error the contract names:
+- a read with no answer in time: 504 upstream_timeout (nothing was changed);
+- a write is 503 only when the request never reached a service, or a service
+  refused it before changing anything (ServiceUnavailable passes through);
+  when nobody can tell whether the change was made (no reply in time, the
+  deadline passed, a COMMIT cut off), 504 outcome_unknown naming the
+  resource: from RPC_TIMEOUT seconds after that answer on, reading it tells,
+  and keeps telling the same;
+- a write marked `redrive` (an idempotent create) is sent again while the
+  deadline allows when its reply was lost (gateway/rpc_pool.py).
+"""
+import time
+
+from flask import current_app, g
+
+from common.contract.caller import CALLER_KEY
+from common.contract.context import REQUEST_ID_KEY
+from common.contract.errors import DeadlineExceeded, OutcomeUnknown, UpstreamTimeout
+from common.observability import tracing
+from gateway import metrics
+from gateway.rpc_pool import NoAnswer
+
+
+def read(service, method, *args, **kwargs):
+    """service.method(...) for a read: no answer in time is 504 upstream_timeout."""
+    try:
+        return _call(service, method, args, kwargs)
+    except (NoAnswer, DeadlineExceeded):
+        raise UpstreamTimeout("A service did not answer in time.",
+                              {"timeout_seconds": current_app.config["RPC_TIMEOUT"]}) from None
+
+
+def write(resource, service, method, *args, redrive=False, **kwargs):
+    """service.method(...) for a write to `resource` ({"order_id": ...}): see the module's rules.
+
+    `redrive`: the call is idempotent per attempt, so it is sent again while
+    the deadline allows when its reply was lost.
+    """
+    try:
+        return _call(service, method, args, kwargs, redrive=redrive)
+    except (NoAnswer, DeadlineExceeded, OutcomeUnknown) as exc:
+        raise OutcomeUnknown("The change may or may not have been made: read the resource (from RPC_TIMEOUT "
+                             "seconds after this answer it no longer changes) before sending it again.",
+                             {**resource, "reason": _reason(exc)}) from None
+
+
+def _call(service, method, args, kwargs, redrive=False):
+    context = {REQUEST_ID_KEY: g.request_id}
+    if g.get("caller") is not None:
+        context[CALLER_KEY] = g.caller.to_context()
+    started, outcome = time.perf_counter(), "ok"
+    with tracing.client_span(service, method):
+        try:
+            return current_app.extensions["rpc_pool"].call(
+                service, method, args, kwargs, context_data=tracing.with_traceparent(context),
+                deadline=g.deadline, redrive=redrive)
+        except NoAnswer:
+            outcome = "no_answer"
+            raise
+        except Exception as exc:
+            outcome = getattr(exc, "code", "error")
+            raise
+        finally:
+            metrics.record_rpc(service, method, outcome, time.perf_counter() - started)
+
+
+def _reason(exc):
+    """Why the outcome is unknown, as outcome_unknown's `details.reason` says."""
+    if isinstance(exc, OutcomeUnknown):
+        return exc.details.get("reason", "commit_interrupted")
+    return "deadline_passed" if isinstance(exc, DeadlineExceeded) else "no_reply"
