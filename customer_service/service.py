@@ -7,12 +7,13 @@ from common.contract.schemas.base import ListQuery, id_of_attempt, load_or_raise
 from common.contract.schemas.customers import CustomerInput, CustomerPatch, CustomerSchema
 from common.kit.base import ServiceBase
 from common.kit.consumers import reliable_event_handler
-from common.kit.paging import created_id_key, page_request, parse_created_id_key, split_page
+from common.kit.paging import Listing
 from common.kit.rpc import rpc
 from common.kit.unit_of_work import UnitOfWork
 from customer_service import domain, storage
 
 customer_schema = CustomerSchema()
+CUSTOMERS = Listing(ListQuery, CustomerSchema)
 
 
 def _now():
@@ -69,12 +70,9 @@ class CustomerService(ServiceBase):
     def list_customers(self, limit=20, cursor=None):
         """Oldest first; a customer sees only their own record."""
         caller = required(self.caller)
-        _, limit, after = page_request(ListQuery, None, limit, cursor, parse_created_id_key)
         only_id = uuid_or_none(caller.customer_id) if caller.is_customer else None
-        with self.uow as tx:
-            rows = tx.store.list_customers(limit + 1, after, only_id)
-            page, next_cursor = split_page(rows, limit, created_id_key)
-            return {"items": customer_schema.dump(page, many=True), "next_cursor": next_cursor}
+        return CUSTOMERS.page(caller, self.uow, None, limit, cursor,
+                              lambda store, _, count, after: store.list_customers(count, after, only_id))
 
     @reliable_event_handler("order_service", "order_created")
     def on_order_created(self, envelope):

@@ -11,7 +11,7 @@ from common.contract.errors import EXPECTED_ERRORS, NotFound, ServiceUnavailable
 from common.contract.schemas.base import ListQuery, load_or_raise
 from common.contract.schemas.products import ProductInput, ProductPatch, ProductSchema
 from common.kit.base import ServiceBase
-from common.kit.paging import page_request, split_page
+from common.kit.paging import Listing
 from common.kit.rpc import ServiceRpcProxy, rpc
 from common.kit.timers import every
 from common.kit.unit_of_work import UnitOfWork
@@ -20,6 +20,7 @@ from inventory_service import domain, storage
 log = logging.getLogger(__name__)
 
 product_schema = ProductSchema()
+PRODUCTS = Listing(ListQuery, ProductSchema, key_of=lambda product: product.sku, parse_key=domain.parse_sku)
 # How each way of ending a reservation is checked, applied to stock, and announced.
 SETTLEMENTS = {
     "released": (domain.check_can_release, "give_back_stock", "stock_released"),
@@ -71,12 +72,8 @@ class InventoryService(ServiceBase):
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_products(self, limit=20, cursor=None):
         """By sku."""
-        required(self.caller)
-        _, limit, after_sku = page_request(ListQuery, None, limit, cursor, domain.parse_sku)
-        with self.uow as tx:
-            rows = tx.store.list_products(limit + 1, after_sku)
-            page, next_cursor = split_page(rows, limit, lambda product: product.sku)
-            return {"items": product_schema.dump(page, many=True), "next_cursor": next_cursor}
+        return PRODUCTS.page(required(self.caller), self.uow, None, limit, cursor,
+                             lambda store, _, count, after: store.list_products(count, after))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def reserve(self, order_id, items):

@@ -21,17 +21,19 @@ from common.contract.schemas.base import uuid_or_none
 from common.contract.schemas.invoices import InvoiceListQuery, InvoiceSchema
 from common.kit.base import ServiceBase
 from common.kit.consumers import reliable_event_handler
-from common.kit.customer_directory import remember_customer_event
-from common.kit.paging import page_request, split_page
+from common.kit.customer_directory import KeepsCustomerDirectory
+from common.kit.paging import Listing
 from common.kit.rpc import ServiceRpcProxy, rpc
 from common.kit.unit_of_work import UnitOfWork
 from invoice_service import domain, pdf, storage
 
 log = logging.getLogger(__name__)
 invoice_schema = InvoiceSchema()
+INVOICES = Listing(InvoiceListQuery, InvoiceSchema, key_of=lambda invoice: invoice["number"],
+                   parse_key=domain.parse_number_cursor, own_only=True)
 
 
-class InvoiceService(ServiceBase):
+class InvoiceService(KeepsCustomerDirectory, ServiceBase):
     name = "invoice_service"
 
     uow = UnitOfWork(storage.layout)
@@ -65,14 +67,6 @@ class InvoiceService(ServiceBase):
             tx.store.insert_invoice(year, sequence, invoice)
             tx.emit("invoice_issued", invoice_schema.dump(invoice))
         log.info("issued invoice %s for order %s", invoice["number"], order_id)
-
-    @reliable_event_handler("customer_service", "customer_created")
-    def on_customer_created(self, envelope):
-        remember_customer_event(self.uow, envelope)
-
-    @reliable_event_handler("customer_service", "customer_updated")
-    def on_customer_updated(self, envelope):
-        remember_customer_event(self.uow, envelope)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_invoice_for_order(self, order_id):
@@ -116,11 +110,5 @@ class InvoiceService(ServiceBase):
 
         A customer lists only their own invoices.
         """
-        caller = required(self.caller)
-        query, limit, after = page_request(InvoiceListQuery, filters, limit, cursor, domain.parse_number_cursor)
-        if not caller.narrow_to_own(query):
-            return {"items": [], "next_cursor": None}
-        with self.uow.single_statement() as store:
-            rows = store.list_invoices(query, limit + 1, after)
-        page, next_cursor = split_page(rows, limit, lambda invoice: invoice["number"])
-        return {"items": invoice_schema.dump(page, many=True), "next_cursor": next_cursor}
+        return INVOICES.page(required(self.caller), self.uow, filters, limit, cursor,
+                             lambda store, query, count, after: store.list_invoices(query, count, after))

@@ -18,8 +18,8 @@ from common.contract.schemas.base import uuid_or_none
 from common.contract.schemas.notifications import NotificationListQuery, NotificationSchema
 from common.kit.base import ServiceBase
 from common.kit.consumers import reliable_event_handler
-from common.kit.customer_directory import remember_customer_event
-from common.kit.paging import created_id_key, page_request, parse_created_id_key, split_page
+from common.kit.customer_directory import KeepsCustomerDirectory
+from common.kit.paging import Listing
 from common.kit.rpc import ServiceRpcProxy, rpc
 from common.kit.unit_of_work import UnitOfWork
 from notification_service import domain, mail, storage
@@ -27,6 +27,7 @@ from notification_service.sender import SenderWake, sender
 
 log = logging.getLogger(__name__)
 notification_schema = NotificationSchema()
+NOTIFICATIONS = Listing(NotificationListQuery, NotificationSchema, own_only=True)
 # Due notifications claimed at once, and claims per run of the sender.
 SEND_BATCH, MAX_BATCHES_PER_RUN = 20, 50
 # A claim's lease is its batch's longest sends plus this, for recording the outcomes.
@@ -37,7 +38,7 @@ def _now():
     return datetime.now(timezone.utc)
 
 
-class NotificationService(ServiceBase):
+class NotificationService(KeepsCustomerDirectory, ServiceBase):
     name = "notification_service"
 
     uow = UnitOfWork(storage.layout)
@@ -54,14 +55,6 @@ class NotificationService(ServiceBase):
     @reliable_event_handler("order_service", "order_status_changed")
     def on_order_status_changed(self, envelope):
         self._queue_notification(envelope)
-
-    @reliable_event_handler("customer_service", "customer_created")
-    def on_customer_created(self, envelope):
-        remember_customer_event(self.uow, envelope)
-
-    @reliable_event_handler("customer_service", "customer_updated")
-    def on_customer_updated(self, envelope):
-        remember_customer_event(self.uow, envelope)
 
     # -- the sender ----------------------------------------------------------------------
 
@@ -82,14 +75,8 @@ class NotificationService(ServiceBase):
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_notifications(self, filters=None, limit=20, cursor=None):
         """Newest first. filters: order_id, status. A customer lists only their own."""
-        caller = required(self.caller)
-        query, limit, after = page_request(NotificationListQuery, filters, limit, cursor, parse_created_id_key)
-        if not caller.narrow_to_own(query):
-            return {"items": [], "next_cursor": None}
-        with self.uow.single_statement() as store:
-            rows = store.list_notifications(query, limit + 1, after)
-            page, next_cursor = split_page(rows, limit, created_id_key)
-            return {"items": notification_schema.dump(page, many=True), "next_cursor": next_cursor}
+        return NOTIFICATIONS.page(required(self.caller), self.uow, filters, limit, cursor,
+                                  lambda store, query, count, after: store.list_notifications(query, count, after))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_notification(self, notification_id):

@@ -39,7 +39,7 @@ from common.contract.schemas.orders import (
 )
 from common.kit.base import ServiceBase
 from common.kit.consumers import reliable_event_handler
-from common.kit.paging import created_id_key, page_request, parse_created_id_key, split_page
+from common.kit.paging import Listing
 from common.kit.rpc import ServiceRpcProxy, rpc
 from common.kit.timers import every
 from common.kit.unit_of_work import UnitOfWork
@@ -48,6 +48,7 @@ from order_service import domain, storage
 log = logging.getLogger(__name__)
 SETTLE_ATTEMPTS, SETTLE_PAUSE_SECONDS = 3, 1.0
 order_schema = OrderSchema()
+ORDERS = Listing(OrderListQuery, OrderSchema, own_only=True)
 history_schema = StatusChangeSchema(many=True)
 
 
@@ -141,14 +142,8 @@ class OrderService(ServiceBase):
 
         A customer lists only their own orders.
         """
-        caller = required(self.caller)
-        query, limit, after = page_request(OrderListQuery, filters, limit, cursor, parse_created_id_key)
-        if not caller.narrow_to_own(query):
-            return {"items": [], "next_cursor": None}
-        with self.uow.single_statement() as store:
-            rows = store.list_orders(query, limit + 1, after)
-            page, next_cursor = split_page(rows, limit, created_id_key)
-            return {"items": order_schema.dump(page, many=True), "next_cursor": next_cursor}
+        return ORDERS.page(required(self.caller), self.uow, filters, limit, cursor,
+                           lambda store, query, count, after: store.list_orders(query, count, after))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def update_order(self, order_id, data, expected_version=None):

@@ -7,6 +7,7 @@ addresses, not names.)
 - `known_customer_model(Base)`: the `known_customers` table in Base's schema.
 - `CustomerDirectory`: the store's two methods over it.
 - `remember_customer_event(uow, envelope)`: a customer event into the directory, once.
+- `KeepsCustomerDirectory`: the two event handlers that feed it, for a service to inherit.
 """
 import uuid
 from datetime import datetime
@@ -15,6 +16,8 @@ from sqlalchemy import String, bindparam, select
 from sqlalchemy.dialects.postgresql import UUID, insert
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
+
+from common.kit.consumers import reliable_event_handler
 
 
 def known_customer_model(base):
@@ -63,3 +66,16 @@ def remember_customer_event(uow, envelope):
         if tx.first_time(envelope["event_id"], "remember_customer"):
             tx.store.remember_customer(uuid.UUID(customer["id"]), customer["name"], customer["email"],
                                        datetime.fromisoformat(customer["updated_at"]))
+
+
+class KeepsCustomerDirectory:
+    """A service that keeps the directory inherits its two handlers (its `uow`'s store
+    is a CustomerDirectory)."""
+
+    @reliable_event_handler("customer_service", "customer_created")
+    def on_customer_created(self, envelope):
+        remember_customer_event(self.uow, envelope)
+
+    @reliable_event_handler("customer_service", "customer_updated")
+    def on_customer_updated(self, envelope):
+        remember_customer_event(self.uow, envelope)

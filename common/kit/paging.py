@@ -1,4 +1,5 @@
-"""Opaque keyset cursors: base64url JSON of the last row's sort key.
+"""Paging of every list entrypoint: opaque keyset cursors (base64url JSON of the
+last row's sort key) and `Listing`, one list's query, sort key and resource.
 
 Storage queries fetch `limit + 1` rows; `split_page` keeps `limit` of them
 and makes a cursor only when there really is a next page.
@@ -7,10 +8,12 @@ import base64
 import binascii
 import json
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from common.contract.errors import ValidationFailed
-from common.contract.schemas.base import load_or_raise
+from common.contract.schemas.base import load_or_raise, schema_instance
 
 
 def encode_cursor(key):
@@ -58,3 +61,25 @@ def parse_created_id_key(key):
     if moment.utcoffset() is None:
         raise ValueError("a cursor time needs a UTC offset")
     return moment.astimezone(timezone.utc), uuid.UUID(row_id)
+
+
+@dataclass(frozen=True)
+class Listing:
+    """One list entrypoint: the schema of its filters, limit and cursor, its sort key
+    (`key_of` a row, `parse_key` back from a cursor), the schema its rows are dumped
+    with, and whether a customer sees only their own rows (filters narrowed to them)."""
+    query: type
+    resource: type
+    key_of: Callable = created_id_key
+    parse_key: Callable = parse_created_id_key
+    own_only: bool = False
+
+    def page(self, caller, uow, filters, limit, cursor, fetch):
+        """{"items", "next_cursor"}: `fetch(store, filters, limit + 1, after)` in one statement."""
+        query, limit, after = page_request(self.query, filters, limit, cursor, self.parse_key)
+        if self.own_only and not caller.narrow_to_own(query):
+            return {"items": [], "next_cursor": None}
+        with uow.single_statement() as store:
+            rows = fetch(store, query, limit + 1, after)
+            page, next_cursor = split_page(rows, limit, self.key_of)
+            return {"items": schema_instance(self.resource).dump(page, many=True), "next_cursor": next_cursor}

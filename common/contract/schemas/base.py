@@ -97,7 +97,6 @@ class Money(fields.Decimal):
         return str(decimal.Decimal(value).quantize(MONEY_PLACES))
 
 
-
 def text_field(max_length, **kwargs):
     return fields.String(validate=validate.Length(min=1, max=max_length), **kwargs)
 

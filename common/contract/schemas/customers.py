@@ -10,12 +10,10 @@ class CustomerInput(Schema):
     shipping_address = fields.Nested(AddressSchema, allow_none=True)
 
 
-
 class CustomerPatch(AtLeastOneField):
     name = text_field(200)
     email = fields.Email(validate=validate.Length(max=254))
     shipping_address = fields.Nested(AddressSchema, allow_none=True)
-
 
 
 class CustomerSchema(Schema):

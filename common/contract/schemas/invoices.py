@@ -16,8 +16,6 @@ class InvoiceListQuery(ListQuery):
     issued_before = UtcDateTime(default_timezone=timezone.utc)
 
 
-
-
 class SellerSchema(Schema):
     name = fields.String()
     address = fields.String()

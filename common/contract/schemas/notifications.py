@@ -8,12 +8,9 @@ NOTIFICATION_STATUSES = ("queued", "sent", "failed")
 NOTIFICATION_KINDS = ("order_confirmation", "order_shipped", "order_delivered", "order_cancelled")
 
 
-
 class NotificationListQuery(ListQuery):
     order_id = fields.UUID()
     status = fields.String(validate=validate.OneOf(NOTIFICATION_STATUSES))
-
-
 
 
 class NotificationSchema(Schema):

@@ -40,7 +40,6 @@ class OrderInput(Schema):
         return data
 
 
-
 class OrderUpdateInput(AtLeastOneField):
     """PUT /orders/{id}: new items and/or shipping address, while pending."""
     items = fields.List(fields.Nested(OrderItemInput),
@@ -58,15 +57,12 @@ class StatusInput(Schema):
     status = fields.String(required=True, validate=validate.OneOf(ORDER_STATUSES))
 
 
-
 class OrderListQuery(ListQuery):
     status = fields.String(validate=validate.OneOf(ORDER_STATUSES))
     customer_id = fields.UUID()
     # ISO-8601; a time without an offset is taken as UTC.
     created_after = UtcDateTime(default_timezone=timezone.utc)
     created_before = UtcDateTime(default_timezone=timezone.utc)
-
-
 
 
 class OrderItemSchema(Schema):
@@ -89,7 +85,6 @@ class OrderSchema(Schema):
     version = fields.Integer()
     created_at = fields.AwareDateTime()
     updated_at = fields.AwareDateTime()
-
 
 
 class StatusChangeSchema(Schema):

@@ -21,14 +21,12 @@ class ProductInput(Schema):
                                          validate=validate.Range(min=0, max=MAX_STOCK))
 
 
-
 class ProductPatch(AtLeastOneField):
     name = text_field(200)
     description = fields.String(validate=validate.Length(max=2000))
     unit_price = Money()
     stock = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_STOCK))
     low_stock_threshold = fields.Integer(strict=True, validate=validate.Range(min=0, max=MAX_STOCK))
-
 
 
 class ProductSchema(Schema):
