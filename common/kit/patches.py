@@ -14,9 +14,7 @@ see `common/kit/rpc.py` and `gateway/rpc_pool.py`.
 Private attributes we read, not write (tested the same way):
 `ClusterRpcProxy._worker_ctx` and `._reply_listener` (the gateway's pool
 builds method proxies on a started standalone proxy) and
-`ReplyListener._reply_events` (a timed-out call drops its reply waiter),
-`OTLPSpanExporter._client` and `._shutdown` (common/observability/otlp_export.py sends its
-own encoding of the spans through the exporter's HTTP client).
+`ReplyListener._reply_events` (a timed-out call drops its reply waiter).
 """
 import json
 import logging

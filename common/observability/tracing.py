@@ -60,16 +60,15 @@ def configure_tracing(service_name, settings):
     endpoint = settings.otel_exporter_otlp_endpoint
     if not endpoint:
         return False
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from common.observability.otlp_export import FastOTLPSpanExporter
-
     sampler = SAMPLERS[settings.otel_traces_sampler](settings.otel_traces_sampler_arg)
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
                               sampler=_TracedWorkOnly(sampler))
-    provider.add_span_processor(BatchSpanProcessor(FastOTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")))
     trace.set_tracer_provider(provider)
     _state.update(enabled=True, tracer=provider.get_tracer("order-management"))
     return True

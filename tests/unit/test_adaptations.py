@@ -96,15 +96,6 @@ def test_private_attributes_we_read_are_still_there():
     assert isinstance(ReplyListener()._reply_events, dict)
 
 
-def test_the_otlp_exporter_sends_encoded_bytes_through_its_client():
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:1/v1/traces")
-    assert exporter._shutdown is False
-    assert _parameters(exporter._client.export) == ["data"]
-    assert "self._client.export(serialized_data)" in inspect.getsource(OTLPSpanExporter.export)
-
-
 def test_apply_patches_each_once_and_require_names_what_is_missing(monkeypatch):
     calls = []
     probe = patches.Adaptation("probe", "lib", "lib.thing", "because", lambda: calls.append(1))
