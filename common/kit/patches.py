@@ -107,27 +107,6 @@ def _acks_survive_dead_connections():
     QueueConsumer.ack_message, QueueConsumer.requeue_message = ack_message, requeue_message
 
 
-# ---- OpenTelemetry SDK: the locks of every span --------------------------------
-
-# The modules whose only use of `threading` is `threading.Lock()`, made per span (the span's own,
-# its attributes', its events' and links' lists) or per provider and processor list.
-SPAN_LOCK_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.sdk.util", "opentelemetry.attributes")
-
-
-def _real_locks_in_spans():
-    import importlib
-    import types
-
-    from eventlet import patcher
-
-    # Under eventlet a greenlet gives way only at I/O or a sleep, and none happens while one of
-    # these locks is held (a few dict and list updates), so a real lock is never waited on: it
-    # only skips making and taking eventlet's pure-Python one.
-    real = types.SimpleNamespace(Lock=patcher.original("threading").Lock)
-    for name in SPAN_LOCK_MODULES:
-        importlib.import_module(name).threading = real
-
-
 # ---- gunicorn: the errors it answers itself ---------------------------------
 
 def json_error_response(status, reason, message):
@@ -165,17 +144,12 @@ ACKS_SURVIVE_DEAD_CONNECTIONS = Adaptation(
     "acks survive dead connections", "nameko 2.14", "nameko.messaging.QueueConsumer.ack_message / requeue_message",
     "an ack on a socket the broker just reset raised OSError, which killed the service; the broker "
     "redelivers the message either way", _acks_survive_dead_connections)
-REAL_LOCKS_IN_SPANS = Adaptation(
-    "real locks in spans", "opentelemetry-sdk 1.x", "opentelemetry.sdk.trace.threading (and util, attributes)",
-    "eventlet makes each threading.Lock a pure-Python one: four per span, about a quarter of the CPU of "
-    "making and ending a span in a service", _real_locks_in_spans)
 GUNICORN_JSON_ERRORS = Adaptation(
     "gunicorn errors as JSON", "gunicorn 27", "gunicorn.util.write_error",
     "what gunicorn refuses itself (414 request line too long, 431 headers) was an HTML page, not the "
     "contract's error shape", _gunicorn_json_errors)
 
-FOR_SERVICES = (GREEN_PSYCOPG2, REPLIES_WITHOUT_CONFIRMS, KEPT_PRODUCER_CONNECTIONS, ACKS_SURVIVE_DEAD_CONNECTIONS,
-                REAL_LOCKS_IN_SPANS)
+FOR_SERVICES = (GREEN_PSYCOPG2, REPLIES_WITHOUT_CONFIRMS, KEPT_PRODUCER_CONNECTIONS, ACKS_SURVIVE_DEAD_CONNECTIONS)
 FOR_GATEWAY = (KEPT_PRODUCER_CONNECTIONS, GUNICORN_JSON_ERRORS)
 ALL = (*FOR_SERVICES, GUNICORN_JSON_ERRORS)
 

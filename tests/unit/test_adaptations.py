@@ -108,29 +108,6 @@ def test_apply_patches_each_once_and_require_names_what_is_missing(monkeypatch):
     patches.require([probe], "a service")
 
 
-def test_the_span_lock_modules_use_threading_for_lock_only():
-    import importlib
-    import re
-
-    for name in patches.SPAN_LOCK_MODULES:
-        source = inspect.getsource(importlib.import_module(name))
-        assert set(re.findall(r"\bthreading\.\w+", source)) == {"threading.Lock"}, name
-
-
-def test_spans_made_after_the_adaptation_hold_real_locks(monkeypatch):
-    import importlib
-
-    from eventlet.lock import Lock as GreenLock
-    from opentelemetry.sdk.trace import TracerProvider
-
-    for name in patches.SPAN_LOCK_MODULES:
-        monkeypatch.setattr(importlib.import_module(name), "threading", importlib.import_module(name).threading)
-    patches._real_locks_in_spans()
-    span = TracerProvider().get_tracer("t").start_span("s", attributes={"a": 1})
-    for lock in (span._lock, span._attributes._lock, span._events._lock, span._links._lock):
-        assert not isinstance(lock, GreenLock) and type(lock).__module__ == "_thread"
-
-
 def test_library_internals_are_assigned_in_the_adaptations_module_only():
     import re
 
