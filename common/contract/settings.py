@@ -15,6 +15,7 @@ from decimal import Decimal
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import unquote
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
@@ -62,6 +63,8 @@ class Settings(BaseModel):
     otel_traces_sampler: Literal["always_on", "always_off", "traceidratio", "parentbased_always_on",
                                  "parentbased_always_off", "parentbased_traceidratio"]
     otel_traces_sampler_arg: float = Field(ge=0, le=1)
+    otel_service_name: str | None = Field(default=None, min_length=1, max_length=255)
+    otel_resource_attributes: dict[str, str] = Field(default_factory=dict)
     metrics_port: int = Field(ge=0, le=65000)
 
     max_workers: int = Field(ge=1, le=1000)
@@ -109,6 +112,22 @@ class Settings(BaseModel):
             if value.startswith(bare):
                 return "postgresql+psycopg2://" + value[len(bare):]
         return value
+
+    @field_validator("otel_resource_attributes", mode="before")
+    @classmethod
+    def _key_value_pairs(cls, value):
+        """The OpenTelemetry SDK's format: key=value pairs separated by commas, values percent-encoded."""
+        if value is None:
+            return {}
+        if not isinstance(value, str):
+            return value
+        pairs = {}
+        for item in filter(str.strip, value.split(",")):
+            key, equals, encoded = item.partition("=")
+            if not equals or not key.strip():
+                raise ValueError("must be key=value pairs separated by commas: deployment.environment=production")
+            pairs[key.strip()] = unquote(encoded.strip())
+        return pairs
 
     @field_validator("mail_from")
     @classmethod

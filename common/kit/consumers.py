@@ -24,7 +24,7 @@ from sqlalchemy.types import DateTime
 
 from common.contract.errors import ServiceUnavailable
 from common.contract.settings import settings_of
-from common.kit.rpc import BROKER_ERRORS
+from common.kit.rpc import BROKER_ERRORS, ResilientQueueConsumer
 from common.observability.metrics import EVENT_RETRIES, EVENTS_DEAD_LETTERED
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,8 @@ def retry_queue_name(queue_name):
 
 
 class ReliableEventHandler(EventHandler):
+    queue_consumer = ResilientQueueConsumer()
+
     def setup(self):
         super().setup()
         settings = settings_of(self.container)

@@ -1,32 +1,30 @@
 """Every change we make to a library's internals, in one place.
 
 Each adaptation replaces something the library offers no setting or
-subclass hook for; each has a one-line why, and `apply` runs them once, by an
-explicit call at process start (`common/kit/runner.py` for services,
-`gateway/gunicorn_conf.py` for the gateway), never as a side effect of an
-import. `tests/unit/test_adaptations.py` fails when an internal one of them
-relies on changes shape (a library upgrade would otherwise undo it silently).
+subclass hook for; each says why it is needed and why no hook does it, and
+`apply` runs them once, by an explicit call at process start
+(`common/kit/runner.py` for services, `gateway/gunicorn_conf.py` for the
+gateway), never as a side effect of an import. `tests/unit/test_adaptations.py`
+fails when an internal one of them relies on changes shape (a library
+upgrade would otherwise undo it silently).
 
-Where nameko lets a subclass say it (the request publisher of our method
-proxies, the gateway's fail-fast publisher), we use a subclass instead:
-see `common/kit/rpc.py` and `gateway/rpc_pool.py`.
+Where nameko lets a subclass say it, we use a subclass instead (see
+`common/kit/rpc.py` and `gateway/rpc_pool.py`): the request publisher of our
+method proxies and the gateway's fail-fast publisher (`MethodProxy.publisher_cls`),
+the reply publisher (`RpcConsumer.handle_result` builds the Responder), and the
+queue consumer of our entrypoints and reply listeners (their `queue_consumer`).
 
 Private attributes we read, not write (tested the same way):
 `ClusterRpcProxy._worker_ctx` and `._reply_listener` (the gateway's pool
 builds method proxies on a started standalone proxy) and
-`ReplyListener._reply_events` (a timed-out call drops its reply waiter),
-`OTLPSpanExporter._client` and `._shutdown` (common/observability/otlp_export.py sends its
-own encoding of the spans through the exporter's HTTP client).
+`ReplyListener._reply_events` (a timed-out call drops its reply waiter).
 """
 import json
-import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 from common.contract.errors import error_body
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +33,7 @@ class Adaptation:
     library: str
     internal: str
     why: str
+    no_hook: str  # why no setting or subclass can do it
     patch: Callable[[], None]
 
 
@@ -44,16 +43,6 @@ def _green_psycopg2():
     from psycogreen.eventlet import patch_psycopg
 
     patch_psycopg()
-
-
-# ---- nameko: RPC replies ----------------------------------------------------
-
-def _replies_without_confirms():
-    from nameko.rpc import Responder
-
-    from common.kit.rpc import UnconfirmedReplyPublisher
-
-    Responder.publisher_cls = UnconfirmedReplyPublisher
 
 
 # ---- nameko + kombu: producer lookup ----------------------------------------
@@ -87,49 +76,6 @@ def _kept_producer_connections():
     publish.get_producer = _get_producer
 
 
-# ---- nameko: acknowledgements on a dead connection ---------------------------
-
-def _acks_survive_dead_connections():
-    from nameko.messaging import QueueConsumer
-
-    original_ack, original_requeue = QueueConsumer.ack_message, QueueConsumer.requeue_message
-
-    def ack_message(self, message):
-        try:
-            original_ack(self, message)
-        except OSError as exc:
-            log.warning("ack on a dead connection ignored (the broker redelivers): %r", exc)
-
-    def requeue_message(self, message):
-        try:
-            original_requeue(self, message)
-        except OSError as exc:
-            log.warning("requeue on a dead connection ignored (the broker redelivers): %r", exc)
-
-    QueueConsumer.ack_message, QueueConsumer.requeue_message = ack_message, requeue_message
-
-
-# ---- OpenTelemetry SDK: the locks of every span --------------------------------
-
-# The modules whose only use of `threading` is `threading.Lock()`, made per span (the span's own,
-# its attributes', its events' and links' lists) or per provider and processor list.
-SPAN_LOCK_MODULES = ("opentelemetry.sdk.trace", "opentelemetry.sdk.util", "opentelemetry.attributes")
-
-
-def _real_locks_in_spans():
-    import importlib
-    import types
-
-    from eventlet import patcher
-
-    # Under eventlet a greenlet gives way only at I/O or a sleep, and none happens while one of
-    # these locks is held (a few dict and list updates), so a real lock is never waited on: it
-    # only skips making and taking eventlet's pure-Python one.
-    real = types.SimpleNamespace(Lock=patcher.original("threading").Lock)
-    for name in SPAN_LOCK_MODULES:
-        importlib.import_module(name).threading = real
-
-
 # ---- gunicorn: the errors it answers itself ---------------------------------
 
 def json_error_response(status, reason, message):
@@ -154,30 +100,25 @@ def _gunicorn_json_errors():
 GREEN_PSYCOPG2 = Adaptation(
     "green psycopg2", "psycopg2 (psycogreen)", "psycopg2.extensions.set_wait_callback",
     "psycopg2 blocks the whole process while it waits on Postgres: one slow query would stall every "
-    "worker of a service", _green_psycopg2)
-REPLIES_WITHOUT_CONFIRMS = Adaptation(
-    "replies without confirms", "nameko 2.14", "nameko.rpc.Responder.publisher_cls",
-    "a publisher confirm per RPC reply cost ~1.4 ms per hop; nameko builds its Responder itself, so no "
-    "subclass can choose the reply publisher", _replies_without_confirms)
+    "worker of a service",
+    "psycopg2's wait callback is process-wide by design; psycogreen is how eventlet programs set it",
+    _green_psycopg2)
 KEPT_PRODUCER_CONNECTIONS = Adaptation(
     "kept producer connections", "nameko 2.14 + kombu 5", "nameko.amqp.publish.get_producer",
-    "nameko built a kombu Connection (URL parsing and all) per message to find its producer pool: "
-    "3-4% of every process's CPU", _kept_producer_connections)
-ACKS_SURVIVE_DEAD_CONNECTIONS = Adaptation(
-    "acks survive dead connections", "nameko 2.14", "nameko.messaging.QueueConsumer.ack_message / requeue_message",
-    "an ack on a socket the broker just reset raised OSError, which killed the service; the broker "
-    "redelivers the message either way", _acks_survive_dead_connections)
-REAL_LOCKS_IN_SPANS = Adaptation(
-    "real locks in spans", "opentelemetry-sdk 1.x", "opentelemetry.sdk.trace.threading (and util, attributes)",
-    "eventlet makes each threading.Lock a pure-Python one: four per span, about a quarter of the CPU of "
-    "making and ending a span in a service", _real_locks_in_spans)
+    "nameko builds a kombu Connection (URL parsing and all) per message to find its producer pool: "
+    "3-4% of every process's CPU",
+    "Publisher.publish calls the module-level get_producer midway, and nameko's own publishers (events, "
+    "standalone proxies) use it too: a subclass would copy publish and still miss those",
+    _kept_producer_connections)
 GUNICORN_JSON_ERRORS = Adaptation(
     "gunicorn errors as JSON", "gunicorn 27", "gunicorn.util.write_error",
-    "what gunicorn refuses itself (414 request line too long, 431 headers) was an HTML page, not the "
-    "contract's error shape", _gunicorn_json_errors)
+    "what gunicorn refuses itself (414 request line too long, 431 headers) is an HTML page, not the "
+    "contract's error shape",
+    "a worker subclass would copy Worker.handle_error whole (its 80 lines choose status and message), "
+    "which then writes through the module-level util.write_error",
+    _gunicorn_json_errors)
 
-FOR_SERVICES = (GREEN_PSYCOPG2, REPLIES_WITHOUT_CONFIRMS, KEPT_PRODUCER_CONNECTIONS, ACKS_SURVIVE_DEAD_CONNECTIONS,
-                REAL_LOCKS_IN_SPANS)
+FOR_SERVICES = (GREEN_PSYCOPG2, KEPT_PRODUCER_CONNECTIONS)
 FOR_GATEWAY = (KEPT_PRODUCER_CONNECTIONS, GUNICORN_JSON_ERRORS)
 ALL = (*FOR_SERVICES, GUNICORN_JSON_ERRORS)
 
@@ -198,4 +139,4 @@ def require(adaptations, who):
     missing = [adaptation.name for adaptation in adaptations if adaptation.name not in _applied]
     if missing:
         raise RuntimeError(f"{who} needs the library adaptations {missing}: start it with "
-                           "`python -m common.kit.runner run ...` (or call common.patches.apply first)")
+                           "`python -m common.kit.runner run ...` (or call common.kit.patches.apply first)")

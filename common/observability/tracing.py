@@ -1,9 +1,15 @@
 """OpenTelemetry traces across every hop, when OTEL_EXPORTER_OTLP_ENDPOINT is set.
 
-- Each process exports its spans over OTLP/HTTP (protobuf) with resource
-  `service.name` = the process's name (`gateway`, `order_service`, ...).
-  Unset, no provider is installed, nothing below starts a span or touches
-  the context, and the cost is a flag test per call.
+- Each process exports its spans over OTLP/HTTP (protobuf) with the library's
+  exporter. Its resource is the SDK's: OTEL_RESOURCE_ATTRIBUTES' pairs, and
+  `service.name` from OTEL_SERVICE_NAME, else from those pairs, else the
+  process's name (`gateway`, `order_service`, ...). Unset endpoint: no
+  provider is installed, nothing below starts a span or touches the context,
+  and the cost is a flag test per call.
+- Which traces are kept is the standard OTEL_TRACES_SAMPLER and its
+  OTEL_TRACES_SAMPLER_ARG; the default, parentbased_traceidratio, starts a
+  share of new traces and always follows the sampled flag of an incoming
+  `traceparent`, so a trace is kept whole or not at all.
 - The trace context crosses RPC in Nameko context data under `traceparent`
   (W3C trace-context): the gateway's client span, or a service's, is the
   parent of the callee's server span (`Tracing` below; the ready-made nameko
@@ -14,9 +20,6 @@
 - SQL statements are spans (`_SqlSpans` on each traced engine), and every
   JSON log line carries `trace_id` and `span_id` while a span is active
   (common/observability/log.py).
-- Which traces are kept is the standard OTEL_TRACES_SAMPLER (and its
-  OTEL_TRACES_SAMPLER_ARG), read with the other settings; the default keeps
-  every trace.
 """
 import copy
 
@@ -54,25 +57,34 @@ _state = {"enabled": False, "tracer": None}
 _propagator = TraceContextTextMapPropagator()
 
 
-def configure_tracing(service_name, settings):
+def configure_tracing(process_name, settings):
     """Install the exporting tracer provider for this process; False (and nothing
     installed) when OTEL_EXPORTER_OTLP_ENDPOINT is empty."""
     endpoint = settings.otel_exporter_otlp_endpoint
     if not endpoint:
         return False
-    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-    from common.observability.otlp_export import FastOTLPSpanExporter
-
     sampler = SAMPLERS[settings.otel_traces_sampler](settings.otel_traces_sampler_arg)
-    provider = TracerProvider(resource=Resource.create({"service.name": service_name}),
-                              sampler=_TracedWorkOnly(sampler))
-    provider.add_span_processor(BatchSpanProcessor(FastOTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")))
+    provider = TracerProvider(resource=resource(process_name, settings), sampler=_TracedWorkOnly(sampler))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint.rstrip("/") + "/v1/traces")))
     trace.set_tracer_provider(provider)
     _state.update(enabled=True, tracer=provider.get_tracer("order-management"))
     return True
+
+
+def resource(process_name, settings):
+    """The resource of this process's spans, as the SDK documents OTEL_SERVICE_NAME and
+    OTEL_RESOURCE_ATTRIBUTES, with the process's name where the SDK says "unknown_service".
+    (Resource.create reads both variables from the environment too; the settings' values,
+    which include config.yml's, are merged over them.)"""
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+    attributes = dict(settings.otel_resource_attributes)
+    attributes[SERVICE_NAME] = settings.otel_service_name or attributes.get(SERVICE_NAME) or process_name
+    return Resource.create(attributes)
 
 
 class _TracedWorkOnly(Sampler):
@@ -124,13 +136,9 @@ class _SqlSpans:
 
     Made by the cursors of the engine's psycopg2 connections (psycopg2's own
     extension point, a cursor class, as opentelemetry-instrumentation-psycopg2
-    uses), set on each connection as the pool opens it. Not SQLAlchemy's engine
-    events: one listener turns on SQLAlchemy's event dispatch for every execute,
-    begin and commit of the engine, which cost as much again as the spans (3
-    statements a call: +0.1-0.2 ms per call with listeners that returned at once,
-    measured on a nameko service). Not that library: for every statement it read
-    the engine's URL again and set seven attributes one by one, each behind a lock.
-    SQL spans are half of a traced order's spans (README "Performance")."""
+    uses), set on each connection by a pool event as the pool opens it: an
+    engine event would turn on SQLAlchemy's event dispatch for every execute,
+    begin and commit, which costs as much again as the spans."""
 
     def __init__(self, engine, span_tracer):
         import psycopg2.extensions

@@ -21,13 +21,17 @@ SERVER, CLIENT, CONSUMER = 2, 3, 5  # opentelemetry.proto.trace.v1.Span.SpanKind
 
 @pytest.fixture
 def traced_stack(request):
+    """A stack exporting every trace to a receiver; `request.param`, if any: {process: its own env}."""
     receiver = OtlpReceiver().start()
     vhost, amqp_uri = support.create_vhost()
     db_name, db_url = support.create_database()
     support.alembic(db_url, "upgrade", "head")
-    # OTEL_BSP_SCHEDULE_DELAY is the SDK's own setting: export every 200 ms, not every 5 s.
-    env = stack_env(amqp_uri, db_url, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_BSP_SCHEDULE_DELAY="200")
+    # Every new trace kept (the default keeps one in ten). OTEL_BSP_SCHEDULE_DELAY is the SDK's own
+    # setting: export every 200 ms, not every 5 s.
+    env = stack_env(amqp_uri, db_url, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint, OTEL_TRACES_SAMPLER_ARG="1.0",
+                    OTEL_BSP_SCHEDULE_DELAY="200")
     stack = support.ProcessStack(env, support.OUTPUT / "traced")
+    stack.envs.update(getattr(request, "param", {}))
     try:
         stack.start()
         yield stack, receiver
@@ -104,6 +108,31 @@ def test_one_trace_per_request_across_every_hop(traced_stack):
     access = [json.loads(line) for line in log.splitlines()
               if line.startswith("{") and f'"trace_id": "{trace_id}"' in line]
     assert access and all(line["span_id"] for line in access)
+
+
+RENAMED = {"OTEL_SERVICE_NAME": "edge-gateway",
+           "OTEL_RESOURCE_ATTRIBUTES": "service.name=not-this,deployment.environment=integration,team=order%20desk"}
+
+
+@pytest.mark.parametrize("traced_stack", [{"gateway": RENAMED}], indirect=True)
+def test_otel_service_name_and_resource_attributes_reach_the_exported_resource(traced_stack):
+    stack, receiver = traced_stack
+    response = requests.get(stack.base_url + f"/api/v1/orders/{uuid.uuid4()}", headers=support.bearer(), timeout=10)
+    assert response.status_code == 404, response.text
+
+    def named(name):
+        return [span for span in list(receiver.spans) if span.name == name]
+    assert _wait_for(lambda: named("GET /api/v1/orders/{order_id}") and named("order_service.get_order")), \
+        {(span.service, span.name) for span in receiver.spans}
+    # OTEL_SERVICE_NAME wins over a service.name among the attributes; the others are on the resource.
+    [gateway_server] = named("GET /api/v1/orders/{order_id}")
+    resource = gateway_server.resource
+    assert resource["service.name"] == "edge-gateway"
+    assert (resource["deployment.environment"], resource["team"]) == ("integration", "order desk")
+    assert resource["telemetry.sdk.name"] == "opentelemetry"
+    # The services, not given them, keep their own names.
+    [order_server] = [span for span in named("order_service.get_order") if span.kind == SERVER]
+    assert order_server.service == "order_service" and "deployment.environment" not in order_server.resource
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ collector's is to us (as the bench's mail sink discards mail).
 import argparse
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -28,6 +28,7 @@ class ReceivedSpan:
     parent_span_id: str  # "" for a root
     name: str
     kind: int        # opentelemetry.proto.trace.v1.Span.SpanKind
+    resource: dict = field(default_factory=dict, compare=False)  # the resource's string attributes
 
 
 def decode(body):
@@ -39,7 +40,8 @@ def decode(body):
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 spans.append(ReceivedSpan(attributes.get("service.name", ""), span.trace_id.hex(),
-                                          span.span_id.hex(), span.parent_span_id.hex(), span.name, span.kind))
+                                          span.span_id.hex(), span.parent_span_id.hex(), span.name, span.kind,
+                                          attributes))
     return spans
 
 

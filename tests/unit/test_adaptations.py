@@ -15,9 +15,9 @@ def _parameters(function):
     return list(inspect.signature(function).parameters)
 
 
-def test_every_adaptation_says_why_and_is_listed_for_a_process():
+def test_every_adaptation_says_why_and_why_no_hook_and_is_listed_for_a_process():
     for adaptation in patches.ALL:
-        assert adaptation.why and adaptation.internal and adaptation.library
+        assert adaptation.why and adaptation.no_hook and adaptation.internal and adaptation.library
     assert set(patches.ALL) == set(patches.FOR_SERVICES) | set(patches.FOR_GATEWAY)
 
 
@@ -29,13 +29,86 @@ def test_the_pinned_versions_are_the_ones_these_adaptations_were_written_for():
     assert version("gunicorn").startswith("27.")
 
 
-def test_nameko_builds_its_reply_publisher_from_responder_publisher_cls():
-    from nameko.amqp.publish import Publisher
+def test_our_rpc_consumer_replies_as_nameko_s_does_with_our_responder():
+    """ClusterableRpcConsumer.handle_result is nameko's with UnconfirmedResponder in place of Responder."""
     from nameko.rpc import Responder, RpcConsumer
 
-    assert Responder.publisher_cls is Publisher or issubclass(Responder.publisher_cls, Publisher)
+    nameko_source = inspect.getsource(RpcConsumer.handle_result)
+    assert "responder = Responder(\n            amqp_uri, exchange, serializer, message, ssl=ssl, login_method=" \
+           "login_method\n        )" in nameko_source
+    assert "responder.send_response(result, exc_info)" in nameko_source
+    assert "self.queue_consumer.ack_message(message)" in nameko_source
+    assert _parameters(Responder.__init__) == ["self", "amqp_uri", "exchange", "serializer", "message", "ssl",
+                                               "login_method"]
     assert "self.publisher_cls(" in inspect.getsource(Responder.send_response)
-    assert "Responder(" in inspect.getsource(RpcConsumer.handle_result)
+    assert "self.rpc_consumer.handle_result(" in inspect.getsource(__import__("nameko.rpc").rpc.Rpc.handle_result)
+
+
+def test_a_reply_is_published_without_confirms_and_then_acked(monkeypatch):
+    from types import SimpleNamespace
+
+    from common.kit.rpc import ClusterableRpcConsumer, UnconfirmedReplyPublisher, UnconfirmedResponder
+
+    sent, acked = [], []
+    monkeypatch.setattr(UnconfirmedResponder, "send_response",
+                        lambda self, result, exc_info: sent.append(self) or (result, exc_info))
+    consumer = ClusterableRpcConsumer()
+    consumer.container = SimpleNamespace(config={"AMQP_URI": "amqp://broker/", "serializer": "json",
+                                                 "rpc_exchange": "nameko-rpc"})
+    consumer.queue_consumer = SimpleNamespace(ack_message=acked.append)
+    assert consumer.handle_result("message", {"ok": 1}, None) == ({"ok": 1}, None)
+    [responder] = sent
+    assert responder.publisher_cls is UnconfirmedReplyPublisher and not UnconfirmedReplyPublisher.use_confirms
+    assert (responder.amqp_uri, responder.exchange.name, responder.serializer, responder.message) == (
+        "amqp://broker/", "nameko-rpc", "json", "message")
+    assert acked == ["message"]
+
+
+def test_every_queue_consumer_of_every_service_survives_dead_connections():
+    """Each entrypoint and reply listener that consumes names ResilientQueueConsumer as its
+    `queue_consumer` (a container shares one per class): none falls back to nameko's own."""
+    from importlib import import_module
+
+    from nameko.containers import ServiceContainer
+    from nameko.messaging import QueueConsumer
+
+    from common.contract.services import SERVICES
+    from common.contract.settings import load_settings
+    from common.kit.rpc import ResilientQueueConsumer
+
+    config = load_settings({}).nameko_config()
+    for service in SERVICES:
+        module, _, name = service.module.partition(":")
+        container = ServiceContainer(getattr(import_module(module), name), config)
+        consumers = [ext for ext in container.shared_extensions.values() if isinstance(ext, QueueConsumer)]
+        assert [type(consumer) for consumer in consumers] == [ResilientQueueConsumer], service.name
+
+
+def test_nameko_acks_and_requeues_through_the_queue_consumer_s_two_methods():
+    from nameko.events import EventHandler
+    from nameko.messaging import Consumer, QueueConsumer
+    from nameko.rpc import ReplyListener, RpcConsumer, RpcProxy
+
+    for name in ("ack_message", "requeue_message"):
+        assert _parameters(getattr(QueueConsumer, name)) == ["self", "message"]
+    for owner in (RpcConsumer, ReplyListener, Consumer):
+        assert isinstance(owner.queue_consumer, QueueConsumer)
+    assert issubclass(EventHandler, Consumer) and isinstance(RpcProxy.rpc_reply_listener, ReplyListener)
+
+
+def test_an_ack_on_a_dead_connection_is_logged_not_raised(caplog):
+    from types import SimpleNamespace
+
+    from common.kit.rpc import ResilientQueueConsumer
+
+    def reset():
+        raise ConnectionResetError(104, "Connection reset by peer")
+
+    message = SimpleNamespace(channel=SimpleNamespace(connection=object()), ack=reset, requeue=reset)
+    consumer = ResilientQueueConsumer()
+    consumer.ack_message(message)
+    consumer.requeue_message(message)
+    assert [record.getMessage().split(" on ")[0] for record in caplog.records] == ["ack", "requeue"]
 
 
 def test_nameko_publishers_find_their_producer_through_the_module_level_get_producer():
@@ -49,13 +122,6 @@ def test_nameko_publishers_find_their_producer_through_the_module_level_get_prod
 def test_the_kept_producer_lookup_has_nameko_s_signature():
     assert _parameters(patches._get_producer) == _parameters(
         __import__("nameko.amqp.publish", fromlist=["get_producer"]).get_producer)
-
-
-def test_queue_consumer_acks_and_requeues_through_these_two_methods():
-    from nameko.messaging import QueueConsumer
-
-    for name in ("ack_message", "requeue_message"):
-        assert _parameters(getattr(QueueConsumer, name)) == ["self", "message"]
 
 
 def test_gunicorn_writes_its_own_errors_through_util_write_error():
@@ -96,18 +162,9 @@ def test_private_attributes_we_read_are_still_there():
     assert isinstance(ReplyListener()._reply_events, dict)
 
 
-def test_the_otlp_exporter_sends_encoded_bytes_through_its_client():
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-    exporter = OTLPSpanExporter(endpoint="http://127.0.0.1:1/v1/traces")
-    assert exporter._shutdown is False
-    assert _parameters(exporter._client.export) == ["data"]
-    assert "self._client.export(serialized_data)" in inspect.getsource(OTLPSpanExporter.export)
-
-
 def test_apply_patches_each_once_and_require_names_what_is_missing(monkeypatch):
     calls = []
-    probe = patches.Adaptation("probe", "lib", "lib.thing", "because", lambda: calls.append(1))
+    probe = patches.Adaptation("probe", "lib", "lib.thing", "because", "no hook", lambda: calls.append(1))
     monkeypatch.setattr(patches, "_applied", set())
     with pytest.raises(RuntimeError, match="probe"):
         patches.require([probe], "a service")
@@ -115,29 +172,6 @@ def test_apply_patches_each_once_and_require_names_what_is_missing(monkeypatch):
     patches.apply([probe])
     assert calls == [1]
     patches.require([probe], "a service")
-
-
-def test_the_span_lock_modules_use_threading_for_lock_only():
-    import importlib
-    import re
-
-    for name in patches.SPAN_LOCK_MODULES:
-        source = inspect.getsource(importlib.import_module(name))
-        assert set(re.findall(r"\bthreading\.\w+", source)) == {"threading.Lock"}, name
-
-
-def test_spans_made_after_the_adaptation_hold_real_locks(monkeypatch):
-    import importlib
-
-    from eventlet.lock import Lock as GreenLock
-    from opentelemetry.sdk.trace import TracerProvider
-
-    for name in patches.SPAN_LOCK_MODULES:
-        monkeypatch.setattr(importlib.import_module(name), "threading", importlib.import_module(name).threading)
-    patches._real_locks_in_spans()
-    span = TracerProvider().get_tracer("t").start_span("s", attributes={"a": 1})
-    for lock in (span._lock, span._attributes._lock, span._events._lock, span._links._lock):
-        assert not isinstance(lock, GreenLock) and type(lock).__module__ == "_thread"
 
 
 def test_library_internals_are_assigned_in_the_adaptations_module_only():

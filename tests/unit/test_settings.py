@@ -36,6 +36,7 @@ def test_config_yml_gives_every_setting_and_the_environment_wins():
     ({"SMTP_USERNAME": "shop"}, "SMTP_USERNAME and SMTP_PASSWORD: set both"),
     ({"OTEL_TRACES_SAMPLER": "sometimes"}, "OTEL_TRACES_SAMPLER:"),
     ({"OTEL_TRACES_SAMPLER_ARG": "1.5"}, "OTEL_TRACES_SAMPLER_ARG: Input should be less than or equal to 1"),
+    ({"OTEL_RESOURCE_ATTRIBUTES": "team=orders,production"}, "OTEL_RESOURCE_ATTRIBUTES: must be key=value pairs"),
 ])
 def test_a_bad_value_is_refused_naming_the_variable(environ, named):
     with pytest.raises(SettingsError) as error:
@@ -61,6 +62,12 @@ def test_mail_goes_to_the_local_sink_unless_smtp_host_is_set():
     assert load_settings({}).smtp_address == ("127.0.0.1", 1025)
     assert load_settings({"MAIL_SINK_PORT": "2525"}).smtp_address == ("127.0.0.1", 2525)
     assert load_settings({"SMTP_HOST": "relay.example", "SMTP_PORT": "587"}).smtp_address == ("relay.example", 587)
+
+
+def test_otel_resource_attributes_are_read_as_the_sdk_reads_them():
+    assert load_settings({}).otel_resource_attributes == {}
+    assert load_settings({"OTEL_RESOURCE_ATTRIBUTES": " team = order%20desk ,deployment.environment=prod,"}
+                         ).otel_resource_attributes == {"team": "order desk", "deployment.environment": "prod"}
 
 
 def test_a_bare_postgresql_url_gets_the_psycopg2_driver():

@@ -1,4 +1,5 @@
-"""Which spans the exporting tracer provider keeps (common/observability/tracing.py)."""
+"""Which spans the exporting tracer provider keeps, and the resource it gives them
+(common/observability/tracing.py)."""
 from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
@@ -36,6 +37,37 @@ def test_otel_traces_sampler_chooses_which_traces_are_kept():
                                    SpanKind.SERVER).decision == Decision.RECORD_AND_SAMPLE
     assert set(SAMPLERS) == {"always_on", "always_off", "traceidratio", "parentbased_always_on",
                              "parentbased_always_off", "parentbased_traceidratio"}
+
+
+def test_by_default_a_share_of_new_traces_is_kept_and_a_sampled_caller_always_followed():
+    from common.contract.settings import load_settings
+    from common.observability.tracing import SAMPLERS
+
+    settings = load_settings({})
+    assert (settings.otel_traces_sampler, settings.otel_traces_sampler_arg) == ("parentbased_traceidratio", 0.1)
+    default = _TracedWorkOnly(SAMPLERS[settings.otel_traces_sampler](settings.otel_traces_sampler_arg))
+    # The ratio sampler keeps a new trace when its id's low 64 bits fall below ratio * 2**64.
+    for share_of_ids, decision in ((0.05, Decision.RECORD_AND_SAMPLE), (0.2, Decision.DROP)):
+        trace_id = int(share_of_ids * 2**64)
+        assert default.should_sample(None, trace_id, "POST /api/v1/orders", SpanKind.SERVER).decision == decision
+    # A sampled caller is followed, even with a trace id the ratio alone would drop.
+    assert default.should_sample(IN_A_TRACE, 2**64 - 1, "POST /api/v1/orders", SpanKind.SERVER).decision == \
+        Decision.RECORD_AND_SAMPLE
+
+
+def test_the_resource_honours_otel_service_name_and_otel_resource_attributes():
+    from common.contract.settings import load_settings
+    from common.observability.tracing import resource
+
+    def attributes(**environ):
+        return resource("order_service", load_settings(environ)).attributes
+
+    assert attributes()["service.name"] == "order_service"
+    named = attributes(OTEL_SERVICE_NAME="orders-eu",
+                       OTEL_RESOURCE_ATTRIBUTES="service.name=not-this,deployment.environment=production")
+    assert (named["service.name"], named["deployment.environment"]) == ("orders-eu", "production")
+    assert named["telemetry.sdk.name"] == "opentelemetry"  # the SDK's own attributes stay
+    assert attributes(OTEL_RESOURCE_ATTRIBUTES="service.name=orders-blue")["service.name"] == "orders-blue"
 
 
 def test_a_call_from_work_not_recorded_makes_no_client_span_and_passes_on_the_sampled_flag(monkeypatch):
