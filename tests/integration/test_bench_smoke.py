@@ -31,9 +31,8 @@ RATIO_LINES = (
 )
 
 
-def test_bench_runs_every_case_and_writes_the_results(tmp_path):
-    database = f"orders_bench_smoke_{uuid.uuid4().hex[:8]}"
-    results = tmp_path / "latest.json"
+def _bench_env(database, results):
+    """The environment of a tiny run: 1 s per case, one round, a short soak, no cluster."""
     env = {
         **os.environ,
         "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ.get('PATH', '')}",
@@ -54,19 +53,11 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     }
     for knob in ("BENCH_BASE_URL", "BENCH_BASELINE", "BENCH_ONLY"):  # each would leave cases out
         env.pop(knob, None)
-    run = subprocess.run([sys.executable, "-m", "bench.run"], cwd=support.ROOT, env=env,
-                         capture_output=True, text=True, timeout=420)
-    output = run.stdout + run.stderr
-    assert run.returncode == 0, output[-4000:]
+    return env
 
-    for line in RATIO_LINES:
-        assert line in run.stdout, f"no '{line}' in:\n{run.stdout[-3000:]}"
-    assert "machine: nproc" in run.stdout
-    assert "notification_service (the order_created consumer" in run.stdout  # what emailing an order costs
 
-    report = json.loads(results.read_text())
-    assert report["valid"] is True, report["problems"]
-    cases = {(c["kind"], c["target"], c["connections"]) for c in report["cases"]}
+def _expected_cases():
+    """(kind, target, connections) of every case a tiny run records."""
     expected = {("post_order", target, c) for target in ("ours", "floor") for c in CONNECTIONS}
     expected |= {("post_order", "naive", MAIN), ("post_order", "ours, 2 order_service", MAIN)}
     expected |= {(kind, target, MAIN) for kind in ("get_order", "list_orders") for target in ("ours", "floor")}
@@ -78,7 +69,25 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     expected |= {("post_order", f"side by side, {target}{suffix}", MAIN // 2) for suffix in ("", " #1")
                  for target in ("tracing off", "tracing on", "tracing off vs 100%", "tracing 100%",
                                 "metrics on", "metrics off")}
-    assert cases == expected
+    return expected
+
+
+def test_bench_runs_every_case_and_writes_the_results(tmp_path):
+    database = f"orders_bench_smoke_{uuid.uuid4().hex[:8]}"
+    results = tmp_path / "latest.json"
+    run = subprocess.run([sys.executable, "-m", "bench.run"], cwd=support.ROOT, env=_bench_env(database, results),
+                         capture_output=True, text=True, timeout=420)
+    output = run.stdout + run.stderr
+    assert run.returncode == 0, output[-4000:]
+
+    for line in RATIO_LINES:
+        assert line in run.stdout, f"no '{line}' in:\n{run.stdout[-3000:]}"
+    assert "machine: nproc" in run.stdout
+    assert "notification_service (the order_created consumer" in run.stdout  # what emailing an order costs
+
+    report = json.loads(results.read_text())
+    assert report["valid"] is True, report["problems"]
+    assert {(c["kind"], c["target"], c["connections"]) for c in report["cases"]} == _expected_cases()
     side_by_side = [c for c in report["cases"] if c["target"].startswith("side by side")]
     assert all(c["cpu_ms_per_ok_whole"] > c["cpu_ms_per_ok_total"] > 0 for c in side_by_side), side_by_side
     for case in report["cases"]:
