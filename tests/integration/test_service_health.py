@@ -58,9 +58,10 @@ def test_ready_turns_false_while_the_broker_is_stopped(own_node, database, tmp_p
     env = stack_env(own_node.amqp_uri, database[1])
     service = BY_NAME["customer_service"]
     port = int(env["METRICS_PORT"]) + service.metrics_offset
-    log = open(support.OUTPUT / "service_health.log", "wb")
-    process = subprocess.Popen(shlex.split(service.command), cwd=support.ROOT, env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
+    support.OUTPUT.mkdir(exist_ok=True)
+    with open(support.OUTPUT / "service_health.log", "wb") as log:
+        process = subprocess.Popen(shlex.split(service.command), cwd=support.ROOT, env=env,
+                                   stdout=log, stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: probe(port, "/health/ready")[0] == 200, 60), "never ready"
 
