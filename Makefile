@@ -3,9 +3,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 MAIL_DIR ?= var/mail
+OVERLAY ?= dev
 
 .PHONY: run test faults unit integration migrate token dead-letters replay-dead-letters mail shell install clean \
-	cluster cluster-stop
+	cluster cluster-stop k8s
 
 run: $(STAMP)  ## set up and run the whole stack natively, until Ctrl-C (CLUSTER=1: on a 3-node cluster, 2 of each)
 	CLUSTER=$(or $(CLUSTER),0) bash scripts/run.sh
@@ -47,6 +48,12 @@ mail: $(STAMP)  ## the latest emails the local sink kept (make run without SMTP_
 
 shell: $(STAMP)  ## nameko shell against the running stack
 	$(PY) -m common.kit.runner shell
+
+k8s: $(STAMP)  ## print the Kubernetes manifests: make k8s OVERLAY=dev|production (docs/kubernetes.md)
+	@test -f ops/k8s/overlays/$(OVERLAY)/kustomization.yaml \
+		|| { echo "make k8s OVERLAY=...: one of: $$(ls ops/k8s/overlays | tr "\n" " ")" >&2; exit 2; }
+	@kubectl=$(VENV)/bin/kubectl; [ -x $$kubectl ] || kubectl=kubectl; \
+		$$kubectl kustomize ops/k8s/overlays/$(OVERLAY)
 
 install: $(STAMP)
 

@@ -6,6 +6,13 @@ ports: with the default 9100, customer_service is on 9101, inventory on 9102,
 and so on. A second instance of a service on the same host gets another
 METRICS_PORT. The gateway serves its own on GET /metrics (gateway/metrics.py).
 
+The same port answers an orchestrator's probes (docs/kubernetes.md):
+- GET /health/live: 200 while the process serves (nothing else is checked, so a
+  broker or database outage restarts no one);
+- GET /health/ready: 200 when the service's broker consumer is connected and
+  its database answers, else 503; the body names each check
+  (`{"status": "unavailable", "checks": {"broker": "unreachable", "database": "ok"}}`).
+
 What a service reports (every metric has a `service` label):
 - rpc_server_calls_total{method,outcome}, rpc_server_duration_seconds{method}
 - events_handled_total{handler,outcome}, event_handling_duration_seconds{handler}
@@ -16,14 +23,20 @@ What a service reports (every metric has a `service` label):
 `outcome` is `ok`, the error's code (`not_found`, `service_unavailable`, ...)
 or `error` for anything unexpected.
 """
+import json
 import logging
+import threading
 import time
 from datetime import datetime, timezone
+from functools import partial
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
+from nameko.messaging import QueueConsumer
 from nameko.rpc import Rpc
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
@@ -45,8 +58,12 @@ EVENT_RETRIES = Counter("event_retries", "Events scheduled for another try", ["s
 EVENTS_DEAD_LETTERED = Counter("events_dead_lettered", "Events sent to the dead-letter queue after every retry",
                                ["service", "queue"])
 
+LIVE_PATH, READY_PATH = "/health/live", "/health/ready"
+
 _server = {"port": None}
 _watched = set()
+# What /health/ready checks in this process: name -> a callable answering "ok" or what is wrong.
+_readiness = {}
 
 
 def outcome_of(exc_info):
@@ -62,9 +79,11 @@ class ServiceMetrics(DependencyProvider):
         port = services.metrics_port(self.container.service_name, settings_of(self.container).metrics_port)
         self.on = port is not None
         if self.on and _server["port"] is None:
-            start_http_server(port, addr="0.0.0.0")
+            serve(port, probes_app(make_wsgi_app(REGISTRY), _readiness))
             _server["port"] = port
-            log.info("metrics on :%d/metrics", port)
+            log.info("metrics on :%d/metrics, probes on %s and %s", port, LIVE_PATH, READY_PATH)
+        if self.on:
+            _readiness["broker"] = partial(broker_state, self.container)
         self._started = {}
 
     def worker_setup(self, worker_ctx):
@@ -127,3 +146,75 @@ def watch_storage(service, metrics_port, engine, relay_engine, outbox_model):
         return
     _watched.add(service)
     REGISTRY.register(StorageCollector(service, engine, relay_engine, outbox_model))
+    # The relay's small pool, not the workers': a probe never waits behind requests.
+    _readiness["database"] = partial(database_state, relay_engine)
+
+
+# ---- probes ------------------------------------------------------------------
+
+def probes_app(metrics_app, checks):
+    """A WSGI app: the probes at LIVE_PATH and READY_PATH, Prometheus' exposition elsewhere."""
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path == LIVE_PATH:
+            return _json(start_response, 200, {"status": "ok"})
+        if path == READY_PATH:
+            states = {name: check() for name, check in sorted(checks.items())}
+            ready = bool(states) and all(state == "ok" for state in states.values())
+            return _json(start_response, 200 if ready else 503,
+                         {"status": "ok" if ready else "unavailable", "checks": states})
+        return metrics_app(environ, start_response)
+    return app
+
+
+def broker_state(container):
+    """'ok' while every queue consumer of `container` consumes on a live connection.
+    nameko keeps the kombu consumers of its current connection; when that connection
+    is lost their channel is closed (its `connection` None) until it reconnects."""
+    consumers = [ext for ext in container.extensions if isinstance(ext, QueueConsumer)]
+    return "ok" if consumers and all(_consuming(consumer) for consumer in consumers) else "unreachable"
+
+
+def _consuming(queue_consumer):
+    kombu_consumers = list(queue_consumer._consumers.values())
+    if not queue_consumer._consumers_ready.ready() or not kombu_consumers:
+        return False
+    for consumer in kombu_consumers:
+        connection = getattr(consumer.channel, "connection", None)
+        if connection is None or not connection.connected:
+            return False
+    return True
+
+
+def database_state(engine):
+    try:
+        with engine.connect() as connection:
+            connection.execute(select(1))
+    except Exception as exc:  # any failure means "not ready"; the log says which
+        log.warning("readiness: the database does not answer: %r", exc)
+        return "unreachable"
+    return "ok"
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a probe in flight never holds up the process's exit
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):
+        """Probes and scrapes every few seconds: no access lines."""
+
+
+def serve(port, app):
+    """Serve `app` on every interface at `port`, from a daemon thread."""
+    server = make_server("0.0.0.0", port, app, _Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name=f"metrics-{port}", daemon=True).start()
+    return server
+
+
+def _json(start_response, status, body):
+    payload = json.dumps(body).encode()
+    reason = {200: "OK", 503: "Service Unavailable"}[status]
+    start_response(f"{status} {reason}", [("Content-Type", "application/json"),
+                                          ("Content-Length", str(len(payload)))])
+    return [payload]
