@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from common.observability import tracing
 from gateway.metrics import route_template
 
-UNTRACED_PATHS = frozenset({"/health", "/metrics"})
+UNTRACED_PATHS = frozenset({"/health", "/health/live", "/metrics"})
 
 
 def instrument(app):

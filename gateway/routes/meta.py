@@ -34,6 +34,13 @@ def health():
     return jsonify(body), 503
 
 
+@routes.get("/health/live", tag="health", public=True, response={
+    "type": "object", "required": ["status"], "properties": {"status": {"type": "string", "enum": ["ok"]}}})
+def live():
+    """For liveness probes: the process serves; nothing it depends on is asked."""
+    return jsonify({"status": "ok"})
+
+
 @routes.get("/metrics", tag="meta", public=True, errors=(NotFound,),
             other_media_types={"text/plain; version=0.0.4": {"type": "string"}})
 def metrics_text():

@@ -33,6 +33,9 @@ def test_unreachable_broker_is_503(stack, tmp_path):
         health = requests.get(gateway.base_url + "/health", timeout=15)
         assert health.status_code == 503
         assert health.json()["checks"]["broker"] == "unreachable"
+        # Liveness asks nothing behind the gateway: a broker outage must not restart every gateway.
+        live = requests.get(gateway.base_url + "/health/live", timeout=15)
+        assert (live.status_code, live.json()) == (200, {"status": "ok"})
         response = requests.post(gateway.base_url + "/api/v1/customers", timeout=15, headers=support.bearer(),
                                  json={"name": "A", "email": "a@example.com"})
         assert response.status_code == 503
