@@ -125,17 +125,32 @@ class ReliableEventHandler(EventHandler):
 reliable_event_handler = ReliableEventHandler.decorator
 
 
+class BatchQueueConsumer(ResilientQueueConsumer):
+    """The queue consumer of a service's batch handlers: a channel of their own,
+    whose prefetch is two batches (a prefetch applies to each consumer of a
+    channel alike; the service's other consumers keep MAX_WORKERS). With one,
+    the batch waiting while another runs would be what the running one left
+    of the prefetch: batches would alternate between k and prefetch - k."""
+
+    @property
+    def prefetch_count(self):
+        batch_max = settings_of(self.container).consumer_batch_max
+        return self.container.max_workers if batch_max == 1 else 2 * batch_max
+
+
 class BatchEventHandler(ReliableEventHandler):
     """A reliable event handler whose method takes a list of envelopes and
     handles them in one transaction (dedup rows, effects, outbox rows): one
     transaction's fixed costs shared by many events.
 
     Batches form by themselves, with no added wait: while one worker of this
-    handler runs, the messages that arrive (as many as the consumer's prefetch,
-    MAX_WORKERS, lets the broker deliver) wait; when it is done, the next
-    worker takes all of them, up to CONSUMER_BATCH_MAX (1: one at a time). At
-    low load every batch is one message. Messages are acked after the worker
-    returns, i.e. after its commit.
+    handler runs, the messages that arrive (up to its consumer's prefetch, see
+    BatchQueueConsumer) wait; when it is done, the next worker takes all of
+    them, up to CONSUMER_BATCH_MAX. At low load every batch is one message.
+    Messages are acked after the worker returns, i.e. after its commit.
+    CONSUMER_BATCH_MAX=1 turns batching off: each message is a worker of its
+    own as soon as it arrives, up to MAX_WORKERS at once, as with
+    ReliableEventHandler.
 
     A batch that fails is handled again one envelope per worker, one after
     another, so only the event at fault goes through the retries and the dead
@@ -149,6 +164,8 @@ class BatchEventHandler(ReliableEventHandler):
     envelope, and the handler passes it on to what it emits for that event
     (`tx.emit(..., request_id=envelope["request_id"])`).
     """
+
+    queue_consumer = BatchQueueConsumer()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -167,6 +184,9 @@ class BatchEventHandler(ReliableEventHandler):
         super().stop()
 
     def handle_message(self, body, message):
+        if self.batch_max == 1:
+            self._spawn([(body, message)], _nothing)
+            return
         self._waiting.append((body, message))
         if not self._busy:
             self._next_batch()
@@ -230,6 +250,10 @@ class BatchEventHandler(ReliableEventHandler):
 
 
 batch_event_handler = BatchEventHandler.decorator
+
+
+def _nothing():
+    pass
 
 
 def _shared(headers):

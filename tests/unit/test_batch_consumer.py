@@ -118,13 +118,28 @@ def test_what_arrives_while_a_batch_runs_is_the_next_batch_up_to_the_bound():
     assert world.acked == [1, 2, 3, 4, 5, 6] and world.running() == []
 
 
-def test_a_bound_of_one_handles_one_event_per_worker():
+def test_a_bound_of_one_turns_batching_off_one_worker_per_event_at_once():
     world = World(batch_max=1)
     world.deliver(1, 2, 3)
-    for expected in ([1], [2], [3]):
-        assert world.running() == [expected]
-        world.finish()
-    assert world.acked == [1, 2, 3]
+    assert world.running() == [[1], [2], [3]]
+    assert [worker.context["request_id"] for worker in world.workers] == ["request-1", "request-2", "request-3"]
+    world.finish(fails=[2])
+    world.finish(fails=[2])
+    world.finish(fails=[2])
+    assert (world.acked, world.retried, world.running()) == ([1, 2, 3], [(2, 1, 1.0)], [])
+
+
+@pytest.mark.parametrize("batch_max, prefetch", [(1, 10), (4, 8), (100, 200)])
+def test_batch_consumers_prefetch_two_batches_on_a_channel_of_their_own(batch_max, prefetch):
+    from common.kit.consumers import BatchQueueConsumer
+    from common.kit.rpc import ResilientQueueConsumer
+    from tests.unit.fakes import SETTINGS
+
+    consumer = BatchQueueConsumer()
+    consumer.container = SimpleNamespace(max_workers=10, config={
+        "SETTINGS": SETTINGS.model_copy(update={"consumer_batch_max": batch_max})})
+    assert consumer.prefetch_count == prefetch
+    assert isinstance(consumer, ResilientQueueConsumer) and consumer.sharing_key is not ResilientQueueConsumer
 
 
 def test_nothing_is_acked_before_its_batch_returns():
