@@ -6,7 +6,7 @@ from common.contract.errors import EXPECTED_ERRORS, NotFound
 from common.contract.schemas.base import ListQuery, id_of_attempt, load_or_raise, uuid_or_none
 from common.contract.schemas.customers import CustomerInput, CustomerPatch, CustomerSchema
 from common.kit.base import ServiceBase
-from common.kit.consumers import reliable_event_handler
+from common.kit.consumers import batch_event_handler
 from common.kit.paging import Listing
 from common.kit.rpc import rpc
 from common.kit.unit_of_work import UnitOfWork
@@ -74,12 +74,12 @@ class CustomerService(ServiceBase):
         return CUSTOMERS.page(caller, self.uow, None, limit, cursor,
                               lambda store, _, count, after: store.list_customers(count, after, only_id))
 
-    @reliable_event_handler("order_service", "order_created")
-    def on_order_created(self, envelope):
-        """Count the customer's orders, once per event however often it is delivered."""
-        order = envelope["data"]
+    @batch_event_handler("order_service", "order_created")
+    def on_order_created(self, envelopes):
+        """Count each customer's orders, once per event however often it is delivered."""
+        orders = [(envelope["event_id"], uuid_or_none(envelope["data"]["customer_id"])) for envelope in envelopes]
         with self.uow.single_statement() as store:
-            store.count_order_once(envelope["event_id"], "count_order", uuid_or_none(order["customer_id"]))
+            store.count_orders_once(orders, "count_order")
 
     def _customer(self, store, caller, customer_id, lock=False):
         """The customer, or NotFound: also for another customer's record, so ids cannot be probed."""

@@ -2,7 +2,7 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Integer, MetaData, String, bindparam, select, text, tuple_
+from sqlalchemy import Integer, MetaData, String, select, text, tuple_
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -35,19 +35,34 @@ class Customer(CustomersBase):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
-# Once per order_created event, one statement: record the event id and, only
-# if it was new, count the order. Atomic on its own, so it needs no
-# BEGIN/COMMIT round trips; a redelivery finds the id and counts nothing.
-_COUNT_ORDER_ONCE = text(f"""
-WITH first_time AS (
+# A batch of order_created events, one statement: record the event ids and
+# count, per customer, the orders of the ids that were new. Atomic on its own,
+# so it needs no BEGIN/COMMIT round trips; a redelivered event finds its id and
+# counts nothing, also when it comes twice in one batch. Ids are recorded and
+# customers locked in id order (`counts` locks each row as it emits it, sorted;
+# the UPDATE only touches rows `counts` emitted), so two instances' overlapping
+# batches wait for each other rather than deadlock.
+_COUNT_ORDERS_ONCE = text(f"""
+WITH batch AS (
+    SELECT DISTINCT ON (event_id) event_id, customer_id
+    FROM unnest(CAST(:event_ids AS uuid[]), CAST(:customer_ids AS uuid[])) AS delivered(event_id, customer_id)
+    ORDER BY event_id
+), first_time AS (
     INSERT INTO {SCHEMA}.processed_events (event_id, handler, processed_at)
-    VALUES (:event_id, :handler, now())
+    SELECT event_id, :handler, now() FROM batch ORDER BY event_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
+), counts AS MATERIALIZED (
+    SELECT customer.id AS customer_id, new.orders
+    FROM {SCHEMA}.customers customer
+    JOIN (SELECT customer_id, count(*) AS orders FROM batch JOIN first_time USING (event_id)
+          GROUP BY customer_id) new ON new.customer_id = customer.id
+    ORDER BY customer.id
+    FOR UPDATE OF customer
 )
-UPDATE {SCHEMA}.customers SET orders_count = orders_count + 1
-WHERE id = :customer_id AND EXISTS (SELECT 1 FROM first_time)
-""").bindparams(bindparam("customer_id", type_=UUID(as_uuid=True)))
+UPDATE {SCHEMA}.customers SET orders_count = orders_count + counts.orders
+FROM counts WHERE id = counts.customer_id
+""")
 
 
 class CustomerStore:
@@ -99,10 +114,12 @@ class CustomerStore:
     def ping(self):
         self.session.execute(select(1))
 
-    def count_order_once(self, event_id, handler, customer_id):
-        """Count one order of `customer_id` for event `event_id`, unless that event was counted before."""
-        self.session.connection().execute(
-            _COUNT_ORDER_ONCE, {"event_id": event_id, "handler": handler, "customer_id": customer_id})
+    def count_orders_once(self, orders, handler):
+        """Count the orders `orders` lists, (event id, customer id or None) pairs, one per
+        event id not counted before; a customer id that names no customer counts nothing."""
+        self.session.connection().execute(_COUNT_ORDERS_ONCE, {
+            "event_ids": [event_id for event_id, _ in orders], "handler": handler,
+            "customer_ids": [str(customer_id) if customer_id else None for _, customer_id in orders]})
 
 
 layout = StorageLayout(base=CustomersBase, store=CustomerStore, outbox=outbox_model(CustomersBase),

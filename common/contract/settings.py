@@ -73,6 +73,7 @@ class Settings(BaseModel):
     outbox_retention_hours: float = Field(gt=0)
     event_max_retries: int = Field(ge=0, le=100)
     event_retry_base_seconds: PositiveSeconds
+    consumer_batch_max: int = Field(ge=1, le=1000)
 
     reconcile_interval_seconds: PositiveSeconds
     reservation_grace_seconds: PositiveSeconds

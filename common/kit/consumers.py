@@ -7,25 +7,30 @@
   dead-letter exchange: never acked away, never requeued forever. While the
   service's own database is unavailable, an event waits (without spending
   its retries) until it is back.
-- `first_time`: records an event id in the consumer's `processed_events`
-  table in the same transaction as the handler's effect, so a redelivered
-  event has no second effect.
+- `batch_event_handler`: the same, for a handler that takes a list of
+  envelopes and handles them in one transaction (see BatchEventHandler).
+- `first_time` / `first_times`: record event ids in the consumer's
+  `processed_events` table in the same transaction as the handler's effect,
+  so a redelivered event has no second effect.
 """
 import logging
 from datetime import datetime, timezone
+from functools import partial
 
+from eventlet.event import Event
 from kombu import Connection, Exchange, Queue
 from nameko.amqp.publish import Publisher
 from nameko.events import EventHandler
-from sqlalchemy import String
-from sqlalchemy.dialects.postgresql import UUID, insert
+from nameko.exceptions import ContainerBeingKilled
+from sqlalchemy import String, bindparam, func, select
+from sqlalchemy.dialects.postgresql import ARRAY, UUID, insert
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
 from common.contract.errors import ServiceUnavailable
 from common.contract.settings import settings_of
 from common.kit.rpc import BROKER_ERRORS, ResilientQueueConsumer
-from common.observability.metrics import EVENT_RETRIES, EVENTS_DEAD_LETTERED
+from common.observability.metrics import EVENT_BATCH_SIZE, EVENT_RETRIES, EVENTS_DEAD_LETTERED
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +125,143 @@ class ReliableEventHandler(EventHandler):
 reliable_event_handler = ReliableEventHandler.decorator
 
 
+class BatchQueueConsumer(ResilientQueueConsumer):
+    """The queue consumer of a service's batch handlers: a channel of their own,
+    whose prefetch is two batches (a prefetch applies to each consumer of a
+    channel alike; the service's other consumers keep MAX_WORKERS). With one,
+    the batch waiting while another runs would be what the running one left
+    of the prefetch: batches would alternate between k and prefetch - k."""
+
+    @property
+    def prefetch_count(self):
+        batch_max = settings_of(self.container).consumer_batch_max
+        return self.container.max_workers if batch_max == 1 else 2 * batch_max
+
+
+class BatchEventHandler(ReliableEventHandler):
+    """A reliable event handler whose method takes a list of envelopes and
+    handles them in one transaction (dedup rows, effects, outbox rows): one
+    transaction's fixed costs shared by many events.
+
+    Batches form by themselves, with no added wait: while one worker of this
+    handler runs, the messages that arrive (up to its consumer's prefetch, see
+    BatchQueueConsumer) wait; when it is done, the next worker takes all of
+    them, up to CONSUMER_BATCH_MAX. At low load every batch is one message.
+    Messages are acked after the worker returns, i.e. after its commit.
+    CONSUMER_BATCH_MAX=1 turns batching off: each message is a worker of its
+    own as soon as it arrives, up to MAX_WORKERS at once, as with
+    ReliableEventHandler.
+
+    A batch that fails is handled again one envelope per worker, one after
+    another, so only the event at fault goes through the retries and the dead
+    letters of ReliableEventHandler; its neighbours take effect once. A batch
+    that meets an unavailable database is not: every event in it waits for the
+    database without spending its retries.
+
+    A worker's context data is what all its messages carry alike: a batch of
+    one keeps its request id and traceparent (its logs and trace); a larger
+    batch belongs to no one request: each event's request id is in its
+    envelope, and the handler passes it on to what it emits for that event
+    (`tx.emit(..., request_id=envelope["request_id"])`).
+    """
+
+    queue_consumer = BatchQueueConsumer()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_max = 1
+        self._waiting = []  # (body, message) delivered, not yet given to a worker
+        self._busy = False
+        self._stopping = False
+
+    def setup(self):
+        super().setup()
+        self.batch_max = settings_of(self.container).consumer_batch_max
+
+    def stop(self):
+        # Messages still waiting stay unacknowledged: the broker redelivers them.
+        self._stopping = True
+        super().stop()
+
+    def handle_message(self, body, message):
+        if self.batch_max == 1:
+            self._spawn([(body, message)], _nothing)
+            return
+        self._waiting.append((body, message))
+        if not self._busy:
+            self._next_batch()
+
+    def _next_batch(self):
+        if self._stopping or not self._waiting:
+            self._busy = False
+            return
+        self._busy = True
+        batch, self._waiting = self._waiting[:self.batch_max], self._waiting[self.batch_max:]
+        self._spawn(batch, self._after_batch)
+
+    def _after_batch(self):
+        # Not from the finishing worker itself: spawning waits for a free worker,
+        # and the finishing worker may hold the last one.
+        self.container.spawn_managed_thread(self._next_batch, identifier=f"{self.method_name}.next_batch")
+
+    def _spawn(self, batch, then):
+        """Run the method on `batch` in a worker; False if the container is being killed."""
+        EVENT_BATCH_SIZE.labels(self.container.service_name, self.method_name).observe(len(batch))
+        try:
+            self.container.spawn_worker(self, ([body for body, _ in batch],), {},
+                                        context_data=_shared([self.unpack_message_headers(m) for _, m in batch]),
+                                        handle_result=partial(self._settle, batch, then))
+        except ContainerBeingKilled:
+            for _, message in batch:
+                self.queue_consumer.requeue_message(message)
+            return False
+        return True
+
+    def _settle(self, batch, then, worker_ctx, result=None, exc_info=None):
+        if self.falls_back(len(batch), exc_info):
+            log.warning("a batch of %d events on %s failed (%r): handling them one at a time",
+                        len(batch), self.queue.name, exc_info[1])
+            self.container.spawn_managed_thread(partial(self._one_at_a_time, batch, then),
+                                                identifier=f"{self.method_name}.one_at_a_time")
+        else:
+            for _, message in batch:
+                self.handle_message_processed(message, result, exc_info)
+            then()
+        return result, exc_info
+
+    def _one_at_a_time(self, batch, then):
+        for delivered in batch:
+            done = Event()
+            if self._stopping or not self._spawn([delivered], done.send):
+                # Left unacknowledged (or requeued): the broker delivers them again.
+                break
+            done.wait()
+        then()
+
+    @staticmethod
+    def falls_back(size, exc_info):
+        """Whether a worker's batch is to be handled again one event at a time."""
+        return exc_info is not None and size > 1 and not isinstance(exc_info[1], ServiceUnavailable)
+
+    def events_settled(self, worker_ctx, exc_info):
+        """How many events a worker's outcome is final for (the metrics count events, not workers)."""
+        size = len(worker_ctx.args[0])
+        return 0 if self.falls_back(size, exc_info) else size
+
+
+batch_event_handler = BatchEventHandler.decorator
+
+
+def _nothing():
+    pass
+
+
+def _shared(headers):
+    """The context data every message of a batch carries alike."""
+    first, *others = headers
+    return {key: value for key, value in first.items() if all(other.get(key) == value for other in others)}
+
+
 def processed_events_model(base):
     """The `processed_events` table in `base`'s schema."""
 
@@ -131,9 +273,18 @@ def processed_events_model(base):
         processed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     table = ProcessedEvent.__table__
-    # Built once: every event runs it, so its compiled form is reused (Core, no ORM work).
+    # Built once: every event runs them, so their compiled forms are reused (Core, no ORM work).
     ProcessedEvent.record_first_time = (insert(table).on_conflict_do_nothing(index_elements=["event_id"])
                                         .returning(table.c.event_id))
+    # Many ids in one statement (an array, so any number compiles alike), in id order:
+    # two transactions recording overlapping batches wait for each other, never deadlock.
+    ids = (select(func.unnest(bindparam("event_ids", type_=ARRAY(UUID(as_uuid=False)))).label("event_id"))
+           .distinct().subquery())
+    ProcessedEvent.record_first_times = (
+        insert(table).from_select(["event_id", "handler", "processed_at"],
+                                  select(ids.c.event_id, bindparam("handler", type_=String), func.now())
+                                  .order_by(ids.c.event_id))
+        .on_conflict_do_nothing(index_elements=["event_id"]).returning(table.c.event_id))
     return ProcessedEvent
 
 
@@ -146,3 +297,12 @@ def first_time(session, model, event_id, handler):
     inserted = session.connection().execute(model.record_first_time, {
         "event_id": event_id, "handler": handler, "processed_at": datetime.now(timezone.utc)}).first()
     return inserted is not None
+
+
+def first_times(session, model, event_ids, handler):
+    """`first_time` for many events in one statement: the set of `event_ids` not handled before."""
+    if not event_ids:
+        return set()
+    inserted = session.connection().execute(model.record_first_times, {"event_ids": list(event_ids),
+                                                                        "handler": handler})
+    return {event_id for (event_id,) in inserted}

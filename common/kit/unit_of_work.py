@@ -41,7 +41,7 @@ from common.contract.context import COMMIT_MARGIN_SECONDS, DEADLINE_KEY, REQUEST
 from common.contract.errors import OutcomeUnknown, ServiceUnavailable
 from common.contract.settings import settings_of
 from common.kit.batch_publisher import ConfirmedBatchPublisher
-from common.kit.consumers import first_time
+from common.kit.consumers import first_time, first_times
 from common.kit.outbox import Outbox, OutboxRelay
 from common.observability import metrics, tracing
 
@@ -80,19 +80,25 @@ class Transaction:
             while aggregate.events:
                 yield aggregate.events.pop(0)
 
-    def emit(self, event_type, data):
-        """Write an event to the outbox in this transaction (sent after the commit)."""
-        self._outbox.add(self.session, self.event_row(event_type, data))
+    def emit(self, event_type, data, request_id=None):
+        """Write an event to the outbox in this transaction (sent after the commit).
+        `request_id`: the request it is part of, when not the worker's (a batch
+        consumer passes each incoming event's)."""
+        self._outbox.add(self.session, self.event_row(event_type, data, request_id))
 
-    def event_row(self, event_type, data):
+    def event_row(self, event_type, data, request_id=None):
         """The outbox row of an event, for a store method that writes it in one
         statement with the change itself (one round trip fewer)."""
         self.emitted += 1
-        return Outbox.row(event_type, data, self._request_id)
+        return Outbox.row(event_type, data, request_id or self._request_id)
 
     def first_time(self, event_id, handler):
         """Record that `handler` handled `event_id`; False if it had before."""
         return first_time(self.session, self._layout.processed_events, event_id, handler)
+
+    def first_times(self, event_ids, handler):
+        """`first_time` for a batch, in one statement: the set of `event_ids` `handler` had not handled."""
+        return first_times(self.session, self._layout.processed_events, event_ids, handler)
 
 
 class WorkerUnitOfWork:

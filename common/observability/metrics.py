@@ -15,7 +15,10 @@ The same port answers an orchestrator's probes (docs/kubernetes.md):
 
 What a service reports (every metric has a `service` label):
 - rpc_server_calls_total{method,outcome}, rpc_server_duration_seconds{method}
-- events_handled_total{handler,outcome}, event_handling_duration_seconds{handler}
+- events_handled_total{handler,outcome} (events, also those a batch handler
+  takes many at a time), event_handling_duration_seconds{handler} (per worker:
+  one event, or one batch), event_batch_size{handler} (events per worker of a
+  batch handler: its _count is transactions, its _sum events)
 - timer_runs_total{timer,outcome}
 - event_retries_total{queue}, events_dead_lettered_total{queue}
 - outbox_events_waiting, outbox_oldest_waiting_seconds (read when scraped)
@@ -53,6 +56,8 @@ RPC_DURATION = Histogram("rpc_server_duration_seconds", "Time to handle an RPC c
 EVENTS_HANDLED = Counter("events_handled", "Events a handler ran on", ["service", "handler", "outcome"])
 EVENT_DURATION = Histogram("event_handling_duration_seconds", "Time to handle an event", ["service", "handler"],
                            buckets=LATENCY_BUCKETS)
+EVENT_BATCH_SIZE = Histogram("event_batch_size", "Events a batch handler's worker handled together",
+                             ["service", "handler"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 TIMER_RUNS = Counter("timer_runs", "Runs of a timer", ["service", "timer", "outcome"])
 EVENT_RETRIES = Counter("event_retries", "Events scheduled for another try", ["service", "queue"])
 EVENTS_DEAD_LETTERED = Counter("events_dead_lettered", "Events sent to the dead-letter queue after every retry",
@@ -100,7 +105,12 @@ class ServiceMetrics(DependencyProvider):
             RPC_CALLS.labels(service, name, outcome).inc()
             RPC_DURATION.labels(service, name).observe(seconds)
         elif isinstance(entrypoint, EventHandler):
-            EVENTS_HANDLED.labels(service, name, outcome).inc()
+            # A batch handler's worker settles its batch's events, or none when they
+            # are handled again one at a time (common/kit/consumers.py).
+            settled = getattr(entrypoint, "events_settled", None)
+            events = settled(worker_ctx, exc_info) if settled else 1
+            if events:
+                EVENTS_HANDLED.labels(service, name, outcome).inc(events)
             EVENT_DURATION.labels(service, name).observe(seconds)
         else:
             TIMER_RUNS.labels(service, name, outcome).inc()

@@ -5,9 +5,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from common.contract.errors import AlreadyExists
-from customer_service.storage import CustomerStore
+from common.kit.consumers import first_times
+from customer_service.storage import CustomerStore, layout
 from tests.stores.conftest import BACKENDS, MEMORY
-from tests.unit.fakes import InMemoryCustomerStore
+from tests.unit.fakes import FakeTransaction, InMemoryCustomerStore
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
 ADDRESS = {"line1": "12 Analytical Way", "city": "London", "postal_code": "N1 9GU", "country": "GB"}
@@ -75,13 +76,47 @@ def test_lists_are_oldest_first_and_continue_after_a_key(store):
     assert store.list_customers(10, (T0 + timedelta(minutes=2), ids[2]), only_id=ids[1]) == []
 
 
+def _orders_count(store, customer_id):
+    if isinstance(store, CustomerStore):
+        store.session.expire_all()  # the count is made by one SQL statement, beside the ORM
+    return store.get_customer(customer_id).orders_count
+
+
 def test_an_order_is_counted_once_per_event(store):
     ada = insert(store, "Ada")
     first, second = str(uuid.uuid4()), str(uuid.uuid4())
-    store.count_order_once(first, "count_order", ada)
-    store.count_order_once(first, "count_order", ada)  # redelivered
-    store.count_order_once(second, "count_order", ada)
-    store.count_order_once(str(uuid.uuid4()), "count_order", uuid.uuid4())  # no such customer: nothing
-    if isinstance(store, CustomerStore):
-        store.session.expire_all()  # the count is made by one SQL statement, beside the ORM
-    assert store.get_customer(ada).orders_count == 2
+    store.count_orders_once([(first, ada)], "count_order")
+    store.count_orders_once([(first, ada)], "count_order")  # redelivered
+    store.count_orders_once([(second, ada)], "count_order")
+    store.count_orders_once([(str(uuid.uuid4()), uuid.uuid4())], "count_order")  # no such customer: nothing
+    assert _orders_count(store, ada) == 2
+
+
+def test_a_batch_counts_each_customer_s_new_events_once(store):
+    ada, grace = insert(store, "Ada"), insert(store, "Grace")
+    seen = str(uuid.uuid4())
+    store.count_orders_once([(seen, ada)], "count_order")
+    new = [str(uuid.uuid4()) for _ in range(4)]
+    store.count_orders_once([(new[0], ada), (seen, ada), (new[1], grace), (new[0], ada),  # twice in one batch
+                             (new[2], ada), (new[3], None), (str(uuid.uuid4()), uuid.uuid4())], "count_order")
+    assert (_orders_count(store, ada), _orders_count(store, grace)) == (3, 1)
+    store.count_orders_once([], "count_order")
+    store.count_orders_once([(new[2], ada), (new[1], grace)], "count_order")  # the batch redelivered
+    assert (_orders_count(store, ada), _orders_count(store, grace)) == (3, 1)
+
+
+@pytest.fixture(params=BACKENDS)
+def record_first_times(request):
+    """A transaction's first_times (common/kit/unit_of_work.py), on customer_service's processed_events."""
+    if request.param == MEMORY:
+        return FakeTransaction(InMemoryCustomerStore()).first_times
+    session = request.getfixturevalue("session")
+    return lambda event_ids, handler: first_times(session, layout.processed_events, event_ids, handler)
+
+
+def test_first_times_names_the_events_of_a_batch_not_handled_before(record_first_times):
+    seen, new, twice = (str(uuid.uuid4()) for _ in range(3))
+    assert record_first_times([seen], "h") == {seen}
+    assert record_first_times([seen, new, twice, twice], "h") == {new, twice}
+    assert record_first_times([new, twice, seen], "h") == set()
+    assert record_first_times([], "h") == set()

@@ -57,10 +57,10 @@ class FakeTransaction:
             while aggregate.events:
                 yield aggregate.events.pop(0)
 
-    def emit(self, event_type, data):
+    def emit(self, event_type, data, request_id=None):
         self.pending.append((event_type, data))
 
-    def event_row(self, event_type, data):
+    def event_row(self, event_type, data, request_id=None):
         self.pending.append((event_type, data))
         return Outbox.row(event_type, data)
 
@@ -69,6 +69,9 @@ class FakeTransaction:
             return False
         self.store.tables["processed"].add(event_id)
         return True
+
+    def first_times(self, event_ids, handler):
+        return {event_id for event_id in dict.fromkeys(event_ids) if self.first_time(event_id, handler)}
 
 
 class FakeUnitOfWork:
@@ -445,12 +448,13 @@ class InMemoryCustomerStore:
     def ping(self):
         pass
 
-    def count_order_once(self, event_id, handler, customer_id):
-        if event_id in self.tables["processed"]:
-            return
-        self.tables["processed"].add(event_id)
-        if customer_id in self.tables["customers"]:
-            self.tables["customers"][customer_id].orders_count += 1
+    def count_orders_once(self, orders, handler):
+        for event_id, customer_id in orders:
+            if event_id in self.tables["processed"]:
+                continue
+            self.tables["processed"].add(event_id)
+            if customer_id in self.tables["customers"]:
+                self.tables["customers"][customer_id].orders_count += 1
 
 
 # ---- the customer directory of notifications and invoices ---------------------------

@@ -65,8 +65,9 @@ def test_a_reply_is_published_without_confirms_and_then_acked(monkeypatch):
 
 
 def test_every_queue_consumer_of_every_service_survives_dead_connections():
-    """Each entrypoint and reply listener that consumes names ResilientQueueConsumer as its
-    `queue_consumer` (a container shares one per class): none falls back to nameko's own."""
+    """Each entrypoint and reply listener that consumes names ResilientQueueConsumer (or
+    BatchQueueConsumer, its subclass for batch handlers) as its `queue_consumer` (a container
+    shares one per class): none falls back to nameko's own."""
     from importlib import import_module
 
     from nameko.containers import ServiceContainer
@@ -74,6 +75,7 @@ def test_every_queue_consumer_of_every_service_survives_dead_connections():
 
     from common.contract.services import SERVICES
     from common.contract.settings import load_settings
+    from common.kit.consumers import BatchQueueConsumer
     from common.kit.rpc import ResilientQueueConsumer
 
     config = load_settings({}).nameko_config()
@@ -81,7 +83,10 @@ def test_every_queue_consumer_of_every_service_survives_dead_connections():
         module, _, name = service.module.partition(":")
         container = ServiceContainer(getattr(import_module(module), name), config)
         consumers = [ext for ext in container.shared_extensions.values() if isinstance(ext, QueueConsumer)]
-        assert [type(consumer) for consumer in consumers] == [ResilientQueueConsumer], service.name
+        kinds = {type(consumer) for consumer in consumers}
+        assert ResilientQueueConsumer in kinds and kinds <= {ResilientQueueConsumer, BatchQueueConsumer}, \
+            service.name
+        assert len(consumers) == len(kinds), service.name
 
 
 def test_nameko_acks_and_requeues_through_the_queue_consumer_s_two_methods():

@@ -64,6 +64,16 @@ def test_an_order_event_counts_once():
     customers = service()
     ada = make(customers, "ada")
     envelope = {"event_id": str(uuid.uuid4()), "data": {"customer_id": ada["id"]}}
-    customers.on_order_created(envelope)
-    customers.on_order_created(envelope)
+    customers.on_order_created([envelope])
+    customers.on_order_created([envelope])
     assert customers.get_customer(ada["id"])["orders_count"] == 1
+
+
+def test_a_batch_of_order_events_counts_each_customer_s_orders():
+    customers = service()
+    ada, grace = make(customers, "ada"), make(customers, "grace")
+    events = [{"event_id": str(uuid.uuid4()), "data": {"customer_id": customer["id"]}}
+              for customer in (ada, grace, ada)]
+    customers.on_order_created([*events, events[0], {"event_id": str(uuid.uuid4()),
+                                                     "data": {"customer_id": "not-an-id"}}])
+    assert [customers.get_customer(c["id"])["orders_count"] for c in (ada, grace)] == [2, 1]
