@@ -127,9 +127,12 @@ class InventoryService(ServiceBase):
                 return {"reservation": self._take(tx, wanted, order_uuid, plan)}
         except _NotTaken as short:
             try:
-                return to_outcome(self._shortage(tx.store, plan, short.sku))
+                refusal = self._shortage(tx.store, plan, short.sku)
             except DomainError as unknown_sku:
-                return to_outcome(unknown_sku)
+                refusal = unknown_sku
+            log.warning("(expected) no reservation for order %s: %s", order_uuid, refusal,
+                        extra={"request_id": wanted.get("request_id")})
+            return to_outcome(refusal)
 
     def _take(self, tx, wanted, order_uuid, plan):
         taken = tx.store.claim_and_take_stock(order_uuid, plan)

@@ -84,8 +84,13 @@ class Entry:
     def fail(self, error, record=True):
         """This entry's answer is `error`; recorded as its attempt's answer unless `record`
         is False (a failure decided before, or one no other run must repeat: a deadline)."""
-        if not isinstance(error, DomainError):
-            log.error("order %s could not be created", self.order_id, exc_info=error)
+        # Logged with its own request's id, as a single create's worker would be.
+        if isinstance(error, DomainError):
+            log.warning("(expected) order %s not created: %s", self.order_id, error,
+                        extra={"request_id": self.request_id})
+        else:
+            log.error("order %s could not be created", self.order_id, exc_info=error,
+                      extra={"request_id": self.request_id})
         self.outcome, self.error = to_outcome(error), error
         self.record = record and self.attempt and not isinstance(error, (OutcomeUnknown, DeadlineExceeded))
 
