@@ -20,6 +20,7 @@ from common.contract.settings import load_settings
 from common.observability import tracing
 from common.observability.log import logging_config, set_request_id, set_service
 from gateway import metrics, server_span
+from gateway.batching import CreateBatches
 from gateway.errors import register_error_handlers
 from gateway.openapi import register_openapi
 from gateway.routes import API, routes
@@ -45,6 +46,9 @@ def create_app(settings=None, rpc_pool=None):
     app.json.sort_keys = False
     app.extensions["rpc_pool"] = rpc_pool or RpcProxyPool(
         settings.nameko_config(), timeout=settings.rpc_timeout, max_size=settings.rpc_pool_size)
+    if settings.batch_max > 1:
+        app.extensions["create_batches"] = CreateBatches(app.extensions["rpc_pool"], settings.batch_max,
+                                                         settings.batch_in_flight)
 
     if tracing.configure_tracing("gateway", settings):
         server_span.instrument(app)  # first: the span holds every hook below

@@ -11,7 +11,9 @@ turn a call that got no answer into the one error the contract names:
   resource: from RPC_TIMEOUT seconds after that answer on, reading it tells,
   and keeps telling the same;
 - a write marked `redrive` (an idempotent create) is sent again while the
-  deadline allows when its reply was lost (gateway/rpc_pool.py).
+  deadline allows when its reply was lost (gateway/rpc_pool.py);
+- an order create joins the process's batches (gateway/batching.py) when
+  BATCH_MAX > 1, with the same rules for its own outcome.
 """
 import time
 
@@ -19,10 +21,10 @@ from flask import current_app, g
 
 from common.contract.caller import CALLER_KEY
 from common.contract.context import REQUEST_ID_KEY
-from common.contract.errors import DeadlineExceeded, OutcomeUnknown, UpstreamTimeout
+from common.contract.errors import DeadlineExceeded, FailureNotRecorded, OutcomeUnknown, UpstreamTimeout, from_outcome
 from common.observability import tracing
 from gateway import metrics
-from gateway.rpc_pool import NoAnswer
+from gateway.rpc_pool import REDRIVE_PAUSE_SECONDS, NoAnswer
 
 
 def read(service, method, *args, **kwargs):
@@ -43,9 +45,46 @@ def write(resource, service, method, *args, redrive=False, **kwargs):
     try:
         return _call(service, method, args, kwargs, redrive=redrive)
     except (NoAnswer, DeadlineExceeded, OutcomeUnknown) as exc:
-        raise OutcomeUnknown("The change may or may not have been made: read the resource (from RPC_TIMEOUT "
-                             "seconds after this answer it no longer changes) before sending it again.",
-                             {**resource, "reason": _reason(exc)}) from None
+        raise _unknown(resource, exc) from None
+
+
+def create_order(body, idempotency_key, order_id):
+    """order_service.create_order of this request (its order id fixed before the call), in a
+    batch with the process's other creates when batching is on; outcomes as for `write`."""
+    batches = current_app.extensions.get("create_batches")
+    if batches is None:
+        return write({"order_id": order_id}, "order_service", "create_order", body,
+                     idempotency_key=idempotency_key, attempt_id=order_id, redrive=True)
+    try:
+        with tracing.client_span("order_service", "create_order"):
+            entry = {"attempt_id": order_id, "data": body, "idempotency_key": idempotency_key,
+                     "caller": g.caller.to_context(), "request_id": g.request_id, "deadline": g.deadline,
+                     "traceparent": tracing.current_traceparent()}
+            return _until_answered(batches, entry)
+    except (NoAnswer, DeadlineExceeded, OutcomeUnknown) as exc:
+        raise _unknown({"order_id": order_id}, exc) from None
+
+
+def _until_answered(batches, entry):
+    """The entry's order, or its error raised; sent again while its failure was not made final
+    (FailureNotRecorded: another run of it may still make the order) and its deadline allows."""
+    pause = REDRIVE_PAUSE_SECONDS[0]
+    while True:
+        outcome = batches.create(entry)
+        if "order" in outcome:
+            return outcome["order"]
+        error = from_outcome(outcome)
+        left = entry["deadline"] - time.time()
+        if not isinstance(error, FailureNotRecorded) or left <= pause:
+            raise error
+        time.sleep(pause)
+        pause = min(pause * 2, REDRIVE_PAUSE_SECONDS[1])
+
+
+def _unknown(resource, exc):
+    return OutcomeUnknown("The change may or may not have been made: read the resource (from RPC_TIMEOUT "
+                          "seconds after this answer it no longer changes) before sending it again.",
+                          {**resource, "reason": _reason(exc)})
 
 
 def _call(service, method, args, kwargs, redrive=False):

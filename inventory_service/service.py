@@ -7,7 +7,15 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 from common.contract.caller import ADMIN, SERVICE, required
-from common.contract.errors import EXPECTED_ERRORS, NotFound, ServiceUnavailable, UpstreamTimeout
+from common.contract.errors import (
+    EXPECTED_ERRORS,
+    DomainError,
+    NotFound,
+    ServiceUnavailable,
+    UpstreamTimeout,
+    from_outcome,
+    to_outcome,
+)
 from common.contract.schemas.base import ListQuery, load_or_raise
 from common.contract.schemas.products import ProductInput, ProductPatch, ProductSchema
 from common.kit.base import ServiceBase
@@ -15,6 +23,7 @@ from common.kit.paging import Listing
 from common.kit.rpc import ServiceRpcProxy, rpc
 from common.kit.timers import every
 from common.kit.unit_of_work import UnitOfWork
+from common.observability import tracing
 from inventory_service import domain, storage
 
 log = logging.getLogger(__name__)
@@ -80,24 +89,68 @@ class InventoryService(ServiceBase):
         """Reserve every item for `order_id`, or none; the reserved lines with their prices.
 
         Idempotent per order_id: a repeated call returns the first reservation.
+        A reserve_many of one.
         """
         required(self.caller).require(ADMIN, SERVICE)
-        order_uuid, plan = domain.reservation_plan(order_id, items)
-        with self.uow as tx:
-            taken = tx.store.claim_and_take_stock(order_uuid, plan)
-            if taken is None:
-                existing = tx.store.get_reservation(order_uuid)
-                return domain.reservation_view(existing, tx.store.reservation_items(order_uuid))
-            not_taken = domain.first_not_taken(plan, taken)
-            if not_taken is not None:
-                raise self._shortage(tx.store, plan, not_taken)
-            lines = [(taken[sku], quantity) for sku, quantity in plan]
-            changed = [(product, product.available + quantity, product.low_stock_threshold)
-                       for product, quantity in lines]
-            view = domain.new_reservation_view(order_uuid, lines)
-            events = [self._stock_event("stock_reserved", view, changed), *self._low_stock_events(changed)]
-            tx.store.record_reservation(order_uuid, lines, [tx.event_row(*event) for event in events])
-            return view
+        [outcome] = self._reserve_all([{"order_id": order_id, "items": items}])
+        if "reservation" in outcome:
+            return outcome["reservation"]
+        raise from_outcome(outcome)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def reserve_many(self, reservations):
+        """reserve for each {order_id, items, request_id?, traceparent?} in one transaction, a
+        savepoint each, so one order's shortage or unknown sku fails that order alone; each
+        order's outcome, in order: {"reservation": view} or {"error": {...}, "kind": ...}."""
+        required(self.caller).require(ADMIN, SERVICE)
+        with tracing.entry_spans("inventory_service.reserve", [wanted.get("traceparent") for wanted in reservations]):
+            return self._reserve_all(reservations)
+
+    def _reserve_all(self, reservations):
+        outcomes, plans = [None] * len(reservations), []
+        for position, wanted in enumerate(reservations):
+            try:
+                plans.append((position, wanted, *domain.reservation_plan(wanted.get("order_id"), wanted.get("items"))))
+            except DomainError as error:
+                outcomes[position] = to_outcome(error)
+        if plans:
+            with self.uow as tx:
+                if len(plans) > 1:
+                    tx.store.lock_products([sku for *_, plan in plans for sku, _ in plan])
+                for position, wanted, order_uuid, plan in plans:
+                    outcomes[position] = self._reserve_one(tx, wanted, order_uuid, plan)
+        return outcomes
+
+    def _reserve_one(self, tx, wanted, order_uuid, plan):
+        try:
+            with tx.savepoint():  # a shortage undoes this order's takes alone
+                return {"reservation": self._take(tx, wanted, order_uuid, plan)}
+        except _NotTaken as short:
+            try:
+                refusal = self._shortage(tx.store, plan, short.sku)
+            except DomainError as unknown_sku:
+                refusal = unknown_sku
+            log.warning("(expected) no reservation for order %s: %s", order_uuid, refusal,
+                        extra={"request_id": wanted.get("request_id")})
+            return to_outcome(refusal)
+
+    def _take(self, tx, wanted, order_uuid, plan):
+        taken = tx.store.claim_and_take_stock(order_uuid, plan)
+        if taken is None:
+            existing = tx.store.get_reservation(order_uuid)
+            return domain.reservation_view(existing, tx.store.reservation_items(order_uuid))
+        not_taken = domain.first_not_taken(plan, taken)
+        if not_taken is not None:
+            raise _NotTaken(not_taken)
+        lines = [(taken[sku], quantity) for sku, quantity in plan]
+        changed = [(product, product.available + quantity, product.low_stock_threshold)
+                   for product, quantity in lines]
+        view = domain.new_reservation_view(order_uuid, lines)
+        events = [self._stock_event("stock_reserved", view, changed), *self._low_stock_events(changed)]
+        tx.store.record_reservation(order_uuid, lines, [
+            tx.event_row(*event, request_id=wanted.get("request_id"), traceparent=wanted.get("traceparent"))
+            for event in events])
+        return view
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def replace_reservation(self, order_id, items):
@@ -187,9 +240,9 @@ class InventoryService(ServiceBase):
             return domain.reservation_view(reservation, items)
 
     def _shortage(self, store, plan, failed_sku, already_held=None):
-        """The error for a reservation that could not take `failed_sku`: UnknownSku
-        if any sku names no product, else InsufficientStock. The transaction rolls
-        back whole, so nothing stays reserved."""
+        """The error for a reservation that could not take `failed_sku` (raised: UnknownSku
+        if any sku names no product; returned: InsufficientStock), read once what the
+        reservation took is undone, so nothing stays reserved."""
         skus = [sku for sku, _ in plan]
         domain.check_all_known(plan, {known.sku for known in store.get_products(skus)})
         available = store.available_stock(skus)
@@ -226,3 +279,11 @@ class InventoryService(ServiceBase):
         if product is None:
             raise NotFound("No such product.", {"sku": str(sku)})
         return product
+
+
+class _NotTaken(Exception):
+    """A reservation could not take `sku` (too little stock, or no such product)."""
+
+    def __init__(self, sku):
+        super().__init__(sku)
+        self.sku = sku

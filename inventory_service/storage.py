@@ -154,6 +154,10 @@ WITH claim AS (
 SELECT EXISTS (SELECT FROM claim) AS claimed, taken.*
 FROM (SELECT) AS always_one_row LEFT JOIN taken ON true
 """)
+_LOCK_PRODUCTS = text(f"""
+SELECT sku FROM {SCHEMA}.products WHERE sku = ANY(CAST(:skus AS varchar[]))
+ORDER BY sku COLLATE "C" FOR UPDATE
+""")
 # A new reservation's items and its events in one round trip; one array per
 # column, so the text is the same for any number of items and events.
 _RECORD_RESERVATION = text(f"""
@@ -229,6 +233,12 @@ class InventoryStore:
     def take_stock(self, sku, quantity):
         """Reserve `quantity` of `sku` if that many are available; the product after, or None."""
         return self._update_stock(_TAKE_STOCK, sku, quantity)
+
+    def lock_products(self, skus):
+        """Lock the rows of `skus` for this transaction, in the one order every reservation
+        takes them (byte order): a batch of reservations then holds all it needs before
+        its first one, so two batches over shared skus cannot deadlock."""
+        self.session.connection().execute(_LOCK_PRODUCTS, {"skus": sorted(set(skus))})
 
     def claim_and_take_stock(self, order_id, plan):
         """Claim `order_id` and reserve every (sku, quantity) of `plan` that is available.

@@ -16,20 +16,17 @@ import uuid
 from datetime import datetime, timedelta, timezone
 
 from common.contract.caller import ADMIN, SERVICE, required
+from common.contract.context import DEADLINE_KEY, REQUEST_ID_KEY
 from common.contract.errors import (
     EXPECTED_ERRORS,
-    DeadlineExceeded,
     FailureNotRecorded,
     NotFound,
-    OutcomeUnknown,
     ServiceUnavailable,
-    UnknownCustomer,
     UpstreamTimeout,
     error_from_dict,
 )
-from common.contract.schemas.base import id_of_attempt, load_or_raise, uuid_or_none
+from common.contract.schemas.base import load_or_raise, uuid_or_none
 from common.contract.schemas.orders import (
-    OrderInput,
     OrderListQuery,
     OrderSchema,
     OrderUpdateInput,
@@ -40,10 +37,12 @@ from common.contract.schemas.orders import (
 from common.kit.base import ServiceBase
 from common.kit.consumers import reliable_event_handler
 from common.kit.paging import Listing
+from common.kit.providers import ContextData
 from common.kit.rpc import ServiceRpcProxy, rpc
 from common.kit.timers import every
 from common.kit.unit_of_work import UnitOfWork
 from order_service import domain, storage
+from order_service.creation import Creation, answer
 
 log = logging.getLogger(__name__)
 SETTLE_ATTEMPTS, SETTLE_PAUSE_SECONDS = 3, 1.0
@@ -62,6 +61,7 @@ class OrderService(ServiceBase):
     uow = UnitOfWork(storage.layout)
     customer_rpc = ServiceRpcProxy("customer_service")
     inventory_rpc = ServiceRpcProxy("inventory_service")
+    context_data = ContextData()
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def create_order(self, data, idempotency_key=None, attempt_id=None):
@@ -70,61 +70,26 @@ class OrderService(ServiceBase):
         With an idempotency key, a repeat of the same body returns the first
         order again and creates nothing; a different body is refused.
         attempt_id (the gateway sets one per HTTP request) does the same for
-        a redelivery of this very call.
+        a redelivery of this very call. A batch of one (see create_orders).
         """
         caller = required(self.caller)
-        order_input = load_or_raise(OrderInput, data)
-        domain.check_may_order_for(caller, order_input["customer_id"])
-        lines = domain.merge_lines(order_input["items"])
-        # A redelivered call carries the same attempt id, hence the same order id.
-        order_id = id_of_attempt(attempt_id)
-        if attempt_id is None:
-            return self._create(caller, order_id, order_input, lines, data, idempotency_key)
-        try:
-            return self._create(caller, order_id, order_input, lines, data, idempotency_key, attempt=True)
-        except (OutcomeUnknown, DeadlineExceeded):
-            raise  # 504 naming the order either way; no run may commit after the deadline
-        except Exception as error:
-            return self._end_failed_attempt(caller, order_id, error)
+        entry = {"data": data, "idempotency_key": idempotency_key, "attempt_id": attempt_id,
+                 "caller": caller.to_context(), "request_id": self.context_data.get(REQUEST_ID_KEY),
+                 "deadline": self.context_data.get(DEADLINE_KEY), "traceparent": None}  # its worker's span is its own
+        [created] = Creation(self).run([entry])
+        return answer(created)
 
-    def _create(self, caller, order_id, order_input, lines, data, idempotency_key, attempt=False):
-        started = time.monotonic()
-        with self.uow as tx:
-            store = tx.store
-            if attempt:
-                # Runs of one attempt (the original and a redelivery) take turns, so
-                # one can never undo the reservation of the order the other made.
-                store.lock_order_id(order_id)
-            done_before, failure, known_customer = store.create_context(order_id, order_input["customer_id"])
-            if done_before:
-                return order_schema.dump(domain.check_same_caller(caller, store.get_order(order_id)))
-            if failure is not None:
-                raise error_from_dict(failure)
-            key = domain.check_idempotency_key(idempotency_key)
-            if key is not None:
-                fingerprint = domain.request_fingerprint(data)
-                first_use = store.claim_idempotency_key(key, fingerprint, order_id, _now())
-                if first_use is not None:
-                    return domain.replay(first_use, fingerprint)
-            customer = self._existing_customer(known_customer, order_input["customer_id"])
-            reservation = self.inventory_rpc.reserve(str(order_id), lines)
-            try:
-                domain.check_reservation_held(reservation)
-                order_row, item_rows = domain.new_order(
-                    order_id, customer, lines, reservation, order_input.get("shipping_address"), _now())
-                order = order_schema.dump({**order_row, "items": item_rows})
-                if key is not None:
-                    store.remember_response(key, order)
-                store.insert_new_order(order_row, item_rows, caller.sub, tx.event_row("order_created", order))
-                domain.check_create_deadline(started, time.monotonic(),
-                                             self.settings.order_create_deadline_seconds)
-            except BaseException:
-                # Still under the lock, before the rollback. (Should the commit
-                # itself fail, inventory's reconciler releases the reservation.)
-                if reservation["status"] == "reserved":
-                    self._settle("release", order_id)
-                raise
-            return order
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def create_orders(self, entries):
+        """create_order for each entry ({data, idempotency_key, attempt_id, caller, request_id,
+        deadline, traceparent}) in one transaction with one reservation call; each entry's
+        outcome, in order: {"order": ...} or {"error": {code, message, details}, "kind"}.
+
+        Only a caller that has checked each entry's own caller may send them (a
+        service, or an admin at `make shell`); each entry is then checked as its caller.
+        """
+        required(self.caller).require(ADMIN, SERVICE)
+        return [entry.outcome for entry in Creation(self).run(entries)]
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_order(self, order_id):
@@ -256,7 +221,7 @@ class OrderService(ServiceBase):
         outcome_unknown the gateway answers by sending the request again)."""
         try:
             with self.uow as tx:
-                tx.store.lock_order_id(order_id)  # taken after the failed run rolled back
+                tx.store.lock_order_ids([order_id])  # taken after the failed run rolled back
                 done_before, failure = tx.store.attempt_outcome(order_id)
                 if done_before:
                     return order_schema.dump(domain.check_same_caller(caller, tx.store.get_order(order_id)))
@@ -271,16 +236,6 @@ class OrderService(ServiceBase):
         if failure is None:
             raise error  # this run's failure is now the attempt's answer
         raise error_from_dict(failure) from None
-
-    def _existing_customer(self, known, customer_id):
-        """The customer from the local directory (customers are never deleted, so a
-        hit proves existence), else from customer_service: one RPC hop saved."""
-        if known is not None:
-            return domain.customer_from_directory(known)
-        try:
-            return self.customer_rpc.get_customer(str(customer_id))
-        except NotFound:
-            raise UnknownCustomer("No such customer.", {"customer_id": str(customer_id)}) from None
 
     def _remember_customer(self, envelope):
         customer = envelope["data"]

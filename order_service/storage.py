@@ -29,7 +29,6 @@ from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
 from common.kit.consumers import processed_events_model
-from common.kit.db import advisory_lock
 from common.kit.outbox import outbox_model
 from common.kit.unit_of_work import StorageLayout
 from order_service import domain
@@ -129,25 +128,34 @@ class KnownCustomer(OrdersBase):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
-# Creating an order is the hot path: three statements in all (the attempt
-# lock, the context read, the combined insert), each built once so its
-# compiled form is reused.
+# Creating orders is the hot path: a batch of creates takes three statements
+# for all of them (the attempt locks, the context read) and one insert each,
+# each statement built once so its compiled form is reused.
 _orders, _items, _known = Order.__table__, OrderItem.__table__, KnownCustomer.__table__
 _failed = FailedAttempt.__table__
-
-
-def _known_customer_column(column):
-    return select(column).where(_known.c.id == bindparam("customer_id")).scalar_subquery()
 
 
 _ATTEMPT_OUTCOME = (
     exists().where(_orders.c.id == bindparam("order_id")).label("done_before"),
     select(_failed.c.error).where(_failed.c.order_id == bindparam("order_id")).scalar_subquery().label("failure"))
 
-_CREATE_CONTEXT = select(
-    *_ATTEMPT_OUTCOME,
-    _known_customer_column(_known.c.id).label("id"),
-    _known_customer_column(_known.c.shipping_address).label("shipping_address"))
+# For each (order id, customer id) of a batch: whether the order exists, how its
+# attempt failed, and the customer as the local directory knows it.
+_CREATE_CONTEXTS = text(f"""
+SELECT want.order_id,
+       EXISTS (SELECT FROM {SCHEMA}.orders AS made WHERE made.id = want.order_id) AS done_before,
+       (SELECT failed.error FROM {SCHEMA}.failed_attempts AS failed WHERE failed.order_id = want.order_id)
+           AS failure,
+       known.id, known.shipping_address
+FROM unnest(CAST(:order_ids AS uuid[]), CAST(:customer_ids AS uuid[])) AS want(order_id, customer_id)
+LEFT JOIN {SCHEMA}.known_customers AS known ON known.id = want.customer_id
+""")
+# Transaction-scoped locks on a batch's attempt ids, taken in one order by every
+# batch, so two batches sharing an attempt (a re-drive) cannot deadlock.
+_LOCK_ORDER_IDS = text("""
+SELECT count(pg_advisory_xact_lock(hashtextextended(key, 0)))
+FROM (SELECT key FROM unnest(CAST(:keys AS text[])) AS key ORDER BY key) AS sorted
+""")
 
 # The order, its items (one array per column, so the text is the same for any
 # number of items), its first history row and its event, in one round trip.
@@ -203,13 +211,15 @@ class OrderStore:
         self.session = session
         self.seen = []  # the orders handed out: the unit of work collects their events
 
-    def create_context(self, order_id, customer_id):
-        """(whether order `order_id` exists already, how its attempt failed or
-        None, the customer as the local directory knows it or None), in one
-        round trip."""
-        row = self.session.connection().execute(
-            _CREATE_CONTEXT, {"order_id": order_id, "customer_id": customer_id}).one()
-        return row.done_before, row.failure, (row if row.id is not None else None)
+    def create_contexts(self, wanted):
+        """{order id: (whether the order exists already, how its attempt failed or None,
+        the customer as the local directory knows it or None)} for each (order id,
+        customer id) of `wanted`, in one round trip."""
+        rows = self.session.connection().execute(_CREATE_CONTEXTS, {
+            "order_ids": [str(order_id) for order_id, _ in wanted],
+            "customer_ids": [str(customer_id) for _, customer_id in wanted]})
+        return {uuid.UUID(str(row.order_id)): (row.done_before, row.failure, row if row.id is not None else None)
+                for row in rows}
 
     def attempt_outcome(self, order_id):
         """(whether order `order_id` exists, how its attempt failed or None)."""
@@ -235,9 +245,9 @@ class OrderStore:
             "traceparent": event_row["traceparent"],
         })
 
-    def lock_order_id(self, order_id):
-        """A transaction-scoped lock on an order id (it may not exist yet)."""
-        advisory_lock(self.session, order_id)
+    def lock_order_ids(self, order_ids):
+        """Transaction-scoped locks on order ids (they may not exist yet), in one round trip."""
+        self.session.connection().execute(_LOCK_ORDER_IDS, {"keys": [str(order_id) for order_id in order_ids]})
 
     def get_order(self, order_id, lock=False):
         query = select(Order).where(Order.id == order_id)
@@ -295,6 +305,11 @@ class OrderStore:
         if claimed is not None:
             return None
         return self.session.scalars(select(IdempotencyKey).where(IdempotencyKey.key == key)).one()
+
+    def unclaim_idempotency_key(self, key, order_id):
+        """Give back `key` claimed for `order_id`, whose create failed: the key is not used up."""
+        self.session.execute(delete(IdempotencyKey).where(IdempotencyKey.key == key,
+                                                          IdempotencyKey.order_id == order_id))
 
     def remember_response(self, key, response):
         self.session.execute(

@@ -181,3 +181,25 @@ def error_from_dict(error):
     plain DomainError (500)."""
     by_code = {cls.code: cls for cls in DomainError.__subclasses__()}
     return by_code.get(error["code"], DomainError)(error["message"], error["details"])
+
+
+def _by_name(cls=DomainError):
+    """Every DomainError class by its name, subclasses of subclasses too."""
+    found = {cls.__name__: cls}
+    for subclass in cls.__subclasses__():
+        found.update(_by_name(subclass))
+    return found
+
+
+def to_outcome(error):
+    """One entry's failure in a batch answer (JSON): the error, and its class, which the
+    code alone does not tell (FailureNotRecorded and OutcomeUnknown share one)."""
+    if not isinstance(error, DomainError):
+        error = DomainError("Something went wrong on our side.")
+    return {"error": json.loads(json.dumps(error.to_dict(), default=str)), "kind": type(error).__name__}
+
+
+def from_outcome(outcome):
+    """The DomainError `to_outcome` described (a plain DomainError for an unknown kind)."""
+    error = outcome["error"]
+    return _by_name().get(outcome.get("kind"), DomainError)(error["message"], error["details"])

@@ -51,6 +51,8 @@ class Settings(BaseModel):
     gateway_port: int = Field(ge=1, le=65535)
     gateway_workers: int = Field(ge=1, le=64)
     gateway_threads: int = Field(ge=1, le=256)
+    batch_max: int = Field(ge=1, le=1000)
+    batch_in_flight: int = Field(ge=1, le=64)
     rpc_pool_size_setting: int | None = Field(default=None, ge=1, le=1024, alias="RPC_POOL_SIZE")
     jwt_secret: str = Field(min_length=1)
     env: Literal["development", "production"]

@@ -71,12 +71,13 @@ class Outbox:
         session.connection().execute(self._insert, row)
 
     @staticmethod
-    def row(event_type, data, request_id=None):
-        """The outbox row of a new event."""
+    def row(event_type, data, request_id=None, traceparent=None):
+        """The outbox row of a new event; its trace context the active span's unless given."""
         envelope = make_envelope(event_type, data, request_id)
         now = datetime.now(timezone.utc)
         return {"event_id": uuid.UUID(envelope["event_id"]), "event_type": event_type, "payload": envelope,
-                "created_at": now, "next_attempt_at": now, "attempts": 0, "traceparent": current_traceparent()}
+                "created_at": now, "next_attempt_at": now, "attempts": 0,
+                "traceparent": traceparent or current_traceparent()}
 
 
 class OutboxRelay:

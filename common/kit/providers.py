@@ -19,3 +19,10 @@ class SettingsProvider(DependencyProvider):
 
     def get_dependency(self, worker_ctx):
         return settings_of(self.container)
+
+
+class ContextData(DependencyProvider):
+    """`self.context_data` in a worker: what its call carried (request id, deadline, ...), read only."""
+
+    def get_dependency(self, worker_ctx):
+        return dict(worker_ctx.data)

@@ -22,6 +22,7 @@
   (common/observability/log.py).
 """
 import copy
+from contextlib import contextmanager
 
 from nameko.events import EventHandler
 from nameko.extensions import DependencyProvider
@@ -37,7 +38,7 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACEPARENT_KEY = "traceparent"
@@ -220,6 +221,24 @@ def with_traceparent(data):
     """`data` (context data, a dict) plus the active span's traceparent, if any."""
     traceparent = current_traceparent()
     return {**data, TRACEPARENT_KEY: traceparent} if traceparent else data
+
+
+@contextmanager
+def entry_spans(name, traceparents):
+    """Around the block, a span `name` for each entry of a batch that carries a traceparent:
+    in that entry's own trace (its request's), linked to the batch's span (the current one)."""
+    if not enabled() or not any(traceparents):
+        yield
+        return
+    batch = trace.get_current_span().get_span_context()
+    links = [Link(batch)] if batch.is_valid else []
+    spans = [tracer().start_span(name, context=parent_context(traceparent), kind=SpanKind.INTERNAL, links=links)
+             for traceparent in traceparents if traceparent]
+    try:
+        yield
+    finally:
+        for span in spans:
+            span.end()
 
 
 def client_span(service, method):

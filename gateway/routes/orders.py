@@ -15,6 +15,7 @@ from common.contract.errors import (
     VersionConflict,
 )
 from common.contract.schemas.orders import OrderInput, OrderListQuery, OrderUpdateInput, ShippingInput, StatusInput
+from gateway import calls
 from gateway.calls import read, write
 from gateway.http import expected_version, filtered_page_args, order_response
 from gateway.routes.declare import API, routes
@@ -29,8 +30,7 @@ def create_order(body):
     # The attempt id becomes the order's id: fixed before the call, so a 504 can name it, and a
     # second run of this call (a redelivery, or a re-drive after a lost reply) finds the first order.
     order_id = str(uuid.uuid4())
-    order = write({"order_id": order_id}, "order_service", "create_order", body, idempotency_key=key,
-                  attempt_id=order_id, redrive=True)
+    order = calls.create_order(body, key, order_id)
     response = order_response(order, 201)
     response.headers["Location"] = f"{API}/orders/{order['id']}"
     return response

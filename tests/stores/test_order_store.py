@@ -70,25 +70,50 @@ def test_a_new_order_reads_back_with_its_items_and_first_status(store):
     assert store.order_view(uuid.uuid4()) is None and store.get_order(uuid.uuid4()) is None
 
 
+def context(store, order_id, customer_id=CUSTOMER_ID):
+    return store.create_contexts([(order_id, customer_id)])[order_id]
+
+
 def test_the_create_context_tells_what_an_attempt_left_and_who_the_customer_is(store):
     order_id = uuid.uuid4()
-    assert store.create_context(order_id, CUSTOMER_ID) == (False, None, None)
+    assert context(store, order_id) == (False, None, None)
     store.remember_customer(CUSTOMER_ID, ADDRESS, T0)
     store.record_failed_attempt(order_id, {"code": "insufficient_stock"}, T0)
     store.record_failed_attempt(order_id, {"code": "internal_error"}, T0)  # the first failure stays
-    done_before, failure, customer = store.create_context(order_id, CUSTOMER_ID)
+    done_before, failure, customer = context(store, order_id)
     assert (done_before, failure) == (False, {"code": "insufficient_stock"})
     assert (customer.id, customer.shipping_address) == (CUSTOMER_ID, ADDRESS)
     made = insert(store)
     assert store.attempt_outcome(made) == (True, None)
 
 
+def test_the_contexts_of_a_batch_come_together_each_for_its_own_order(store):
+    made, failed, fresh, stranger = insert(store), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    store.remember_customer(CUSTOMER_ID, ADDRESS, T0)
+    store.record_failed_attempt(failed, {"code": "unknown_sku"}, T0)
+    store.lock_order_ids(sorted([made, failed, fresh]))
+    contexts = store.create_contexts([(made, CUSTOMER_ID), (failed, CUSTOMER_ID), (fresh, stranger)])
+    assert set(contexts) == {made, failed, fresh}
+    assert contexts[made][:2] == (True, None) and contexts[failed][:2] == (False, {"code": "unknown_sku"})
+    assert contexts[fresh] == (False, None, None)
+    assert contexts[made][2].shipping_address == ADDRESS
+
+
+def test_a_key_given_back_is_free_again_only_for_the_order_that_claimed_it(store):
+    first, second = uuid.uuid4(), uuid.uuid4()
+    assert store.claim_idempotency_key("k-1", "hash", first, T0) is None
+    store.unclaim_idempotency_key("k-1", second)  # not its claim: nothing changes
+    assert store.claim_idempotency_key("k-1", "hash", second, T0).order_id == first
+    store.unclaim_idempotency_key("k-1", first)
+    assert store.claim_idempotency_key("k-1", "hash", second, T0) is None
+
+
 def test_a_customer_is_not_overwritten_by_an_older_event(store):
     store.remember_customer(CUSTOMER_ID, {"line1": "new"}, T0)
     store.remember_customer(CUSTOMER_ID, {"line1": "old"}, T0 - timedelta(minutes=1))
-    assert store.create_context(uuid.uuid4(), CUSTOMER_ID)[2].shipping_address == {"line1": "new"}
+    assert context(store, uuid.uuid4())[2].shipping_address == {"line1": "new"}
     store.remember_customer(CUSTOMER_ID, {"line1": "newer"}, T0 + timedelta(minutes=1))
-    assert store.create_context(uuid.uuid4(), CUSTOMER_ID)[2].shipping_address == {"line1": "newer"}
+    assert context(store, uuid.uuid4())[2].shipping_address == {"line1": "newer"}
 
 
 def test_lists_are_newest_first_filtered_and_continue_after_a_key(store):

@@ -60,9 +60,18 @@ class FakeTransaction:
     def emit(self, event_type, data, request_id=None):
         self.pending.append((event_type, data))
 
-    def event_row(self, event_type, data, request_id=None):
+    def event_row(self, event_type, data, request_id=None, traceparent=None):
         self.pending.append((event_type, data))
-        return Outbox.row(event_type, data)
+        return Outbox.row(event_type, data, request_id, traceparent)
+
+    @contextmanager
+    def savepoint(self):
+        tables, pending = copy.deepcopy(self.store.tables), list(self.pending)
+        try:
+            yield
+        except BaseException:
+            self.store.tables, self.pending = tables, pending
+            raise
 
     def first_time(self, event_id, handler):
         if event_id in self.store.tables["processed"]:
@@ -141,6 +150,10 @@ class FakeCustomerService:
         if customer_id not in self.customers:
             raise NotFound("No such customer.", {"id": customer_id})
         return self.customers[customer_id]
+
+    def get_customers(self, customer_ids):
+        self.calls += 1
+        return [self.customers[customer_id] for customer_id in customer_ids if customer_id in self.customers]
 
 
 # ---- inventory ------------------------------------------------------------------
@@ -228,6 +241,9 @@ class InMemoryInventoryStore:
         return self._changed(sku, stock=-quantity, reserved=-quantity)
 
     # reservations
+    def lock_products(self, skus):
+        pass  # one process, one thread: nothing to wait for
+
     def claim_and_take_stock(self, order_id, plan):
         if order_id in self.tables["reservations"]:
             return None
@@ -304,14 +320,15 @@ class InMemoryOrderStore:
         self.seen = []
         self.fail_on_insert = None  # an exception insert_new_order raises (a failed persist)
         self.fail_on_record = None  # an exception record_failed_attempt raises (the database went away)
-        self.on_lock = None  # called on lock_order_id: another run of the attempt, between two of ours
+        self.on_lock = None  # called on lock_order_ids: another run of the attempt, between two of ours
 
     def know_customer(self, customer_id, shipping_address=None):
         """Test set-up: a customer as the customer_created event would have recorded it."""
         self.remember_customer(uuid.UUID(str(customer_id)), shipping_address, now())
 
-    def create_context(self, order_id, customer_id):
-        return (*self.attempt_outcome(order_id), self.tables["customers"].get(customer_id))
+    def create_contexts(self, wanted):
+        return {order_id: (*self.attempt_outcome(order_id), self.tables["customers"].get(customer_id))
+                for order_id, customer_id in wanted}
 
     def attempt_outcome(self, order_id):
         failed = self.tables["failed"].get(order_id)
@@ -322,8 +339,8 @@ class InMemoryOrderStore:
             raise self.fail_on_record
         self.tables["failed"].setdefault(order_id, SimpleNamespace(error=error, failed_at=at))
 
-    def lock_order_id(self, order_id):
-        if self.on_lock is not None:
+    def lock_order_ids(self, order_ids):
+        if self.on_lock is not None and order_ids:
             self.on_lock()
 
     def insert_new_order(self, order_fields, item_fields, changed_by, event_row):
@@ -376,6 +393,10 @@ class InMemoryOrderStore:
         self.tables["keys"][key] = SimpleNamespace(key=key, request_hash=request_hash, order_id=order_id,
                                                    response=None, created_at=at)
         return None
+
+    def unclaim_idempotency_key(self, key, order_id):
+        if key in self.tables["keys"] and self.tables["keys"][key].order_id == order_id:
+            del self.tables["keys"][key]
 
     def remember_response(self, key, response):
         self.tables["keys"][key].response = json.dumps(response)

@@ -46,7 +46,7 @@ class World:
         self.orders_store = InMemoryOrderStore()
         self.customers = FakeCustomerService(CUSTOMER)
         self.orders = worker_factory(OrderService, uow=FakeUnitOfWork(self.orders_store), settings=settings,
-                                     caller=Caller("admin-1", "admin"), customer_rpc=self.customers,
+                                     caller=Caller("admin-1", "admin"), customer_rpc=self.customers, context_data={},
                                      inventory_rpc=self.inventory_rpc)
 
     def reserved(self, sku):
@@ -95,7 +95,7 @@ def test_failed_persist_releases_the_reservation_and_emits_nothing(world):
     world.orders_store.fail_on_insert = RuntimeError("disk full")
     with pytest.raises(RuntimeError):
         world.create()
-    assert world.inventory_rpc.calls == ["reserve", "release"]
+    assert world.inventory_rpc.calls == ["reserve_many", "release"]
     assert world.reserved("A") == 0
     assert world.orders_store.tables["orders"] == {}
     assert world.order_events() == []
@@ -157,24 +157,22 @@ def test_a_failure_that_cannot_be_recorded_is_outcome_unknown_naming_the_order(w
     assert unknown.value.details["order_id"] == attempt
 
 
-def test_a_failed_run_answers_the_order_another_run_of_the_attempt_made_meanwhile(world):
+def test_a_run_answers_the_order_another_run_of_the_attempt_made_meanwhile(world):
+    """Runs of one attempt take turns on its lock; one that gets it after another run made
+    the order answers that order (a failure found in a run is recorded under its lock)."""
     attempt = str(uuid.uuid4())
     other_instance = worker_factory(OrderService, uow=FakeUnitOfWork(world.orders_store), settings=SETTINGS,
-                                    caller=Caller("admin-1", "admin"), customer_rpc=world.customers,
+                                    caller=Caller("admin-1", "admin"), customer_rpc=world.customers, context_data={},
                                     inventory_rpc=world.inventory_rpc)
-    locks = []
 
-    def the_other_run_goes_between_our_two_locks():
-        locks.append(1)
-        if len(locks) == 2:  # ours failed and rolled back; before it records that, the other run commits
-            world.orders_store.on_lock = None
-            world.stock.add_product("A", stock=20, unit_price="29.99")
-            other_instance.create_order({"customer_id": CUSTOMER["id"], "items": [{"sku": "A", "quantity": 11}]},
-                                        attempt_id=attempt)
+    def the_other_run_commits_before_ours_holds_the_lock():
+        world.orders_store.on_lock = None
+        other_instance.create_order({"customer_id": CUSTOMER["id"], "items": [{"sku": "A", "quantity": 3}]},
+                                    attempt_id=attempt)
 
-    world.orders_store.on_lock = the_other_run_goes_between_our_two_locks
-    order = world.create(quantity=11, attempt_id=attempt)  # ours: insufficient stock
-    assert order["id"] == attempt and world.reserved("A") == 11
+    world.orders_store.on_lock = the_other_run_commits_before_ours_holds_the_lock
+    order = world.create(quantity=11, attempt_id=attempt)  # ours alone would be short of stock
+    assert order["id"] == attempt and order["items"][0]["quantity"] == 3 and world.reserved("A") == 3
     assert world.orders_store.tables["failed"] == {}
 
 

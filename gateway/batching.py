@@ -1,0 +1,101 @@
+"""Concurrent order creates of one gateway process share one RPC message and one reply.
+
+Natural batching, no added wait: a request's create joins a queue; each of
+BATCH_IN_FLIGHT sender threads takes what is queued (up to BATCH_MAX) and sends
+it as one `order_service.create_orders` call, whose reply carries each order's
+outcome. While batches are in flight, new creates queue up and form the next
+one; at one connection every batch is one create and nothing waits. Each entry
+keeps what is its own: its attempt id, body, Idempotency-Key, caller, request
+id, deadline and traceparent; order_service checks each as its caller.
+
+A batch whose reply was lost is sent again (create_orders is idempotent per
+attempt), while its latest deadline allows; a request waits no longer than
+its own deadline. BATCH_MAX=1 turns this off: each create is its own call.
+"""
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from common.contract.caller import CALLER_KEY, SERVICE
+from common.contract.context import REQUEST_ID_KEY
+from common.contract.errors import DeadlineExceeded
+from common.contract.services import GATEWAY
+from gateway import metrics
+from gateway.rpc_pool import NoAnswer
+
+log = logging.getLogger(__name__)
+
+# The batch's own caller: the gateway, which checked each entry's caller (its token or key).
+BATCH_CALLER = {"sub": GATEWAY, "role": SERVICE}
+
+
+class CreateBatches:
+    """Batches of `order_service.create_orders`, sent through `pool` by `in_flight` threads."""
+
+    def __init__(self, pool, max_size, in_flight):
+        self._pool, self._max_size, self._in_flight = pool, max_size, in_flight
+        self._queue = queue.SimpleQueue()
+        self._senders = []
+        self._starting = threading.Lock()
+
+    def create(self, entry):
+        """The outcome of one create ({"order": ...} or an error outcome); NoAnswer when
+        none came before the entry's deadline (epoch seconds)."""
+        self._start()
+        waiter = Future()
+        self._queue.put((entry, waiter))
+        try:
+            return waiter.result(timeout=max(entry["deadline"] - time.time(), 0.0))
+        except FutureTimeout:
+            raise NoAnswer("no answer to the batch before this request's deadline") from None
+
+    def _start(self):
+        # Threads are started in the process that serves (gunicorn forks its workers after import).
+        if len(self._senders) == self._in_flight:
+            return
+        with self._starting:
+            while len(self._senders) < self._in_flight:
+                sender = threading.Thread(target=self._send_forever, name="create-batches", daemon=True)
+                sender.start()
+                self._senders.append(sender)
+
+    def _send_forever(self):
+        while True:
+            batch = self._next_batch()
+            if batch:
+                self._send(batch)
+
+    def _next_batch(self):
+        """What is queued, up to the bound, less the entries whose deadline has passed."""
+        batch = [self._queue.get()]
+        while len(batch) < self._max_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        now = time.time()
+        for entry, waiter in batch:
+            if entry["deadline"] <= now:
+                waiter.set_exception(DeadlineExceeded("The request's deadline passed before it was sent.",
+                                                      {"deadline": entry["deadline"]}))
+        return [(entry, waiter) for entry, waiter in batch if entry["deadline"] > now]
+
+    def _send(self, batch):
+        entries = [entry for entry, _ in batch]
+        context = {REQUEST_ID_KEY: entries[0]["request_id"], CALLER_KEY: BATCH_CALLER}
+        started, outcome = time.perf_counter(), "ok"
+        try:
+            outcomes = self._pool.call("order_service", "create_orders", (entries,), context_data=context,
+                                       deadline=max(entry["deadline"] for entry in entries), redrive=True)
+        except Exception as exc:  # the batch's failure is each of its entries' answer
+            outcome = "no_answer" if isinstance(exc, NoAnswer) else getattr(exc, "code", "error")
+            for _, waiter in batch:
+                waiter.set_exception(exc)
+            return
+        finally:
+            metrics.record_rpc("order_service", "create_orders", outcome, time.perf_counter() - started)
+        for (_, waiter), entry_outcome in zip(batch, outcomes):
+            waiter.set_result(entry_outcome)
