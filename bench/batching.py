@@ -9,10 +9,9 @@ side by side on half the connections: a batch forms from the requests one gatewa
 once, so half the connections would measure smaller batches; the floor the target compares "on"
 with is measured alone at the full count; and one connection cannot be halved.
 
-One stack is up at a time: a loaded stack holds about 50 Postgres connections, two and the floor's
-32 would pass a default server's 100. A round is a block of every count per target, in the order
-off, on, floor, then floor, on, off, ... (BENCH_BATCHING_ROUNDS), so that drift over the minutes
-favours none; each target's median round decides.
+A round is a block of every count per target, in the order off, on, floor, then floor, on, off,
+... (BENCH_BATCHING_ROUNDS), so that drift over the minutes favours none; each target's median
+round decides. Each block starts its target afresh with nothing else of the bench's up.
 """
 from dataclasses import dataclass
 
@@ -43,7 +42,6 @@ class Drive:
     process: str | None  # the bench process serving it (bench.processes), checked before each case
     database_url: str
     owner: str  # FIRST, SECOND or FLOOR
-    settled: bool = False  # has had its unrecorded load after seeding
 
 
 def batching_cases(bench):
@@ -80,8 +78,9 @@ def describe(cfg):
     if cfg.batch_max is None and cfg.consumer_batch_max is None:
         return ("BATCH_MAX and CONSUMER_BATCH_MAX are not settings of this checkout: on and off run "
                 "alike (a control)")
+    control = " (a control: on runs as off)" if (cfg.batch_max, cfg.consumer_batch_max) == (1, 1) else ""
     return (f"on: BATCH_MAX {cfg.batch_max}, CONSUMER_BATCH_MAX {cfg.consumer_batch_max}; "
-            f"off: {', '.join(f'{name} {value}' for name, value in BATCHING_OFF.items())}")
+            f"off: {', '.join(f'{name} {value}' for name, value in BATCHING_OFF.items())}{control}")
 
 
 def _drives(bench):
@@ -97,16 +96,14 @@ def _drives(bench):
 
 
 def _block(bench, drives, target, number, measured):
-    """Round `number` of `target` at every count (the floor's above one), after starting what it
-    runs on; `measured`: {(target, connections): [its cases]}."""
-    drive = drives[target]
-    counts = [c for c in bench.config.batching_connections if target != BATCH_FLOOR or c > 1]
-    if target == BATCH_FLOOR:
-        bench.start_gunicorn(FLOOR, "bench.floor_app:app")
-        drive.url = bench.urls[FLOOR]
-    else:
-        _only_up(bench, drive)
-    for connections in counts:
+    """Round `number` of `target` at every count (the floor's above one) on what it runs on,
+    started afresh; `measured`: {(target, connections): [its cases]}."""
+    cfg, drive = bench.config, drives[target]
+    _start(bench, drive)
+    # Unrecorded load after the start: new processes and Postgres backends (connections, caches)
+    # cost the first seconds, and the first load after seeding pays for the database settling.
+    loadgen.run(bench.loadgen, drive.url, drive.workload, cfg.main_connections, cfg.seconds)
+    for connections in (c for c in cfg.batching_connections if target != BATCH_FLOOR or c > 1):
         case = cases.new_case("post_order", f"{target} #{number}", connections)
         stack = bench.processes[drive.process] if drive.process else None
         measured.setdefault((target, connections), []).append(cases.load_case(
@@ -115,23 +112,18 @@ def _block(bench, drives, target, number, measured):
         bench.processes[FLOOR].stop()
 
 
-def _only_up(bench, drive):
-    """The stack of `drive` up and the other down, with unrecorded load after a start: the first
-    time for BENCH_SECONDS (the first load after seeding pays for the database settling, autovacuum
-    and cold caches, up to a fifth of its req/s)."""
-    cfg = bench.config
-    mine, other = (SECOND_STACK, "stack") if drive.owner == SECOND else ("stack", SECOND_STACK)
-    started = not bench.processes[mine].alive()
-    if started:
-        bench.processes[other].stop()
-        if mine == "stack":
-            bench.restart_stack()
-        else:
-            bench.processes[mine].start(timeout=90)
-    if started or not drive.settled:
-        loadgen.run(bench.loadgen, drive.url, drive.workload, cfg.main_connections,
-                    max(cfg.warmup, 2) if drive.settled else cfg.seconds)
-        drive.settled = True
+def _start(bench, drive):
+    """What `drive` runs on, started afresh, with no other stack up: every target starts alike, and
+    Postgres has room (a loaded stack holds about 50 connections, the floor 32)."""
+    for name in (SECOND_STACK, "stack"):
+        bench.processes[name].stop()
+    if drive.owner == FLOOR:
+        bench.start_gunicorn(FLOOR, "bench.floor_app:app")
+        drive.url = bench.urls[FLOOR]
+    elif drive.owner == SECOND:
+        bench.processes[SECOND_STACK].start(timeout=90)
+    else:
+        bench.restart_stack()
 
 
 def _owner(label):

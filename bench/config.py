@@ -110,5 +110,5 @@ class Config:
         """About how long the cases take (the bearer token must outlive them)."""
         cases = (len(self.connections) * 2 + 5 + (1 if self.scale else 0)
                  + (7 * self.observability_rounds + 3 if self.observability else 0) + (2 if self.cluster else 0)
-                 + (self.batching_cases() + 2 * self.batching_rounds + 1 if self.batching else 0))
+                 + (self.batching_cases() + 3 * self.batching_rounds if self.batching else 0))
         return cases * (self.seconds + self.warmup + 2)
