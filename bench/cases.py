@@ -8,7 +8,7 @@ import statistics
 import sys
 import time
 
-from bench import cpu, loadgen
+from bench import cpu, loadgen, seed
 from bench.targets import (
     CLUSTER_1,
     CLUSTER_2,
@@ -33,11 +33,17 @@ def new_case(kind, target, connections):
 
 def run_case(bench, kind, target, connections, url_key=None):
     """Load `kind` at `connections` on `target` (served at bench.urls[url_key or target]): the case."""
-    case = new_case(kind, target, connections)
+    stack = None if target == FLOOR else bench.processes.get("stack")
+    return load_case(bench, new_case(kind, target, connections), bench.urls[url_key or target],
+                     bench.workload(kind), stack)
+
+
+def load_case(bench, case, url, workload, stack=None, database_url=None, own=None):
+    """Measure `case` (new_case) on `url` with `workload` (see `measure`) and add it to the run;
+    `own` picks the CPU seconds by label that count for it (default: all of them)."""
     bench.cases.append(case)
     try:
-        result, used = _measure(bench, bench.urls[url_key or target], bench.workload(kind), connections,
-                                check_stack=target != FLOOR)
+        result, used = measure(bench, url, workload, case["connections"], stack, database_url)
     except Exception as exc:  # recorded: the run is broken, but the other cases still tell something
         case["failed"] = f"{exc.__class__.__name__}: {exc}"
         bench.problems.append(f"{case['name']}: {case['failed']}")
@@ -46,24 +52,28 @@ def run_case(bench, kind, target, connections, url_key=None):
     except BaseException:  # Ctrl-C or SIGTERM: the run ends here
         case["failed"] = "interrupted"
         raise
-    return record(bench, case, result, used, used["seconds"])
+    return record(bench, case, result, used, own(used["seconds"]) if own else used["seconds"])
 
 
-def _measure(bench, url, workload, connections, check_stack):
-    """One request must answer 2xx; then the warm-up, then the measured load and the CPU it took."""
+def measure(bench, url, workload, connections, stack=None, database_url=None):
+    """One request must answer 2xx (and `stack`, a harness process serving `url`, be alive); then
+    the warm-up, then the measured load and the CPU it took. With `database_url`, the result also
+    has the transactions Postgres ended in that database meanwhile (`pg_transactions`)."""
     cfg = bench.config
-    honcho = bench.processes.get("stack")
-    if check_stack and honcho is not None and not honcho.alive():
-        raise RuntimeError(f"the stack exited during the run; see {bench.shown(honcho.log_path)}")
+    if stack is not None and not stack.alive():
+        raise RuntimeError(f"the stack exited during the run; see {bench.shown(stack.log_path)}")
     status, body = loadgen.one_request(url, workload)
     if not 200 <= status <= 299:
         raise RuntimeError(f"first request answered {status}: {body[:300]}")
     if cfg.warmup:
         loadgen.run(bench.loadgen, url, workload, connections, cfg.warmup)
     labels = bench.cpu_labels()
+    transactions = seed.transactions(database_url) if database_url else None
     before, started = cpu.snapshot(labels), time.monotonic()
     result = loadgen.run(bench.loadgen, url, workload, connections, cfg.seconds)
     used = cpu.usage(before, cpu.snapshot(labels), time.monotonic() - started, bench.report["machine"]["usable_cpus"])
+    if transactions is not None:
+        result["pg_transactions"] = seed.transactions(database_url) - transactions
     return result, used
 
 
@@ -82,6 +92,8 @@ def record(bench, case, result, used, cpu_seconds):
                                      for label, value in cpu_seconds.items()}
     case["cpu_ms_per_ok_total"] = round(sum(
         value or 0 for label, value in case["cpu_ms_per_ok_request"].items() if label not in NOT_THE_SYSTEM), 2)
+    if "pg_transactions" in result:
+        case["pg_transactions_per_ok"] = round(result["pg_transactions"] / ok, 2) if ok else None
     print(f"  {case['name']:<58} {case['ok_rps']:>8.1f} req/s  p50 {case['p50_ms']:>7.2f}  "
           f"p99 {case['p99_ms']:>8.2f} ms  errors {case['errors']}", flush=True)
     if case["steal"] is not None and case["steal"] > OTHER_LOAD_WARNING:

@@ -14,6 +14,11 @@ def _int(env, name, default):
     return int(value) if value else default
 
 
+def _counts(env, name, default, main):
+    """The connection counts in `name` (comma-separated), with `main` among them."""
+    return sorted({int(c) for c in env.get(name, default).split(",") if c.strip()} | {main})
+
+
 @dataclass
 class Config:
     base_url: str | None
@@ -29,6 +34,11 @@ class Config:
     scale: bool
     observability: bool
     cluster: bool
+    batching: bool
+    batching_connections: list
+    batching_rounds: int
+    batch_max: int | None
+    consumer_batch_max: int | None
     only: str
     observability_rounds: int
     side_by_side_control: bool
@@ -48,10 +58,7 @@ class Config:
 
     @classmethod
     def from_env(cls, env=os.environ):
-        connections = sorted({int(c) for c in env.get("BENCH_CONNECTIONS", "1,8,32,64").split(",") if c.strip()})
         main = _int(env, "BENCH_MAIN_CONNECTIONS", 32)
-        if main not in connections:
-            connections = sorted({*connections, main})
         settings = load_settings(env)  # the system's own settings: broker, database, gateway, secret
         return cls(
             base_url=(env.get("BENCH_BASE_URL") or "").rstrip("/") or None,
@@ -61,12 +68,19 @@ class Config:
             customers=max(1, _int(env, "BENCH_CUSTOMERS", 200)),
             products=max(2, _int(env, "BENCH_PRODUCTS", 50)),
             items_per_order=max(1, _int(env, "BENCH_ITEMS_PER_ORDER", 2)),
-            connections=connections,
+            connections=_counts(env, "BENCH_CONNECTIONS", "1,8,32,64", main),
             main_connections=main,
             loadgen=env.get("BENCH_LOADGEN", "auto"),
             scale=env.get("BENCH_SCALE", "1") != "0",
             observability=env.get("BENCH_OBSERVABILITY", "1") != "0",
             cluster=env.get("BENCH_CLUSTER", "1") != "0",
+            batching=env.get("BENCH_BATCHING", "1") != "0",
+            batching_connections=_counts(env, "BENCH_BATCHING_CONNECTIONS", "1,32,128", main),
+            batching_rounds=max(1, _int(env, "BENCH_BATCHING_ROUNDS", 2)),
+            # "batching on" runs with these (None: not settings of this checkout, so on and off
+            # run alike: the comparison is a control).
+            batch_max=getattr(settings, "batch_max", None),
+            consumer_batch_max=getattr(settings, "consumer_batch_max", None),
             only=env.get("BENCH_ONLY", ""),
             observability_rounds=max(1, _int(env, "BENCH_OBSERVABILITY_ROUNDS", 3)),
             side_by_side_control=env.get("BENCH_SIDE_BY_SIDE_CONTROL", "0") == "1",
@@ -86,8 +100,15 @@ class Config:
             trace_ratio=settings.otel_traces_sampler_arg,
         )
 
+    def batching_cases(self):
+        """How many cases batching.batching_cases measures: off and on at every count, the floor
+        at every count above one, each round."""
+        floor = sum(1 for c in self.batching_connections if c > 1)
+        return (2 * len(self.batching_connections) + floor) * self.batching_rounds
+
     def expected_seconds(self):
         """About how long the cases take (the bearer token must outlive them)."""
         cases = (len(self.connections) * 2 + 5 + (1 if self.scale else 0)
-                 + (7 * self.observability_rounds + 3 if self.observability else 0) + (2 if self.cluster else 0))
+                 + (7 * self.observability_rounds + 3 if self.observability else 0) + (2 if self.cluster else 0)
+                 + (self.batching_cases() + 3 * self.batching_rounds if self.batching else 0))
         return cases * (self.seconds + self.warmup + 2)

@@ -2,6 +2,9 @@
 import json
 
 from bench.targets import (
+    BATCH_FLOOR,
+    BATCH_OFF,
+    BATCH_ON,
     CLUSTER_1,
     CLUSTER_2,
     ENDPOINTS,
@@ -78,7 +81,27 @@ def _specs(config):
         # CPU per answer moves far less than req/s when a hypervisor steals time.
         (f"POST@{m} CPU per answer floor/ours", post, FLOOR, OURS, m, "cpu_ms_per_ok_total", None, None),
         (f"GET by id@{m} CPU per answer floor/ours", "get_order", FLOOR, OURS, m, "cpu_ms_per_ok_total", None, None),
+        *_batching_specs(config),
     ]
+
+
+def _batching_specs(config):
+    """Batching on against off and the floor (batching.py): the targets at the main connections,
+    the same ratios without a target at the other counts, p50 at the fewest connections."""
+    post, low = "post_order", min(config.batching_connections)
+    specs = [(f"POST@{low} p50 batching on/off", post, BATCH_ON, BATCH_OFF, low, "p50_ms", "<=", 1.0)]
+    for c in (c for c in config.batching_connections if c > 1):
+        at_least = (lambda value: (">=", value)) if c == config.main_connections else (lambda value: (None, None))
+        specs += [
+            (f"POST@{c} req/s batching on/off", post, BATCH_ON, BATCH_OFF, c, "ok_rps", *at_least(2)),
+            (f"POST@{c} req/s batching on/floor", post, BATCH_ON, BATCH_FLOOR, c, "ok_rps", *at_least(0.25)),
+            (f"POST@{c} p99 batching on/off", post, BATCH_ON, BATCH_OFF, c, "p99_ms", None, None),
+            (f"POST@{c} CPU per answer batching on/off", post, BATCH_ON, BATCH_OFF, c, "cpu_ms_per_ok_total",
+             None, None),
+            (f"POST@{c} transactions per order batching on/off", post, BATCH_ON, BATCH_OFF, c,
+             "pg_transactions_per_ok", None, None),
+        ]
+    return specs
 
 
 def ratios(cases, config):
@@ -103,6 +126,7 @@ def print_report(bench, ratios):
     _print_table(bench.cases)
     _print_cpu(bench)
     _print_off_the_path(bench)
+    _print_batching(bench)
     print("\nratios (this run):")
     for entry in ratios:
         value = "n/a" if entry["value"] is None else f"{entry['value']:.2f}"
@@ -206,6 +230,23 @@ def _print_off_the_path(bench):
                  if floor_cpu else ""))
 
 
+def _print_batching(bench):
+    """What batching off and on ran with, and their (and the floor's) Postgres transactions per order."""
+    measured = [case for case in bench.cases if case["target"] in (BATCH_OFF, BATCH_ON, BATCH_FLOOR)
+                and case.get("pg_transactions_per_ok") is not None]
+    if not measured:
+        return
+    from bench.batching import describe
+
+    rounds = bench.config.batching_rounds
+    print(f"\nbatching ({describe(bench.config)}; the median of {rounds} round{'s' if rounds > 1 else ''}), "
+          "Postgres transactions per order (pg_stat_database xact_commit + xact_rollback of the "
+          "target's database over its 2xx answers):")
+    for connections in sorted({case["connections"] for case in measured}):
+        print(f"  c{connections:<4}" + ", ".join(f"{case['target']} {case['pg_transactions_per_ok']:.2f}"
+                                          for case in measured if case["connections"] == connections))
+
+
 # ---- the JSON file ---------------------------------------------------------------
 
 def write(bench, ratios, finished_at):
@@ -219,7 +260,8 @@ def write(bench, ratios, finished_at):
                      "gateway_threads": int(cfg.threads), "scale": cfg.scale,
                      "soak_seconds": cfg.soak_seconds, "base_url": cfg.base_url,
                      "database": None if cfg.base_url else cfg.database,
-                     "trace_ratio": cfg.trace_ratio, "baseline": cfg.baseline},
+                     "trace_ratio": cfg.trace_ratio, "baseline": cfg.baseline,
+                     "batching_connections": cfg.batching_connections, "batching_rounds": cfg.batching_rounds},
         "cases": bench.cases,
         "ratios": ratios,
         "problems": bench.problems,

@@ -19,10 +19,11 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import cases, cpu, loadgen, machine, report, seed, side_by_side, soak
+from bench import batching, cases, cpu, loadgen, machine, report, seed, side_by_side, soak
 from bench.config import Config
 from bench.targets import (
     FLOOR,
+    FLOOR_APP,
     MAIL_SINK,
     METRICS_OFF,
     METRICS_ON,
@@ -161,7 +162,7 @@ class Bench:
                     if label:
                         labels[pid] = prefix + label.replace(" master", "").replace(" worker", "")
             else:
-                label = {FLOOR: "floor app", NAIVE: "naive gateway"}.get(name, name.removesuffix("_2"))
+                label = {FLOOR: FLOOR_APP, NAIVE: "naive gateway"}.get(name, name.removesuffix("_2"))
                 labels.update({pid: label for pid in pids})
         return labels
 
@@ -186,8 +187,12 @@ class Bench:
             return
         if cfg.only:
             {"observability": self.observability_cases, "cluster": lambda: cases.cluster_cases(self),
-             "side-by-side": lambda: self.observability_cases(separate=False)}[cfg.only]()
+             "side-by-side": lambda: self.observability_cases(separate=False),
+             "batching": lambda: batching.batching_cases(self)}[cfg.only]()
             return
+        # First, while both databases are as seeded: batching off runs on a fresh second stack.
+        if cfg.batching:
+            batching.batching_cases(self)
         cases.peer_cases(self)
         if cfg.scale:
             cases.scale_case(self)

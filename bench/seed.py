@@ -28,6 +28,21 @@ def drop_database(url):
     harness.drop_database(url)
 
 
+def transactions(database_url):
+    """Transactions Postgres has ended in `database_url`'s database (xact_commit + xact_rollback),
+    read from the server's postgres database so that reading them is not one of them. Backends
+    report them when they go idle, at most once a second: a count lags by up to a second of load."""
+    conn = harness.connect(database_url, dbname="postgres")
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+                        (make_url(database_url).database,))
+            row = cur.fetchone()
+    finally:
+        conn.close()
+    return int(row[0]) if row else None
+
+
 def server_version(database_url):
     return harness.query(database_url, "SHOW server_version")[0][0]
 

@@ -37,7 +37,7 @@ def observability_cases(bench, tracing, tracing_all):
     100% (`tracing_all`), then metrics on against off; one round per observability round each.
     The control run (BENCH_SIDE_BY_SIDE_CONTROL=1) leaves the second stack as the first: how far
     its ratios are from 1.0 is the method's own error."""
-    second_env, workload = _second_stack(bench)
+    second_env, workload = second_stack(bench)
     comparisons = ([(SIDE_CONTROL, {})] if bench.config.side_by_side_control else
                    [(SIDE_TRACING, tracing), (SIDE_TRACING_ALL, tracing_all), (SIDE_METRICS, {"METRICS_PORT": "0"})])
     for pair, overrides in comparisons:
@@ -52,7 +52,7 @@ def baseline_cases(bench):
     checkout, commit = _worktree(bench, rev)
     bench.report["baseline"] = {"rev": rev, "commit": commit}
     print(f"\nbaseline: {rev} ({commit[:12]}) side by side with this checkout", flush=True)
-    second_env, workload = _second_stack(bench, checkout)
+    second_env, workload = second_stack(bench, checkout)
     run(bench, SIDE_BASELINE, second_env, workload, checkout)
 
 
@@ -76,11 +76,11 @@ def _worktree(bench, rev):
     return checkout, git("rev-parse", "HEAD", cwd=checkout)
 
 
-def _second_stack(bench, checkout=harness.ROOT):
-    """The second stack's database (migrated by `checkout`, seeded like the first) and vhost:
-    (its environment, its POST workload)."""
+def second_stack(bench, checkout=harness.ROOT, suffix="_second"):
+    """The second stack's database (BENCH_DATABASE + `suffix`, migrated by `checkout`, seeded like
+    the first) and vhost: (its environment, its POST workload)."""
     cfg = bench.config
-    second_db = seed.create_database(cfg.database_url, cfg.database + "_second")
+    second_db = seed.create_database(cfg.database_url, cfg.database + suffix)
     if not cfg.keep_db:
         bench.cleanups.append(("drop the second bench database", lambda: seed.drop_database(second_db)))
     harness.migrate(second_db, cwd=checkout)
@@ -99,14 +99,14 @@ def run(bench, pair, second_env, second_workload, checkout=harness.ROOT):
     at the same time: a case per round and stack, then each stack's median case."""
     first, second = pair
     half = max(1, bench.config.main_connections // 2)
-    second_stack = bench.start_process(harness.Stack(second_env, bench.logs / f"{SECOND_STACK}.log",
-                                                     name=SECOND_STACK, cwd=checkout))
+    stack = bench.start_process(harness.Stack(second_env, bench.logs / f"{SECOND_STACK}.log",
+                                              name=SECOND_STACK, cwd=checkout))
     drives = {first: (bench.urls[OURS], bench.workload("post_order")),
-              second: (second_stack.base_url, second_workload)}
+              second: (stack.base_url, second_workload)}
     rounds = {first: [], second: []}
     try:
-        second_stack.start(timeout=90)
-        _both(bench, drives, half, max(bench.config.warmup, 2))
+        stack.start(timeout=90)
+        both(bench, drives, half, max(bench.config.warmup, 2))
         for n in range(bench.config.observability_rounds):
             for target, case in _round(bench, drives, second, half, n + 1).items():
                 rounds[target].append(case)
@@ -115,13 +115,13 @@ def run(bench, pair, second_env, second_workload, checkout=harness.ROOT):
         bench.problems.append(f"{second}: {exc.__class__.__name__}: {exc}")
         print(f"  {second} FAILED {exc}", flush=True)
     finally:
-        second_stack.stop()
+        stack.stop()
     for target, measured in rounds.items():
         if measured:
             bench.cases.append(cases.median_case(target, measured))
 
 
-def _both(bench, drives, connections, seconds):
+def both(bench, drives, connections, seconds):
     """Load on both stacks at once: {target: load result}."""
     with ThreadPoolExecutor(len(drives)) as pool:
         runs = {target: pool.submit(loadgen.run, bench.loadgen, url, workload, connections, seconds)
@@ -133,7 +133,7 @@ def _round(bench, drives, second, half, number):
     """One measured round on both stacks: {target: its case}."""
     labels = bench.cpu_labels()
     before, started = cpu.snapshot(labels), time.monotonic()
-    results = _both(bench, drives, half, bench.config.seconds)
+    results = both(bench, drives, half, bench.config.seconds)
     used = cpu.usage(before, cpu.snapshot(labels), time.monotonic() - started, bench.report["machine"]["usable_cpus"])
     # Postgres and RabbitMQ serve both stacks: their CPU per answer of either, which an order of
     # one needs as much as one of the other, completes each stack's CPU per order.

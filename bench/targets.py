@@ -11,6 +11,11 @@ SIDE_METRICS = ("side by side, metrics on", "side by side, metrics off")
 SIDE_CONTROL = ("side by side, tracing off", "side by side, control")  # the second stack as the first
 SIDE_BASELINE = ("side by side, after", "side by side, before")  # this checkout, BENCH_BASELINE's
 SECOND_STACK, SECOND_PREFIX = "second stack", "second "  # its honcho; its processes' labels start with "second "
+# Batching off (the second stack, BATCHING_OFF) and on (the default stack, the defaults) in turn,
+# interleaved with the floor (batching.py).
+BATCH_OFF, BATCH_ON, BATCH_FLOOR = "batching off", "batching on", "floor, interleaved"
+BATCHING_OFF = {"BATCH_MAX": "1", "CONSUMER_BATCH_MAX": "1"}  # 1: every order and event alone
+FLOOR_APP = "floor app"  # the floor's processes' label
 # On a 3-node RabbitMQ cluster of the bench's own, one and two instances of every service.
 CLUSTER_1, CLUSTER_2 = "ours, cluster, 1 each", "ours, cluster, 2 each"
 MAIL_SINK = "mail sink"  # the SMTP server notification_service sends to (scripts/mail_sink.py --discard)

@@ -12,6 +12,7 @@ from tests import support
 
 CONNECTIONS = (1, 4)
 MAIN = 4
+BATCHING_CONNECTIONS = (1, MAIN, 2 * MAIN)  # as 1, 32 and 128 are by default
 RATIO_LINES = (
     f"ratio POST@{MAIN} req/s ours/floor",
     f"ratio POST@{MAIN} req/s ours/naive",
@@ -28,6 +29,10 @@ RATIO_LINES = (
     f"ratio POST@{MAIN // 2}+{MAIN // 2} CPU per answer with Postgres and RabbitMQ side by side tracing 100%/off",
     f"ratio POST@{MAIN // 2}+{MAIN // 2} req/s side by side metrics on/off",
     f"ratio POST@{MAIN // 2}+{MAIN // 2} CPU per answer with Postgres and RabbitMQ side by side metrics on/off",
+    "ratio POST@1 p50 batching on/off",
+    *(f"ratio POST@{c} {what} batching {pair}" for c in BATCHING_CONNECTIONS[1:]
+      for what, pair in (("req/s", "on/off"), ("req/s", "on/floor"), ("p99", "on/off"),
+                         ("CPU per answer", "on/off"), ("transactions per order", "on/off"))),
 )
 
 
@@ -46,6 +51,8 @@ def _bench_env(database, results):
         # Starting a RabbitMQ cluster costs about a minute; the cluster fault tests start one anyway.
         "BENCH_CLUSTER": "0",
         "BENCH_OBSERVABILITY_ROUNDS": "1",
+        "BENCH_BATCHING_CONNECTIONS": ",".join(map(str, BATCHING_CONNECTIONS)),
+        "BENCH_BATCHING_ROUNDS": "1",
         "BENCH_SOAK_CONNECTIONS": "2",
         "BENCH_SOAK_INTERVAL": "1",
         "BENCH_DATABASE": database,
@@ -69,6 +76,9 @@ def _expected_cases():
     expected |= {("post_order", f"side by side, {target}{suffix}", MAIN // 2) for suffix in ("", " #1")
                  for target in ("tracing off", "tracing on", "tracing off vs 100%", "tracing 100%",
                                 "metrics on", "metrics off")}
+    # Batching off and on at every count, the floor between them above one connection.
+    expected |= {("post_order", target + suffix, c) for suffix in ("", " #1") for c in BATCHING_CONNECTIONS
+                 for target in ("batching off", "batching on", *(("floor, interleaved",) if c > 1 else ()))}
     return expected
 
 
@@ -76,7 +86,7 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     database = f"orders_bench_smoke_{uuid.uuid4().hex[:8]}"
     results = tmp_path / "latest.json"
     run = subprocess.run([sys.executable, "-m", "bench.run"], cwd=support.ROOT, env=_bench_env(database, results),
-                         capture_output=True, text=True, timeout=420)
+                         capture_output=True, text=True, timeout=600)
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
 
@@ -90,6 +100,12 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     assert {(c["kind"], c["target"], c["connections"]) for c in report["cases"]} == _expected_cases()
     side_by_side = [c for c in report["cases"] if c["target"].startswith("side by side")]
     assert all(c["cpu_ms_per_ok_whole"] > c["cpu_ms_per_ok_total"] > 0 for c in side_by_side), side_by_side
+    batching = [c for c in report["cases"] if c["target"].startswith(("batching", "floor, interleaved"))]
+    assert all(c["pg_transactions_per_ok"] is not None and {"postgres", "rabbitmq"} <= set(c["cpu_ms_per_ok_request"])
+               for c in batching), batching
+    # Backends report transactions at most once a second: a 1-second case may see none, all of them not.
+    assert sum(c["pg_transactions"] for c in batching) > 0, batching
+    assert "Postgres transactions per order" in run.stdout
     for case in report["cases"]:
         assert "failed" not in case, case
         assert case["requests"] > 0 and case["ok_rps"] > 0, case
@@ -101,8 +117,8 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     assert report["soak"]["processes"], "the soak sampled no process"
     assert {"order_service", "gateway master"} <= {p["process"] for p in report["soak"]["processes"]}
 
-    # What it made, it removed: its database and its RabbitMQ virtual host.
-    assert not support.query("postgres", "SELECT 1 FROM pg_database WHERE datname = %s", database)
+    # What it made, it removed: its databases (the second stacks' too) and its RabbitMQ virtual host.
+    assert not support.query("postgres", "SELECT datname FROM pg_database WHERE starts_with(datname, %s)", database)
     assert report["vhost"].startswith("oms-bench-")
     vhosts = subprocess.run(["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True).stdout.split()
     assert report["vhost"] not in vhosts
