@@ -164,7 +164,7 @@ class Settings(BaseModel):
         origins = tuple(origin.strip().rstrip("/") for origin in value if origin.strip())
         for origin in origins:
             if origin != "*" and not origin.startswith(("http://", "https://")):
-                raise ValueError(f"origins are scheme://host[:port], comma-separated (got {origin!r})")
+                raise ValueError(f"origins are scheme://host[:port], comma-separated, or *: not {origin!r}")
         return origins
 
     @field_validator("mail_from")

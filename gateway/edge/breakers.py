@@ -25,14 +25,16 @@ CLOSED, HALF_OPEN, OPEN = "closed", "half_open", "open"
 PROBE_RETRY_SECONDS = 1  # what Retry-After says while a probe is out
 
 
-def verdict(exc):
-    """What a call's exception says of the service: False (failing: a timeout, a lost reply, a 503
-    of its own such as not running or its database down), None (nothing: the broker or the
-    gateway's own pool failed), True (it answered)."""
+def verdict(service, exc):
+    """What a call's exception says of `service`: False (failing: a timeout, a lost reply, a 503 of
+    its own such as not running or its database down), None (nothing: the broker or the gateway's
+    own pool failed), True (it answered, if only to say that a service it calls is unavailable)."""
     if isinstance(exc, (NoAnswer, DeadlineExceeded)):
         return False
     if isinstance(exc, ServiceUnavailable):
-        return None if {"broker", "rpc_pool"} & set(exc.details) else False
+        if {"broker", "rpc_pool"} & set(exc.details):
+            return None
+        return exc.details.get("service", service) != service
     return True
 
 
@@ -75,7 +77,7 @@ class Breaker:
             yield
             outcome = True
         except Exception as exc:
-            outcome = verdict(exc)
+            outcome = verdict(self.service, exc)
             raise
         finally:
             {True: self.succeeded, False: self.failed, None: self.released}[outcome]()
