@@ -3,7 +3,7 @@
 A gateway process keeps each answer (a Caller, or "no such live key") for
 API_KEY_CACHE_SECONDS, so a busy client costs customer_service one call per
 period, not one per request, and a revoked key is refused by every gateway
-within that period (at once by the gateway that revoked it). Only the key's
+within that period (at once by the process that revoked it). Only the key's
 digest is kept and sent; the key itself never leaves this process.
 """
 import threading
