@@ -1,8 +1,17 @@
-"""customer_service: Nameko entrypoints only; rules in domain, queries in storage."""
-from datetime import datetime, timezone
+"""customer_service: Nameko entrypoints only; rules in domain, queries in storage.
 
-from common.contract.caller import ADMIN, SERVICE, required
-from common.contract.errors import EXPECTED_ERRORS, NotFound
+It owns identity: customers, and the API keys machine clients authenticate
+with. Keys live here because a customer key is bound to a customer (which
+must exist, and which this service alone can check in its own schema), and
+because the gateway holds no database: it asks this service which key a
+digest names and keeps the answer for API_KEY_CACHE_SECONDS.
+"""
+import hmac
+from datetime import datetime, timedelta, timezone
+
+from common.contract.caller import ADMIN, SERVICE, api_key_digest, api_key_prefix, new_api_key, required
+from common.contract.errors import EXPECTED_ERRORS, NotFound, Unauthenticated, UnknownCustomer
+from common.contract.schemas.api_keys import ApiKeyInput, ApiKeySchema
 from common.contract.schemas.base import ListQuery, id_of_attempt, load_or_raise, uuid_or_none
 from common.contract.schemas.customers import CustomerInput, CustomerPatch, CustomerSchema
 from common.kit.base import ServiceBase
@@ -14,6 +23,8 @@ from customer_service import domain, storage
 
 customer_schema = CustomerSchema()
 CUSTOMERS = Listing(ListQuery, CustomerSchema)
+api_key_schema = ApiKeySchema()
+API_KEYS = Listing(ListQuery, ApiKeySchema)
 
 
 def _now():
@@ -73,6 +84,66 @@ class CustomerService(ServiceBase):
         only_id = uuid_or_none(caller.customer_id) if caller.is_customer else None
         return CUSTOMERS.page(caller, self.uow, None, limit, cursor,
                               lambda store, _, count, after: store.list_customers(count, after, only_id))
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def create_api_key(self, data, attempt_id=None):
+        """A new key (admins only); the answer carries the key itself, which is stored only as its digest.
+        A second run of the same attempt answers the key made by the first, without the secret."""
+        required(self.caller).require(ADMIN)
+        fields = load_or_raise(ApiKeyInput, data)
+        key_id = id_of_attempt(attempt_id)
+        with self.uow as tx:
+            if attempt_id is not None:
+                tx.store.lock_customer_id(key_id)
+                made_before = tx.store.get_api_key(key_id)
+                if made_before is not None:
+                    return api_key_schema.dump(made_before)
+            if fields.get("customer_id") and tx.store.get_customer(fields["customer_id"]) is None:
+                raise UnknownCustomer("No such customer.", {"customer_id": str(fields["customer_id"])})
+            key = new_api_key()
+            row = tx.store.insert_api_key(key_id, fields, api_key_prefix(key), api_key_digest(key), _now())
+            return {**api_key_schema.dump(row), "key": key}  # the one answer that carries the key
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def list_api_keys(self, limit=20, cursor=None):
+        """Every key, revoked ones too, oldest first; never a secret (admins only)."""
+        caller = required(self.caller)
+        caller.require(ADMIN)
+        return API_KEYS.page(caller, self.uow, None, limit, cursor,
+                             lambda store, _, count, after: store.list_api_keys(count, after))
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def revoke_api_key(self, key_id):
+        """From now on the key is refused (gateways within API_KEY_CACHE_SECONDS); revoking twice is a no-op."""
+        required(self.caller).require(ADMIN)
+        parsed = uuid_or_none(key_id)
+        with self.uow as tx:
+            row = tx.store.get_api_key(parsed, lock=True) if parsed else None
+            if row is None:
+                raise NotFound("No such API key.", {"id": str(key_id)})
+            if row.revoked_at is None:
+                row.revoked_at = _now()
+            return api_key_schema.dump(row)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def verify_api_key(self, prefix, digest):
+        """Who the live key with this digest acts as: {"id", "role", "customer_id"}; Unauthenticated if none.
+
+        A gateway asks once per key per API_KEY_CACHE_SECONDS, so last_used_at
+        is written here, at most once per that period.
+        """
+        required(self.caller).require(SERVICE, ADMIN)
+        now = _now()
+        with self.uow as tx:
+            candidates = tx.store.live_api_keys_with_prefix(str(prefix)[:8])
+            match = next((row for row in candidates
+                          if hmac.compare_digest(row.key_digest.encode(), str(digest).encode())), None)
+            if match is None:
+                raise Unauthenticated("The API key is not valid.", {"api_key": "unknown or revoked"})
+            period = timedelta(seconds=self.settings.api_key_cache_seconds)
+            tx.store.mark_api_key_used(match.id, now, now - period)
+            return {"id": str(match.id), "role": match.role,
+                    "customer_id": str(match.customer_id) if match.customer_id else None}
 
     @batch_event_handler("order_service", "order_created")
     def on_order_created(self, envelopes):

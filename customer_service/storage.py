@@ -1,8 +1,8 @@
-"""customers schema: the SQLAlchemy model and `CustomerStore`, its queries."""
+"""customers schema: the SQLAlchemy models (customers, their API keys) and `CustomerStore`, its queries."""
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Integer, MetaData, String, select, text, tuple_
+from sqlalchemy import ForeignKey, Integer, MetaData, String, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -33,6 +33,21 @@ class Customer(CustomersBase):
     orders_count: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class ApiKey(CustomersBase):
+    """A machine client's key: only its SHA-256 digest is kept (common/contract/caller.py)."""
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), ForeignKey(Customer.id))
+    prefix: Mapped[str] = mapped_column(String(8), index=True)
+    key_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 # A batch of order_created events, one statement: record the event ids and
@@ -110,6 +125,33 @@ class CustomerStore:
         if after is not None:
             query = query.where(tuple_(Customer.created_at, Customer.id) > tuple_(*after))
         return self.session.scalars(query).all()
+
+    def insert_api_key(self, key_id, fields, prefix, digest, now):
+        api_key = ApiKey(id=key_id, prefix=prefix, key_digest=digest, created_at=now, **fields)
+        self.session.add(api_key)
+        self.session.flush()
+        return api_key
+
+    def get_api_key(self, key_id, lock=False):
+        return self.session.get(ApiKey, key_id, with_for_update=lock)
+
+    def list_api_keys(self, limit, after=None):
+        """Keys oldest first, revoked ones too; `after` is the (created_at, id) of the last one seen."""
+        query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id).limit(limit)
+        if after is not None:
+            query = query.where(tuple_(ApiKey.created_at, ApiKey.id) > tuple_(*after))
+        return self.session.scalars(query).all()
+
+    def live_api_keys_with_prefix(self, prefix):
+        """The keys not revoked whose first characters are `prefix` (a handful at most)."""
+        return self.session.scalars(
+            select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None))).all()
+
+    def mark_api_key_used(self, key_id, now, not_since):
+        """last_used_at = now, unless it is already later than `not_since`: one write per period, not per use."""
+        self.session.execute(update(ApiKey).where(
+            ApiKey.id == key_id, (ApiKey.last_used_at.is_(None)) | (ApiKey.last_used_at < not_since)
+        ).values(last_used_at=now))
 
     def ping(self):
         self.session.execute(select(1))

@@ -5,6 +5,15 @@ through the process's pool of started proxies (gateway/rpc_pool.py), by the
 rules of gateway/calls.py. The routes are in gateway/routes/, one module per
 resource; the OpenAPI document is built from their declarations
 (gateway/openapi/).
+
+Every request passes, in order: its id and deadline; load shedding (a
+request past GATEWAY_MAX_IN_FLIGHT is answered 503 overloaded at once); who
+is calling (a bearer token or an X-API-Key, verified, or nobody); the rate
+limit of that caller (or of the client address when nobody was verified);
+then, for a protected route, the refusal of an unverified caller. So a flood
+of bad credentials is limited too, and a token that fails verification never
+names whose counter it uses. CORS (Flask-Cors) adds its headers to every
+answer to an allowed origin, errors included.
 """
 import logging
 import logging.config
@@ -13,23 +22,35 @@ import time
 import uuid
 
 from flask import Flask, current_app, g, request
+from flask_cors import CORS
 
 from common.contract.caller import verify_token
-from common.contract.errors import Unauthenticated
+from common.contract.errors import Overloaded, RateLimited, Unauthenticated
 from common.contract.settings import load_settings
 from common.observability import tracing
 from common.observability.log import logging_config, set_request_id, set_service
-from gateway import metrics, server_span
+from gateway import calls, metrics, server_span
 from gateway.batching import CreateBatches
+from gateway.edge import shedding
+from gateway.edge.api_keys import ApiKeyCache
+from gateway.edge.breakers import Breakers
+from gateway.edge.rate_limit import RateLimiter
 from gateway.errors import register_error_handlers
 from gateway.openapi import register_openapi
 from gateway.routes import API, routes
+from gateway.routes.declare import UNLIMITED_PATHS
 from gateway.rpc_pool import RpcProxyPool
 
 access_log = logging.getLogger("gateway.access")
 
 MAX_BODY_BYTES = 64 * 1024
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+API_KEY_HEADER = "X-API-Key"
+CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "If-Match", API_KEY_HEADER,
+                        "X-Request-ID"]
+CORS_EXPOSED_HEADERS = ["ETag", "Location", "X-Request-ID", "Retry-After", "RateLimit-Limit",
+                        "RateLimit-Remaining", "RateLimit-Reset"]
 
 
 def create_app(settings=None, rpc_pool=None):
@@ -50,16 +71,37 @@ def create_app(settings=None, rpc_pool=None):
         app.extensions["create_batches"] = CreateBatches(app.extensions["rpc_pool"], settings.batch_max,
                                                          settings.batch_in_flight)
 
+    _configure_edge(app, settings)
+
     if tracing.configure_tracing("gateway", settings):
         server_span.instrument(app)  # first: the span holds every hook below
     register_error_handlers(app)
     app.before_request(_assign_request_id)
-    app.before_request(_authenticate)
+    app.before_request(_shed)
+    app.before_request(_identify)
+    app.before_request(_limit)
+    app.before_request(_require_caller)
+    app.after_request(_rate_limit_headers)
     app.after_request(_echo_request_id)
     app.after_request(_log_request)
     routes.register(app)
     register_openapi(app, routes)  # the document GET /api/v1/openapi.json serves, and /docs
     return app
+
+
+def _configure_edge(app, settings):
+    """API keys, rate limits, circuit breakers and CORS, from the settings (gateway/edge/)."""
+    app.config["MAX_IN_FLIGHT"] = settings.gateway_max_in_flight
+    app.extensions["api_keys"] = ApiKeyCache(
+        settings.api_key_cache_seconds,
+        lambda prefix, digest, caller: calls.read("customer_service", "verify_api_key", prefix, digest,
+                                                  as_caller=caller))
+    app.extensions["rate_limiter"] = (RateLimiter(settings.rate_limit, settings.redis_url)
+                                      if settings.rate_limit else None)
+    app.extensions["breakers"] = Breakers(settings.breaker_failures, settings.breaker_reset_seconds)
+    if settings.cors_origins:
+        CORS(app, origins=list(settings.cors_origins), methods=CORS_METHODS, allow_headers=CORS_REQUEST_HEADERS,
+             expose_headers=CORS_EXPOSED_HEADERS, max_age=600)
 
 
 def _assign_request_id():
@@ -72,15 +114,65 @@ def _assign_request_id():
     set_request_id(g.request_id)
 
 
-def _authenticate():
-    """Every /api/v1 route not declared public needs `Authorization: Bearer <JWT>`; g.caller is who it names."""
-    g.caller = None
-    if not request.path.startswith(API + "/") or request.path in current_app.config["PUBLIC_PATHS"]:
+def _shed():
+    """A request the worker sheds (gateway/edge/shedding.py) is answered at once, nothing done."""
+    if shedding.is_shedding():
+        metrics.count_shed()
+        raise Overloaded("The gateway is at capacity: try again shortly.", {
+            "max_in_flight": current_app.config["MAX_IN_FLIGHT"],
+            "retry_after_seconds": shedding.RETRY_AFTER_SECONDS})
+
+
+def _protected():
+    """Whether the request needs a caller: every /api/v1 route not declared public (CORS preflights aside)."""
+    return (request.method != "OPTIONS" and request.path.startswith(API + "/")
+            and request.path not in current_app.config["PUBLIC_PATHS"])
+
+
+def _identify():
+    """g.caller: who a valid bearer token or X-API-Key names (the key wins when both are sent);
+    g.auth_error: why the credentials sent are not valid, raised by _require_caller."""
+    g.caller = g.auth_error = None
+    if not _protected():
         return
-    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthenticated("Send Authorization: Bearer <token>.", {"authorization": "missing"})
-    g.caller = verify_token(token.strip(), current_app.config["JWT_SECRET"])
+    try:
+        key = request.headers.get(API_KEY_HEADER)
+        if key is not None:
+            g.caller = current_app.extensions["api_keys"].caller_for(key.strip())
+            return
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated(f"Send Authorization: Bearer <token> or {API_KEY_HEADER}.",
+                                  {"authorization": "missing"})
+        g.caller = verify_token(token.strip(), current_app.config["JWT_SECRET"])
+    except Unauthenticated as exc:
+        g.auth_error = exc
+
+
+def _limit():
+    """RATE_LIMIT per verified caller (else per client address); 429 past it, that answer not counted."""
+    limiter = current_app.extensions["rate_limiter"]
+    if limiter is None or request.method == "OPTIONS" or request.path in UNLIMITED_PATHS:
+        return
+    caller = g.caller
+    caller_key = f"caller:{caller.sub}" if caller is not None else f"address:{request.remote_addr}"
+    g.rate_verdict = verdict = limiter.check(caller_key)
+    if verdict is not None and not verdict.allowed:
+        metrics.count_rate_limited()
+        raise RateLimited(f"Too many requests: the limit is {limiter.expression} per caller.", {
+            "limit": limiter.expression, "retry_after_seconds": int(verdict.headers()["Retry-After"])})
+
+
+def _require_caller():
+    if g.auth_error is not None:
+        raise g.auth_error
+
+
+def _rate_limit_headers(response):
+    verdict = g.get("rate_verdict")
+    if verdict is not None:
+        response.headers.update({name: value for name, value in verdict.headers().items() if name != "Retry-After"})
+    return response
 
 
 def _echo_request_id(response):

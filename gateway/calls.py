@@ -14,7 +14,10 @@ turn a call that got no answer into the one error the contract names:
   deadline allows when its reply was lost (gateway/rpc_pool.py);
 - an order create joins the process's batches (gateway/batching.py) when
   BATCH_MAX > 1, with the same rules for its own outcome.
+- a call to a service whose circuit is open (gateway/edge/breakers.py) is
+  refused at once: 503 service_unavailable with Retry-After, nothing sent.
 """
+import contextlib
 import time
 
 from flask import current_app, g
@@ -27,10 +30,11 @@ from gateway import metrics
 from gateway.rpc_pool import REDRIVE_PAUSE_SECONDS, NoAnswer
 
 
-def read(service, method, *args, **kwargs):
-    """service.method(...) for a read: no answer in time is 504 upstream_timeout."""
+def read(service, method, *args, as_caller=None, **kwargs):
+    """service.method(...) for a read: no answer in time is 504 upstream_timeout.
+    `as_caller`: the Caller the call is made as (default: the request's)."""
     try:
-        return _call(service, method, args, kwargs)
+        return _call(service, method, args, kwargs, as_caller=as_caller)
     except (NoAnswer, DeadlineExceeded):
         raise UpstreamTimeout("A service did not answer in time.",
                               {"timeout_seconds": current_app.config["RPC_TIMEOUT"]}) from None
@@ -56,7 +60,7 @@ def create_order(body, idempotency_key, order_id):
         return write({"order_id": order_id}, "order_service", "create_order", body,
                      idempotency_key=idempotency_key, attempt_id=order_id, redrive=True)
     try:
-        with tracing.client_span("order_service", "create_order"):
+        with _breaker("order_service", "create_order"), tracing.client_span("order_service", "create_order"):
             entry = {"attempt_id": order_id, "data": body, "idempotency_key": idempotency_key,
                      "caller": g.caller.to_context(), "request_id": g.request_id, "deadline": g.deadline,
                      "traceparent": tracing.current_traceparent()}
@@ -87,12 +91,13 @@ def _unknown(resource, exc):
                           {**resource, "reason": _reason(exc)})
 
 
-def _call(service, method, args, kwargs, redrive=False):
+def _call(service, method, args, kwargs, redrive=False, as_caller=None):
     context = {REQUEST_ID_KEY: g.request_id}
-    if g.get("caller") is not None:
-        context[CALLER_KEY] = g.caller.to_context()
+    caller = as_caller or g.get("caller")
+    if caller is not None:
+        context[CALLER_KEY] = caller.to_context()
     started, outcome = time.perf_counter(), "ok"
-    with tracing.client_span(service, method):
+    with _breaker(service, method), tracing.client_span(service, method):
         try:
             return current_app.extensions["rpc_pool"].call(
                 service, method, args, kwargs, context_data=tracing.with_traceparent(context),
@@ -105,6 +110,17 @@ def _call(service, method, args, kwargs, redrive=False):
             raise
         finally:
             metrics.record_rpc(service, method, outcome, time.perf_counter() - started)
+
+
+# GET /health asks every service how it is, whatever its circuit says: it reports, and never opens it.
+UNGUARDED_METHODS = frozenset({"health"})
+
+
+def _breaker(service, method):
+    breakers = current_app.extensions.get("breakers")
+    if breakers is None or method in UNGUARDED_METHODS:
+        return contextlib.nullcontext()
+    return breakers.of(service).guard()
 
 
 def _reason(exc):

@@ -19,6 +19,8 @@ def register_error_handlers(app):
         response = error_response(exc.http_status, exc.code, exc.message, exc.details)
         if exc.http_status == 401:
             response[0].headers["WWW-Authenticate"] = 'Bearer realm="api"'
+        if "retry_after_seconds" in exc.details:  # 429, and 503 overloaded or with an open circuit
+            response[0].headers["Retry-After"] = str(exc.details["retry_after_seconds"])
         return response
 
     @app.errorhandler(RequestEntityTooLarge)

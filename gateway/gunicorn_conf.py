@@ -15,6 +15,7 @@ import common  # noqa: F401
 from common.contract.settings import SettingsError, load_settings
 from common.kit import patches
 from common.observability.log import logging_config
+from gateway.edge.shedding import SheddingThreadWorker
 
 try:
     settings = load_settings()
@@ -40,7 +41,9 @@ def on_exit(server):
 
 
 bind = f"{settings.gateway_host}:{settings.gateway_port}"
-worker_class = "gthread"
+# gthread, with a bound on the requests each process holds (GATEWAY_MAX_IN_FLIGHT; gateway/edge/shedding.py).
+SheddingThreadWorker.max_in_flight = settings.gateway_max_in_flight
+worker_class = SheddingThreadWorker
 workers = settings.gateway_workers
 threads = settings.gateway_threads
 timeout = 60

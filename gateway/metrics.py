@@ -10,6 +10,12 @@ one scrape of any worker gives the whole gateway. In production expose
 - http_request_duration_seconds{method,route}
 - rpc_client_calls_total{service,method,outcome}, rpc_client_duration_seconds{service,method}
 - rpc_pool_proxies{state="in_use"|"idle"}
+- rate_limited_requests_total: answers 429 (RATE_LIMIT used up);
+  rate_limit_unchecked_total: requests let through unchecked, Redis unreachable
+- shed_requests_total: answers 503 overloaded (GATEWAY_MAX_IN_FLIGHT reached)
+- circuit_breaker_state{service}: 0 closed, 1 half-open, 2 open (the worst of
+  the gateway's processes); circuit_breaker_refusals_total{service}: calls
+  refused while open
 """
 import functools
 import re
@@ -35,6 +41,16 @@ RPC_DURATION = Histogram("rpc_client_duration_seconds", "Time an RPC call took, 
                          ["service", "method"], buckets=LATENCY_BUCKETS)
 POOL_PROXIES = Gauge("rpc_pool_proxies", "Started RPC proxies of the gateway's pools", ["state"],
                      multiprocess_mode="livesum")
+
+RATE_LIMITED = Counter("rate_limited_requests", "Requests answered 429: the caller's RATE_LIMIT was used up")
+RATE_LIMIT_UNCHECKED = Counter("rate_limit_unchecked", "Requests let through without a rate-limit check: "
+                                                       "Redis was unreachable")
+SHED = Counter("shed_requests", "Requests answered 503 overloaded: GATEWAY_MAX_IN_FLIGHT were in flight")
+BREAKER_STATE = Gauge("circuit_breaker_state", "A service's circuit: 0 closed, 1 half-open, 2 open",
+                      ["service"], multiprocess_mode="livemax")
+BREAKER_REFUSALS = Counter("circuit_breaker_refusals", "Calls refused at once: the service's circuit was open",
+                           ["service"])
+BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 _FLASK_VARIABLE = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 _state = {"on": True}
@@ -66,6 +82,31 @@ def count_proxies(state, change):
     """The pool's proxies: `state` in_use or idle changed by `change`."""
     if _state["on"]:
         POOL_PROXIES.labels(state).inc(change)
+
+
+def count_rate_limited():
+    if _state["on"]:
+        RATE_LIMITED.inc()
+
+
+def count_rate_limit_unchecked():
+    if _state["on"]:
+        RATE_LIMIT_UNCHECKED.inc()
+
+
+def count_shed():
+    if _state["on"]:
+        SHED.inc()
+
+
+def breaker_state(service, state):
+    if _state["on"]:
+        BREAKER_STATE.labels(service).set(BREAKER_STATES[state])
+
+
+def count_breaker_refusal(service):
+    if _state["on"]:
+        BREAKER_REFUSALS.labels(service).inc()
 
 
 def route_template(url_rule):

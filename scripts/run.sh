@@ -1,11 +1,32 @@
 #!/usr/bin/env bash
 # `make run`: database, migrations, the services and the gateway, natively; and, when
-# SMTP_HOST is unset, a local SMTP sink that keeps notification emails under var/mail/.
+# SMTP_HOST is unset, a local SMTP sink that keeps notification emails under var/mail/;
+# with RATE_LIMIT and no REDIS_URL, a local redis-server for the rate-limit counters.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 export PATH="$PWD/.venv/bin:$PATH"
 export GATEWAY_PORT="${GATEWAY_PORT:-8000}"
+
+# RATE_LIMIT without REDIS_URL: the counters go to a Redis on 127.0.0.1:6379, the one there or a
+# redis-server of our own (Debian's package; in memory only), started beside the Procfile's processes.
+local_redis=0
+if [ -n "${RATE_LIMIT:-}" ] && [ -z "${REDIS_URL:-}" ]; then
+    export REDIS_URL="redis://127.0.0.1:6379/0"
+    if (exec 3<>/dev/tcp/127.0.0.1/6379) 2>/dev/null; then
+        echo "RATE_LIMIT is set and REDIS_URL is not: counting in the Redis already on 127.0.0.1:6379."
+    elif command -v redis-server >/dev/null 2>&1; then
+        local_redis=1
+    else
+        cat >&2 <<'HELP'
+
+RATE_LIMIT is set, so the gateways count requests in Redis, and REDIS_URL is not set.
+Install a local one (Debian/Ubuntu: apt-get install redis-server) and `make run` starts it,
+or point REDIS_URL at a running Redis (redis://host:6379/0), then run `make run` again.
+HELP
+        exit 1
+    fi
+fi
 
 $PY -m scripts.infra settings || exit 2   # names any bad setting before anything starts
 if ! $PY -m scripts.infra check; then
@@ -56,6 +77,12 @@ if [ -z "$($PY -m scripts.infra setting SMTP_HOST)" ]; then
     mkdir -p var/mail
     echo "mailsink: python -m scripts.mail_sink serve --port $sink_port --dir var/mail" >> "$procfile"
     echo "SMTP_HOST is not set: emails go to a local sink on 127.0.0.1:$sink_port, kept under var/mail/ (make mail lists them)."
+fi
+
+if [ "$local_redis" = "1" ]; then
+    mkdir -p var/redis
+    echo "redis: redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --dir var/redis" >> "$procfile"
+    echo "RATE_LIMIT is set and REDIS_URL is not: counters in a local redis-server on 127.0.0.1:6379 (in memory)."
 fi
 
 honcho start -f "$procfile" &

@@ -6,8 +6,16 @@ context data under "caller"; every service reads it back with
 other services) meet the same checks as HTTP clients. A service calling
 another through `ServiceRpcProxy` is the caller itself (role "service"):
 it has already checked the end user.
+
+Machine clients may send `X-API-Key` instead of a token: a key made by
+customer_service (`new_api_key`), shown once and stored only as its SHA-256
+digest; the gateway digests what a client sends (`api_key_digest`) and asks
+customer_service which key, if any, has that digest. A key acts as the
+Caller `api_key_caller` makes of it.
 """
 import functools
+import hashlib
+import secrets
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -20,6 +28,9 @@ ADMIN, CUSTOMER, SERVICE = "admin", "customer", "service"
 TOKEN_ROLES = (ADMIN, CUSTOMER)  # "service" never comes from a token
 CALLER_KEY = "caller"
 ALGORITHM = "HS256"
+API_KEY_PREFIX = "oms_"  # says what a leaked string is (secret scanners match on it)
+API_KEY_PREFIX_LENGTH = 8  # the `prefix` shown in lists: enough to tell keys apart, too little to use
+API_KEY_BYTES = 32
 
 
 @dataclass(frozen=True)
@@ -101,6 +112,26 @@ def _verified(token, secret):
         except ValueError:
             raise Unauthenticated("A customer token needs a customer_id claim.", {"customer_id": "missing"}) from None
     return Caller(sub=str(claims["sub"]), role=role, customer_id=customer_id), int(claims["exp"])
+
+
+def new_api_key():
+    """A fresh key: the prefix and 256 random bits, URL-safe."""
+    return API_KEY_PREFIX + secrets.token_urlsafe(API_KEY_BYTES)
+
+
+def api_key_prefix(key):
+    return key[:API_KEY_PREFIX_LENGTH]
+
+
+def api_key_digest(key):
+    """What is stored of a key, and compared: its SHA-256, hex. A key has 256 random bits,
+    so a fast hash is enough (a slow one, as for passwords, guards guessable secrets)."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def api_key_caller(key_id, role, customer_id=None):
+    """Who a key acts as: its role (and customer), named by the key's id."""
+    return Caller(sub=f"api-key:{key_id}", role=role, customer_id=customer_id)
 
 
 def required(caller):

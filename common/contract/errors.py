@@ -98,6 +98,21 @@ class ServiceUnavailable(DomainError):
 
 
 @deserialize_to_instance
+class Overloaded(ServiceUnavailable):
+    """The gateway process holds GATEWAY_MAX_IN_FLIGHT requests already: this
+    one was answered at once, nothing done. Details: `retry_after_seconds`."""
+    code = "overloaded"
+
+
+@deserialize_to_instance
+class RateLimited(DomainError):
+    """The caller used up RATE_LIMIT: nothing done, and this answer not counted.
+    Details: `limit` and `retry_after_seconds`."""
+    http_status = 429
+    code = "rate_limited"
+
+
+@deserialize_to_instance
 class UpstreamTimeout(DomainError):
     http_status = 504
     code = "upstream_timeout"

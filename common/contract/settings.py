@@ -27,7 +27,7 @@ DEVELOPMENT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
 # Where services find the Settings object inside nameko's config dict.
 SETTINGS_KEY = "SETTINGS"
 # Never echoed in an error message.
-SECRET_VARIABLES = {"JWT_SECRET", "DATABASE_URL", "AMQP_URI", "SMTP_PASSWORD"}
+SECRET_VARIABLES = {"JWT_SECRET", "DATABASE_URL", "AMQP_URI", "SMTP_PASSWORD", "REDIS_URL"}
 # Where mail goes when SMTP_HOST is unset: the sink `make run` starts (scripts/mail_sink.py).
 LOCAL_MAIL_SINK_HOST = "127.0.0.1"
 
@@ -100,6 +100,15 @@ class Settings(BaseModel):
     notify_max_attempts: int = Field(ge=1, le=100)
     notify_sweep_interval_seconds: float = Field(gt=0, le=300)
 
+    # The edge (gateway/edge/): rate limits, CORS, load shedding, circuit breakers, API keys.
+    rate_limit: str | None = Field(default=None, min_length=1, max_length=100)
+    redis_url: str | None = Field(default=None, pattern=r"^(redis|rediss|unix)://")
+    gateway_max_in_flight: int = Field(ge=1, le=100000)
+    breaker_failures: int = Field(ge=1, le=1000)
+    breaker_reset_seconds: float = Field(gt=0, le=3600)
+    cors_origins: tuple[str, ...] = ()
+    api_key_cache_seconds: float = Field(gt=0, le=300)
+
     @field_validator("log_level", "env", mode="before")
     @classmethod
     def _case_insensitive(cls, value, info):
@@ -132,6 +141,35 @@ class Settings(BaseModel):
             pairs[key.strip()] = unquote(encoded.strip())
         return pairs
 
+    @field_validator("rate_limit")
+    @classmethod
+    def _a_limits_expression(cls, value):
+        """One limit in the `limits` library's notation (600/minute, 10 per second)."""
+        if value is None:
+            return None
+        from limits import parse_many
+
+        try:
+            one = len(parse_many(value)) == 1
+        except ValueError:
+            one = False
+        if not one:
+            raise ValueError("must be one limit such as 600/minute or 10/second")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value):
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = value.split(",")
+        origins = tuple(origin.strip().rstrip("/") for origin in value if origin.strip())
+        for origin in origins:
+            if origin != "*" and not origin.startswith(("http://", "https://")):
+                raise ValueError(f"origins are scheme://host[:port], comma-separated, or *: not {origin!r}")
+        return origins
+
     @field_validator("mail_from")
     @classmethod
     def _an_address(cls, value):
@@ -157,6 +195,9 @@ class Settings(BaseModel):
         if self.env == "production" and self.jwt_secret == DEVELOPMENT_JWT_SECRET:
             problems.append("JWT_SECRET: ENV=production refuses the development JWT_SECRET: "
                             "set a secret of your own")
+        if self.rate_limit and not self.redis_url:
+            problems.append("RATE_LIMIT needs REDIS_URL: the counters are shared by every gateway process "
+                            "(`make run` starts a local redis-server when REDIS_URL is unset)")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -7,7 +7,9 @@ prose.yaml and its examples from examples.yaml (gateway/openapi/data.py).
 """
 from marshmallow import Schema, fields, validate
 
-from common.contract.errors import Unauthenticated
+from common.contract.caller import TOKEN_ROLES
+from common.contract.errors import RateLimited, ServiceUnavailable, Unauthenticated
+from common.contract.schemas.api_keys import ApiKeyCreatedSchema, ApiKeyInput, ApiKeySchema
 from common.contract.schemas.base import AddressSchema
 from common.contract.schemas.customers import CustomerInput, CustomerPatch, CustomerSchema
 from common.contract.schemas.invoices import (
@@ -70,6 +72,7 @@ ProductPage = _page_of(ProductSchema, "ProductPage")
 OrderPage = _page_of(OrderSchema, "OrderPage")
 InvoicePage = _page_of(InvoiceSchema, "InvoicePage")
 NotificationPage = _page_of(NotificationSchema, "NotificationPage")
+ApiKeyPage = _page_of(ApiKeySchema, "ApiKeyPage")
 
 
 class OrderHistorySchema(Schema):
@@ -99,6 +102,7 @@ REQUEST_SCHEMAS = {
     "OrderUpdateInput": OrderUpdateInput,
     "ShippingInput": ShippingInput,
     "StatusInput": StatusInput,
+    "ApiKeyInput": ApiKeyInput,
 }
 # Every field of these is in every response (null where allow_none says so).
 RESOURCE_SCHEMAS = {
@@ -112,6 +116,8 @@ RESOURCE_SCHEMAS = {
     "InvoiceLine": InvoiceLineSchema,
     "Invoice": InvoiceSchema,
     "Notification": NotificationSchema,
+    "ApiKey": ApiKeySchema,
+    "ApiKeyCreated": ApiKeyCreatedSchema,
 }
 ENVELOPE_SCHEMAS = {
     "ErrorBody": ErrorBody,
@@ -121,6 +127,7 @@ ENVELOPE_SCHEMAS = {
     "OrderPage": OrderPage,
     "InvoicePage": InvoicePage,
     "NotificationPage": NotificationPage,
+    "ApiKeyPage": ApiKeyPage,
     "OrderHistory": OrderHistorySchema,
     "Health": HealthSchema,
 }
@@ -131,6 +138,8 @@ RESOURCE_ENUMS = {
     ("StatusChange", "from"): [*ORDER_STATUSES, None],
     ("Notification", "status"): list(NOTIFICATION_STATUSES),
     ("Notification", "kind"): list(NOTIFICATION_KINDS),
+    ("ApiKey", "role"): list(TOKEN_ROLES),
+    ("ApiKeyCreated", "role"): list(TOKEN_ROLES),
 }
 
 
@@ -147,6 +156,7 @@ ERROR_RESPONSES = {
     413: "PayloadTooLarge",
     415: "UnsupportedMediaType",
     422: "Unprocessable",
+    429: "TooManyRequests",
     503: "ServiceUnavailable",
     504: "GatewayTimeout",
 }
@@ -162,6 +172,7 @@ PARAMETERS = {
     "order_id": ("path", {"type": "string", "format": "uuid"}),
     "number": ("path", {"type": "string", "pattern": INVOICE_NUMBER_PATTERN.removesuffix(r"\Z") + "$"}),
     "notification_id": ("path", {"type": "string", "format": "uuid"}),
+    "key_id": ("path", {"type": "string", "format": "uuid"}),
     "sku": ("path", {"type": "string"}),  # its pattern is ProductInput.sku's (gateway/openapi/fixes.py)
     "Idempotency-Key": ("header", {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}),
     "If-Match": ("header", {"type": "string"}),
@@ -171,6 +182,18 @@ RESPONSE_HEADERS = {
     "ETag": {"schema": {"type": "string"}, "example": '"1"'},
     "Location": {"schema": {"type": "string"}, "example": f"{API}/orders/{EXAMPLES['parameters']['order_id']}"},
     "WWW-Authenticate": {"schema": {"type": "string"}, "example": 'Bearer realm="api"'},
+    "Retry-After": {"schema": {"type": "integer", "minimum": 1}, "example": 3},
+    "RateLimit-Limit": {"schema": {"type": "integer", "minimum": 1}, "example": 600},
+    "RateLimit-Remaining": {"schema": {"type": "integer", "minimum": 0}, "example": 599},
+    "RateLimit-Reset": {"schema": {"type": "integer", "minimum": 0}, "example": 42},
+}
+# On every answer of a rate-limited route while RATE_LIMIT is set (see PROSE["headers"]).
+RATE_LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+# The headers each error status carries besides X-Request-ID.
+ERROR_HEADERS = {
+    Unauthenticated.http_status: ("WWW-Authenticate",),
+    RateLimited.http_status: ("Retry-After", *RATE_LIMIT_HEADERS),
+    ServiceUnavailable.http_status: ("Retry-After",),
 }
 
 
@@ -187,6 +210,8 @@ def register_components(spec):
     """Every component into `spec` (an apispec APISpec), with its words and examples."""
     spec.components.security_scheme("bearerAuth", {
         "type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": PROSE["security"]})
+    spec.components.security_scheme("apiKeyAuth", {
+        "type": "apiKey", "in": "header", "name": "X-API-Key", "description": PROSE["api_key_security"]})
     for name, schema in {**REQUEST_SCHEMAS, **RESOURCE_SCHEMAS, **ENVELOPE_SCHEMAS}.items():
         spec.components.schema(name, schema=schema)
     for name, (location, schema) in PARAMETERS.items():
@@ -196,7 +221,7 @@ def register_components(spec):
     for name, header in RESPONSE_HEADERS.items():
         spec.components.header(name, {"description": PROSE["headers"][name], **header})
     for status, name in ERROR_RESPONSES.items():
-        headers = response_headers(*(["WWW-Authenticate"] if status == Unauthenticated.http_status else []))
+        headers = response_headers(*ERROR_HEADERS.get(status, ()))
         spec.components.response(name, _error_response(status, headers))
     status, name = URI_TOO_LONG
     spec.components.response(name, _error_response(status))

@@ -20,6 +20,7 @@ from common.contract.schemas.invoices import TaxRate
 from gateway.openapi.components import (
     ERROR_RESPONSES,
     MONEY_PATTERN,
+    RATE_LIMIT_HEADERS,
     TAX_RATE_PATTERN,
     URI_TOO_LONG,
     ref,
@@ -31,7 +32,7 @@ from gateway.openapi.fixes import finish
 from gateway.routes.declare import PATH_VARIABLE
 
 OPENAPI_VERSION = "3.0.3"  # what the bundled Swagger UI (4.x) renders
-TAGS = ("orders", "products", "customers", "notifications", "invoices", "health", "meta")
+TAGS = ("orders", "products", "customers", "notifications", "invoices", "api-keys", "health", "meta")
 SUCCESS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content"}
 
 
@@ -40,7 +41,7 @@ def build_spec(routes):
     marshmallow_plugin = MarshmallowPlugin()
     spec = APISpec(title="Order management API", version="1.0.0", openapi_version=OPENAPI_VERSION,
                    plugins=[marshmallow_plugin], info={"description": PROSE["description"]},
-                   security=[{"bearerAuth": []}], tags=[{"name": tag} for tag in TAGS])
+                   security=[{"bearerAuth": []}, {"apiKeyAuth": []}], tags=[{"name": tag} for tag in TAGS])
     marshmallow_plugin.map_to_openapi_type(Money, "string", "decimal")
     marshmallow_plugin.map_to_openapi_type(TaxRate, "string", None)
     marshmallow_plugin.converter.add_attribute_function(_money_properties)
@@ -89,7 +90,8 @@ def _responses(route, prose, examples):
     """Success first, then the other answers, the errors its classes answer with and 414; by status."""
     success = {"description": SUCCESS[route.status],
                "headers": response_headers(*(["ETag"] if route.etag else []),
-                                           *(["Location"] if route.location else []))}
+                                           *(["Location"] if route.location else []),
+                                           *(RATE_LIMIT_HEADERS if route.rate_limited else []))}
     content = {}
     if route.response is not None:
         schema = ref("schemas", route.response) if isinstance(route.response, str) else route.response

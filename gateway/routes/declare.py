@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge, UnsupportedMediaType
 
-from common.contract.errors import ServiceUnavailable, Unauthenticated, UpstreamTimeout, ValidationFailed
+from common.contract.errors import RateLimited, ServiceUnavailable, Unauthenticated, UpstreamTimeout, ValidationFailed
 from common.contract.schemas.base import schema_instance
 
 API = "/api/v1"
@@ -27,6 +27,8 @@ SPEC_PATH = f"{API}/openapi.json"  # where the gateway serves the OpenAPI docume
 AUTHENTICATED_ERRORS = (Unauthenticated, ServiceUnavailable, UpstreamTimeout)
 BODY_ERRORS = (ValidationFailed, RequestEntityTooLarge, UnsupportedMediaType)  # see json_body
 QUERY_ERRORS = (ValidationFailed,)
+# Never rate limited (RATE_LIMIT): probes and scrapes. Every other route can answer 429.
+UNLIMITED_PATHS = frozenset({"/health", "/health/live", "/metrics"})
 PATH_VARIABLE = re.compile(r"<(?:\w+:)?(\w+)>")
 
 
@@ -72,9 +74,15 @@ class Route:
         return PATH_VARIABLE.findall(self.path)
 
     @property
+    def rate_limited(self):
+        return self.path not in UNLIMITED_PATHS
+
+    @property
     def answered_errors(self):
         """The declared error classes and those every route of this kind can answer with."""
         errors = list(self.errors)
+        if self.rate_limited:
+            errors.append(RateLimited)
         if not self.public:
             errors += AUTHENTICATED_ERRORS
         if self.body:

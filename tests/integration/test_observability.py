@@ -249,7 +249,8 @@ def test_every_dashboard_panel_answers_and_renders(prometheus, api, stack):
         _query(prometheus, expression)  # every query is valid PromQL over our metrics
     for title in ("Requests per second, by route", "Latency p99 by route (s)", "Errors per second (5xx and 4xx)",
                   "Service latency p99 by method (s)", "Outbox backlog (events not yet sent)",
-                  "RPC pool and database pool"):
+                  "RPC pool and database pool", "Refused at the edge per minute (429, shed, open circuit)",
+                  "Circuit breakers (0 closed, 1 half-open, 2 open)"):
         assert _wait_for(lambda: _query(prometheus, panels[title]), timeout=20), title
 
     params = {}

@@ -206,9 +206,20 @@ def test_responses_name_every_status_in_the_error_shape(spec):
             for status in statuses - {200, 201, 202, 204}:
                 response = resolved(spec, operation["responses"][str(status)])
                 assert response["content"]["application/json"]["schema"]["$ref"] == ERROR_REF, (method, path)
-    assert spec["security"] == [{"bearerAuth": []}]
+    assert spec["security"] == [{"bearerAuth": []}, {"apiKeyAuth": []}]  # either one
     scheme = spec["components"]["securitySchemes"]["bearerAuth"]
     assert (scheme["type"], scheme["scheme"], scheme["bearerFormat"]) == ("http", "bearer", "JWT")
+    key = spec["components"]["securitySchemes"]["apiKeyAuth"]
+    assert (key["type"], key["in"], key["name"]) == ("apiKey", "header", "X-API-Key")
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            if path not in ("/health", "/health/live", "/metrics"):
+                assert "429" in operation["responses"], (method, path)
+    limited = resolved(spec, spec["paths"]["/api/v1/orders"]["post"]["responses"]["429"])
+    assert {"Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(limited["headers"])
+    for method in ("post", "get"):
+        assert method in spec["paths"]["/api/v1/api-keys"]
+    assert "delete" in spec["paths"]["/api/v1/api-keys/{key_id}"]
 
 
 def test_headers_lists_and_delete_are_described(spec):

@@ -120,3 +120,35 @@ def test_first_times_names_the_events_of_a_batch_not_handled_before(record_first
     assert record_first_times([seen, new, twice, twice], "h") == {new, twice}
     assert record_first_times([new, twice, seen], "h") == set()
     assert record_first_times([], "h") == set()
+
+
+def _key(store, at=T0, prefix="oms_abcd", **fields):
+    key_id = uuid.uuid4()
+    store.insert_api_key(key_id, {"name": "sync", "role": "admin", **fields}, prefix, uuid.uuid4().hex * 2, at)
+    return key_id
+
+
+def test_api_keys_list_oldest_first_and_are_found_by_prefix_while_live(store):
+    first, second = _key(store), _key(store, T0 + timedelta(seconds=1), prefix="oms_wxyz")
+    assert [k.id for k in store.list_api_keys(10)] == [first, second]
+    after = store.get_api_key(first)
+    assert [k.id for k in store.list_api_keys(10, (after.created_at, after.id))] == [second]
+    assert [k.id for k in store.live_api_keys_with_prefix("oms_abcd")] == [first]
+    store.get_api_key(first, lock=True).revoked_at = T0 + timedelta(minutes=1)
+    if hasattr(store, "session"):
+        store.session.flush()
+    assert store.live_api_keys_with_prefix("oms_abcd") == []
+    assert store.get_api_key(first).revoked_at == T0 + timedelta(minutes=1)
+
+
+def test_a_key_s_use_is_written_at_most_once_per_period(store):
+    key_id = _key(store)
+    store.mark_api_key_used(key_id, T0 + timedelta(seconds=10), T0 + timedelta(seconds=5))
+    store.mark_api_key_used(key_id, T0 + timedelta(seconds=12), T0 + timedelta(seconds=7))  # within the period
+    if hasattr(store, "session"):
+        store.session.expire_all()
+    assert store.get_api_key(key_id).last_used_at == T0 + timedelta(seconds=10)
+    store.mark_api_key_used(key_id, T0 + timedelta(seconds=20), T0 + timedelta(seconds=15))
+    if hasattr(store, "session"):
+        store.session.expire_all()
+    assert store.get_api_key(key_id).last_used_at == T0 + timedelta(seconds=20)

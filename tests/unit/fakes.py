@@ -429,10 +429,34 @@ class InMemoryCustomerStore:
     """customer_service.storage.CustomerStore's contract, in memory."""
 
     def __init__(self):
-        self.tables = {"customers": {}, "processed": set()}
+        self.tables = {"customers": {}, "processed": set(), "api_keys": {}}
 
     def lock_customer_id(self, customer_id):
         pass
+
+    def insert_api_key(self, key_id, fields, prefix, digest, now):
+        if any(other.key_digest == digest for other in self.tables["api_keys"].values()):
+            raise AssertionError("a digest is unique")
+        api_key = SimpleNamespace(**{"customer_id": None, **fields}, id=key_id, prefix=prefix, key_digest=digest,
+                                  created_at=now, last_used_at=None, revoked_at=None)
+        self.tables["api_keys"][key_id] = api_key
+        return api_key
+
+    def get_api_key(self, key_id, lock=False):
+        return self.tables["api_keys"].get(key_id)
+
+    def list_api_keys(self, limit, after=None):
+        keys = sorted((k for k in self.tables["api_keys"].values()
+                       if after is None or (k.created_at, k.id) > tuple(after)), key=lambda k: (k.created_at, k.id))
+        return keys[:limit]
+
+    def live_api_keys_with_prefix(self, prefix):
+        return [k for k in self.tables["api_keys"].values() if k.prefix == prefix and k.revoked_at is None]
+
+    def mark_api_key_used(self, key_id, now, not_since):
+        api_key = self.tables["api_keys"][key_id]
+        if api_key.last_used_at is None or api_key.last_used_at < not_since:
+            api_key.last_used_at = now
 
     def insert_customer(self, customer_id, fields, now):
         self._check_unique_email(customer_id, fields.get("email"))

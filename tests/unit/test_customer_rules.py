@@ -77,3 +77,42 @@ def test_a_batch_of_order_events_counts_each_customer_s_orders():
     customers.on_order_created([*events, events[0], {"event_id": str(uuid.uuid4()),
                                                      "data": {"customer_id": "not-an-id"}}])
     assert [customers.get_customer(c["id"])["orders_count"] for c in (ada, grace)] == [2, 1]
+
+
+def test_an_api_key_is_made_by_admins_for_a_customer_that_exists_and_kept_as_its_digest():
+    from common.contract.caller import api_key_digest
+    from common.contract.errors import Forbidden, UnknownCustomer
+
+    store = InMemoryCustomerStore()
+    customers = service(store=store)
+    ada = make(customers, "ada")
+    made = customers.create_api_key({"name": "sync", "role": "customer", "customer_id": ada["id"]})
+    [row] = store.tables["api_keys"].values()
+    assert row.key_digest == api_key_digest(made["key"]) and made["prefix"] == made["key"][:8]
+    assert "key" not in customers.list_api_keys()["items"][0]
+    with pytest.raises(UnknownCustomer):
+        customers.create_api_key({"name": "sync", "role": "customer", "customer_id": str(uuid.uuid4())})
+    with pytest.raises(Forbidden):
+        service(Caller(f"customer:{ada['id']}", "customer", ada["id"]), store).create_api_key(
+            {"name": "x", "role": "admin"})
+
+
+def test_a_key_is_verified_by_its_digest_until_it_is_revoked():
+    from common.contract.caller import api_key_digest, api_key_prefix
+    from common.contract.errors import Unauthenticated
+
+    store = InMemoryCustomerStore()
+    admin = service(store=store)
+    made = admin.create_api_key({"name": "sync", "role": "admin"})
+    gateway = service(Caller("gateway", "service"), store)
+    key = made["key"]
+    assert gateway.verify_api_key(api_key_prefix(key), api_key_digest(key)) == {
+        "id": made["id"], "role": "admin", "customer_id": None}
+    assert store.tables["api_keys"][uuid.UUID(made["id"])].last_used_at is not None
+    with pytest.raises(Unauthenticated):
+        gateway.verify_api_key(api_key_prefix(key), api_key_digest(key + "x"))
+    assert admin.revoke_api_key(made["id"])["revoked_at"] is not None
+    with pytest.raises(Unauthenticated):
+        gateway.verify_api_key(api_key_prefix(key), api_key_digest(key))
+    with pytest.raises(NotFound):
+        admin.revoke_api_key(str(uuid.uuid4()))
