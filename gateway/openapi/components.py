@@ -31,6 +31,14 @@ from common.contract.schemas.orders import (
     StatusInput,
 )
 from common.contract.schemas.products import ProductInput, ProductPatch, ProductSchema
+from common.contract.schemas.webhooks import (
+    DELIVERY_STATUSES,
+    CreatedWebhookSchema,
+    DeliverySchema,
+    WebhookInput,
+    WebhookPatch,
+    WebhookSchema,
+)
 from common.contract.services import SERVICE_NAMES
 from gateway.openapi.data import EXAMPLES, PROSE
 from gateway.routes.declare import API
@@ -70,6 +78,8 @@ ProductPage = _page_of(ProductSchema, "ProductPage")
 OrderPage = _page_of(OrderSchema, "OrderPage")
 InvoicePage = _page_of(InvoiceSchema, "InvoicePage")
 NotificationPage = _page_of(NotificationSchema, "NotificationPage")
+WebhookPage = _page_of(WebhookSchema, "WebhookPage")
+DeliveryPage = _page_of(DeliverySchema, "DeliveryPage")
 
 
 class OrderHistorySchema(Schema):
@@ -99,6 +109,8 @@ REQUEST_SCHEMAS = {
     "OrderUpdateInput": OrderUpdateInput,
     "ShippingInput": ShippingInput,
     "StatusInput": StatusInput,
+    "WebhookInput": WebhookInput,
+    "WebhookPatch": WebhookPatch,
 }
 # Every field of these is in every response (null where allow_none says so).
 RESOURCE_SCHEMAS = {
@@ -112,6 +124,9 @@ RESOURCE_SCHEMAS = {
     "InvoiceLine": InvoiceLineSchema,
     "Invoice": InvoiceSchema,
     "Notification": NotificationSchema,
+    "Webhook": WebhookSchema,
+    "CreatedWebhook": CreatedWebhookSchema,
+    "Delivery": DeliverySchema,
 }
 ENVELOPE_SCHEMAS = {
     "ErrorBody": ErrorBody,
@@ -121,6 +136,8 @@ ENVELOPE_SCHEMAS = {
     "OrderPage": OrderPage,
     "InvoicePage": InvoicePage,
     "NotificationPage": NotificationPage,
+    "WebhookPage": WebhookPage,
+    "DeliveryPage": DeliveryPage,
     "OrderHistory": OrderHistorySchema,
     "Health": HealthSchema,
 }
@@ -131,6 +148,7 @@ RESOURCE_ENUMS = {
     ("StatusChange", "from"): [*ORDER_STATUSES, None],
     ("Notification", "status"): list(NOTIFICATION_STATUSES),
     ("Notification", "kind"): list(NOTIFICATION_KINDS),
+    ("Delivery", "status"): list(DELIVERY_STATUSES),
 }
 
 
@@ -162,6 +180,8 @@ PARAMETERS = {
     "order_id": ("path", {"type": "string", "format": "uuid"}),
     "number": ("path", {"type": "string", "pattern": INVOICE_NUMBER_PATTERN.removesuffix(r"\Z") + "$"}),
     "notification_id": ("path", {"type": "string", "format": "uuid"}),
+    "webhook_id": ("path", {"type": "string", "format": "uuid"}),
+    "delivery_id": ("path", {"type": "string", "format": "uuid"}),
     "sku": ("path", {"type": "string"}),  # its pattern is ProductInput.sku's (gateway/openapi/fixes.py)
     "Idempotency-Key": ("header", {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}),
     "If-Match": ("header", {"type": "string"}),
