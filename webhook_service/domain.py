@@ -92,7 +92,7 @@ def check_addresses(target, addresses, allow_hosts):
     """The addresses of `target` that may be connected to (all of them), or ValidationFailed naming
     `url`: one that may not is enough to refuse the host, unless it is in `allow_hosts`."""
     if not addresses:
-        raise _url_error(f"{target.host} does not resolve to any address.")
+        raise _url_error(f"{target.host} does not resolve to any address (in time).")
     if target.allowed(allow_hosts):
         return addresses
     for address in addresses:

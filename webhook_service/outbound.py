@@ -27,20 +27,22 @@ USER_AGENT = "order-management-webhooks/1"
 ANSWER_EXCERPT_BYTES = 200
 
 
-def resolve(target):
+def resolve(target, timeout_seconds):
     """Every address `target`'s host resolves to (an IP literal resolves to itself), in the
-    resolver's order of preference; none when it does not resolve."""
-    try:
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError):
-        return []
-    return list(dict.fromkeys(info[4][0] for info in infos))
+    resolver's order of preference; none when it does not resolve within `timeout_seconds`."""
+    with eventlet.Timeout(timeout_seconds, False):
+        try:
+            infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError):
+            return []
+        return list(dict.fromkeys(info[4][0] for info in infos))
+    return []
 
 
-def checked_target(url, allow_hosts):
+def checked_target(url, allow_hosts, timeout_seconds):
     """(Target, the addresses it may be reached at) of `url`, or ValidationFailed naming `url`."""
     target = domain.check_url(url, allow_hosts)
-    return target, domain.check_addresses(target, resolve(target), allow_hosts)
+    return target, domain.check_addresses(target, resolve(target, timeout_seconds), allow_hosts)
 
 
 def signed_headers(secret, event_id, body, now):
@@ -87,7 +89,7 @@ def deliver(url, allow_hosts, event_id, body, secret, now, timeout_seconds, veri
     """One attempt, within `timeout_seconds` from resolving to the answer: a domain.Outcome."""
     timer = eventlet.Timeout(timeout_seconds)
     try:
-        _, addresses = checked_target(url, allow_hosts)
+        _, addresses = checked_target(url, allow_hosts, timeout_seconds)
         status, excerpt = post(url, addresses[0], signed_headers(secret, event_id, body, now), body,
                                timeout_seconds, verify)
     except ValidationFailed as exc:

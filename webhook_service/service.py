@@ -89,7 +89,8 @@ class WebhookService(ServiceBase):
         HTTP request) becomes its id, and a second run of the same attempt answers as the first."""
         required(self.caller).require(ADMIN)
         fields = _subscription(load_or_raise(WebhookInput, data))
-        target, _ = outbound.checked_target(fields["url"], self.settings.webhook_allow_hosts)
+        target, _ = outbound.checked_target(fields["url"], self.settings.webhook_allow_hosts,
+                                            self.settings.webhook_timeout_seconds)
         webhook_id = id_of_attempt(attempt_id)
         key = self.settings.webhook_secret_key.get_secret_value()
         with self.uow as tx:
@@ -124,7 +125,8 @@ class WebhookService(ServiceBase):
         required(self.caller).require(ADMIN)
         changes = _subscription(load_or_raise(WebhookPatch, data))
         if "url" in changes:
-            target, _ = outbound.checked_target(changes["url"], self.settings.webhook_allow_hosts)
+            target, _ = outbound.checked_target(changes["url"], self.settings.webhook_allow_hosts,
+                                                self.settings.webhook_timeout_seconds)
             changes["host"] = target.host
         with self.uow as tx:
             webhook = _webhook(tx.store, webhook_id, lock=True)

@@ -78,7 +78,7 @@ def test_one_inward_address_refuses_the_host_unless_it_is_allowed():
 
 def test_localhost_resolves_inward_and_is_refused():
     with pytest.raises(ValidationFailed) as refused:
-        outbound.checked_target("https://localhost/in", ())
+        outbound.checked_target("https://localhost/in", (), 2)
     assert "loopback" in refused.value.details["url"][0]
 
 
