@@ -20,6 +20,7 @@ PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 32  # Standard Webhooks asks for 24 to 64
 MAX_ERROR_LENGTH = 500
+MAX_HOST_LENGTH = 253  # DNS's limit
 # The jitter spreads the retries of many deliveries that failed together (a subscriber's outage)
 # over +-JITTER of each delay, so they do not all come back at once.
 JITTER = 0.2
@@ -62,8 +63,10 @@ def check_url(url, allow_hosts):
     scheme, host = parts.scheme.lower(), (parts.hostname or "").rstrip(".")
     if scheme not in ("http", "https"):
         raise _url_error("Must be an https URL (or http to a host in WEBHOOK_ALLOW_HOSTS).")
-    if not host:
-        raise _url_error("Must name a host.")
+    if not host or len(host) > MAX_HOST_LENGTH:
+        raise _url_error(f"Must name a host (of at most {MAX_HOST_LENGTH} characters).")
+    if port == 0:
+        raise _url_error("Port 0 is no port to deliver to.")
     if parts.username is not None or parts.password is not None:
         raise _url_error("Must not carry a user name or password: the signature authenticates deliveries.")
     target = Target(scheme, host, port or (443 if scheme == "https" else 80))

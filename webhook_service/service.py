@@ -176,20 +176,23 @@ class WebhookService(ServiceBase):
         flight; the seconds until the earliest retry this run scheduled (None: none)."""
         pool, in_flight, finished, retries = eventlet.GreenPool(MAX_IN_FLIGHT), collections.Counter(), LightQueue(), []
         claiming_until = time.monotonic() + MAX_CLAIMING_SECONDS
-        while True:
-            free = MAX_IN_FLIGHT - sum(in_flight.values())
-            claimed = self._claim(free, in_flight) if free and time.monotonic() < claiming_until else []
-            for delivery in claimed:
-                in_flight[delivery.host] += 1
-                pool.spawn_n(self._send, delivery, retries, finished)
-            if not sum(in_flight.values()):
-                break
-            try:
-                in_flight[finished.get(timeout=POLL_SECONDS)] -= 1
-                while not finished.empty():
-                    in_flight[finished.get_nowait()] -= 1
-            except Empty:
-                pass
+        try:
+            while True:
+                free = MAX_IN_FLIGHT - sum(in_flight.values())
+                claimed = self._claim(free, in_flight) if free and time.monotonic() < claiming_until else []
+                for delivery in claimed:
+                    in_flight[delivery.host] += 1
+                    pool.spawn_n(self._send, delivery, retries, finished)
+                if not sum(in_flight.values()):
+                    break
+                try:
+                    in_flight[finished.get(timeout=POLL_SECONDS)] -= 1
+                    while not finished.empty():
+                        in_flight[finished.get_nowait()] -= 1
+                except Empty:
+                    pass
+        finally:
+            pool.waitall()  # a claim that failed (the database went away) ends the run once its sends have
         self._report_pending()
         if time.monotonic() >= claiming_until:
             return 0.0

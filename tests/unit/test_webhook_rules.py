@@ -39,6 +39,9 @@ def test_secrets_at_rest_decrypt_with_any_of_the_keys():
     ("https://user:pw@hooks.example/in", (), "password"),
     ("https://hooks.example:99999/in", (), "Not a URL"),
     ("hooks.example/in", (), "https"),
+    ("https://hooks.example:0/in", (), "Port 0"),
+    ("https://" + "a" * 254 + "/in", (), "host"),
+    ("https://[::1/in", (), "Not a URL"),
 ])
 def test_urls_against_the_rules_are_refused_naming_url(url, allow, fragment):
     with pytest.raises(ValidationFailed) as refused:
