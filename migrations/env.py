@@ -11,13 +11,14 @@ from inventory_service.storage import InventoryBase
 from invoice_service.storage import InvoicesBase
 from notification_service.storage import NotificationsBase
 from order_service.storage import OrdersBase
+from webhook_service.storage import WebhooksBase
 
 config = context.config
 if config.config_file_name is not None:
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 target_metadata = [CustomersBase.metadata, InventoryBase.metadata, OrdersBase.metadata,
-                   NotificationsBase.metadata, InvoicesBase.metadata]
+                   NotificationsBase.metadata, InvoicesBase.metadata, WebhooksBase.metadata]
 
 
 def database_url():

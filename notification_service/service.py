@@ -21,9 +21,9 @@ from common.kit.consumers import reliable_event_handler
 from common.kit.customer_directory import KeepsCustomerDirectory
 from common.kit.paging import Listing
 from common.kit.rpc import ServiceRpcProxy, rpc
+from common.kit.sender import SenderWake, sender
 from common.kit.unit_of_work import UnitOfWork
 from notification_service import domain, mail, storage
-from notification_service.sender import SenderWake, sender
 
 log = logging.getLogger(__name__)
 notification_schema = NotificationSchema()

@@ -36,6 +36,7 @@ SERVICES = (
     Service("order_service", "orders", 3),
     Service("notification_service", "notifications", 4, nice=10),
     Service("invoice_service", "invoices", 5, nice=10),
+    Service("webhook_service", "webhooks", 6, nice=10),
 )
 SERVICE_NAMES = tuple(service.name for service in SERVICES)
 BY_NAME = {service.name: service for service in SERVICES}

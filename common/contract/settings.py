@@ -18,16 +18,19 @@ from typing import Annotated, Literal
 from urllib.parse import unquote
 
 import yaml
+from cryptography.fernet import Fernet
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_FILE_VARIABLE = "CONFIG_FILE"
 # The default secret `make run` prints; ENV=production refuses to start with it.
 DEVELOPMENT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
+# Likewise for the key webhook secrets are encrypted with (a Fernet key: base64 of 32 bytes).
+DEVELOPMENT_WEBHOOK_SECRET_KEY = "ZGV2LW9ubHktaW5zZWN1cmUtd2ViaG9vay1rZXktMzI="
 # Where services find the Settings object inside nameko's config dict.
 SETTINGS_KEY = "SETTINGS"
 # Never echoed in an error message.
-SECRET_VARIABLES = {"JWT_SECRET", "DATABASE_URL", "AMQP_URI", "SMTP_PASSWORD", "REDIS_URL"}
+SECRET_VARIABLES = {"JWT_SECRET", "DATABASE_URL", "AMQP_URI", "SMTP_PASSWORD", "REDIS_URL", "WEBHOOK_SECRET_KEY"}
 # Where mail goes when SMTP_HOST is unset: the sink `make run` starts (scripts/mail_sink.py).
 LOCAL_MAIL_SINK_HOST = "127.0.0.1"
 
@@ -108,6 +111,15 @@ class Settings(BaseModel):
     breaker_reset_seconds: float = Field(gt=0, le=3600)
     cors_origins: tuple[str, ...] = ()
     api_key_cache_seconds: float = Field(gt=0, le=300)
+    # Webhooks (webhook_service). The key: one Fernet key, or several separated by commas (the first
+    # encrypts, every one decrypts: how a key is rotated).
+    webhook_secret_key: SecretStr
+    webhook_timeout_seconds: float = Field(gt=0, le=60)
+    webhook_retry_base_seconds: float = Field(gt=0, le=3600)
+    webhook_max_attempts: int = Field(ge=1, le=100)
+    webhook_disable_after_hours: float = Field(gt=0)
+    webhook_allow_hosts: tuple[str, ...] = ()
+    webhook_sweep_interval_seconds: float = Field(gt=0, le=300)
 
     @field_validator("log_level", "env", mode="before")
     @classmethod
@@ -170,6 +182,27 @@ class Settings(BaseModel):
                 raise ValueError(f"origins are scheme://host[:port], comma-separated, or *: not {origin!r}")
         return origins
 
+    @field_validator("webhook_allow_hosts", mode="before")
+    @classmethod
+    def _comma_separated_hosts(cls, value):
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = value.split(",")
+        return tuple(host.strip().lower().removeprefix("[").removesuffix("]") for host in value if host.strip())
+
+    @field_validator("webhook_secret_key")
+    @classmethod
+    def _fernet_keys(cls, value):
+        for key in value.get_secret_value().split(","):
+            try:
+                Fernet(key.strip())
+            except ValueError:
+                raise ValueError("must be Fernet keys (base64 of 32 random bytes), separated by commas: "
+                                 "python -c 'from cryptography.fernet import Fernet; "
+                                 "print(Fernet.generate_key().decode())'") from None
+        return value
+
     @field_validator("mail_from")
     @classmethod
     def _an_address(cls, value):
@@ -198,6 +231,9 @@ class Settings(BaseModel):
         if self.rate_limit and not self.redis_url:
             problems.append("RATE_LIMIT needs REDIS_URL: the counters are shared by every gateway process "
                             "(`make run` starts a local redis-server when REDIS_URL is unset)")
+        if self.env == "production" and self.webhook_secret_key.get_secret_value() == DEVELOPMENT_WEBHOOK_SECRET_KEY:
+            problems.append("WEBHOOK_SECRET_KEY: ENV=production refuses the development WEBHOOK_SECRET_KEY: "
+                            "set a key of your own")
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -33,6 +33,14 @@ from common.contract.schemas.orders import (
     StatusInput,
 )
 from common.contract.schemas.products import ProductInput, ProductPatch, ProductSchema
+from common.contract.schemas.webhooks import (
+    DELIVERY_STATUSES,
+    CreatedWebhookSchema,
+    DeliverySchema,
+    WebhookInput,
+    WebhookPatch,
+    WebhookSchema,
+)
 from common.contract.services import SERVICE_NAMES
 from gateway.openapi.data import EXAMPLES, PROSE
 from gateway.routes.declare import API
@@ -73,6 +81,8 @@ OrderPage = _page_of(OrderSchema, "OrderPage")
 InvoicePage = _page_of(InvoiceSchema, "InvoicePage")
 NotificationPage = _page_of(NotificationSchema, "NotificationPage")
 ApiKeyPage = _page_of(ApiKeySchema, "ApiKeyPage")
+WebhookPage = _page_of(WebhookSchema, "WebhookPage")
+DeliveryPage = _page_of(DeliverySchema, "DeliveryPage")
 
 
 class OrderHistorySchema(Schema):
@@ -103,6 +113,8 @@ REQUEST_SCHEMAS = {
     "ShippingInput": ShippingInput,
     "StatusInput": StatusInput,
     "ApiKeyInput": ApiKeyInput,
+    "WebhookInput": WebhookInput,
+    "WebhookPatch": WebhookPatch,
 }
 # Every field of these is in every response (null where allow_none says so).
 RESOURCE_SCHEMAS = {
@@ -118,6 +130,9 @@ RESOURCE_SCHEMAS = {
     "Notification": NotificationSchema,
     "ApiKey": ApiKeySchema,
     "ApiKeyCreated": ApiKeyCreatedSchema,
+    "Webhook": WebhookSchema,
+    "CreatedWebhook": CreatedWebhookSchema,
+    "Delivery": DeliverySchema,
 }
 ENVELOPE_SCHEMAS = {
     "ErrorBody": ErrorBody,
@@ -128,6 +143,8 @@ ENVELOPE_SCHEMAS = {
     "InvoicePage": InvoicePage,
     "NotificationPage": NotificationPage,
     "ApiKeyPage": ApiKeyPage,
+    "WebhookPage": WebhookPage,
+    "DeliveryPage": DeliveryPage,
     "OrderHistory": OrderHistorySchema,
     "Health": HealthSchema,
 }
@@ -140,6 +157,7 @@ RESOURCE_ENUMS = {
     ("Notification", "kind"): list(NOTIFICATION_KINDS),
     ("ApiKey", "role"): list(TOKEN_ROLES),
     ("ApiKeyCreated", "role"): list(TOKEN_ROLES),
+    ("Delivery", "status"): list(DELIVERY_STATUSES),
 }
 
 
@@ -173,6 +191,8 @@ PARAMETERS = {
     "number": ("path", {"type": "string", "pattern": INVOICE_NUMBER_PATTERN.removesuffix(r"\Z") + "$"}),
     "notification_id": ("path", {"type": "string", "format": "uuid"}),
     "key_id": ("path", {"type": "string", "format": "uuid"}),
+    "webhook_id": ("path", {"type": "string", "format": "uuid"}),
+    "delivery_id": ("path", {"type": "string", "format": "uuid"}),
     "sku": ("path", {"type": "string"}),  # its pattern is ProductInput.sku's (gateway/openapi/fixes.py)
     "Idempotency-Key": ("header", {"type": "string", "minLength": 1, "maxLength": MAX_IDEMPOTENCY_KEY}),
     "If-Match": ("header", {"type": "string"}),

@@ -32,7 +32,7 @@ from gateway.openapi.fixes import finish
 from gateway.routes.declare import PATH_VARIABLE
 
 OPENAPI_VERSION = "3.0.3"  # what the bundled Swagger UI (4.x) renders
-TAGS = ("orders", "products", "customers", "notifications", "invoices", "api-keys", "health", "meta")
+TAGS = ("orders", "products", "customers", "notifications", "invoices", "webhooks", "api-keys", "health", "meta")
 SUCCESS = {200: "OK", 201: "Created", 202: "Accepted", 204: "No content"}
 
 

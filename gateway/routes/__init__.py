@@ -4,7 +4,7 @@ Importing the modules declares their routes; the order they are imported in is
 the order of the OpenAPI document's paths.
 """
 # isort: off
-from gateway.routes import meta, customers, products, orders, invoices, notifications, api_keys  # noqa: F401
+from gateway.routes import meta, customers, products, orders, invoices, notifications, api_keys, webhooks  # noqa: F401
 # isort: on
 from gateway.routes.declare import API, SPEC_PATH, Route, Routes, routes
 

@@ -29,6 +29,8 @@ def stack_env(amqp_uri, db_url):
         "METRICS_PORT": str(harness.free_metrics_base()),
         # notification_service sends to a port nobody listens on: its emails wait and retry.
         "SMTP_HOST": "127.0.0.1", "SMTP_PORT": str(harness.free_port()),
+        # Webhooks may reach a receiver the test runs on 127.0.0.1; a claim's lease ends soon after a crash.
+        "WEBHOOK_ALLOW_HOSTS": "127.0.0.1", "WEBHOOK_TIMEOUT_SECONDS": "2", "WEBHOOK_RETRY_BASE_SECONDS": "0.2",
     }
 
 

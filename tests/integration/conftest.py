@@ -6,6 +6,10 @@ import requests
 
 from tests import harness, support
 from tests.servers.smtp import SmtpServer
+from tests.servers.webhook_receiver import WebhookReceiver
+
+# The test stack disables a webhook whose every attempt failed for this long.
+WEBHOOK_DISABLE_AFTER_SECONDS = 8
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +61,24 @@ def stack_env(amqp_uri, database_url, smtp_port=None, **overrides):
         "MAIL_FROM": support.MAIL_FROM,
         "NOTIFY_RETRY_BASE_SECONDS": "0.5",
         "NOTIFY_SWEEP_INTERVAL_SECONDS": "1",
+        # Webhooks reach the tests' receiver (tests/servers/webhook_receiver.py) on 127.0.0.1 over http;
+        # retries come fast and give up soon, and a webhook that only fails is disabled within seconds.
+        "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+        "WEBHOOK_TIMEOUT_SECONDS": "2",
+        "WEBHOOK_RETRY_BASE_SECONDS": "0.2",
+        "WEBHOOK_MAX_ATTEMPTS": "4",
+        "WEBHOOK_DISABLE_AFTER_HOURS": str(WEBHOOK_DISABLE_AFTER_SECONDS / 3600),
+        "WEBHOOK_SWEEP_INTERVAL_SECONDS": "1",
     })
     return {**env, **overrides}
+
+
+@pytest.fixture(scope="session")
+def webhook_receiver():
+    """The real HTTP server the stack's webhooks deliver to (tests/servers/webhook_receiver.py)."""
+    server = WebhookReceiver().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

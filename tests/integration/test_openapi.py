@@ -18,7 +18,7 @@ from marshmallow import fields, validate
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate as validate_spec
 
-from common.contract.schemas import base, invoices, notifications, orders
+from common.contract.schemas import base, invoices, notifications, orders, webhooks
 from common.contract.schemas.orders import MAX_IDEMPOTENCY_KEY
 from gateway.openapi.components import ENVELOPE_SCHEMAS, REQUEST_SCHEMAS, RESOURCE_SCHEMAS
 from gateway.openapi.data import EXAMPLES
@@ -70,7 +70,8 @@ def gateway_routes():
 
 def query_schema(name):
     """The query schema class the gateway names `name`, from the contract's schema modules."""
-    return next(getattr(module, name) for module in (base, orders, invoices, notifications) if hasattr(module, name))
+    return next(getattr(module, name) for module in (base, orders, invoices, notifications, webhooks)
+                if hasattr(module, name))
 
 
 def openapi_path(rule):

@@ -1,13 +1,13 @@
-"""When the sender runs: a timer entrypoint that a commit can wake.
+"""When a sender runs: a timer entrypoint that a commit can wake (notification_service's emails,
+webhook_service's deliveries).
 
-`@sender("NOTIFY_SWEEP_INTERVAL_SECONDS")` runs its method once at start,
-then again when woken (`self.wake_sender()`, after a notification was
-queued; it waits GATHER_SECONDS first, so the notifications of a burst of
-orders go out as one batch), when a retry it scheduled is due (the method
-returns the seconds until its earliest), and at the latest every interval (a
-safety net: it also picks up what another instance or an earlier process
-scheduled). One run at a time per process; a wake-up during a run makes
-another run right after it.
+`@sender("SOME_SWEEP_INTERVAL_SECONDS")` runs its method once at start,
+then again when woken (`self.wake_sender()`, after something was queued to
+send; it waits GATHER_SECONDS first, so what a burst queues goes out as one
+batch), when a retry it scheduled is due (the method returns the seconds
+until its earliest), and at the latest every interval (a safety net: it also
+picks up what another instance or an earlier process scheduled). One run at
+a time per process; a wake-up during a run makes another run right after it.
 """
 import threading
 import time
@@ -18,7 +18,7 @@ from common.kit.timers import SettingsTimer
 
 # Never run back to back faster than this (e.g. while another instance holds a due row).
 MIN_PAUSE_SECONDS = 0.05
-# A woken sender waits this long for more notifications to join its batch.
+# A woken sender waits this long for more work to join its batch.
 GATHER_SECONDS = 0.1
 
 

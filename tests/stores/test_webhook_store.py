@@ -1,0 +1,109 @@
+"""WebhookStore on Postgres: deliveries recorded against the webhook as it was when the event
+occurred, once per event; claims bounded per host; outcomes recorded only under their claim.
+
+(No in-memory fake stands for this store: its two statements are the behaviour under test.)
+"""
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import text
+
+from webhook_service import domain
+from webhook_service.storage import WebhookStore
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def store(session):
+    return WebhookStore(session)
+
+
+def _webhook(store, event_types=("order_created",), enabled=True, host="hooks.example", at=T0):
+    return store.insert_webhook(uuid.uuid4(), {"url": f"https://{host}/in", "event_types": list(event_types),
+                                               "description": None, "enabled": enabled}, host, "encrypted", at)
+
+
+def _record(store, event_type="order_created", occurred_at=T0 + timedelta(minutes=1), event_id=None):
+    event_id = event_id or uuid.uuid4()
+    return store.record_deliveries(event_id, event_type, occurred_at, '{"a":1}', occurred_at)
+
+
+def test_one_delivery_per_subscribed_webhook_and_none_for_a_redelivery(store):
+    subscribed, also = _webhook(store), _webhook(store, ("order_created", "stock_low"))
+    _webhook(store, ("stock_low",))
+    _webhook(store, enabled=False)
+    event_id = uuid.uuid4()
+    recorded = _record(store, event_id=event_id)
+    assert len(recorded) == 2
+    assert {store.get_delivery(hook.id, delivery_id) is not None
+            for hook in (subscribed, also) for delivery_id in recorded} == {True, False}
+    assert _record(store, event_id=event_id) == []
+
+
+def test_an_event_with_no_subscriber_writes_nothing(store, session):
+    _webhook(store, ("stock_low",))
+    event_id = uuid.uuid4()
+    assert _record(store, event_id=event_id) == []
+    [(events,)] = session.execute(text("SELECT count(*) FROM webhooks.events WHERE event_id = :id"),
+                                  {"id": event_id}).all()
+    assert events == 0
+
+
+def test_the_webhook_as_it_was_when_the_event_occurred_decides(store):
+    hook = _webhook(store)
+    store.update_webhook(hook, {"enabled": False}, T0 + timedelta(minutes=10))
+    store.update_webhook(hook, {"enabled": True}, T0 + timedelta(minutes=20))
+    store.update_webhook(hook, {"event_types": ["stock_low"]}, T0 + timedelta(minutes=30))
+    assert len(_record(store, occurred_at=T0 + timedelta(minutes=5))) == 1  # enabled then, handled late
+    assert _record(store, occurred_at=T0 + timedelta(minutes=15)) == []  # emitted while disabled: never
+    assert len(_record(store, occurred_at=T0 + timedelta(minutes=25))) == 1
+    assert _record(store, occurred_at=T0 + timedelta(minutes=35)) == []  # no longer subscribed
+    assert _record(store, occurred_at=T0 - timedelta(minutes=1)) == []  # before it existed
+
+
+def test_claims_take_at_most_per_host_counting_those_in_flight(store):
+    slow, quick = _webhook(store, host="slow.example"), _webhook(store, host="quick.example")
+    for _ in range(5):
+        _record(store)
+    now = T0 + timedelta(hours=1)
+    claimed = store.claim_due(now, now + timedelta(seconds=30), 20, 2, {"slow.example": 1})
+    by_host = sorted(c.host for c in claimed)
+    assert by_host == ["quick.example", "quick.example", "slow.example"]
+    assert {c.webhook_id for c in claimed} == {slow.id, quick.id}
+    # Claimed rows are not claimed again while their lease holds; after it, they are.
+    again = store.claim_due(now, now + timedelta(seconds=30), 20, 2, {})
+    assert sorted(c.host for c in again) == ["quick.example"] * 2 + ["slow.example"] * 2
+    later = now + timedelta(seconds=31)
+    assert len(store.claim_due(later, later + timedelta(seconds=30), 20, 10, {})) == 10
+
+
+def test_an_outcome_is_recorded_only_under_its_claim(store):
+    hook = _webhook(store)
+    [delivery_id] = _record(store)
+    now = T0 + timedelta(hours=1)
+    [claimed] = store.claim_due(now, now + timedelta(seconds=30), 10, 4, {})
+    assert claimed.body == '{"a":1}' and claimed.url == "https://hooks.example/in"
+    store.resend(store.get_delivery(hook.id, delivery_id, lock=True), now)  # an admin's re-send takes it
+    attempt = domain.after_attempt(claimed, domain.Outcome(200), now, 10, 5, 0.5)
+    assert store.record_attempt(claimed, attempt, now) is None
+    [again] = store.claim_due(now, now + timedelta(seconds=30), 10, 4, {})
+    recorded = store.record_attempt(again, attempt, now)
+    assert (recorded.status, recorded.attempts, recorded.claim_token) == ("delivered", 1, None)
+
+
+def test_failing_since_is_the_first_failure_after_a_success(store):
+    hook = _webhook(store)
+    assert store.note_failed(hook.id, T0).failing_since == T0
+    assert store.note_failed(hook.id, T0 + timedelta(hours=1)).failing_since == T0
+    store.note_delivered(hook.id)
+    assert store.note_failed(hook.id, T0 + timedelta(hours=2)).failing_since == T0 + timedelta(hours=2)
+
+
+def test_deleting_a_webhook_takes_its_deliveries(store):
+    hook = _webhook(store)
+    [delivery_id] = _record(store)
+    store.delete_webhook(hook)
+    assert store.get_delivery(hook.id, delivery_id) is None
+    assert _record(store) == []
