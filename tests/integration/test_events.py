@@ -91,3 +91,31 @@ def test_an_outbox_row_nobody_woke_the_relay_for_is_sent_within_the_interval(api
     while query(db_name, "SELECT sent_at FROM orders.outbox WHERE event_id = %s", event_id) == [(None,)]:
         assert time.monotonic() < deadline, "the relayed event was never marked sent"
         time.sleep(0.1)
+
+
+def test_each_status_has_its_own_event_with_the_previous_status_and_the_reason(api, listen):
+    orders = listen("order_service", "order_processing", "order_shipped", "order_delivered", "order_cancelled")
+    customer = api.create_customer()
+    product = api.create_product(stock=5)
+    order = api.create_order(customer, (product, 1))
+    api.ship_details(order)
+    moves = [("processing", "pending", "Paid"), ("shipped", "processing", None),
+             ("delivered", "shipped", "Signed for by A. L.")]
+    for status, previous, reason in moves:
+        response = api.put(f"/api/v1/orders/{order['id']}/status", json={"status": status, "reason": reason},
+                           headers={"X-Request-ID": f"req-{status}"})
+        assert response.status_code == 200, response.text
+        event = orders.wait_for(lambda e: e["type"] == f"order_{status}" and e["data"]["id"] == order["id"])
+        _check_envelope(event, f"order_{status}", f"req-{status}")
+        assert event["data"] == {**response.json(), "previous_status": previous, "reason": reason}
+    doomed = api.create_order(customer, (product, 1))
+    cancelled = api.put(f"/api/v1/orders/{doomed['id']}/status", json={"status": "cancelled", "reason": "Twice"})
+    event = orders.wait_for(lambda e: e["type"] == "order_cancelled" and e["data"]["id"] == doomed["id"])
+    _check_envelope(event, "order_cancelled")
+    assert event["data"] == {**cancelled.json(), "previous_status": "pending", "reason": "Twice"}
+    history = api.get(f"/api/v1/orders/{order['id']}/history").json()["items"]
+    assert [(entry["from"], entry["to"], entry["reason"]) for entry in history] == [
+        (None, "pending", None), ("pending", "processing", "Paid"), ("processing", "shipped", None),
+        ("shipped", "delivered", "Signed for by A. L.")]
+    too_long = api.put(f"/api/v1/orders/{order['id']}/status", json={"status": "delivered", "reason": "x" * 501})
+    assert too_long.status_code == 400 and "reason" in too_long.json()["error"]["details"]
