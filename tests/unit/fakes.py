@@ -160,7 +160,8 @@ class InMemoryInventoryStore:
     """inventory_service.storage.InventoryStore's contract, in memory."""
 
     def __init__(self):
-        self.tables = {"products": {}, "reservations": {}, "items": {}, "processed": set()}
+        # refusals: the unsent stock_reservation_failed rows by event id
+        self.tables = {"products": {}, "reservations": {}, "items": {}, "processed": set(), "refusals": {}}
 
     # products
     def add_product(self, sku, stock, unit_price="10.00", currency="EUR", threshold=0):
@@ -238,8 +239,12 @@ class InMemoryInventoryStore:
                 taken[sku] = product
         return taken
 
-    def record_reservation(self, order_id, lines, event_rows):
+    def record_reservation(self, order_id, lines, event_rows, refusal_event_id):
+        self.tables["refusals"].pop(refusal_event_id, None)
         self._set_items(order_id, lines)
+
+    def record_refusal(self, row):
+        self.tables["refusals"].setdefault(row["event_id"], row)
 
     def replace_reservation_items(self, order_id, new_items):
         self._set_items(order_id, new_items)
