@@ -16,11 +16,12 @@ from datetime import datetime, timedelta
 from email.utils import parseaddr
 
 from common.contract.errors import InvalidTransition
-from common.contract.schemas.notifications import NOTIFICATION_KINDS
+from common.contract.schemas.notifications import CUSTOMER_KINDS
 
 QUEUED, SENT, FAILED = "queued", "sent", "failed"
 TRANSITIONS = {QUEUED: (SENT, FAILED), FAILED: (QUEUED,), SENT: ()}
-ORDER_CONFIRMATION, ORDER_SHIPPED, ORDER_DELIVERED, ORDER_CANCELLED = NOTIFICATION_KINDS
+ORDER_CONFIRMATION, ORDER_SHIPPED, ORDER_DELIVERED, ORDER_CANCELLED = CUSTOMER_KINDS
+STOCK_LOW = "stock_low"  # the staff's alert
 # The order statuses a customer hears about, and what they are told.
 KIND_OF_STATUS = {"shipped": ORDER_SHIPPED, "delivered": ORDER_DELIVERED, "cancelled": ORDER_CANCELLED}
 MAX_RETRY_DELAY_SECONDS = 300.0
@@ -31,6 +32,7 @@ SUBJECTS = {
     ORDER_DELIVERED: "Your order {reference} was delivered",
     ORDER_CANCELLED: "Your order {reference} was cancelled",
 }
+STAFF_SUBJECT = "Stock low: {sku} ({available} available, threshold {threshold})"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029]+")
 
 
@@ -75,6 +77,22 @@ def new_notification(kind, order, customer, mail_from, notification_id=None):
         "customer_id": customer["id"],
         "recipient": customer["email"],
         "subject": subject(kind, order),
+        "message_id": message_id(notification_id, mail_from),
+    }
+
+
+def staff_alert(product, address, mail_from, notification_id=None):
+    """The row of a queued stock_low email about `product` (as the event carried it) to a staff
+    `address`, without its bodies: no order, no customer."""
+    notification_id = notification_id or uuid.uuid4()
+    return {
+        "id": notification_id,
+        "kind": STOCK_LOW,
+        "order_id": None,
+        "customer_id": None,
+        "recipient": address,
+        "subject": one_line(STAFF_SUBJECT.format(sku=product["sku"], available=product.get("available"),
+                                                 threshold=product.get("low_stock_threshold"))),
         "message_id": message_id(notification_id, mail_from),
     }
 

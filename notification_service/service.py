@@ -56,6 +56,15 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
     def on_order_status_changed(self, envelope):
         self._queue_notification(envelope)
 
+    @reliable_event_handler("inventory_service", "stock_low")
+    def on_stock_low(self, envelope):
+        """One email to each STAFF_EMAILS address per stock_low (inventory emits one per crossing)."""
+        product = envelope["data"]
+        rows = [domain.staff_alert(product, address, self.settings.mail_from) for address in self.settings.staff_emails]
+        for row in rows:
+            row["body_text"], row["body_html"] = mail.render(domain.STOCK_LOW, {"product": product})
+        self._queue(envelope, "alert_staff", rows)
+
     # -- the sender ----------------------------------------------------------------------
 
     @sender("notify_sweep_interval_seconds")
@@ -112,8 +121,14 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
             return
         row = domain.new_notification(kind, order, customer, self.settings.mail_from)
         row["body_text"], row["body_html"] = mail.render(kind, domain.email_context(kind, order, customer))
+        self._queue(envelope, "notify_customer", [row])
+
+    def _queue(self, envelope, handler, rows):
+        """Queue `rows` for the event, once however often it is delivered, and wake the sender."""
+        if not rows:
+            return
         with self.uow.single_statement() as store:
-            queued = store.queue_once(envelope["event_id"], envelope["type"], "notify_customer", [row], _now())
+            queued = store.queue_once(envelope["event_id"], envelope["type"], handler, rows, _now())
         if queued:
             self.wake_sender()
 

@@ -66,7 +66,7 @@ class Notification(NotificationsBase):
     kind: Mapped[str] = mapped_column(String(32))
     # Ids from order_service and customer_service: no foreign keys across schemas.
     order_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
-    customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))  # None: a staff alert
     recipient: Mapped[str] = mapped_column(String(254))
     # The email as rendered when the event arrived: every attempt sends the same message.
     subject: Mapped[str] = mapped_column(String(300))
@@ -133,7 +133,7 @@ class NotificationStore(CustomerDirectory):
             "ids": [str(row["id"]) for row in rows],
             "kinds": [row["kind"] for row in rows],
             "order_ids": [str(row["order_id"]) if row["order_id"] else None for row in rows],
-            "customer_ids": [str(row["customer_id"]) for row in rows],
+            "customer_ids": [str(row["customer_id"]) if row["customer_id"] else None for row in rows],
             "recipients": [row["recipient"] for row in rows],
             "subjects": [row["subject"] for row in rows],
             "bodies_text": [row["body_text"] for row in rows],

@@ -38,6 +38,7 @@ PG_URL_BASE = os.environ.get("TEST_PG_URL_BASE", "postgresql+psycopg2://postgres
 JWT_SECRET = "test-only-jwt-secret-for-the-test-stack"
 TAX_RATE = "0.19"
 MAIL_FROM = "Test shop <orders@shop.example>"
+STAFF_EMAILS = ("stock@shop.example", "Warehouse <warehouse@shop.example>")
 
 
 def python_files():

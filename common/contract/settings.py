@@ -96,6 +96,7 @@ class Settings(BaseModel):
     notify_retry_base_seconds: float = Field(gt=0, le=300)
     notify_max_attempts: int = Field(ge=1, le=100)
     notify_sweep_interval_seconds: float = Field(gt=0, le=300)
+    staff_emails: tuple[str, ...] = ()
 
     @field_validator("log_level", "env", mode="before")
     @classmethod
@@ -132,10 +133,22 @@ class Settings(BaseModel):
     @field_validator("mail_from")
     @classmethod
     def _an_address(cls, value):
-        _, address = parseaddr(value)
-        if "@" not in address or address.startswith("@") or address.endswith("@"):
+        if not _is_address(value):
             raise ValueError("must be an email address, optionally with a name: Shop <orders@shop.example>")
         return value
+
+    @field_validator("staff_emails", mode="before")
+    @classmethod
+    def _addresses(cls, value):
+        """Comma-separated addresses: stock@shop.example,Ops <ops@shop.example>."""
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        bad = [address for address in value if not _is_address(address)]
+        if bad:
+            raise ValueError(f"must be email addresses separated by commas; not one: {', '.join(bad)}")
+        return tuple(value)
 
     @model_validator(mode="after")
     def _rules_between_settings(self):
@@ -184,6 +197,11 @@ class Settings(BaseModel):
     @classmethod
     def variable_names(cls):
         return [field.alias for field in cls.model_fields.values()]
+
+
+def _is_address(value):
+    _, address = parseaddr(value)
+    return "@" in address and not address.startswith("@") and not address.endswith("@")
 
 
 def load_settings(environ=None, config_file=None):

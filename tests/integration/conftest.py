@@ -57,6 +57,7 @@ def stack_env(amqp_uri, database_url, smtp_port=None, **overrides):
         "MAIL_FROM": support.MAIL_FROM,
         "NOTIFY_RETRY_BASE_SECONDS": "0.5",
         "NOTIFY_SWEEP_INTERVAL_SECONDS": "1",
+        "STAFF_EMAILS": ",".join(support.STAFF_EMAILS),
     })
     return {**env, **overrides}
 

@@ -556,7 +556,7 @@ class InMemoryNotificationStore(InMemoryCustomerDirectory):
                 continue
             notification = SimpleNamespace(
                 **{**row, "order_id": uuid.UUID(str(row["order_id"])) if row["order_id"] else None,
-                   "customer_id": uuid.UUID(str(row["customer_id"]))},
+                   "customer_id": uuid.UUID(str(row["customer_id"])) if row["customer_id"] else None},
                 event_id=uuid.UUID(str(event_id)), event_type=event_type, status="queued", attempts=0,
                 last_error=None, next_attempt_at=at, created_at=at, updated_at=at, sent_at=None,
                 claim_token=None, claimed_until=None)

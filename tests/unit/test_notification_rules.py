@@ -440,3 +440,34 @@ def test_listing_filters_and_pages_newest_first(world):
     assert world.service.list_notifications({"status": "sent"})["items"] == []
     with pytest.raises(NotFound):
         world.service.get_notification("not-an-id")
+
+
+# ---- staff alerts ------------------------------------------------------------------------
+
+def product(**changes):
+    return {"sku": "WIDGET-1", "name": "Widget", "stock": 10, "reserved": 8, "available": 2,
+            "low_stock_threshold": 3, **changes}
+
+
+def test_stock_low_emails_each_staff_address_once_per_event_naming_the_sku():
+    world = World(settings=SETTINGS.model_copy(update={"staff_emails": ("stock@shop.example",
+                                                                        "Ops <ops@shop.example>")}))
+    event = envelope("stock_low", product())
+    world.service.on_stock_low(event)
+    world.service.on_stock_low(event)  # redelivered: nothing more
+    alerts = world.notifications()
+    assert sorted(n.recipient for n in alerts) == ["Ops <ops@shop.example>", "stock@shop.example"]
+    for alert in alerts:
+        assert (alert.kind, alert.event_type, alert.order_id, alert.customer_id) == (
+            "stock_low", "stock_low", None, None)
+        assert alert.subject == "Stock low: WIDGET-1 (2 available, threshold 3)"
+        assert "WIDGET-1" in alert.body_text and "WIDGET-1" in alert.body_html
+    world.send()
+    assert sorted(message["To"] for message in world.mailer.sent) == ["Ops <ops@shop.example>", "stock@shop.example"]
+    assert world.as_caller(Caller(f"customer:{CUSTOMER_ID}", "customer", CUSTOMER_ID)).list_notifications()[
+        "items"] == []  # staff alerts are nobody's notifications but the admins'
+
+
+def test_without_staff_emails_stock_low_queues_nothing(world):
+    world.service.on_stock_low(envelope("stock_low", product()))
+    assert world.notifications() == []

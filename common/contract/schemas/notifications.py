@@ -4,8 +4,10 @@ from marshmallow import fields, validate
 from common.contract.schemas.base import ListQuery, Schema
 
 NOTIFICATION_STATUSES = ("queued", "sent", "failed")
-# What a notification tells the customer (notification_service.domain decides which event makes which).
-NOTIFICATION_KINDS = ("order_confirmation", "order_shipped", "order_delivered", "order_cancelled")
+# What a notification tells the customer, or the staff (stock_low); notification_service.domain
+# decides which event makes which.
+CUSTOMER_KINDS = ("order_confirmation", "order_shipped", "order_delivered", "order_cancelled")
+NOTIFICATION_KINDS = (*CUSTOMER_KINDS, "stock_low")
 
 
 class NotificationListQuery(ListQuery):
@@ -16,7 +18,7 @@ class NotificationListQuery(ListQuery):
 class NotificationSchema(Schema):
     id = fields.UUID()
     order_id = fields.UUID(allow_none=True)
-    customer_id = fields.UUID()
+    customer_id = fields.UUID(allow_none=True, metadata={"description": "Whom it is for; null for a staff alert."})
     event_id = fields.UUID(metadata={"description": "The event that caused it: one notification per "
                                                     "(event, recipient)."})
     event_type = fields.String(metadata={"description": "That event's type, e.g. `order_status_changed`."})
