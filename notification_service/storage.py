@@ -85,7 +85,7 @@ class Notification(NotificationsBase):
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-KnownCustomer = known_customer_model(NotificationsBase)
+KnownCustomer = known_customer_model(NotificationsBase, with_contacts=True)
 
 
 _notifications = Notification.__table__

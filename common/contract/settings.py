@@ -97,6 +97,7 @@ class Settings(BaseModel):
     notify_max_attempts: int = Field(ge=1, le=100)
     notify_sweep_interval_seconds: float = Field(gt=0, le=300)
     staff_emails: tuple[str, ...] = ()
+    webhook_allow_hosts: tuple[str, ...] = ()
 
     @field_validator("log_level", "env", mode="before")
     @classmethod
@@ -149,6 +150,16 @@ class Settings(BaseModel):
         if bad:
             raise ValueError(f"must be email addresses separated by commas; not one: {', '.join(bad)}")
         return tuple(value)
+
+    @field_validator("webhook_allow_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value):
+        """Comma-separated host names or addresses, compared case-insensitively."""
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = value.split(",")
+        return tuple(host.strip().lower() for host in value if host.strip())
 
     @model_validator(mode="after")
     def _rules_between_settings(self):

@@ -9,7 +9,16 @@ from marshmallow import Schema, fields, validate
 
 from common.contract.errors import Unauthenticated
 from common.contract.schemas.base import AddressSchema
-from common.contract.schemas.customers import CustomerInput, CustomerPatch, CustomerSchema
+from common.contract.schemas.customers import (
+    CustomerInput,
+    CustomerPatch,
+    CustomerSchema,
+    PreferencesPatch,
+    PreferencesSchema,
+    PushKeys,
+    PushSubscriptionInput,
+    PushSubscriptionSchema,
+)
 from common.contract.schemas.invoices import (
     INVOICE_NUMBER_PATTERN,
     BillToSchema,
@@ -90,8 +99,11 @@ class HealthSchema(Schema):
 
 REQUEST_SCHEMAS = {
     "Address": AddressSchema,
+    "PreferencesPatch": PreferencesPatch,  # (nested schemas before the schemas they are in)
     "CustomerInput": CustomerInput,
     "CustomerPatch": CustomerPatch,
+    "PushKeys": PushKeys,
+    "PushSubscriptionInput": PushSubscriptionInput,
     "ProductInput": ProductInput,
     "ProductPatch": ProductPatch,
     "OrderItemInput": OrderItemInput,
@@ -102,6 +114,8 @@ REQUEST_SCHEMAS = {
 }
 # Every field of these is in every response (null where allow_none says so).
 RESOURCE_SCHEMAS = {
+    "NotificationPreferences": PreferencesSchema,
+    "PushSubscription": PushSubscriptionSchema,
     "Customer": CustomerSchema,
     "Product": ProductSchema,
     "OrderItem": OrderItemSchema,
@@ -159,6 +173,7 @@ URI_TOO_LONG = (414, "URITooLong")
 # The routes' path variables and the request headers they read, by component name: (in, schema).
 PARAMETERS = {
     "customer_id": ("path", {"type": "string", "format": "uuid"}),
+    "subscription_id": ("path", {"type": "string", "format": "uuid"}),
     "order_id": ("path", {"type": "string", "format": "uuid"}),
     "number": ("path", {"type": "string", "pattern": INVOICE_NUMBER_PATTERN.removesuffix(r"\Z") + "$"}),
     "notification_id": ("path", {"type": "string", "format": "uuid"}),

@@ -58,6 +58,7 @@ def stack_env(amqp_uri, database_url, smtp_port=None, **overrides):
         "NOTIFY_RETRY_BASE_SECONDS": "0.5",
         "NOTIFY_SWEEP_INTERVAL_SECONDS": "1",
         "STAFF_EMAILS": ",".join(support.STAFF_EMAILS),
+        "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",  # the tests' own push service (and webhook receivers)
     })
     return {**env, **overrides}
 

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from sqlalchemy.exc import IntegrityError
 
 from common.contract.errors import AlreadyExists, NotFound
+from common.contract.schemas.customers import DEFAULT_PREFERENCES
 from common.contract.settings import load_settings
 from common.kit.outbox import Outbox
 from inventory_service.domain import ProductRules
@@ -417,8 +418,9 @@ class InMemoryCustomerStore:
 
     def insert_customer(self, customer_id, fields, now):
         self._check_unique_email(customer_id, fields.get("email"))
-        customer = SimpleNamespace(**{"shipping_address": None, **fields}, id=customer_id, orders_count=0,
-                                   created_at=now, updated_at=now)
+        customer = SimpleNamespace(**{"shipping_address": None, "phone": None,
+                                      "notification_preferences": dict(DEFAULT_PREFERENCES), **fields},
+                                   id=customer_id, orders_count=0, created_at=now, updated_at=now, push_subscriptions=[])
         self.tables["customers"][customer_id] = customer
         return customer
 
@@ -428,6 +430,24 @@ class InMemoryCustomerStore:
             setattr(customer, name, value)
         customer.updated_at = now
         return customer
+
+    def save_push_subscription(self, customer, endpoint, keys, now):
+        subscription = next((sub for sub in customer.push_subscriptions if sub.endpoint == endpoint), None)
+        if subscription is None:
+            subscription = SimpleNamespace(id=uuid.uuid4(), customer_id=customer.id, endpoint=endpoint,
+                                           created_at=now, **keys)
+            customer.push_subscriptions.append(subscription)
+        else:
+            subscription.p256dh, subscription.auth = keys["p256dh"], keys["auth"]
+        customer.updated_at = now
+        return subscription
+
+    def remove_push_subscription(self, customer, subscription_id, now):
+        kept = [sub for sub in customer.push_subscriptions if sub.id != subscription_id]
+        if len(kept) == len(customer.push_subscriptions):
+            return False
+        customer.push_subscriptions, customer.updated_at = kept, now
+        return True
 
     def _check_unique_email(self, customer_id, email):
         if any(other.email == email and other.id != customer_id for other in self.tables["customers"].values()):
@@ -467,11 +487,15 @@ class InMemoryCustomerDirectory:
         known = self.tables["customers"].get(customer_id)
         return dict(known) if known is not None else None
 
-    def remember_customer(self, customer_id, name, email, updated_at):
+    keeps_contacts = False  # the notifications' directory keeps them (known_customer_model(with_contacts=True))
+
+    def remember_customer(self, customer_id, name, email, updated_at, contacts=None):
         known = self.tables["customers"].get(customer_id)
         if known is None or known["updated_at"] < updated_at:
             self.tables["customers"][customer_id] = {"id": customer_id, "name": name, "email": email,
                                                      "updated_at": updated_at}
+            if self.keeps_contacts:
+                self.tables["customers"][customer_id]["contacts"] = contacts
 
 
 # ---- invoices ------------------------------------------------------------------
@@ -537,6 +561,7 @@ class InMemoryInvoiceStore(InMemoryCustomerDirectory):
 
 class InMemoryNotificationStore(InMemoryCustomerDirectory):
     """notification_service.storage.NotificationStore's contract, in memory."""
+    keeps_contacts = True
 
     def __init__(self):
         self.tables = {"notifications": {}, "customers": {}, "processed": set()}
