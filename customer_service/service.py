@@ -102,6 +102,15 @@ class CustomerService(ServiceBase):
             return customer_schema.dump(self._customer(tx.store, caller, customer_id))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def get_customer_with_contacts(self, customer_id):
+        """The customer as its events carry it (push subscriptions with their keys): for the services
+        that keep a directory and missed its events (admins and services only)."""
+        caller = required(self.caller)
+        caller.require(ADMIN, SERVICE)
+        with self.uow as tx:
+            return event_schema.dump(self._customer(tx.store, caller, customer_id))
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_customers(self, customer_ids):
         """The customers among `customer_ids` that exist; unknown ids are left out."""
         caller = required(self.caller)

@@ -27,9 +27,11 @@ DEVELOPMENT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
 # Where services find the Settings object inside nameko's config dict.
 SETTINGS_KEY = "SETTINGS"
 # Never echoed in an error message.
-SECRET_VARIABLES = {"JWT_SECRET", "DATABASE_URL", "AMQP_URI", "SMTP_PASSWORD"}
+SECRET_VARIABLES = {"JWT_SECRET", "DATABASE_URL", "AMQP_URI", "SMTP_PASSWORD", "SMS_AUTH_TOKEN", "VAPID_PRIVATE_KEY"}
 # Where mail goes when SMTP_HOST is unset: the sink `make run` starts (scripts/mail_sink.py).
 LOCAL_MAIL_SINK_HOST = "127.0.0.1"
+# Where SMS go when SMS_API_URL is unset: the sink `make run` starts (scripts/sms_sink.py).
+LOCAL_SMS_SINK = "http://127.0.0.1:{port}"
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -97,6 +99,14 @@ class Settings(BaseModel):
     notify_max_attempts: int = Field(ge=1, le=100)
     notify_sweep_interval_seconds: float = Field(gt=0, le=300)
     staff_emails: tuple[str, ...] = ()
+    notify_http_timeout_seconds: float = Field(gt=0, le=300)
+    sms_api_url: str | None = Field(default=None, pattern=r"^https?://[^/]+(/.*)?$", max_length=500)
+    sms_account_sid: str = Field(min_length=1, max_length=100)
+    sms_auth_token: SecretStr = Field(min_length=1)
+    sms_from: str = Field(min_length=1, max_length=40)
+    sms_sink_port: int = Field(ge=1, le=65535)
+    vapid_private_key: str | None = Field(default=None, min_length=1)
+    vapid_subject: str | None = Field(default=None, pattern=r"^(mailto:|https://)")
     webhook_allow_hosts: tuple[str, ...] = ()
 
     @field_validator("log_level", "env", mode="before")
@@ -185,6 +195,16 @@ class Settings(BaseModel):
     @property
     def rpc_pool_size(self):
         return self.rpc_pool_size_setting or self.gateway_threads
+
+    @property
+    def sms_api_base(self):
+        """The Messages API's base URL: SMS_API_URL, or the local sink when it is unset."""
+        return (self.sms_api_url or LOCAL_SMS_SINK.format(port=self.sms_sink_port)).rstrip("/")
+
+    @property
+    def vapid_claim_subject(self):
+        """The VAPID `sub` claim: VAPID_SUBJECT, else mailto: MAIL_FROM's address."""
+        return self.vapid_subject or "mailto:" + parseaddr(self.mail_from)[1]
 
     @property
     def smtp_address(self):

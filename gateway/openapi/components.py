@@ -26,7 +26,12 @@ from common.contract.schemas.invoices import (
     InvoiceSchema,
     SellerSchema,
 )
-from common.contract.schemas.notifications import NOTIFICATION_KINDS, NOTIFICATION_STATUSES, NotificationSchema
+from common.contract.schemas.notifications import (
+    NOTIFICATION_CHANNELS,
+    NOTIFICATION_KINDS,
+    NOTIFICATION_STATUSES,
+    NotificationSchema,
+)
 from common.contract.schemas.orders import (
     MAX_IDEMPOTENCY_KEY,
     ORDER_STATUSES,
@@ -145,6 +150,7 @@ RESOURCE_ENUMS = {
     ("StatusChange", "from"): [*ORDER_STATUSES, None],
     ("Notification", "status"): list(NOTIFICATION_STATUSES),
     ("Notification", "kind"): list(NOTIFICATION_KINDS),
+    ("Notification", "channel"): list(NOTIFICATION_CHANNELS),
 }
 
 

@@ -133,12 +133,18 @@ class FakeCustomerService:
     def __init__(self, *customers):
         self.customers = {customer["id"]: customer for customer in customers}
         self.calls = 0
+        self.removed = []  # (customer id, push subscription id) notification_service asked to remove
 
     def get_customer(self, customer_id):
         self.calls += 1
         if customer_id not in self.customers:
             raise NotFound("No such customer.", {"id": customer_id})
         return self.customers[customer_id]
+
+    get_customer_with_contacts = get_customer
+
+    def remove_push_subscription(self, customer_id, subscription_id):
+        self.removed.append((customer_id, subscription_id))
 
 
 # ---- inventory ------------------------------------------------------------------
@@ -576,7 +582,8 @@ class InMemoryNotificationStore(InMemoryCustomerDirectory):
         self.tables["processed"].add(str(event_id))
         queued = []
         for row in rows:
-            if any(n.event_id == uuid.UUID(str(event_id)) and n.recipient == row["recipient"]
+            if any(n.event_id == uuid.UUID(str(event_id)) and (n.channel, n.recipient) == (row["channel"],
+                                                                                             row["recipient"])
                    for n in self.tables["notifications"].values()):
                 continue
             notification = SimpleNamespace(
@@ -659,3 +666,23 @@ class FakeMailer:
         if error is not None:
             raise error
         self.sent.append(message)
+
+
+class FakeProvider:
+    """notification_service.channels' SmsClient / WebPusher contract: keeps what it sends; `answers`
+    is a list of exceptions the next sends raise, in order (then they succeed)."""
+
+    def __init__(self):
+        self.sent = []  # (recipient, body) / (endpoint, keys, payload)
+        self.answers = []
+
+    def _attempt(self, *message):
+        if self.answers:
+            raise self.answers.pop(0)
+        self.sent.append(message)
+
+    def send(self, *message):
+        self._attempt(*message)
+
+    def public_key(self):
+        return "BPublicKeyForTests"
