@@ -86,3 +86,110 @@ def test_a_customer_has_a_phone_preferences_and_push_subscriptions(api, listen):
     assert as_customer.delete(path).status_code == 404
     event = customers.wait_for(lambda e: e["data"]["id"] == customer["id"] and not e["data"]["push_subscriptions"])
     assert api.get(f"/api/v1/customers/{customer['id']}").json()["push_subscriptions"] == []
+
+
+def _phone():
+    """A fresh valid number, so each test finds its own SMS."""
+    import random
+
+    import phonenumbers
+    while True:
+        number = f"+1415{random.randint(2000000, 9999999)}"
+        if phonenumbers.is_valid_number(phonenumbers.parse(number)):
+            return number
+
+
+def _reachable(api, push_service, **preferences):
+    """A customer with a phone and a push subscription, and the preferences given."""
+    customer = api.create_customer(phone=_phone(), notification_preferences=preferences)
+    subscription = push_service.subscribe()
+    added = api.as_customer(customer).post(f"/api/v1/customers/{customer['id']}/push-subscriptions",
+                                           json=subscription)
+    assert added.status_code == 201, added.text
+    time.sleep(2)  # the contract: a change applies to events emitted from 2 seconds after its answer
+    return customer, subscription
+
+
+def _notifications(api, order_id, count, timeout=20):
+    def settled():
+        items = api.get("/api/v1/notifications", params={"order_id": order_id}).json()["items"]
+        return items if len(items) >= count and all(n["status"] != "queued" for n in items) else None
+    return _wait_until(settled, timeout) or api.get("/api/v1/notifications", params={"order_id": order_id}).json()[
+        "items"]
+
+
+def test_each_channel_goes_out_when_it_is_on_and_never_when_it_is_off(api, smtp_server, sms_provider, push_service):
+    customer, subscription = _reachable(api, push_service, sms=True, push=True)
+    product = api.create_product(stock=10)
+    order = api.create_order(customer, (product, 1))
+    mail = smtp_server.wait_for(lambda m: customer["email"] in m["rcpt_tos"])
+    sms = sms_provider.wait_for(lambda m: m["to"] == customer["phone"])
+    push = push_service.wait_for(lambda p: p["endpoint"] == subscription["endpoint"])
+    assert order["id"] in mail["message"].get_body(("plain",)).get_content()
+    assert order["id"] in sms["body"] and sms["from"] == "+15005550006"
+    assert push["payload"]["order_id"] == order["id"] and order["id"] in push["payload"]["body"]
+    assert push["claims"]["sub"] == support.VAPID_SUBJECT
+    rows = _notifications(api, order["id"], 3)
+    assert sorted((n["channel"], n["recipient"], n["status"]) for n in rows) == [
+        ("email", customer["email"], "sent"), ("push", subscription["endpoint"], "sent"),
+        ("sms", customer["phone"], "sent")]
+
+    changed = api.patch(f"/api/v1/customers/{customer['id']}",
+                        json={"notification_preferences": {"email": False, "sms": False}})
+    assert changed.json()["notification_preferences"] == {"email": False, "sms": False, "push": True}
+    time.sleep(2)
+    second = api.create_order(customer, (product, 1))
+    push_service.wait_for(lambda p: p["payload"]["order_id"] == second["id"])
+    time.sleep(2)  # time for anything else to (wrongly) arrive
+    assert [n["channel"] for n in _notifications(api, second["id"], 1)] == ["push"]
+    assert not [m for m in sms_provider.to(customer["phone"]) if second["id"] in m["body"]]
+    assert not [m for m in smtp_server.to(customer["email"]) if second["id"] in str(m["message"])]
+
+
+def test_each_channel_retries_to_exactly_one_delivery(api, sms_provider, push_service):
+    customer, subscription = _reachable(api, push_service, sms=True, push=True)
+    sms_provider.outages, push_service.outages = 2, 1
+    order = api.create_order(customer, (api.create_product(), 1))
+    rows = {n["channel"]: n for n in _notifications(api, order["id"], 3, timeout=30)}
+    assert (rows["sms"]["status"], rows["sms"]["attempts"]) == ("sent", 3)
+    assert (rows["push"]["status"], rows["push"]["attempts"]) == ("sent", 2)
+    assert rows["sms"]["last_error"].startswith("503 ")
+    time.sleep(2)
+    assert len([m for m in sms_provider.to(customer["phone"]) if order["id"] in m["body"]]) == 1
+    assert len([p for p in push_service.to(subscription["endpoint"]) if p["payload"]["order_id"] == order["id"]]) == 1
+
+
+def test_a_cancellations_reason_is_in_the_message_on_every_channel_and_in_the_history(
+        api, smtp_server, sms_provider, push_service):
+    customer, subscription = _reachable(api, push_service, sms=True, push=True)
+    order = api.create_order(customer, (api.create_product(), 1))
+    reason = "Out of the colour you chose – we are sorry"
+    cancelled = api.as_customer(customer).put(f"/api/v1/orders/{order['id']}/status",
+                                              json={"status": "cancelled", "reason": reason})
+    assert cancelled.status_code == 200
+    mail = smtp_server.wait_for(lambda m: customer["email"] in m["rcpt_tos"] and "cancelled" in m["message"]["Subject"])
+    sms = sms_provider.wait_for(lambda m: m["to"] == customer["phone"] and "cancelled" in m["body"])
+    push = push_service.wait_for(lambda p: p["endpoint"] == subscription["endpoint"]
+                                 and p["payload"]["kind"] == "order_cancelled")
+    for text in (mail["message"].get_body(("plain",)).get_content(), mail["message"].get_body(("html",)).get_content(),
+                 sms["body"], push["payload"]["body"]):
+        assert order["id"] in text and reason in text
+    history = api.get(f"/api/v1/orders/{order['id']}/history").json()["items"]
+    assert history[-1]["to"] == "cancelled" and history[-1]["reason"] == reason
+
+
+def test_a_subscription_the_push_service_says_is_gone_is_removed(api, push_service):
+    customer, subscription = _reachable(api, push_service, push=True)
+    push_service.gone.add(subscription["endpoint"])
+    order = api.create_order(customer, (api.create_product(), 1))
+    [push] = [n for n in _notifications(api, order["id"], 2) if n["channel"] == "push"]
+    assert (push["status"], push["attempts"]) == ("failed", 1) and push["last_error"].startswith("410")
+    assert _wait_until(lambda: api.get(f"/api/v1/customers/{customer['id']}").json()["push_subscriptions"] == [])
+
+
+def test_front_ends_get_the_vapid_public_key_without_a_token(api):
+    import requests
+
+    answer = requests.get(api.base_url + "/api/v1/push/vapid-public-key", timeout=10)
+    assert answer.status_code == 200
+    assert answer.json() == {"public_key": support.vapid_key()[1]}
