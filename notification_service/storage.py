@@ -70,7 +70,7 @@ class Notification(NotificationsBase):
     # Ids from order_service and customer_service: no foreign keys across schemas.
     order_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     customer_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))  # None: a staff alert
-    channel: Mapped[str] = mapped_column(String(8))  # email | sms | push
+    channel: Mapped[str] = mapped_column(String(8), server_default="email")  # email | sms | push
     # The email address, the phone number (E.164) or the push subscription's endpoint.
     recipient: Mapped[str] = mapped_column(Text)
     # The message as rendered when the event arrived: every attempt sends the same one. An SMS's

@@ -67,7 +67,6 @@ NOTIFICATIONS = "notifications"
 def _notifications_upgrade():
     op.add_column("notifications", sa.Column("channel", sa.String(8), nullable=False, server_default="email"),
                   schema=NOTIFICATIONS)
-    op.alter_column("notifications", "channel", server_default=None, schema=NOTIFICATIONS)
     op.create_check_constraint("notification_channel", "notifications", "channel IN ('email', 'sms', 'push')",
                                schema=NOTIFICATIONS)
     op.alter_column("notifications", "recipient", type_=sa.Text, schema=NOTIFICATIONS)
