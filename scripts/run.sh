@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make run`: database, migrations, the services and the gateway, natively; and, when
-# SMTP_HOST is unset, a local SMTP sink that keeps notification emails under var/mail/.
+# SMTP_HOST is unset, a local SMTP sink that keeps notification emails under var/mail/;
+# when SMS_API_URL is unset, a local SMS sink (var/sms/); without VAPID_PRIVATE_KEY, a development key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -56,6 +57,21 @@ if [ -z "$($PY -m scripts.infra setting SMTP_HOST)" ]; then
     mkdir -p var/mail
     echo "mailsink: python -m scripts.mail_sink serve --port $sink_port --dir var/mail" >> "$procfile"
     echo "SMTP_HOST is not set: emails go to a local sink on 127.0.0.1:$sink_port, kept under var/mail/ (make mail lists them)."
+fi
+
+# Without an SMS provider the SMS go to a local sink speaking Twilio's Messages API
+# (scripts/sms_sink.py) on 127.0.0.1:SMS_SINK_PORT, kept in var/sms/messages.jsonl; `make sms` lists them.
+if [ -z "$($PY -m scripts.infra setting SMS_API_URL)" ]; then
+    sms_port="$($PY -m scripts.infra setting SMS_SINK_PORT)"
+    echo "smssink: python -m scripts.sms_sink serve --port $sms_port --file var/sms/messages.jsonl" >> "$procfile"
+    echo "SMS_API_URL is not set: SMS go to a local sink on 127.0.0.1:$sms_port, kept in var/sms/ (make sms lists them)."
+fi
+
+# Without a VAPID key, a development one is made once under var/ and used for Web Push.
+if [ -z "$($PY -m scripts.infra setting VAPID_PRIVATE_KEY)" ]; then
+    export VAPID_PRIVATE_KEY="$PWD/var/vapid_private.pem"
+    vapid_public="$($PY -m scripts.push_key ensure --file "$VAPID_PRIVATE_KEY")"
+    echo "VAPID_PRIVATE_KEY is not set: using the development key var/vapid_private.pem; front ends subscribe with the public key $vapid_public (GET /api/v1/push/vapid-public-key)."
 fi
 
 honcho start -f "$procfile" &

@@ -193,3 +193,55 @@ def test_front_ends_get_the_vapid_public_key_without_a_token(api):
     answer = requests.get(api.base_url + "/api/v1/push/vapid-public-key", timeout=10)
     assert answer.status_code == 200
     assert answer.json() == {"public_key": support.vapid_key()[1]}
+
+
+def test_make_sms_lists_what_the_local_sink_kept(tmp_path):
+    """The sink `make run` starts without SMS_API_URL speaks the Messages API, as notification_service's client."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from pydantic import SecretStr
+
+    from notification_service.channels import SmsClient
+    from notification_service.domain import ProviderAnswer
+
+    port, kept = support.free_port(), tmp_path / "messages.jsonl"
+    sink = subprocess.Popen([sys.executable, "-m", "scripts.sms_sink", "serve", "--port", str(port),
+                             "--file", str(kept)], cwd=support.ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    client = SmsClient()
+    client.settings = SimpleNamespace(sms_api_base=f"http://127.0.0.1:{port}", sms_account_sid="ACdev",
+                                      sms_auth_token=SecretStr("token"), sms_from="+15005550006",
+                                      notify_http_timeout_seconds=5)
+    import requests
+    client.session = requests.Session()
+    try:
+        def sent(n):
+            try:
+                return client.send(f"+1415555267{n}", f"Your order number {n} has shipped.")
+            except requests.ConnectionError:
+                return None
+        assert _wait_until(lambda: sent(1), timeout=20).startswith("SM")
+        assert sent(2).startswith("SM")
+        client.settings.sms_from = ""
+        try:
+            sent(3)
+        except ProviderAnswer as refusal:
+            assert refusal.status == 400 and "From" in refusal.text
+        else:
+            raise AssertionError("a message without From was taken")
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+    venv = Path(sys.executable).parent.parent
+    listing = subprocess.run(
+        ["make", "-s", "sms", f"SMS_FILE={kept}", f"VENV={venv}", "-o", f"{venv}/.installed-stamp"],
+        cwd=support.ROOT, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"})
+    assert listing.returncode == 0, listing.stdout + listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split()[:3] == ["time", "(UTC)", "to"]
+    assert "+14155552672" in lines[1] and "Your order number 2 has shipped." in lines[1]  # newest first
+    assert "+14155552671" in lines[2]
