@@ -110,7 +110,7 @@ def _reachable(api, push_service, **preferences):
     return customer, subscription
 
 
-def _notifications(api, order_id, count, timeout=20):
+def _notifications(api, order_id, count, timeout=40):
     def settled():
         items = api.get("/api/v1/notifications", params={"order_id": order_id}).json()["items"]
         return items if len(items) >= count and all(n["status"] != "queued" for n in items) else None
@@ -150,7 +150,7 @@ def test_each_channel_retries_to_exactly_one_delivery(api, sms_provider, push_se
     customer, subscription = _reachable(api, push_service, sms=True, push=True)
     sms_provider.outages, push_service.outages = 2, 1
     order = api.create_order(customer, (api.create_product(), 1))
-    rows = {n["channel"]: n for n in _notifications(api, order["id"], 3, timeout=30)}
+    rows = {n["channel"]: n for n in _notifications(api, order["id"], 3, timeout=60)}
     assert (rows["sms"]["status"], rows["sms"]["attempts"]) == ("sent", 3)
     assert (rows["push"]["status"], rows["push"]["attempts"]) == ("sent", 2)
     assert rows["sms"]["last_error"].startswith("503 ")
@@ -184,7 +184,8 @@ def test_a_subscription_the_push_service_says_is_gone_is_removed(api, push_servi
     order = api.create_order(customer, (api.create_product(), 1))
     [push] = [n for n in _notifications(api, order["id"], 2) if n["channel"] == "push"]
     assert (push["status"], push["attempts"]) == ("failed", 1) and push["last_error"].startswith("410")
-    assert _wait_until(lambda: api.get(f"/api/v1/customers/{customer['id']}").json()["push_subscriptions"] == [])
+    assert _wait_until(lambda: api.get(f"/api/v1/customers/{customer["id"]}").json()["push_subscriptions"] == [],
+                       timeout=40)
 
 
 def test_front_ends_get_the_vapid_public_key_without_a_token(api):
