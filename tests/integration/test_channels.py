@@ -184,7 +184,7 @@ def test_a_subscription_the_push_service_says_is_gone_is_removed(api, push_servi
     order = api.create_order(customer, (api.create_product(), 1))
     [push] = [n for n in _notifications(api, order["id"], 2) if n["channel"] == "push"]
     assert (push["status"], push["attempts"]) == ("failed", 1) and push["last_error"].startswith("410")
-    assert _wait_until(lambda: api.get(f"/api/v1/customers/{customer["id"]}").json()["push_subscriptions"] == [],
+    assert _wait_until(lambda: api.get(f"/api/v1/customers/{customer['id']}").json()["push_subscriptions"] == [],
                        timeout=40)
 
 
