@@ -4,8 +4,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 MAIL_DIR ?= var/mail
 OVERLAY ?= dev
+SMS_FILE ?= var/sms/messages.jsonl
 
-.PHONY: run test faults unit integration migrate token dead-letters replay-dead-letters mail shell install clean \
+.PHONY: run test faults unit integration migrate token dead-letters replay-dead-letters mail sms shell install clean \
 	cluster cluster-stop k8s
 
 run: $(STAMP)  ## set up and run the whole stack natively, until Ctrl-C (CLUSTER=1: on a 3-node cluster, 2 of each)
@@ -45,6 +46,9 @@ replay-dead-letters: $(STAMP)  ## send dead letters back to their handlers (afte
 
 mail: $(STAMP)  ## the latest emails the local sink kept (make run without SMTP_HOST): time, to, subject
 	@$(PY) -m scripts.mail_sink list --dir $(MAIL_DIR)
+
+sms: $(STAMP)  ## the latest SMS the local sink kept (make run without SMS_API_URL): time, to, body
+	@$(PY) -m scripts.sms_sink list --file $(SMS_FILE)
 
 shell: $(STAMP)  ## nameko shell against the running stack
 	$(PY) -m common.kit.runner shell

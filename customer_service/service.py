@@ -5,15 +5,28 @@ with. Keys live here because a customer key is bound to a customer (which
 must exist, and which this service alone can check in its own schema), and
 because the gateway holds no database: it asks this service which key a
 digest names and keeps the answer for API_KEY_CACHE_SECONDS.
+
+Every change to a customer, its phone, notification preferences and Web Push
+subscriptions included, emits customer_created / customer_updated with the
+whole customer (and the subscriptions' keys), which is how the other services'
+customer directories learn where to reach them.
 """
 import hmac
+import socket
 from datetime import datetime, timedelta, timezone
 
 from common.contract.caller import ADMIN, SERVICE, api_key_digest, api_key_prefix, new_api_key, required
 from common.contract.errors import EXPECTED_ERRORS, NotFound, Unauthenticated, UnknownCustomer
 from common.contract.schemas.api_keys import ApiKeyInput, ApiKeySchema
 from common.contract.schemas.base import ListQuery, id_of_attempt, load_or_raise, uuid_or_none
-from common.contract.schemas.customers import CustomerInput, CustomerPatch, CustomerSchema
+from common.contract.schemas.customers import (
+    CustomerEventSchema,
+    CustomerInput,
+    CustomerPatch,
+    CustomerSchema,
+    PushSubscriptionInput,
+    PushSubscriptionSchema,
+)
 from common.kit.base import ServiceBase
 from common.kit.consumers import batch_event_handler
 from common.kit.paging import Listing
@@ -22,6 +35,8 @@ from common.kit.unit_of_work import UnitOfWork
 from customer_service import domain, storage
 
 customer_schema = CustomerSchema()
+event_schema = CustomerEventSchema()
+subscription_schema = PushSubscriptionSchema()
 CUSTOMERS = Listing(ListQuery, CustomerSchema)
 api_key_schema = ApiKeySchema()
 API_KEYS = Listing(ListQuery, ApiKeySchema)
@@ -49,25 +64,61 @@ class CustomerService(ServiceBase):
                 made_before = tx.store.get_customer(customer_id)
                 if made_before is not None:
                     return customer_schema.dump(made_before)
-            customer = customer_schema.dump(tx.store.insert_customer(customer_id, fields, _now()))
-            tx.emit("customer_created", customer)
-            return customer
+            customer = tx.store.insert_customer(customer_id, fields, _now())
+            tx.emit("customer_created", event_schema.dump(customer))
+            return customer_schema.dump(customer)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def update_customer(self, customer_id, data):
         caller = required(self.caller)
-        changes = domain.normalize(load_or_raise(CustomerPatch, data))
+        changes = load_or_raise(CustomerPatch, data)
         with self.uow as tx:
             customer = self._customer(tx.store, caller, customer_id, lock=True)
-            updated = customer_schema.dump(tx.store.update_customer(customer, changes, _now()))
-            tx.emit("customer_updated", updated)
-        return updated
+            changes = domain.normalize(changes, customer.notification_preferences)
+            updated = tx.store.update_customer(customer, changes, _now())
+            tx.emit("customer_updated", event_schema.dump(updated))
+            return customer_schema.dump(updated)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def add_push_subscription(self, customer_id, data):
+        """Register a browser's PushSubscription for the customer (the customer or an admin); the same
+        endpoint again replaces its keys and keeps its id. Its endpoint follows the webhooks' URL rules."""
+        caller = required(self.caller)
+        subscription = load_or_raise(PushSubscriptionInput, data)
+        domain.check_push_endpoint(subscription["endpoint"], _addresses(subscription["endpoint"]),
+                                   self.settings.webhook_allow_hosts)
+        with self.uow as tx:
+            customer = self._customer(tx.store, caller, customer_id, lock=True)
+            saved = tx.store.save_push_subscription(customer, subscription["endpoint"], subscription["keys"], _now())
+            tx.emit("customer_updated", event_schema.dump(customer))
+            return subscription_schema.dump(saved)
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def remove_push_subscription(self, customer_id, subscription_id):
+        """Remove a push subscription (the customer, an admin, or notification_service when the push
+        service answered that it is gone)."""
+        caller = required(self.caller)
+        with self.uow as tx:
+            customer = self._customer(tx.store, caller, customer_id, lock=True)
+            parsed = uuid_or_none(subscription_id)
+            if parsed is None or not tx.store.remove_push_subscription(customer, parsed, _now()):
+                raise NotFound("No such push subscription.", {"id": str(subscription_id)})
+            tx.emit("customer_updated", event_schema.dump(customer))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_customer(self, customer_id):
         caller = required(self.caller)
         with self.uow as tx:
             return customer_schema.dump(self._customer(tx.store, caller, customer_id))
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def get_customer_with_contacts(self, customer_id):
+        """The customer as its events carry it (push subscriptions with their keys): for the services
+        that keep a directory and missed its events (admins and services only)."""
+        caller = required(self.caller)
+        caller.require(ADMIN, SERVICE)
+        with self.uow as tx:
+            return event_schema.dump(self._customer(tx.store, caller, customer_id))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_customers(self, customer_ids):
@@ -160,3 +211,12 @@ class CustomerService(ServiceBase):
         if customer is None:
             raise NotFound("No such customer.", {"id": str(customer_id)})
         return customer
+
+
+def _addresses(url):
+    """The addresses the endpoint's host resolves to (none if it does not)."""
+    _, host, port = domain.endpoint_host(url)
+    try:
+        return sorted({info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)})
+    except (socket.gaierror, UnicodeError):
+        return []

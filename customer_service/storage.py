@@ -2,14 +2,15 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, MetaData, String, select, text, tuple_, update
+from sqlalchemy import ForeignKey, Integer, MetaData, String, Text, UniqueConstraint, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
 from common.contract.errors import AlreadyExists
+from common.contract.schemas.customers import DEFAULT_PREFERENCES
 from common.kit.consumers import processed_events_model
 from common.kit.db import advisory_lock, constraint_name
 from common.kit.outbox import outbox_model
@@ -29,10 +30,30 @@ class Customer(CustomersBase):
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(254), unique=True)
     shipping_address: Mapped[dict | None] = mapped_column(JSONB)
+    phone: Mapped[str | None] = mapped_column(String(16))  # E.164
+    notification_preferences: Mapped[dict] = mapped_column(JSONB, default=lambda: dict(DEFAULT_PREFERENCES))
     # Fed by order_created events (a read model; eventually consistent).
     orders_count: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    push_subscriptions: Mapped[list["PushSubscription"]] = relationship(
+        order_by="PushSubscription.created_at", cascade="all, delete-orphan", lazy="selectin")
+
+
+class PushSubscription(CustomersBase):
+    """A browser's Web Push subscription: where to push (its push service's endpoint) and the keys to
+    encrypt for. One per (customer, endpoint): a browser subscribing again replaces its keys."""
+    __tablename__ = "push_subscriptions"
+    __table_args__ = (UniqueConstraint("customer_id", "endpoint", name="push_subscriptions_customer_endpoint_key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("customers.customers.id", ondelete="CASCADE"))
+    endpoint: Mapped[str] = mapped_column(Text)
+    p256dh: Mapped[str] = mapped_column(String(200))
+    auth: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKey(CustomersBase):
@@ -91,7 +112,7 @@ class CustomerStore:
         advisory_lock(self.session, customer_id)
 
     def insert_customer(self, customer_id, fields, now):
-        customer = Customer(id=customer_id, created_at=now, updated_at=now, **fields)
+        customer = Customer(id=customer_id, created_at=now, updated_at=now, push_subscriptions=[], **fields)
         self.session.add(customer)
         self._flush_unique_email(fields.get("email"))
         return customer
@@ -110,6 +131,28 @@ class CustomerStore:
             if constraint_name(exc) == "customers_email_key":
                 raise AlreadyExists("A customer with this email exists.", {"email": email}) from None
             raise
+
+    def save_push_subscription(self, customer, endpoint, keys, now):
+        """The customer's subscription to `endpoint`, new or with its keys replaced; `customer` changed at `now`."""
+        subscription = next((sub for sub in customer.push_subscriptions if sub.endpoint == endpoint), None)
+        if subscription is None:
+            subscription = PushSubscription(id=uuid.uuid4(), endpoint=endpoint, created_at=now, **keys)
+            customer.push_subscriptions.append(subscription)
+        else:
+            subscription.p256dh, subscription.auth = keys["p256dh"], keys["auth"]
+        customer.updated_at = now
+        self.session.flush()
+        return subscription
+
+    def remove_push_subscription(self, customer, subscription_id, now):
+        """Remove one of the customer's subscriptions; False if it has none by that id."""
+        subscription = next((sub for sub in customer.push_subscriptions if sub.id == subscription_id), None)
+        if subscription is None:
+            return False
+        customer.push_subscriptions.remove(subscription)
+        customer.updated_at = now
+        self.session.flush()
+        return True
 
     def get_customer(self, customer_id, lock=False):
         return self.session.get(Customer, customer_id, with_for_update=lock)

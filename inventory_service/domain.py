@@ -139,6 +139,23 @@ class ProductRules:
         """True when the change that left the product so took its available stock below its threshold."""
         return self.available < self.low_stock_threshold and available_before >= threshold_before
 
+    def came_back(self, available_before):
+        """True when the change that left the product so brought its available stock back from 0."""
+        return available_before <= 0 < self.available
+
+
+def settled(product, quantity, final_status):
+    """(product after, available before, threshold) of a settled reservation line: a release
+    gave `quantity` back to available stock; a commit took it from stock and reserved alike."""
+    available_before = product.available - quantity if final_status == "released" else product.available
+    return product, available_before, product.low_stock_threshold
+
+
+def refusal_event(order_id, plan, refusal):
+    """The data of stock_reservation_failed: what was asked, and what was short (InsufficientStock's items)."""
+    return {"order_id": str(order_id), "items": [{"sku": sku, "quantity": quantity} for sku, quantity in plan],
+            "short": refusal.details["items"]}
+
 
 def stock_event(reservation_view, products):
     """The data of stock_reserved / stock_released / stock_committed."""

@@ -1,15 +1,39 @@
 """inventory_service: Nameko entrypoints only; rules in domain, queries in storage.
 
 reserve / replace_reservation / release / commit are idempotent per order id
-and each runs in one unit of work with its stock_* events.
+and each runs in one unit of work with its stock_* events; product_created
+and product_updated come from the product's own writes, stock_low and
+stock_back from any change that takes a product's available stock across
+its threshold or back from 0.
+
+stock_reservation_failed: a create refused for stock reserves nothing, so
+its event is the refusal's own record: reserve (a batch of one) and
+reserve_many undo the refused order's savepoint and write its outbox row in
+the batch's transaction, which commits, as the outbox row of the attempt
+(the order id: its event id is derived from it, so a second refusal of the
+same attempt writes nothing more), due only at the attempt's deadline (the
+caller's, from the context data; without one, ORDER_CREATE_DEADLINE_SECONDS
+from now, past which order_service abandons a create). Until then a run of
+the same attempt may still succeed (a re-drive after FailureNotRecorded):
+its successful reserve deletes the unsent row in the reserve's own
+transaction. No run can commit past the deadline, so when the row falls due
+the attempt's outcome is settled: the event leaves once per refused attempt
+and never for one that succeeded. Should the refusal's row not be written
+(the database went away), the answer is that error (503), not the refusal:
+a refusal the client hears of always has its event.
 """
 import logging
+import uuid
 from datetime import datetime, timedelta, timezone
 
+from nameko.contextdata import ContextDataProvider
+
 from common.contract.caller import ADMIN, SERVICE, required
+from common.contract.context import DEADLINE_KEY
 from common.contract.errors import (
     EXPECTED_ERRORS,
     DomainError,
+    InsufficientStock,
     NotFound,
     ServiceUnavailable,
     UpstreamTimeout,
@@ -36,6 +60,17 @@ SETTLEMENTS = {
     "committed": (domain.check_can_commit, "commit_stock", "stock_committed"),
 }
 SETTLEMENT_OF_ACTION = {"release": "released", "commit": "committed"}
+# The event id of an attempt's stock_reservation_failed: one per order id.
+REFUSAL_EVENTS = uuid.UUID("6f1d7c52-1b0e-4d5a-9a43-3c8e2f7b9d10")
+
+
+def refusal_event_id(order_uuid):
+    return uuid.uuid5(REFUSAL_EVENTS, str(order_uuid))
+
+
+class Deadline(ContextDataProvider):
+    """`self.deadline`: the caller's deadline (epoch seconds) from the context data, or None."""
+    context_key = DEADLINE_KEY
 
 
 class InventoryService(ServiceBase):
@@ -43,13 +78,16 @@ class InventoryService(ServiceBase):
 
     uow = UnitOfWork(storage.layout)
     order_rpc = ServiceRpcProxy("order_service")
+    deadline = Deadline()
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def create_product(self, data):
         required(self.caller).require(ADMIN)
         fields = load_or_raise(ProductInput, data)
         with self.uow as tx:
-            return product_schema.dump(tx.store.insert_product(fields))
+            product = product_schema.dump(tx.store.insert_product(fields))
+            tx.emit("product_created", product)
+            return product
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def update_product(self, sku, data):
@@ -61,8 +99,10 @@ class InventoryService(ServiceBase):
             product.check_stock_change(changes)
             before = (product.available, product.low_stock_threshold)
             product = tx.store.update_product(product, changes)
-            self._emit_low_stock(tx, [(product, *before)])
-            return product_schema.dump(product)
+            updated = product_schema.dump(product)
+            tx.emit("product_updated", updated)
+            self._emit_stock_levels(tx, [(product, *before)])
+            return updated
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_product(self, sku):
@@ -132,6 +172,8 @@ class InventoryService(ServiceBase):
                 refusal = unknown_sku
             log.warning("(expected) no reservation for order %s: %s", order_uuid, refusal,
                         extra={"request_id": wanted.get("request_id")})
+            if isinstance(refusal, InsufficientStock):
+                self._record_refusal(tx, wanted, order_uuid, plan, refusal)
             return to_outcome(refusal)
 
     def _take(self, tx, wanted, order_uuid, plan):
@@ -146,10 +188,10 @@ class InventoryService(ServiceBase):
         changed = [(product, product.available + quantity, product.low_stock_threshold)
                    for product, quantity in lines]
         view = domain.new_reservation_view(order_uuid, lines)
-        events = [self._stock_event("stock_reserved", view, changed), *self._low_stock_events(changed)]
+        events = [self._stock_event("stock_reserved", view, changed), *self._stock_level_events(changed)]
         tx.store.record_reservation(order_uuid, lines, [
             tx.event_row(*event, request_id=wanted.get("request_id"), traceparent=wanted.get("traceparent"))
-            for event in events])
+            for event in events], refusal_event_id(order_uuid))
         return view
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -181,7 +223,7 @@ class InventoryService(ServiceBase):
             store.replace_reservation_items(order_uuid, [(products[sku], qty) for sku, qty in plan])
             view = domain.reservation_view(store.get_reservation(order_uuid), store.reservation_items(order_uuid))
             tx.emit(*self._stock_event("stock_reserved", view, changed))
-            self._emit_low_stock(tx, changed)
+            self._emit_stock_levels(tx, changed)
             return view
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -232,12 +274,21 @@ class InventoryService(ServiceBase):
             items = tx.store.reservation_items(order_uuid)
             if reservation.status != final_status:
                 check_allowed(reservation)
-                # Neither releasing nor committing lowers available stock: no stock_low here.
-                changed = [(getattr(tx.store, apply_to_stock)(item.sku, item.quantity), None, None)
-                           for item in items]
+                changed = [domain.settled(getattr(tx.store, apply_to_stock)(item.sku, item.quantity), item.quantity,
+                                          final_status) for item in items]
                 tx.store.set_reservation_status(reservation, final_status)
                 tx.emit(*self._stock_event(event_type, domain.reservation_view(reservation, items), changed))
+                self._emit_stock_levels(tx, changed)
             return domain.reservation_view(reservation, items)
+
+    def _record_refusal(self, tx, wanted, order_uuid, plan, refusal):
+        """The attempt's stock_reservation_failed, due at its deadline, written with the batch
+        (whose transaction commits: only this order's savepoint was undone)."""
+        due = (datetime.fromtimestamp(float(self.deadline), timezone.utc) if self.deadline is not None
+               else datetime.now(timezone.utc) + timedelta(seconds=self.settings.order_create_deadline_seconds))
+        row = tx.event_row("stock_reservation_failed", domain.refusal_event(order_uuid, plan, refusal),
+                           request_id=wanted.get("request_id"), traceparent=wanted.get("traceparent"))
+        tx.store.record_refusal({**row, "event_id": refusal_event_id(order_uuid), "next_attempt_at": due})
 
     def _shortage(self, store, plan, failed_sku, already_held=None):
         """The error for a reservation that could not take `failed_sku` (raised: UnknownSku
@@ -250,8 +301,8 @@ class InventoryService(ServiceBase):
             available[held_sku] = available.get(held_sku, 0) + held
         return domain.shortage(plan, failed_sku, available)
 
-    def _emit_low_stock(self, tx, changed):
-        for event in self._low_stock_events(changed):
+    def _emit_stock_levels(self, tx, changed):
+        for event in self._stock_level_events(changed):
             tx.emit(*event)
 
     @staticmethod
@@ -261,11 +312,16 @@ class InventoryService(ServiceBase):
         return event_type, domain.stock_event(view, products)
 
     @staticmethod
-    def _low_stock_events(changed):
-        """(type, data) of stock_low for each changed product that just fell below its threshold."""
-        return [("stock_low", product_schema.dump(product))
-                for product, available_before, threshold_before in changed
-                if product.fell_below_threshold(available_before, threshold_before)]
+    def _stock_level_events(changed):
+        """(type, data) of stock_low for each changed product that just fell below its threshold,
+        and of stock_back for each whose available stock just came back from 0."""
+        events = []
+        for product, available_before, threshold_before in changed:
+            if product.fell_below_threshold(available_before, threshold_before):
+                events.append(("stock_low", product_schema.dump(product)))
+            if product.came_back(available_before):
+                events.append(("stock_back", product_schema.dump(product)))
+        return events
 
     def _reservation(self, store, order_uuid):
         reservation = store.get_reservation(order_uuid, lock=True)

@@ -158,10 +158,14 @@ _LOCK_PRODUCTS = text(f"""
 SELECT sku FROM {SCHEMA}.products WHERE sku = ANY(CAST(:skus AS varchar[]))
 ORDER BY sku COLLATE "C" FOR UPDATE
 """)
-# A new reservation's items and its events in one round trip; one array per
-# column, so the text is the same for any number of items and events.
+# A new reservation's items and its events in one round trip, deleting the
+# unsent stock_reservation_failed of an earlier, refused run of the same
+# attempt (see inventory_service.service); one array per column, so the text
+# is the same for any number of items and events.
 _RECORD_RESERVATION = text(f"""
-WITH new_items AS (
+WITH refusal_withdrawn AS (
+    DELETE FROM {SCHEMA}.outbox WHERE event_id = CAST(:refusal_event_id AS uuid) AND sent_at IS NULL
+), new_items AS (
     INSERT INTO {SCHEMA}.reservation_items (order_id, sku, quantity, unit_price, currency)
     SELECT CAST(:order_id AS uuid), item.*
     FROM unnest(CAST(:skus AS varchar[]), CAST(:quantities AS integer[]),
@@ -264,11 +268,12 @@ class InventoryStore:
              "unit_price": product.unit_price, "currency": product.currency}
             for product, quantity in lines])
 
-    def record_reservation(self, order_id, lines, event_rows):
+    def record_reservation(self, order_id, lines, event_rows, refusal_event_id):
         """The items of a new reservation (lines: (product, quantity), each at the
-        product's price now) and its events (`Outbox.row`s), in one statement."""
+        product's price now) and its events (`Outbox.row`s), in one statement that also
+        deletes the event `refusal_event_id` if it is still unsent."""
         self.session.connection().execute(_RECORD_RESERVATION, {
-            "order_id": str(order_id),
+            "order_id": str(order_id), "refusal_event_id": str(refusal_event_id),
             "skus": [product.sku for product, _ in lines],
             "quantities": [quantity for _, quantity in lines],
             "unit_prices": [product.unit_price for product, _ in lines],
@@ -279,6 +284,11 @@ class InventoryStore:
             "event_times": [row["created_at"] for row in event_rows],
             "traceparents": [row["traceparent"] for row in event_rows],
         })
+
+    def record_refusal(self, row):
+        """Write the outbox row of a refused reservation (an `Outbox.row`), unless one with its event id exists."""
+        outbox = layout.outbox.__table__
+        self.session.execute(insert(outbox).values(**row).on_conflict_do_nothing(index_elements=["event_id"]))
 
     def get_reservation(self, order_id, lock=False):
         query = select(Reservation).where(Reservation.order_id == order_id)

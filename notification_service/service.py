@@ -1,13 +1,17 @@
-"""notification_service: Nameko entrypoints only; rules in domain, queries in storage, email in mail.
+"""notification_service: Nameko entrypoints only; rules in domain, queries in storage, email in mail,
+SMS and Web Push in channels.
 
-Order events become queued notifications (one per event and recipient, with
-the event's dedup, in one statement) and nothing else happens on the event
-path: the sender, a timer entrypoint woken after each new notification,
-claims due ones under a lease (committed at once), sends them over SMTP
+Order events become queued notifications (one per event, recipient and
+channel, with the event's dedup, in one statement; the channels and their
+addresses come from the local customer directory) and nothing else happens
+on the event path: the sender, a timer entrypoint woken after each new
+notification, claims due ones under a lease (committed at once), sends each
+on its channel (SMTP, the SMS provider, the subscription's push service)
 outside any transaction and records each outcome with its notification_sent /
 notification_failed event in a short unit of work of its own, applied only
-if the claim still holds the row. A mail server that is down or slow never
-holds up an event, let alone an order, nor keeps a database connection busy.
+if the claim still holds the row. Each notification has its own attempts and
+retries, whatever its channel. A provider that is down or slow never holds
+up an event, let alone an order, nor keeps a database connection busy.
 """
 import logging
 from datetime import datetime, timedelta, timezone
@@ -18,12 +22,12 @@ from common.contract.schemas.base import uuid_or_none
 from common.contract.schemas.notifications import NotificationListQuery, NotificationSchema
 from common.kit.base import ServiceBase
 from common.kit.consumers import reliable_event_handler
-from common.kit.customer_directory import KeepsCustomerDirectory
+from common.kit.customer_directory import KeepsCustomerDirectory, contacts_of
 from common.kit.paging import Listing
 from common.kit.rpc import ServiceRpcProxy, rpc
 from common.kit.sender import SenderWake, sender
 from common.kit.unit_of_work import UnitOfWork
-from notification_service import domain, mail, storage
+from notification_service import channels, domain, mail, storage
 
 log = logging.getLogger(__name__)
 notification_schema = NotificationSchema()
@@ -44,6 +48,8 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
     uow = UnitOfWork(storage.layout)
     customer_rpc = ServiceRpcProxy("customer_service")
     mailer = mail.Mailer()
+    sms = channels.SmsClient()
+    pusher = channels.WebPusher()
     wake_sender = SenderWake()
 
     # -- the event path: record, never send ------------------------------------------
@@ -52,9 +58,26 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
     def on_order_created(self, envelope):
         self._queue_notification(envelope)
 
-    @reliable_event_handler("order_service", "order_status_changed")
-    def on_order_status_changed(self, envelope):
+    @reliable_event_handler("order_service", "order_shipped")
+    def on_order_shipped(self, envelope):
         self._queue_notification(envelope)
+
+    @reliable_event_handler("order_service", "order_delivered")
+    def on_order_delivered(self, envelope):
+        self._queue_notification(envelope)
+
+    @reliable_event_handler("order_service", "order_cancelled")
+    def on_order_cancelled(self, envelope):
+        self._queue_notification(envelope)
+
+    @reliable_event_handler("inventory_service", "stock_low")
+    def on_stock_low(self, envelope):
+        """One email to each STAFF_EMAILS address per stock_low (inventory emits one per crossing)."""
+        product = envelope["data"]
+        rows = [domain.staff_alert(product, address, self.settings.mail_from) for address in self.settings.staff_emails]
+        for row in rows:
+            row["body_text"], row["body_html"] = mail.render(domain.STOCK_LOW, {"product": product})
+        self._queue(envelope, "alert_staff", rows)
 
     # -- the sender ----------------------------------------------------------------------
 
@@ -71,6 +94,11 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
         return max(0.0, (min(retries) - _now()).total_seconds()) if retries else None
 
     # -- RPC for the gateway ----------------------------------------------------------------
+
+    @rpc(expected_exceptions=EXPECTED_ERRORS)
+    def push_public_key(self):
+        """{"public_key"}: the VAPID key front ends subscribe with (null when none is configured)."""
+        return {"public_key": self.pusher.public_key()}
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_notifications(self, filters=None, limit=20, cursor=None):
@@ -110,28 +138,40 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
             log.warning("no customer %s for %s of order %s: nobody to write to", customer_id, envelope["type"],
                         order.get("id"))
             return
-        row = domain.new_notification(kind, order, customer, self.settings.mail_from)
-        row["body_text"], row["body_html"] = mail.render(kind, domain.email_context(kind, order, customer))
+        rows = []
+        if domain.preferences_of(customer["contacts"])[domain.EMAIL]:
+            row = domain.new_notification(kind, order, customer, self.settings.mail_from)
+            row["body_text"], row["body_html"] = mail.render(kind, domain.email_context(kind, order, customer))
+            rows.append(row)
+        rows += domain.channel_notifications(kind, order, customer, customer["contacts"])
+        self._queue(envelope, "notify_customer", rows)
+
+    def _queue(self, envelope, handler, rows):
+        """Queue `rows` for the event, once however often it is delivered, and wake the sender."""
+        if not rows:
+            return
         with self.uow.single_statement() as store:
-            queued = store.queue_once(envelope["event_id"], envelope["type"], "notify_customer", [row], _now())
+            queued = store.queue_once(envelope["event_id"], envelope["type"], handler, rows, _now())
         if queued:
             self.wake_sender()
 
     def _customer(self, customer_id):
-        """{id, name, email} from the local directory, else from customer_service (then
-        remembered); None if there is no such customer."""
+        """{id, name, email, contacts} from the local directory, else from customer_service
+        (then remembered); None if there is no such customer."""
         with self.uow.single_statement() as store:
             known = store.known_customer(customer_id)
         if known is not None:
-            return {"id": known["id"], "name": known["name"], "email": known["email"]}
+            return {"id": known["id"], "name": known["name"], "email": known["email"],
+                    "contacts": known.get("contacts")}
         try:
-            customer = self.customer_rpc.get_customer(str(customer_id))
+            customer = self.customer_rpc.get_customer_with_contacts(str(customer_id))
         except NotFound:
             return None
+        contacts = contacts_of(customer)
         with self.uow.single_statement() as store:
             store.remember_customer(customer_id, customer["name"], customer["email"],
-                                    datetime.fromisoformat(customer["updated_at"]))
-        return {"id": customer_id, "name": customer["name"], "email": customer["email"]}
+                                    datetime.fromisoformat(customer["updated_at"]), contacts)
+        return {"id": customer_id, "name": customer["name"], "email": customer["email"], "contacts": contacts}
 
     def _send_batch(self, retries):
         """Claim up to SEND_BATCH due notifications, send each, record each outcome; the
@@ -145,16 +185,27 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
             for notification in claimed:
                 error = None
                 try:
-                    smtp.send(mail.build_message(notification, self.settings.mail_from))
+                    self._deliver(notification, smtp)
                 except Exception as exc:  # every failure is an outcome; domain says which kind
                     error = exc
                 self._record(notification, error, retries)
         return len(claimed)
 
+    def _deliver(self, notification, smtp):
+        """One attempt at one notification, on its channel."""
+        if notification.channel == domain.SMS:
+            self.sms.send(notification.recipient, notification.body_text)
+        elif notification.channel == domain.PUSH:
+            self.pusher.send(notification.recipient, notification.push_subscription["keys"], notification.body_text)
+        else:
+            smtp.send(mail.build_message(notification, self.settings.mail_from))
+
     def _lease(self):
-        """Longer than a batch's sends can take (each gives up after SMTP_TIMEOUT_SECONDS), so no other instance
-        resends a mail still being sent: derived from that timeout, it needs no setting of its own."""
-        return timedelta(seconds=self.settings.smtp_timeout_seconds * SEND_BATCH + LEASE_MARGIN_SECONDS)
+        """Longer than a batch's sends can take (each gives up after SMTP_TIMEOUT_SECONDS or
+        NOTIFY_HTTP_TIMEOUT_SECONDS), so no other instance resends a message still being sent:
+        derived from those timeouts, it needs no setting of its own."""
+        longest = max(self.settings.smtp_timeout_seconds, self.settings.notify_http_timeout_seconds)
+        return timedelta(seconds=longest * SEND_BATCH + LEASE_MARGIN_SECONDS)
 
     def _record(self, notification, error, retries):
         """Record the outcome of one attempt and emit its event, if the claim still holds."""
@@ -172,10 +223,24 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
             return
         if attempt.status == domain.QUEUED:
             retries.append(attempt.next_attempt_at)
+        gone = domain.subscription_gone(notification, error)
+        if gone is not None:
+            self._forget_subscription(notification.customer_id, gone)
         if error is not None:
             log.warning("notification %s to %s: attempt %d %s: %s", notification.id, notification.recipient,
                         attempt.attempts, "failed for good" if attempt.status == domain.FAILED else "will be retried",
                         attempt.last_error)
+
+    def _forget_subscription(self, customer_id, subscription_id):
+        """The push service said the subscription is gone: customer_service removes it (and tells
+        everyone with customer_updated). Should that fail, the next push meets the same answer."""
+        try:
+            self.customer_rpc.remove_push_subscription(str(customer_id), str(subscription_id))
+        except NotFound:
+            pass  # removed already
+        except Exception as exc:
+            log.warning("push subscription %s of customer %s is gone but could not be removed: %r",
+                        subscription_id, customer_id, exc)
 
     def _notification(self, store, caller, notification_id, lock=False):
         """The notification, or NotFound: also for another customer's, so ids cannot be probed."""

@@ -1,6 +1,7 @@
 """notifications schema: the SQLAlchemy models and `NotificationStore`, its queries.
 
-A notification is one email to one recipient for one event: a row written
+A notification is one message (an email, an SMS or a push) to one recipient
+on one channel for one event: a row written
 `queued` (with the event's id recorded in `processed_events` in the same
 statement), then claimed by the sender under a lease: one committed
 statement gives the due rows a claim token and the time the claim lasts
@@ -10,6 +11,7 @@ Each outcome moves the row to `sent` or `failed` (or leaves it `queued` for
 its next attempt) and releases the claim, in the transaction that writes its
 event, and only if the row is still under the claim that sent it.
 """
+import json
 import uuid
 from datetime import datetime
 
@@ -27,7 +29,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
@@ -46,9 +48,10 @@ class NotificationsBase(DeclarativeBase):
 class Notification(NotificationsBase):
     __tablename__ = "notifications"
     __table_args__ = (
-        # One per (event, recipient), whatever happens to the event's dedup record.
-        UniqueConstraint("event_id", "recipient", name="notifications_event_recipient_key"),
+        # One per (event, channel, recipient), whatever happens to the event's dedup record.
+        UniqueConstraint("event_id", "channel", "recipient", name="notifications_event_channel_recipient_key"),
         CheckConstraint("status IN ('queued', 'sent', 'failed')", name="notification_status"),
+        CheckConstraint("channel IN ('email', 'sms', 'push')", name="notification_channel"),
         CheckConstraint("attempts >= 0", name="notification_attempts_not_negative"),
         CheckConstraint("(claim_token IS NULL) = (claimed_until IS NULL)", name="notification_claim_whole"),
         # The sender's question: which queued ones are due?
@@ -66,13 +69,18 @@ class Notification(NotificationsBase):
     kind: Mapped[str] = mapped_column(String(32))
     # Ids from order_service and customer_service: no foreign keys across schemas.
     order_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
-    customer_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
-    recipient: Mapped[str] = mapped_column(String(254))
-    # The email as rendered when the event arrived: every attempt sends the same message.
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))  # None: a staff alert
+    channel: Mapped[str] = mapped_column(String(8), server_default="email")  # email | sms | push
+    # The email address, the phone number (E.164) or the push subscription's endpoint.
+    recipient: Mapped[str] = mapped_column(Text)
+    # The message as rendered when the event arrived: every attempt sends the same one. An SMS's
+    # text is its body; a push's, the JSON payload encrypted for the subscription; only email has HTML.
     subject: Mapped[str] = mapped_column(String(300))
     body_text: Mapped[str] = mapped_column(Text)
     body_html: Mapped[str] = mapped_column(Text)
-    message_id: Mapped[str] = mapped_column(String(300))
+    message_id: Mapped[str | None] = mapped_column(String(300))  # email only
+    # Push only: {"id", "keys": {"p256dh", "auth"}} of the subscription as the event found it.
+    push_subscription: Mapped[dict | None] = mapped_column(JSONB)
     status: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -85,7 +93,7 @@ class Notification(NotificationsBase):
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-KnownCustomer = known_customer_model(NotificationsBase)
+KnownCustomer = known_customer_model(NotificationsBase, with_contacts=True)
 
 
 _notifications = Notification.__table__
@@ -101,17 +109,20 @@ WITH first_time AS (
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 )
-INSERT INTO {SCHEMA}.notifications (id, event_id, event_type, kind, order_id, customer_id, recipient, subject,
-                                    body_text, body_html, message_id, status, attempts, next_attempt_at,
-                                    created_at, updated_at)
-SELECT row.id, CAST(:event_id AS uuid), :event_type, row.kind, row.order_id, row.customer_id, row.recipient,
-       row.subject, row.body_text, row.body_html, row.message_id, 'queued', 0, :at, :at, :at
+INSERT INTO {SCHEMA}.notifications (id, event_id, event_type, kind, order_id, customer_id, channel, recipient,
+                                    subject, body_text, body_html, message_id, push_subscription, status, attempts,
+                                    next_attempt_at, created_at, updated_at)
+SELECT row.id, CAST(:event_id AS uuid), :event_type, row.kind, row.order_id, row.customer_id, row.channel,
+       row.recipient, row.subject, row.body_text, row.body_html, row.message_id, row.push_subscription, 'queued', 0,
+       :at, :at, :at
 FROM unnest(CAST(:ids AS uuid[]), CAST(:kinds AS varchar[]), CAST(:order_ids AS uuid[]),
-            CAST(:customer_ids AS uuid[]), CAST(:recipients AS varchar[]), CAST(:subjects AS varchar[]),
-            CAST(:bodies_text AS text[]), CAST(:bodies_html AS text[]), CAST(:message_ids AS varchar[]))
-     AS row(id, kind, order_id, customer_id, recipient, subject, body_text, body_html, message_id)
+            CAST(:customer_ids AS uuid[]), CAST(:channels AS varchar[]), CAST(:recipients AS text[]),
+            CAST(:subjects AS varchar[]), CAST(:bodies_text AS text[]), CAST(:bodies_html AS text[]),
+            CAST(:message_ids AS varchar[]), CAST(:push_subscriptions AS jsonb[]))
+     AS row(id, kind, order_id, customer_id, channel, recipient, subject, body_text, body_html, message_id,
+            push_subscription)
 WHERE EXISTS (SELECT FROM first_time)
-ON CONFLICT ON CONSTRAINT notifications_event_recipient_key DO NOTHING
+ON CONFLICT ON CONSTRAINT notifications_event_channel_recipient_key DO NOTHING
 RETURNING id
 """)
 
@@ -125,20 +136,23 @@ class NotificationStore(CustomerDirectory):
     # -- the event path ----------------------------------------------------------------
 
     def queue_once(self, event_id, event_type, handler, rows, at):
-        """Queue `rows` (dicts: id, kind, order_id, customer_id, recipient, subject,
-        body_text, body_html, message_id) for event `event_id`, unless that event was
-        handled before; the ids queued (none for a redelivery)."""
+        """Queue `rows` (dicts: id, kind, order_id, customer_id, channel, recipient, subject,
+        body_text, body_html, message_id, push_subscription) for event `event_id`, unless
+        that event was handled before; the ids queued (none for a redelivery)."""
         result = self.session.connection().execute(_QUEUE_ONCE, {
             "event_id": str(event_id), "event_type": event_type, "handler": handler, "at": at,
             "ids": [str(row["id"]) for row in rows],
             "kinds": [row["kind"] for row in rows],
             "order_ids": [str(row["order_id"]) if row["order_id"] else None for row in rows],
-            "customer_ids": [str(row["customer_id"]) for row in rows],
+            "customer_ids": [str(row["customer_id"]) if row["customer_id"] else None for row in rows],
+            "channels": [row["channel"] for row in rows],
             "recipients": [row["recipient"] for row in rows],
             "subjects": [row["subject"] for row in rows],
             "bodies_text": [row["body_text"] for row in rows],
             "bodies_html": [row["body_html"] for row in rows],
             "message_ids": [row["message_id"] for row in rows],
+            "push_subscriptions": [json.dumps(row["push_subscription"]) if row["push_subscription"] else None
+                                   for row in rows],
         })
         return [row.id for row in result]
 

@@ -31,6 +31,8 @@ TRANSITIONS = {
     DELIVERED: (),
     CANCELLED: (),
 }
+# The event of each status an order can move to, recorded with order_status_changed.
+STATUS_EVENTS = {status: f"order_{status}" for status in (PROCESSING, SHIPPED, DELIVERED, CANCELLED)}
 # What each new status does to the order's stock reservation.
 STOCK_ACTION = {SHIPPED: "commit", CANCELLED: "release"}
 EDITABLE = (PENDING,)
@@ -54,6 +56,7 @@ class StatusChange:
     to_status: str
     changed_at: datetime
     changed_by: str
+    reason: str | None = None
 
 
 class Order:
@@ -110,15 +113,21 @@ class Order:
             setattr(self, name, value)
         return self._changed("order_updated", now)
 
-    def change_status(self, to, by, now, expected_version=None):
-        """Move along the status machine; shipping needs the carrier and tracking number."""
+    def change_status(self, to, by, now, expected_version=None, reason=None):
+        """Move along the status machine; shipping needs the carrier and tracking number.
+
+        Records order_status_changed (the order) and the new status's own event
+        (order_processing, order_shipped, ...: the order with `previous_status` and `reason`)."""
         check_may_set_status(by, to)
         self.check_version(expected_version)
         self._check_transition(to)
+        previous = self.status
         self.status_changes.add(self.status_change_type(
-            order_id=self.id, from_status=self.status, to_status=to, changed_at=now, changed_by=by.sub))
+            order_id=self.id, from_status=previous, to_status=to, changed_at=now, changed_by=by.sub, reason=reason))
         self.status = to
-        return self._changed("order_status_changed", now)
+        changed = self._changed("order_status_changed", now)
+        self.events.append((STATUS_EVENTS[to], {**changed, "previous_status": previous, "reason": reason}))
+        return changed
 
     def delete(self, by, expected_version=None):
         """Check that the order may go (pending or cancelled, by an admin or a service) and record

@@ -146,15 +146,16 @@ class OrderService(ServiceBase):
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def update_status(self, order_id, data, expected_version=None):
-        """Move the order along the contract's status machine.
+        """Move the order along the contract's status machine, with an optional reason.
 
         shipped commits the stock reservation, cancelled releases it.
         """
         caller = required(self.caller)
-        new_status = load_or_raise(StatusInput, data)["status"]
+        change = load_or_raise(StatusInput, data)
+        new_status = change["status"]
         with self.uow as tx:
             order = self._order(tx.store, caller, order_id, lock=True)
-            updated = order.change_status(new_status, caller, _now(), expected_version)
+            updated = order.change_status(new_status, caller, _now(), expected_version, change.get("reason"))
         stock_action = domain.STOCK_ACTION.get(new_status)
         if stock_action:
             self._settle(stock_action, order_id)
@@ -173,7 +174,7 @@ class OrderService(ServiceBase):
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def order_history(self, order_id):
-        """Every status change of the order, oldest first: from, to, at, by."""
+        """Every status change of the order, oldest first: from, to, at, by, reason."""
         caller = required(self.caller)
         with self.uow as tx:
             order = self._order(tx.store, caller, order_id)

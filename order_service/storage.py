@@ -62,6 +62,7 @@ class StatusChange(OrdersBase):
     to_status: Mapped[str] = mapped_column(String(16))
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     changed_by: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Order(OrdersBase, domain.Order):

@@ -2,6 +2,7 @@
 # `make run`: database, migrations, the services and the gateway, natively; and, when
 # SMTP_HOST is unset, a local SMTP sink that keeps notification emails under var/mail/;
 # with RATE_LIMIT and no REDIS_URL, a local redis-server for the rate-limit counters.
+# when SMS_API_URL is unset, a local SMS sink (var/sms/); without VAPID_PRIVATE_KEY, a development key.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -87,6 +88,21 @@ if [ "$local_redis" = "1" ]; then
     mkdir -p var/redis
     echo "redis: redis-server --port 6379 --bind 127.0.0.1 --save '' --appendonly no --dir var/redis" >> "$procfile"
     echo "RATE_LIMIT is set and REDIS_URL is not: counters in a local redis-server on 127.0.0.1:6379 (in memory)."
+fi
+
+# Without an SMS provider the SMS go to a local sink speaking Twilio's Messages API
+# (scripts/sms_sink.py) on 127.0.0.1:SMS_SINK_PORT, kept in var/sms/messages.jsonl; `make sms` lists them.
+if [ -z "$($PY -m scripts.infra setting SMS_API_URL)" ]; then
+    sms_port="$($PY -m scripts.infra setting SMS_SINK_PORT)"
+    echo "smssink: python -m scripts.sms_sink serve --port $sms_port --file var/sms/messages.jsonl" >> "$procfile"
+    echo "SMS_API_URL is not set: SMS go to a local sink on 127.0.0.1:$sms_port, kept in var/sms/ (make sms lists them)."
+fi
+
+# Without a VAPID key, a development one is made once under var/ and used for Web Push.
+if [ -z "$($PY -m scripts.infra setting VAPID_PRIVATE_KEY)" ]; then
+    export VAPID_PRIVATE_KEY="$PWD/var/vapid_private.pem"
+    vapid_public="$($PY -m scripts.push_key ensure --file "$VAPID_PRIVATE_KEY")"
+    echo "VAPID_PRIVATE_KEY is not set: using the development key var/vapid_private.pem; front ends subscribe with the public key $vapid_public (GET /api/v1/push/vapid-public-key)."
 fi
 
 honcho start -f "$procfile" &

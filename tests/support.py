@@ -38,6 +38,23 @@ PG_URL_BASE = os.environ.get("TEST_PG_URL_BASE", "postgresql+psycopg2://postgres
 JWT_SECRET = "test-only-jwt-secret-for-the-test-stack"
 TAX_RATE = "0.19"
 MAIL_FROM = "Test shop <orders@shop.example>"
+STAFF_EMAILS = ("stock@shop.example", "Warehouse <warehouse@shop.example>")
+VAPID_SUBJECT = "mailto:push@shop.example"
+
+
+def vapid_key():
+    """(path of the test stacks' VAPID private key, made once, its public key as front ends get it)."""
+    from py_vapid import Vapid
+
+    from notification_service.channels import load_vapid, public_key
+
+    path = OUTPUT / "vapid_private.pem"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = Vapid()
+        key.generate_keys()
+        key.save_key(str(path))
+    return path, public_key(load_vapid(str(path)))
 
 
 def python_files():

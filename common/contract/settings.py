@@ -30,9 +30,12 @@ DEVELOPMENT_WEBHOOK_SECRET_KEY = "ZGV2LW9ubHktaW5zZWN1cmUtd2ViaG9vay1rZXktMzI="
 # Where services find the Settings object inside nameko's config dict.
 SETTINGS_KEY = "SETTINGS"
 # Never echoed in an error message.
-SECRET_VARIABLES = {"JWT_SECRET", "DATABASE_URL", "AMQP_URI", "SMTP_PASSWORD", "REDIS_URL", "WEBHOOK_SECRET_KEY"}
+SECRET_VARIABLES = {"JWT_SECRET", "DATABASE_URL", "AMQP_URI", "SMTP_PASSWORD", "REDIS_URL", "WEBHOOK_SECRET_KEY",
+                    "SMS_AUTH_TOKEN", "VAPID_PRIVATE_KEY"}
 # Where mail goes when SMTP_HOST is unset: the sink `make run` starts (scripts/mail_sink.py).
 LOCAL_MAIL_SINK_HOST = "127.0.0.1"
+# Where SMS go when SMS_API_URL is unset: the sink `make run` starts (scripts/sms_sink.py).
+LOCAL_SMS_SINK = "http://127.0.0.1:{port}"
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -102,6 +105,16 @@ class Settings(BaseModel):
     notify_retry_base_seconds: float = Field(gt=0, le=300)
     notify_max_attempts: int = Field(ge=1, le=100)
     notify_sweep_interval_seconds: float = Field(gt=0, le=300)
+    staff_emails: tuple[str, ...] = ()
+    notify_http_timeout_seconds: float = Field(gt=0, le=300)
+    sms_api_url: str | None = Field(default=None, pattern=r"^https?://[^/]+(/.*)?$", max_length=500)
+    sms_account_sid: str = Field(min_length=1, max_length=100)
+    sms_auth_token: SecretStr = Field(min_length=1)
+    sms_from: str = Field(min_length=1, max_length=40)
+    sms_sink_port: int = Field(ge=1, le=65535)
+    vapid_private_key: str | None = Field(default=None, min_length=1)
+    vapid_subject: str | None = Field(default=None, pattern=r"^(mailto:|https://)")
+    webhook_allow_hosts: tuple[str, ...] = ()
 
     # The edge (gateway/edge/): rate limits, CORS, load shedding, circuit breakers, API keys.
     rate_limit: str | None = Field(default=None, min_length=1, max_length=100)
@@ -206,10 +219,32 @@ class Settings(BaseModel):
     @field_validator("mail_from")
     @classmethod
     def _an_address(cls, value):
-        _, address = parseaddr(value)
-        if "@" not in address or address.startswith("@") or address.endswith("@"):
+        if not _is_address(value):
             raise ValueError("must be an email address, optionally with a name: Shop <orders@shop.example>")
         return value
+
+    @field_validator("staff_emails", mode="before")
+    @classmethod
+    def _addresses(cls, value):
+        """Comma-separated addresses: stock@shop.example,Ops <ops@shop.example>."""
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        bad = [address for address in value if not _is_address(address)]
+        if bad:
+            raise ValueError(f"must be email addresses separated by commas; not one: {', '.join(bad)}")
+        return tuple(value)
+
+    @field_validator("webhook_allow_hosts", mode="before")
+    @classmethod
+    def _hosts(cls, value):
+        """Comma-separated host names or addresses, compared case-insensitively."""
+        if value is None:
+            return ()
+        if isinstance(value, str):
+            value = value.split(",")
+        return tuple(host.strip().lower() for host in value if host.strip())
 
     @model_validator(mode="after")
     def _rules_between_settings(self):
@@ -243,6 +278,16 @@ class Settings(BaseModel):
         return self.rpc_pool_size_setting or self.gateway_threads
 
     @property
+    def sms_api_base(self):
+        """The Messages API's base URL: SMS_API_URL, or the local sink when it is unset."""
+        return (self.sms_api_url or LOCAL_SMS_SINK.format(port=self.sms_sink_port)).rstrip("/")
+
+    @property
+    def vapid_claim_subject(self):
+        """The VAPID `sub` claim: VAPID_SUBJECT, else mailto: MAIL_FROM's address."""
+        return self.vapid_subject or "mailto:" + parseaddr(self.mail_from)[1]
+
+    @property
     def smtp_address(self):
         """(host, port) mail is sent to: SMTP_HOST:SMTP_PORT, or the local sink when SMTP_HOST is unset."""
         if self.smtp_host is None:
@@ -264,6 +309,11 @@ class Settings(BaseModel):
     @classmethod
     def variable_names(cls):
         return [field.alias for field in cls.model_fields.values()]
+
+
+def _is_address(value):
+    _, address = parseaddr(value)
+    return "@" in address and not address.startswith("@") and not address.endswith("@")
 
 
 def load_settings(environ=None, config_file=None):

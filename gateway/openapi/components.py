@@ -11,7 +11,16 @@ from common.contract.caller import TOKEN_ROLES
 from common.contract.errors import RateLimited, ServiceUnavailable, Unauthenticated
 from common.contract.schemas.api_keys import ApiKeyCreatedSchema, ApiKeyInput, ApiKeySchema
 from common.contract.schemas.base import AddressSchema
-from common.contract.schemas.customers import CustomerInput, CustomerPatch, CustomerSchema
+from common.contract.schemas.customers import (
+    CustomerInput,
+    CustomerPatch,
+    CustomerSchema,
+    PreferencesPatch,
+    PreferencesSchema,
+    PushKeys,
+    PushSubscriptionInput,
+    PushSubscriptionSchema,
+)
 from common.contract.schemas.invoices import (
     INVOICE_NUMBER_PATTERN,
     BillToSchema,
@@ -19,7 +28,12 @@ from common.contract.schemas.invoices import (
     InvoiceSchema,
     SellerSchema,
 )
-from common.contract.schemas.notifications import NOTIFICATION_KINDS, NOTIFICATION_STATUSES, NotificationSchema
+from common.contract.schemas.notifications import (
+    NOTIFICATION_CHANNELS,
+    NOTIFICATION_KINDS,
+    NOTIFICATION_STATUSES,
+    NotificationSchema,
+)
 from common.contract.schemas.orders import (
     MAX_IDEMPOTENCY_KEY,
     ORDER_STATUSES,
@@ -103,8 +117,11 @@ class HealthSchema(Schema):
 
 REQUEST_SCHEMAS = {
     "Address": AddressSchema,
+    "PreferencesPatch": PreferencesPatch,  # (nested schemas before the schemas they are in)
     "CustomerInput": CustomerInput,
     "CustomerPatch": CustomerPatch,
+    "PushKeys": PushKeys,
+    "PushSubscriptionInput": PushSubscriptionInput,
     "ProductInput": ProductInput,
     "ProductPatch": ProductPatch,
     "OrderItemInput": OrderItemInput,
@@ -118,6 +135,8 @@ REQUEST_SCHEMAS = {
 }
 # Every field of these is in every response (null where allow_none says so).
 RESOURCE_SCHEMAS = {
+    "NotificationPreferences": PreferencesSchema,
+    "PushSubscription": PushSubscriptionSchema,
     "Customer": CustomerSchema,
     "Product": ProductSchema,
     "OrderItem": OrderItemSchema,
@@ -158,6 +177,7 @@ RESOURCE_ENUMS = {
     ("ApiKey", "role"): list(TOKEN_ROLES),
     ("ApiKeyCreated", "role"): list(TOKEN_ROLES),
     ("Delivery", "status"): list(DELIVERY_STATUSES),
+    ("Notification", "channel"): list(NOTIFICATION_CHANNELS),
 }
 
 
@@ -187,6 +207,7 @@ URI_TOO_LONG = (414, "URITooLong")
 # The routes' path variables and the request headers they read, by component name: (in, schema).
 PARAMETERS = {
     "customer_id": ("path", {"type": "string", "format": "uuid"}),
+    "subscription_id": ("path", {"type": "string", "format": "uuid"}),
     "order_id": ("path", {"type": "string", "format": "uuid"}),
     "number": ("path", {"type": "string", "pattern": INVOICE_NUMBER_PATTERN.removesuffix(r"\Z") + "$"}),
     "notification_id": ("path", {"type": "string", "format": "uuid"}),

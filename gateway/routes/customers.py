@@ -1,11 +1,12 @@
-"""/api/v1/customers: customers with a unique email and a default shipping address."""
+"""/api/v1/customers: customers with a unique email, a default shipping address, a phone, the channels
+they hear about their orders on, and their browsers' Web Push subscriptions."""
 import uuid
 
 from flask import jsonify
 
 from common.contract.errors import AlreadyExists, Forbidden, NotFound
 from common.contract.schemas.base import ListQuery
-from common.contract.schemas.customers import CustomerInput, CustomerPatch
+from common.contract.schemas.customers import CustomerInput, CustomerPatch, PushSubscriptionInput
 from gateway.calls import read, write
 from gateway.http import created, page_args
 from gateway.routes.declare import API, routes
@@ -35,3 +36,18 @@ def list_customers(query):
               errors=(NotFound, AlreadyExists))
 def update_customer(customer_id, body):
     return jsonify(write({"customer_id": customer_id}, "customer_service", "update_customer", customer_id, body))
+
+
+@routes.post(f"{API}/customers/<customer_id>/push-subscriptions", tag="customers", status=201,
+             response="PushSubscription", body=PushSubscriptionInput, errors=(NotFound,))
+def add_push_subscription(customer_id, body):
+    return jsonify(write({"customer_id": customer_id}, "customer_service", "add_push_subscription", customer_id,
+                         body)), 201
+
+
+@routes.delete(f"{API}/customers/<customer_id>/push-subscriptions/<subscription_id>", tag="customers", status=204,
+               errors=(NotFound,))
+def remove_push_subscription(customer_id, subscription_id):
+    write({"customer_id": customer_id, "subscription_id": subscription_id}, "customer_service",
+          "remove_push_subscription", customer_id, subscription_id)
+    return "", 204

@@ -5,6 +5,8 @@ import pytest
 import requests
 
 from tests import harness, support
+from tests.servers.push import PushService
+from tests.servers.sms import SID, TOKEN, SmsProvider
 from tests.servers.smtp import SmtpServer
 from tests.servers.webhook_receiver import WebhookReceiver
 
@@ -36,8 +38,26 @@ def smtp_server():
     server.stop()
 
 
-def stack_env(amqp_uri, database_url, smtp_port=None, **overrides):
-    """The environment of a test stack: its broker, database, SMTP server, fresh ports, the test secret."""
+@pytest.fixture(scope="session")
+def sms_provider():
+    """The SMS provider (Twilio's Messages API) the stack's notification_service sends to (tests/servers/sms.py)."""
+    server = SmsProvider().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def push_service():
+    """A push service the test's subscriptions live on; it checks each push's VAPID token against the
+    stack's key and decrypts it (tests/servers/push.py)."""
+    server = PushService(vapid_public_key=support.vapid_key()[1]).start()
+    yield server
+    server.stop()
+
+
+def stack_env(amqp_uri, database_url, smtp_port=None, sms_url=None, **overrides):
+    """The environment of a test stack: its broker, database, SMTP server and SMS provider, fresh ports,
+    the test secrets."""
     env = {
         **harness.venv_env(),
         "AMQP_URI": amqp_uri,
@@ -63,12 +83,20 @@ def stack_env(amqp_uri, database_url, smtp_port=None, **overrides):
         "NOTIFY_SWEEP_INTERVAL_SECONDS": "1",
         # Webhooks reach the tests' receiver (tests/servers/webhook_receiver.py) on 127.0.0.1 over http;
         # retries come fast and give up soon, and a webhook that only fails is disabled within seconds.
-        "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",
+        "WEBHOOK_ALLOW_HOSTS": "127.0.0.1",  # the tests' own webhook receivers and push service
         "WEBHOOK_TIMEOUT_SECONDS": "2",
         "WEBHOOK_RETRY_BASE_SECONDS": "0.2",
         "WEBHOOK_MAX_ATTEMPTS": "4",
         "WEBHOOK_DISABLE_AFTER_HOURS": str(WEBHOOK_DISABLE_AFTER_SECONDS / 3600),
         "WEBHOOK_SWEEP_INTERVAL_SECONDS": "1",
+        "STAFF_EMAILS": ",".join(support.STAFF_EMAILS),
+        # SMS go to the test's provider (without one, to a port nobody listens on: they wait and retry).
+        "SMS_API_URL": sms_url or f"http://127.0.0.1:{harness.free_port()}",
+        "SMS_ACCOUNT_SID": SID,
+        "SMS_AUTH_TOKEN": TOKEN,
+        "SMS_FROM": "+15005550006",
+        "VAPID_PRIVATE_KEY": str(support.vapid_key()[0]),
+        "VAPID_SUBJECT": support.VAPID_SUBJECT,
     })
     return {**env, **overrides}
 
@@ -82,9 +110,9 @@ def webhook_receiver():
 
 
 @pytest.fixture(scope="session")
-def stack(broker, database, smtp_server):
-    running = harness.Stack(stack_env(broker, database[1], smtp_server.port), support.OUTPUT / "stack.log",
-                            append=False)  # one run per file: the logging tests read it
+def stack(broker, database, smtp_server, sms_provider, push_service):
+    running = harness.Stack(stack_env(broker, database[1], smtp_server.port, sms_provider.url),
+                            support.OUTPUT / "stack.log", append=False)  # one run per file: the logging tests read it
     try:
         running.start()
         yield running

@@ -152,3 +152,24 @@ def test_a_key_s_use_is_written_at_most_once_per_period(store):
     if hasattr(store, "session"):
         store.session.expire_all()
     assert store.get_api_key(key_id).last_used_at == T0 + timedelta(seconds=20)
+
+
+def test_push_subscriptions_are_one_per_endpoint_and_change_the_customer(store):
+    customer = store.get_customer(insert(store, "Ada"), lock=True)
+    assert customer.push_subscriptions == [] and customer.phone is None
+    assert customer.notification_preferences == {"email": True, "sms": False, "push": False}
+    first = store.save_push_subscription(customer, "https://push.example/a", {"p256dh": "k1", "auth": "a1"},
+                                         T0 + timedelta(minutes=1))
+    again = store.save_push_subscription(customer, "https://push.example/a", {"p256dh": "k2", "auth": "a2"},
+                                         T0 + timedelta(minutes=2))
+    other = store.save_push_subscription(customer, "https://push.example/b", {"p256dh": "k3", "auth": "a3"},
+                                         T0 + timedelta(minutes=3))
+    assert again.id == first.id and (again.p256dh, again.auth) == ("k2", "a2")
+    read = store.get_customer(customer.id)
+    assert [(sub.endpoint, sub.p256dh) for sub in read.push_subscriptions] == [
+        ("https://push.example/a", "k2"), ("https://push.example/b", "k3")]
+    assert read.updated_at == T0 + timedelta(minutes=3)
+    assert store.remove_push_subscription(customer, first.id, T0 + timedelta(minutes=4))
+    assert not store.remove_push_subscription(customer, first.id, T0 + timedelta(minutes=5))
+    assert [sub.id for sub in store.get_customer(customer.id).push_subscriptions] == [other.id]
+    assert store.get_customer(customer.id).updated_at == T0 + timedelta(minutes=4)

@@ -238,7 +238,7 @@ def test_a_reservation_keeps_its_items_at_the_prices_taken(stores):
     with stores.transaction() as store:
         taken = store.claim_and_take_stock(order_id, [("A", 2), ("B", 1)])
         event = Outbox.row("stock_reserved", {"order_id": str(order_id)})
-        store.record_reservation(order_id, [(taken["B"], 1), (taken["A"], 2)], [event])
+        store.record_reservation(order_id, [(taken["B"], 1), (taken["A"], 2)], [event], uuid4())
     with stores.transaction() as store:
         assert item_tuples(store.reservation_items(order_id)) == [
             (order_id, "A", 2, Decimal("2.50"), "EUR"), (order_id, "B", 1, Decimal("2.50"), "EUR")]
@@ -249,6 +249,32 @@ def test_a_reservation_keeps_its_items_at_the_prices_taken(stores):
         assert item_tuples(store.reservation_items(order_id)) == [
             (order_id, "A", 1, Decimal("2.50"), "EUR"), (order_id, "C", 4, Decimal("7.00"), "EUR")]
         assert store.reservation_items(uuid4()) == []
+
+
+def unsent_refusals(stores):
+    """{event id: next_attempt_at} of the unsent stock_reservation_failed rows."""
+    if isinstance(stores, MemoryStores):
+        return {event_id: row["next_attempt_at"] for event_id, row in stores.uow.store.tables["refusals"].items()}
+    with stores.engine.connect() as connection:
+        return dict(connection.execute(text(
+            "SELECT event_id, next_attempt_at FROM inventory.outbox "
+            "WHERE event_type = 'stock_reservation_failed' AND sent_at IS NULL")).all())
+
+
+def test_a_refusal_is_kept_once_until_a_reservation_withdraws_it(stores):
+    add_products(stores, "A")
+    refused, other = uuid4(), uuid4()
+    due = datetime(2030, 1, 1, tzinfo=timezone.utc)
+    for event_id in (refused, refused, other):
+        with stores.transaction() as store:
+            store.record_refusal({**Outbox.row("stock_reservation_failed", {"order_id": "x"}),
+                                  "event_id": event_id, "next_attempt_at": due})
+    assert unsent_refusals(stores) == {refused: due, other: due}
+    order_id = uuid4()
+    with stores.transaction() as store:
+        taken = store.claim_and_take_stock(order_id, [("A", 1)])
+        store.record_reservation(order_id, [(taken["A"], 1)], [], refused)
+    assert unsent_refusals(stores) == {other: due}
 
 
 def test_a_reservation_status_is_set_and_kept(stores):

@@ -58,15 +58,19 @@ def refused_for_good():
     return smtplib.SMTPRecipientsRefused({"ada@example.com": (550, b"no such user")})
 
 
+def email_row(recipient="ada@example.com"):
+    notification_id = uuid.uuid4()
+    return {"id": notification_id, "channel": "email", "kind": "order_confirmation", "order_id": uuid.uuid4(),
+            "customer_id": CUSTOMER_ID, "recipient": recipient, "subject": "We received your order",
+            "body_text": "Hello", "body_html": "<p>Hello</p>",
+            "message_id": domain.message_id(notification_id, "orders@shop.example"), "push_subscription": None}
+
+
 def queue(stores, at, recipient="ada@example.com", event_id=None):
     """One notification queued (due) at `at`; its id, or None if the event was queued before."""
-    notification_id = uuid.uuid4()
-    row = {"id": notification_id, "kind": "order_confirmation", "order_id": uuid.uuid4(),
-           "customer_id": CUSTOMER_ID, "recipient": recipient, "subject": "We received your order",
-           "body_text": "Hello", "body_html": "<p>Hello</p>",
-           "message_id": domain.message_id(notification_id, "orders@shop.example")}
     with stores() as store:
-        queued = store.queue_once(event_id or uuid.uuid4(), "order_created", "notify_customer", [row], at)
+        queued = store.queue_once(event_id or uuid.uuid4(), "order_created", "notify_customer",
+                                  [email_row(recipient)], at)
     return queued[0] if queued else None
 
 
@@ -89,6 +93,21 @@ def test_one_notification_per_event_and_recipient(stores):
     event_id = uuid.uuid4()
     assert queue(stores, T0, event_id=event_id) is not None
     assert queue(stores, T0, event_id=event_id) is None
+
+
+def test_one_event_has_a_notification_per_channel_each_with_its_own_fields(stores):
+    event_id, subscription = uuid.uuid4(), {"id": str(uuid.uuid4()), "keys": {"p256dh": "k", "auth": "a"}}
+    endpoint = "https://push.example/" + "x" * 600  # endpoints are longer than email addresses
+    rows = [email_row(), {**email_row("+14155552671"), "channel": "sms", "message_id": None, "body_html": ""},
+            {**email_row(endpoint), "channel": "push", "message_id": None, "body_html": "",
+             "push_subscription": subscription}]
+    with stores() as store:
+        queued = store.queue_once(event_id, "order_created", "notify_customer", rows, T0)
+    assert len(queued) == 3
+    by_channel = {n.channel: n for n in claim(stores, T0)}
+    assert set(by_channel) == {"email", "sms", "push"}
+    assert (by_channel["push"].recipient, by_channel["push"].push_subscription) == (endpoint, subscription)
+    assert by_channel["sms"].message_id is None and by_channel["email"].push_subscription is None
 
 
 def test_a_claim_takes_due_queued_rows_oldest_first_up_to_its_limit(stores):

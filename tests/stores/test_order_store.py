@@ -143,7 +143,7 @@ def test_status_changes_and_their_history_are_kept(store):
     order = store.get_order(order_id, lock=True)
     order.update_shipping({"carrier": "DHL", "tracking_number": "JD1"}, ADMIN, T0 + timedelta(minutes=1))
     order.change_status("processing", ADMIN, T0 + timedelta(minutes=2))
-    order.change_status("shipped", Caller("order-bot", "service"), T0 + timedelta(minutes=3))
+    order.change_status("shipped", Caller("order-bot", "service"), T0 + timedelta(minutes=3), reason="Left the depot")
     saved(store)
     view = store.order_view(order_id)
     assert (view["status"], view["version"], view["carrier"], view["tracking_number"]) == ("shipped", 4, "DHL", "JD1")
@@ -152,8 +152,9 @@ def test_status_changes_and_their_history_are_kept(store):
                                         ("processing", "shipped", "order-bot")]
     assert [c.changed_at for c in store.status_history(order_id)][1:] == [T0 + timedelta(minutes=2),
                                                                           T0 + timedelta(minutes=3)]
+    assert [c.reason for c in store.status_history(order_id)] == [None, None, "Left the depot"]
     assert [event_type for event_type, _ in order.events] == [
-        "order_updated", "order_status_changed", "order_status_changed"]
+        "order_updated", "order_status_changed", "order_processing", "order_status_changed", "order_shipped"]
     assert store.order_states([order_id, uuid.uuid4()]) == {str(order_id): "shipped"}
 
 

@@ -25,6 +25,7 @@ from types import SimpleNamespace
 from sqlalchemy.exc import IntegrityError
 
 from common.contract.errors import AlreadyExists, NotFound
+from common.contract.schemas.customers import DEFAULT_PREFERENCES
 from common.contract.settings import load_settings
 from common.kit.outbox import Outbox
 from inventory_service.domain import ProductRules
@@ -144,6 +145,7 @@ class FakeCustomerService:
     def __init__(self, *customers):
         self.customers = {customer["id"]: customer for customer in customers}
         self.calls = 0
+        self.removed = []  # (customer id, push subscription id) notification_service asked to remove
 
     def get_customer(self, customer_id):
         self.calls += 1
@@ -154,6 +156,11 @@ class FakeCustomerService:
     def get_customers(self, customer_ids):
         self.calls += 1
         return [self.customers[customer_id] for customer_id in customer_ids if customer_id in self.customers]
+
+    get_customer_with_contacts = get_customer
+
+    def remove_push_subscription(self, customer_id, subscription_id):
+        self.removed.append((customer_id, subscription_id))
 
 
 # ---- inventory ------------------------------------------------------------------
@@ -176,7 +183,8 @@ class InMemoryInventoryStore:
     """inventory_service.storage.InventoryStore's contract, in memory."""
 
     def __init__(self):
-        self.tables = {"products": {}, "reservations": {}, "items": {}, "processed": set()}
+        # refusals: the unsent stock_reservation_failed rows by event id
+        self.tables = {"products": {}, "reservations": {}, "items": {}, "processed": set(), "refusals": {}}
 
     # products
     def add_product(self, sku, stock, unit_price="10.00", currency="EUR", threshold=0):
@@ -257,8 +265,12 @@ class InMemoryInventoryStore:
                 taken[sku] = product
         return taken
 
-    def record_reservation(self, order_id, lines, event_rows):
+    def record_reservation(self, order_id, lines, event_rows, refusal_event_id):
+        self.tables["refusals"].pop(refusal_event_id, None)
         self._set_items(order_id, lines)
+
+    def record_refusal(self, row):
+        self.tables["refusals"].setdefault(row["event_id"], row)
 
     def replace_reservation_items(self, order_id, new_items):
         self._set_items(order_id, new_items)
@@ -460,8 +472,9 @@ class InMemoryCustomerStore:
 
     def insert_customer(self, customer_id, fields, now):
         self._check_unique_email(customer_id, fields.get("email"))
-        customer = SimpleNamespace(**{"shipping_address": None, **fields}, id=customer_id, orders_count=0,
-                                   created_at=now, updated_at=now)
+        customer = SimpleNamespace(**{"shipping_address": None, "phone": None,
+                                      "notification_preferences": dict(DEFAULT_PREFERENCES), **fields},
+                                   id=customer_id, orders_count=0, created_at=now, updated_at=now, push_subscriptions=[])
         self.tables["customers"][customer_id] = customer
         return customer
 
@@ -471,6 +484,24 @@ class InMemoryCustomerStore:
             setattr(customer, name, value)
         customer.updated_at = now
         return customer
+
+    def save_push_subscription(self, customer, endpoint, keys, now):
+        subscription = next((sub for sub in customer.push_subscriptions if sub.endpoint == endpoint), None)
+        if subscription is None:
+            subscription = SimpleNamespace(id=uuid.uuid4(), customer_id=customer.id, endpoint=endpoint,
+                                           created_at=now, **keys)
+            customer.push_subscriptions.append(subscription)
+        else:
+            subscription.p256dh, subscription.auth = keys["p256dh"], keys["auth"]
+        customer.updated_at = now
+        return subscription
+
+    def remove_push_subscription(self, customer, subscription_id, now):
+        kept = [sub for sub in customer.push_subscriptions if sub.id != subscription_id]
+        if len(kept) == len(customer.push_subscriptions):
+            return False
+        customer.push_subscriptions, customer.updated_at = kept, now
+        return True
 
     def _check_unique_email(self, customer_id, email):
         if any(other.email == email and other.id != customer_id for other in self.tables["customers"].values()):
@@ -511,11 +542,15 @@ class InMemoryCustomerDirectory:
         known = self.tables["customers"].get(customer_id)
         return dict(known) if known is not None else None
 
-    def remember_customer(self, customer_id, name, email, updated_at):
+    keeps_contacts = False  # the notifications' directory keeps them (known_customer_model(with_contacts=True))
+
+    def remember_customer(self, customer_id, name, email, updated_at, contacts=None):
         known = self.tables["customers"].get(customer_id)
         if known is None or known["updated_at"] < updated_at:
             self.tables["customers"][customer_id] = {"id": customer_id, "name": name, "email": email,
                                                      "updated_at": updated_at}
+            if self.keeps_contacts:
+                self.tables["customers"][customer_id]["contacts"] = contacts
 
 
 # ---- invoices ------------------------------------------------------------------
@@ -581,6 +616,7 @@ class InMemoryInvoiceStore(InMemoryCustomerDirectory):
 
 class InMemoryNotificationStore(InMemoryCustomerDirectory):
     """notification_service.storage.NotificationStore's contract, in memory."""
+    keeps_contacts = True
 
     def __init__(self):
         self.tables = {"notifications": {}, "customers": {}, "processed": set()}
@@ -595,12 +631,13 @@ class InMemoryNotificationStore(InMemoryCustomerDirectory):
         self.tables["processed"].add(str(event_id))
         queued = []
         for row in rows:
-            if any(n.event_id == uuid.UUID(str(event_id)) and n.recipient == row["recipient"]
+            if any(n.event_id == uuid.UUID(str(event_id)) and (n.channel, n.recipient) == (row["channel"],
+                                                                                             row["recipient"])
                    for n in self.tables["notifications"].values()):
                 continue
             notification = SimpleNamespace(
                 **{**row, "order_id": uuid.UUID(str(row["order_id"])) if row["order_id"] else None,
-                   "customer_id": uuid.UUID(str(row["customer_id"]))},
+                   "customer_id": uuid.UUID(str(row["customer_id"])) if row["customer_id"] else None},
                 event_id=uuid.UUID(str(event_id)), event_type=event_type, status="queued", attempts=0,
                 last_error=None, next_attempt_at=at, created_at=at, updated_at=at, sent_at=None,
                 claim_token=None, claimed_until=None)
@@ -678,3 +715,23 @@ class FakeMailer:
         if error is not None:
             raise error
         self.sent.append(message)
+
+
+class FakeProvider:
+    """notification_service.channels' SmsClient / WebPusher contract: keeps what it sends; `answers`
+    is a list of exceptions the next sends raise, in order (then they succeed)."""
+
+    def __init__(self):
+        self.sent = []  # (recipient, body) / (endpoint, keys, payload)
+        self.answers = []
+
+    def _attempt(self, *message):
+        if self.answers:
+            raise self.answers.pop(0)
+        self.sent.append(message)
+
+    def send(self, *message):
+        self._attempt(*message)
+
+    def public_key(self):
+        return "BPublicKeyForTests"

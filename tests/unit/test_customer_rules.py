@@ -6,6 +6,8 @@ from nameko.testing.services import worker_factory
 
 from common.contract.caller import Caller
 from common.contract.errors import AlreadyExists, NotFound, ValidationFailed
+from customer_service import domain
+from customer_service import service as service_module
 from customer_service.service import CustomerService
 from tests.unit.fakes import SETTINGS, FakeUnitOfWork, InMemoryCustomerStore
 
@@ -116,3 +118,65 @@ def test_a_key_is_verified_by_its_digest_until_it_is_revoked():
         gateway.verify_api_key(api_key_prefix(key), api_key_digest(key))
     with pytest.raises(NotFound):
         admin.revoke_api_key(str(uuid.uuid4()))
+
+
+def test_a_phone_is_e164_checked_with_libphonenumber_and_preferences_change_one_by_one():
+    customers = service()
+    ada = make(customers, "ada")
+    assert (ada["phone"], ada["notification_preferences"]) == (None, {"email": True, "sms": False, "push": False})
+    changed = customers.update_customer(ada["id"], {"phone": "+44 7911 123456",
+                                                    "notification_preferences": {"sms": True}})
+    assert changed["phone"] == "+447911123456"
+    assert changed["notification_preferences"] == {"email": True, "sms": True, "push": False}
+    changed = customers.update_customer(ada["id"], {"notification_preferences": {"email": False}})
+    assert changed["notification_preferences"] == {"email": False, "sms": True, "push": False}
+    for bad in ("07700 900123", "+44 1", "call me", "+999123456789"):
+        with pytest.raises(ValidationFailed) as refused:
+            customers.update_customer(ada["id"], {"phone": bad})
+        assert list(refused.value.details) == ["phone"]
+    assert customers.update_customer(ada["id"], {"phone": None})["phone"] is None
+
+
+SUBSCRIPTION = {"endpoint": "https://push.example/send/abc", "expirationTime": None,
+                "keys": {"p256dh": "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA", "auth": "tBHItJI5svbpez7KI4CCXg"}}
+
+
+def test_push_subscriptions_are_the_customers_and_their_events_carry_the_keys(monkeypatch):
+    monkeypatch.setattr(service_module, "_addresses", lambda url: ["93.184.216.34"])
+    customers = service()
+    ada, grace = make(customers, "ada"), make(customers, "grace")
+    as_ada = service(Caller(f"customer:{ada['id']}", "customer", ada["id"]), customers.uow.store)
+    saved = as_ada.add_push_subscription(ada["id"], SUBSCRIPTION)
+    assert set(saved) == {"id", "endpoint", "created_at"} and saved["endpoint"] == SUBSCRIPTION["endpoint"]
+    again = as_ada.add_push_subscription(ada["id"], {**SUBSCRIPTION, "keys": {"p256dh": "BB", "auth": "cc"}})
+    assert again["id"] == saved["id"]
+    with pytest.raises(NotFound):
+        as_ada.add_push_subscription(grace["id"], SUBSCRIPTION)
+    [(_, event)] = [(t, d) for t, d in as_ada.uow.events if t == "customer_updated"][-1:]
+    assert event["push_subscriptions"] == [{**saved, "keys": {"p256dh": "BB", "auth": "cc"}}]
+    assert customers.get_customer(ada["id"])["push_subscriptions"] == [saved]  # no keys in answers
+    with pytest.raises(NotFound):
+        as_ada.remove_push_subscription(grace["id"], saved["id"])
+    as_ada.remove_push_subscription(ada["id"], saved["id"])
+    assert customers.get_customer(ada["id"])["push_subscriptions"] == []
+    assert customers.uow.events[-1][1]["push_subscriptions"] == []
+    with pytest.raises(NotFound):
+        as_ada.remove_push_subscription(ada["id"], saved["id"])
+
+
+@pytest.mark.parametrize("url, addresses, allowed, refusal", [
+    ("https://push.example/x", ["93.184.216.34"], (), None),
+    ("http://push.example/x", ["93.184.216.34"], (), "Must be an https URL."),
+    ("https://push.example/x", [], (), "push.example does not resolve."),
+    ("https://push.example/x", ["10.0.0.7", "93.184.216.34"], (), "push.example resolves to a non-public address"),
+    ("https://127.0.0.1:8443/x", ["127.0.0.1"], (), "127.0.0.1 resolves to a non-public address"),
+    ("https://[fe80::1]/x", ["fe80::1"], (), "fe80::1 resolves to a non-public address"),
+    ("http://127.0.0.1:8080/x", ["127.0.0.1"], ("127.0.0.1",), None),
+])
+def test_push_endpoints_follow_the_webhooks_url_rules(url, addresses, allowed, refusal):
+    if refusal is None:
+        domain.check_push_endpoint(url, addresses, allowed)
+        return
+    with pytest.raises(ValidationFailed) as refused:
+        domain.check_push_endpoint(url, addresses, allowed)
+    assert refused.value.details["endpoint"][0].startswith(refusal)

@@ -98,7 +98,23 @@ def test_a_status_change_is_checked_applied_and_recorded_by_the_order():
     assert (order.status, order.version, order.updated_at) == ("processing", 2, later)
     assert [(c.from_status, c.to_status, c.changed_by, c.changed_at) for c in order.status_changes] == [
         ("pending", "processing", "admin-1", later)]
-    assert order.events == [("order_status_changed", changed)] and changed["version"] == 2
+    assert order.events == [("order_status_changed", changed),
+                            ("order_processing", {**changed, "previous_status": "pending", "reason": None})]
+    assert changed["version"] == 2
+
+
+@pytest.mark.parametrize("path", [["processing"], ["processing", "shipped"], ["processing", "shipped", "delivered"],
+                                  ["cancelled"], ["processing", "cancelled"]])
+def test_each_status_has_its_own_event_with_the_previous_status_and_the_reason(path):
+    order = _order()
+    order.carrier, order.tracking_number = "DHL", "JD1"
+    for to in path:
+        previous = order.status
+        order.events.clear()
+        changed = order.change_status(to, ADMIN, NOW, reason=f"because {to}")
+        assert order.events == [("order_status_changed", changed),
+                                (f"order_{to}", {**changed, "previous_status": previous, "reason": f"because {to}"})]
+    assert [c.reason for c in order.status_changes] == [f"because {to}" for to in path]
 
 
 def test_a_refused_change_leaves_the_order_as_it_was():

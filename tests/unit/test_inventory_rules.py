@@ -1,6 +1,6 @@
 """inventory_service's rules through its real entrypoints, on in-memory fakes (no Postgres, no broker)."""
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from nameko.testing.services import worker_factory
@@ -58,7 +58,64 @@ def test_a_reservation_takes_all_or_nothing(inventory, store):
     assert error.value.details["sku"] == "B" and error.value.details["available"] == 1
     assert units(store, "A") == (5, 0) and units(store, "B") == (1, 0)
     assert store.tables["reservations"] == {}
-    assert inventory.uow.events == []
+    # The refused unit of work committed nothing; its refusal was recorded in one of its own.
+    assert inventory.uow.event_types() == ["stock_reservation_failed"]
+
+
+def test_a_refusal_is_recorded_once_per_attempt_due_at_its_deadline_and_withdrawn_by_its_success(store):
+    deadline = 1_900_000_000.0
+    inventory = worker_factory(InventoryService, uow=FakeUnitOfWork(store), settings=SETTINGS,
+                               caller=Caller("order_service", "service"), deadline=deadline)
+    store.add_product("A", stock=1)
+    store.add_product("B", stock=5)
+    attempt = order_id()
+    lines = [{"sku": "B", "quantity": 1}, {"sku": "A", "quantity": 2}]
+    for _ in range(2):  # the same attempt refused twice: one row
+        with pytest.raises(InsufficientStock):
+            inventory.reserve(attempt, lines)
+    [row] = store.tables["refusals"].values()
+    assert row["event_type"] == "stock_reservation_failed"
+    assert row["next_attempt_at"] == datetime.fromtimestamp(deadline, timezone.utc)
+    assert row["payload"]["data"] == {"order_id": attempt,
+                                      "items": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}],
+                                      "short": [{"sku": "A", "requested": 2, "available": 1}]}
+    other = order_id()
+    with pytest.raises(InsufficientStock):
+        inventory.reserve(other, lines)
+    assert len(store.tables["refusals"]) == 2
+    store.get_product("A").stock = 2  # more came in: a later run of the first attempt succeeds
+    inventory.reserve(attempt, lines)
+    assert [row["payload"]["data"]["order_id"] for row in store.tables["refusals"].values()] == [other]
+
+
+def test_without_a_deadline_a_refusal_falls_due_after_the_create_deadline(store):
+    inventory = worker_factory(InventoryService, uow=FakeUnitOfWork(store), settings=SETTINGS,
+                               caller=Caller("order_service", "service"), deadline=None)
+    store.add_product("A", stock=0)
+    before = datetime.now(timezone.utc)
+    with pytest.raises(InsufficientStock):
+        inventory.reserve(order_id(), [{"sku": "A", "quantity": 1}])
+    [row] = store.tables["refusals"].values()
+    assert row["next_attempt_at"] - before >= timedelta(seconds=SETTINGS.order_create_deadline_seconds)
+
+
+def test_products_announce_their_creation_and_changes_and_stock_coming_back(inventory, store):
+    inventory.caller = Caller("admin-1", "admin")
+    created = inventory.create_product({"sku": "N", "name": "New", "unit_price": "1.00", "stock": 1})
+    assert inventory.uow.events == [("product_created", created)]
+    inventory.caller = Caller("order_service", "service")
+    held = order_id()
+    inventory.reserve(held, [{"sku": "N", "quantity": 1}])  # 0 available
+    inventory.release(held)  # back to 1: stock_back
+    inventory.reserve(order_id(), [{"sku": "N", "quantity": 1}])
+    inventory.caller = Caller("admin-1", "admin")
+    updated = inventory.update_product("N", {"stock": 4})  # 0 -> 3 available: stock_back
+    inventory.update_product("N", {"stock": 5})  # 3 -> 4: not back from 0
+    assert inventory.uow.event_types() == ["product_created", "stock_reserved", "stock_released", "stock_back",
+                                           "stock_reserved", "product_updated", "stock_back", "product_updated"]
+    back = [data for event_type, data in inventory.uow.events if event_type == "stock_back"]
+    assert [product["available"] for product in back] == [1, 3]
+    assert [data for event_type, data in inventory.uow.events if event_type == "product_updated"][0] == updated
 
 
 def test_unknown_skus_are_refused_before_shortage(inventory, store):

@@ -1,5 +1,6 @@
 """notification_service: its rules (domain.py), its templates, and its entrypoints through nameko's
 worker_factory on in-memory fakes (no Postgres, no broker, no SMTP server)."""
+import json
 import smtplib
 import socket
 import uuid
@@ -15,7 +16,14 @@ from common.contract.errors import Forbidden, InvalidTransition, NotFound
 from notification_service import domain, mail
 from notification_service import service as service_module
 from notification_service.service import NotificationService
-from tests.unit.fakes import SETTINGS, FakeCustomerService, FakeMailer, FakeUnitOfWork, InMemoryNotificationStore
+from tests.unit.fakes import (
+    SETTINGS,
+    FakeCustomerService,
+    FakeMailer,
+    FakeProvider,
+    FakeUnitOfWork,
+    InMemoryNotificationStore,
+)
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 CUSTOMER_ID = str(uuid.uuid4())
@@ -45,10 +53,11 @@ def refused(code, text, recipient="ada@example.com"):
 
 @pytest.mark.parametrize("event_type, status, kind", [
     ("order_created", "pending", "order_confirmation"),
-    ("order_status_changed", "shipped", "order_shipped"),
-    ("order_status_changed", "delivered", "order_delivered"),
-    ("order_status_changed", "cancelled", "order_cancelled"),
-    ("order_status_changed", "processing", None),
+    ("order_shipped", "shipped", "order_shipped"),
+    ("order_delivered", "delivered", "order_delivered"),
+    ("order_cancelled", "cancelled", "order_cancelled"),
+    ("order_processing", "processing", None),
+    ("order_status_changed", "shipped", None),  # each status's own event tells it, with its reason
     ("order_updated", "pending", None),
     ("order_deleted", "cancelled", None),
 ])
@@ -207,17 +216,18 @@ class World:
         self.store = InMemoryNotificationStore()
         self.store.know_customer(CUSTOMER_ID, "Ada Lovelace", "ada@example.com")
         self.mailer = FakeMailer()
+        self.sms, self.pusher = FakeProvider(), FakeProvider()
         self.customers = FakeCustomerService({"id": OTHER_CUSTOMER_ID, "name": "Grace", "email": "grace@example.com",
                                      "updated_at": NOW.isoformat()})
         self.wakes = []
         self.service = worker_factory(NotificationService, uow=FakeUnitOfWork(self.store), settings=settings,
                                       caller=caller, mailer=self.mailer, customer_rpc=self.customers,
-                                      wake_sender=lambda: self.wakes.append(1))
+                                      sms=self.sms, pusher=self.pusher, wake_sender=lambda: self.wakes.append(1))
 
     def as_caller(self, caller):
         other = worker_factory(NotificationService, uow=self.service.uow, settings=self.service.settings,
                                caller=caller, mailer=self.mailer, customer_rpc=self.customers,
-                               wake_sender=lambda: self.wakes.append(1))
+                               sms=self.sms, pusher=self.pusher, wake_sender=lambda: self.wakes.append(1))
         return other
 
     def notifications(self):
@@ -260,7 +270,7 @@ def test_the_same_event_twice_queues_one_notification(world):
 
 
 def test_status_changes_nobody_is_told_about_queue_nothing(world):
-    world.service.on_order_status_changed(envelope("order_status_changed", order("processing")))
+    world.service._queue_notification(envelope("order_processing", order("processing")))
     assert world.notifications() == []
 
 
@@ -440,3 +450,131 @@ def test_listing_filters_and_pages_newest_first(world):
     assert world.service.list_notifications({"status": "sent"})["items"] == []
     with pytest.raises(NotFound):
         world.service.get_notification("not-an-id")
+
+
+# ---- staff alerts ------------------------------------------------------------------------
+
+def product(**changes):
+    return {"sku": "WIDGET-1", "name": "Widget", "stock": 10, "reserved": 8, "available": 2,
+            "low_stock_threshold": 3, **changes}
+
+
+def test_stock_low_emails_each_staff_address_once_per_event_naming_the_sku():
+    world = World(settings=SETTINGS.model_copy(update={"staff_emails": ("stock@shop.example",
+                                                                        "Ops <ops@shop.example>")}))
+    event = envelope("stock_low", product())
+    world.service.on_stock_low(event)
+    world.service.on_stock_low(event)  # redelivered: nothing more
+    alerts = world.notifications()
+    assert sorted(n.recipient for n in alerts) == ["Ops <ops@shop.example>", "stock@shop.example"]
+    for alert in alerts:
+        assert (alert.kind, alert.event_type, alert.order_id, alert.customer_id) == (
+            "stock_low", "stock_low", None, None)
+        assert alert.subject == "Stock low: WIDGET-1 (2 available, threshold 3)"
+        assert "WIDGET-1" in alert.body_text and "WIDGET-1" in alert.body_html
+    world.send()
+    assert sorted(message["To"] for message in world.mailer.sent) == ["Ops <ops@shop.example>", "stock@shop.example"]
+    assert world.as_caller(Caller(f"customer:{CUSTOMER_ID}", "customer", CUSTOMER_ID)).list_notifications()[
+        "items"] == []  # staff alerts are nobody's notifications but the admins'
+
+
+def test_without_staff_emails_stock_low_queues_nothing(world):
+    world.service.on_stock_low(envelope("stock_low", product()))
+    assert world.notifications() == []
+
+
+
+# ---- channels ------------------------------------------------------------------------------
+
+SUBSCRIPTION = {"id": str(uuid.uuid4()), "endpoint": "https://push.example/send/abc", "created_at": NOW.isoformat(),
+                "keys": {"p256dh": "BNcRdre", "auth": "tBHItJI"}}
+
+
+def reach(world, phone="+14155552671", subscriptions=(SUBSCRIPTION,), **preferences):
+    """The customer as a customer_updated event would tell the directory."""
+    world.service.on_customer_updated(envelope("customer_updated", {
+        "id": CUSTOMER_ID, "name": "Ada Lovelace", "email": "ada@example.com", "phone": phone,
+        "notification_preferences": {"email": True, "sms": False, "push": False, **preferences},
+        "push_subscriptions": list(subscriptions),
+        "updated_at": (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()}))
+
+
+def by_channel(world):
+    return {channel: [n for n in world.notifications() if n.channel == channel] for channel in ("email", "sms", "push")}
+
+
+@pytest.mark.parametrize("preferences, phone, subscriptions, expected", [
+    ({}, "+14155552671", [SUBSCRIPTION], {"email": 1, "sms": 0, "push": 0}),
+    ({"sms": True, "push": True}, "+14155552671", [SUBSCRIPTION], {"email": 1, "sms": 1, "push": 1}),
+    ({"email": False, "sms": True, "push": True}, None, [], {"email": 0, "sms": 0, "push": 0}),
+    ({"email": False, "sms": True}, "+14155552671", [], {"email": 0, "sms": 1, "push": 0}),
+    ({"push": True}, None, [SUBSCRIPTION, {**SUBSCRIPTION, "id": str(uuid.uuid4()), "endpoint": "https://p.example/2"}],
+     {"email": 1, "sms": 0, "push": 2}),
+])
+def test_a_row_per_channel_on_with_an_address_and_none_otherwise(world, preferences, phone, subscriptions, expected):
+    reach(world, phone, subscriptions, **preferences)
+    world.service.on_order_created(envelope("order_created", order()))
+    assert {channel: len(rows) for channel, rows in by_channel(world).items()} == expected
+
+
+def test_every_channel_names_the_order_and_a_cancellations_reason(world):
+    reach(world, sms=True, push=True)
+    the_order = order("cancelled", reason="Ordered twice – sorry", previous_status="pending")
+    world.service.on_order_cancelled(envelope("order_cancelled", the_order))
+    rows = by_channel(world)
+    [email], [sms], [push] = rows["email"], rows["sms"], rows["push"]
+    for body in (email.body_text, email.body_html, sms.body_text, push.body_text):
+        assert the_order["id"] in body and "Ordered twice – sorry" in body
+    assert (sms.recipient, push.recipient) == ("+14155552671", SUBSCRIPTION["endpoint"])
+    assert sms.message_id is None and push.push_subscription == {"id": SUBSCRIPTION["id"], "keys": SUBSCRIPTION["keys"]}
+    payload = json.loads(push.body_text)
+    assert (payload["order_id"], payload["kind"], payload["title"]) == (the_order["id"], "order_cancelled", push.subject)
+    world.send()
+    assert world.sms.sent == [("+14155552671", sms.body_text)]
+    assert world.pusher.sent == [(SUBSCRIPTION["endpoint"], SUBSCRIPTION["keys"], push.body_text)]
+    assert {n.status for n in world.notifications()} == {"sent"}
+
+
+@pytest.mark.parametrize("reason, limit", [("x" * 500, 306), ("é" * 500, 306), ("ж" * 500, 134), ("€" * 500, 306)])
+def test_an_sms_fits_two_segments_keeping_the_order_id(reason, limit):
+    the_order = order("cancelled", reason=reason)
+    body = domain.fit_sms(domain.short_text("order_cancelled", the_order))
+    units, two_segments = domain.sms_length(body)
+    assert two_segments == limit and units <= limit and body.endswith("...")
+    assert body.startswith(f"Your order {the_order['id']} was cancelled. Reason: ")
+    assert domain.fit_sms("Your order 1 was delivered.") == "Your order 1 was delivered."
+
+
+def test_each_channel_retries_on_its_own_until_one_delivery(world):
+    reach(world, sms=True, push=True)
+    world.sms.answers = [domain.ProviderAnswer("sms", 503, "busy"), ConnectionRefusedError(111, "refused")]
+    world.pusher.answers = [domain.ProviderAnswer("push", 429, "slow down")]
+    world.service.on_order_created(envelope("order_created", order()))
+    for _ in range(4):
+        world.send()
+        world.make_due()
+    rows = by_channel(world)
+    assert [(n.status, n.attempts) for n in rows["email"]] == [("sent", 1)]
+    assert [(n.status, n.attempts) for n in rows["sms"]] == [("sent", 3)]
+    assert [(n.status, n.attempts) for n in rows["push"]] == [("sent", 2)]
+    assert len(world.sms.sent) == len(world.pusher.sent) == len(world.mailer.sent) == 1
+    assert "SMS provider unreachable" in rows["sms"][0].last_error
+
+
+def test_a_refused_number_fails_at_once_and_a_gone_subscription_is_removed(world):
+    reach(world, sms=True, push=True)
+    world.sms.answers = [domain.ProviderAnswer("sms", 400, '{"code": 21211, "message": "Invalid To"}')]
+    world.pusher.answers = [domain.ProviderAnswer("push", 410, "push subscription has unsubscribed or expired.")]
+    world.service.on_order_created(envelope("order_created", order()))
+    world.send()
+    rows = by_channel(world)
+    assert [(n.status, n.attempts) for n in rows["sms"] + rows["push"]] == [("failed", 1), ("failed", 1)]
+    assert rows["sms"][0].last_error.startswith("400 ")
+    assert world.customers.removed == [(CUSTOMER_ID, SUBSCRIPTION["id"])]
+
+
+def test_unauthorized_credentials_are_retried_while_they_are_fixed():
+    assert domain.classify_send_error(domain.ProviderAnswer("sms", 401, "Authenticate"), "sms") == (
+        False, "401 Authenticate")
+    assert domain.classify_send_error(domain.ProviderAnswer("push", 403, "bad vapid"), "push")[0] is False
+    assert domain.classify_send_error(ConnectionRefusedError(111, "x"), "push")[1].startswith("push service unreachable")

@@ -16,6 +16,7 @@ from common.contract.errors import (
     ServiceUnavailable,
     UnknownCustomer,
     UpstreamTimeout,
+    ValidationFailed,
     VersionConflict,
 )
 from inventory_service.service import InventoryService
@@ -206,6 +207,20 @@ def test_shipping_commits_the_stock_and_cancelling_releases_it(world):
     history = world.orders.order_history(shipped["id"])["items"]
     assert [(change["from"], change["to"]) for change in history] == [
         (None, "pending"), ("pending", "processing"), ("processing", "shipped"), ("shipped", "delivered")]
+
+
+def test_a_reason_is_kept_in_the_history_and_the_status_event_and_limited_to_500(world):
+    order = world.create()
+    world.orders.update_status(order["id"], {"status": "cancelled", "reason": "Ordered twice by mistake"})
+    history = world.orders.order_history(order["id"])["items"]
+    assert [(change["to"], change["reason"]) for change in history] == [
+        ("pending", None), ("cancelled", "Ordered twice by mistake")]
+    cancelled = [data for event_type, data in world.orders.uow.events if event_type == "order_cancelled"]
+    assert [(data["id"], data["previous_status"], data["reason"]) for data in cancelled] == [
+        (order["id"], "pending", "Ordered twice by mistake")]
+    with pytest.raises(ValidationFailed) as too_long:
+        world.orders.update_status(world.create()["id"], {"status": "cancelled", "reason": "x" * 501})
+    assert "reason" in too_long.value.details
 
 
 def test_an_illegal_move_or_a_stale_version_changes_nothing(world):

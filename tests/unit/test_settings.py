@@ -108,3 +108,11 @@ def test_the_operations_guide_documents_every_setting():
     table = "\n".join(line for line in section.splitlines() if line.startswith("| `"))
     missing = [name for name in Settings.variable_names() if f"`{name}`" not in table]
     assert missing == []
+
+
+def test_staff_emails_are_comma_separated_addresses():
+    assert load_settings({"STAFF_EMAILS": " stock@shop.example , Ops <ops@shop.example>,"}).staff_emails == (
+        "stock@shop.example", "Ops <ops@shop.example>")
+    assert load_settings({}).staff_emails == ()
+    with pytest.raises(SettingsError, match="STAFF_EMAILS: .*not one: nobody"):
+        load_settings({"STAFF_EMAILS": "stock@shop.example,nobody"})

@@ -4,8 +4,11 @@ from marshmallow import fields, validate
 from common.contract.schemas.base import ListQuery, Schema
 
 NOTIFICATION_STATUSES = ("queued", "sent", "failed")
-# What a notification tells the customer (notification_service.domain decides which event makes which).
-NOTIFICATION_KINDS = ("order_confirmation", "order_shipped", "order_delivered", "order_cancelled")
+NOTIFICATION_CHANNELS = ("email", "sms", "push")
+# What a notification tells the customer, or the staff (stock_low); notification_service.domain
+# decides which event makes which.
+CUSTOMER_KINDS = ("order_confirmation", "order_shipped", "order_delivered", "order_cancelled")
+NOTIFICATION_KINDS = (*CUSTOMER_KINDS, "stock_low")
 
 
 class NotificationListQuery(ListQuery):
@@ -16,16 +19,20 @@ class NotificationListQuery(ListQuery):
 class NotificationSchema(Schema):
     id = fields.UUID()
     order_id = fields.UUID(allow_none=True)
-    customer_id = fields.UUID()
+    customer_id = fields.UUID(allow_none=True, metadata={"description": "Whom it is for; null for a staff alert."})
     event_id = fields.UUID(metadata={"description": "The event that caused it: one notification per "
-                                                    "(event, recipient)."})
+                                                    "(event, recipient, channel)."})
+    channel = fields.String(metadata={"description": "`email`, `sms` or `push`."})
     event_type = fields.String(metadata={"description": "That event's type, e.g. `order_status_changed`."})
     kind = fields.String(metadata={"description": "What the email says."})
-    recipient = fields.String(metadata={"description": "The email address it is sent to."})
+    recipient = fields.String(metadata={"description": "The email address, the phone number (E.164) or the "
+                                                       "push subscription's endpoint it is sent to."})
     subject = fields.String()
-    message_id = fields.String(metadata={"description": "The email's Message-ID: the same on every attempt."})
+    message_id = fields.String(allow_none=True, metadata={"description": "The email's Message-ID: the same on "
+                                                                         "every attempt (null for SMS and push)."})
     status = fields.String(metadata={"description": "`queued` (waiting for its next attempt), `sent` (the mail "
-                                                    "server took it) or `failed` (refused, or out of attempts)."})
+                                                    "server, SMS provider or push service took it) or `failed` "
+                                                    "(refused, or out of attempts)."})
     attempts = fields.Integer()
     last_error = fields.String(allow_none=True, metadata={"description": "What the mail server (or the "
                                                                          "connection) said on the last failed "

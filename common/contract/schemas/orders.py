@@ -9,6 +9,7 @@ from common.contract.schemas.products import SKU_PATTERN
 MAX_ORDER_QUANTITY = 100_000
 MAX_ORDER_LINES = 100
 MAX_IDEMPOTENCY_KEY = 200  # characters of an Idempotency-Key header
+MAX_STATUS_REASON = 500  # characters of a status change's reason
 # The contract's statuses, in the order an order moves through them (order_service.domain: the transitions).
 ORDER_STATUSES = ("pending", "processing", "shipped", "delivered", "cancelled")
 
@@ -55,6 +56,9 @@ class ShippingInput(AtLeastOneField):
 
 class StatusInput(Schema):
     status = fields.String(required=True, validate=validate.OneOf(ORDER_STATUSES))
+    reason = fields.String(allow_none=True, validate=validate.Length(max=MAX_STATUS_REASON), metadata={
+        "description": "Why (optional, any transition): kept in the history and the events, and told to the "
+                       "customer in a cancellation's message."})
 
 
 class OrderListQuery(ListQuery):
@@ -92,3 +96,4 @@ class StatusChangeSchema(Schema):
     to_status = fields.String(data_key="to")
     changed_at = fields.AwareDateTime(data_key="at")
     changed_by = fields.String(data_key="by")
+    reason = fields.String(allow_none=True)
