@@ -2,7 +2,19 @@
 import uuid
 from datetime import datetime
 
-from sqlalchemy import ForeignKey, Integer, MetaData, String, Text, UniqueConstraint, select, text, tuple_, update
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -59,12 +71,16 @@ class PushSubscription(CustomersBase):
 class ApiKey(CustomersBase):
     """A machine client's key: only its SHA-256 digest is kept (common/contract/caller.py)."""
     __tablename__ = "api_keys"
+    __table_args__ = (
+        Index("ix_api_keys_prefix", "prefix"),  # a key is looked up by its prefix, then its digest compared
+        Index("ix_api_keys_created", "created_at", "id"),  # the list, oldest first
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(16))
     customer_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), ForeignKey(Customer.id))
-    prefix: Mapped[str] = mapped_column(String(8), index=True)
+    prefix: Mapped[str] = mapped_column(String(8))
     key_digest: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

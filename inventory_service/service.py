@@ -143,8 +143,10 @@ class InventoryService(ServiceBase):
         savepoint each, so one order's shortage or unknown sku fails that order alone; each
         order's outcome, in order: {"reservation": view} or {"error": {...}, "kind": ...}."""
         required(self.caller).require(ADMIN, SERVICE)
-        with tracing.entry_spans("inventory_service.reserve", [wanted.get("traceparent") for wanted in reservations]):
-            return self._reserve_all(reservations)
+        traceparents = [wanted.get("traceparent") for wanted in reservations]
+        with tracing.entry_spans("inventory_service.reserve", traceparents) as own:
+            return self._reserve_all([{**wanted, "traceparent": traceparent}
+                                      for wanted, traceparent in zip(reservations, own)])
 
     def _reserve_all(self, reservations):
         outcomes, plans = [None] * len(reservations), []

@@ -23,9 +23,11 @@ from common.contract.errors import (
     DeadlineExceeded,
     DomainError,
     FailureNotRecorded,
+    InsufficientStock,
     OutcomeUnknown,
     Unauthenticated,
     UnknownCustomer,
+    UnknownSku,
     error_from_dict,
     from_outcome,
     to_outcome,
@@ -114,7 +116,9 @@ class Creation:
         entries = [self._parsed(raw) for raw in raw_entries]
         live = [entry for entry in entries if entry.pending]
         if live:
-            with tracing.entry_spans("order_service.create_order", [entry.traceparent for entry in live]):
+            with tracing.entry_spans("order_service.create_order", [entry.traceparent for entry in live]) as own:
+                for entry, traceparent in zip(live, own):
+                    entry.traceparent = traceparent  # its events and its reservation continue its own span
                 for round_ in _rounds(live):
                     self._create(round_)
         return entries
@@ -216,10 +220,8 @@ class Creation:
         """One reservation call for every entry; each gets its reservation or its error."""
         if not entries:
             return
-        wanted = [{"order_id": str(entry.order_id), "items": entry.lines, "request_id": entry.request_id,
-                   "traceparent": entry.traceparent} for entry in entries]
         try:
-            outcomes = self.service.inventory_rpc.reserve_many(wanted)
+            outcomes = self._reservations(entries)
         except DomainError as error:  # reservations it may have made are left to inventory's reconciler
             for entry in entries:
                 entry.fail(error)
@@ -229,6 +231,20 @@ class Creation:
                 entry.reservation = outcome["reservation"]
             else:
                 entry.fail(from_outcome(outcome))
+
+    def _reservations(self, entries):
+        """Each entry's reservation outcome: one reserve_many call, or for one entry whose
+        worker's span is its request's (no span of its own) the plain reserve."""
+        inventory = self.service.inventory_rpc
+        if len(entries) == 1 and entries[0].traceparent is None:
+            [entry] = entries
+            try:
+                return [{"reservation": inventory.reserve(str(entry.order_id), entry.lines)}]
+            except (InsufficientStock, UnknownSku) as refusal:
+                return [to_outcome(refusal)]
+        return inventory.reserve_many([
+            {"order_id": str(entry.order_id), "items": entry.lines, "request_id": entry.request_id,
+             "traceparent": entry.traceparent} for entry in entries])
 
     def _insert(self, tx, entry):
         """The entry's order, written in the batch's transaction, or its failure."""

@@ -226,19 +226,28 @@ def with_traceparent(data):
 @contextmanager
 def entry_spans(name, traceparents):
     """Around the block, a span `name` for each entry of a batch that carries a traceparent:
-    in that entry's own trace (its request's), linked to the batch's span (the current one)."""
+    in that entry's own trace (its request's), linked to the batch's span (the current one).
+    Yields each entry's traceparent to pass on (its span's; as given where no span was made)."""
     if not enabled() or not any(traceparents):
-        yield
+        yield list(traceparents)
         return
     batch = trace.get_current_span().get_span_context()
     links = [Link(batch)] if batch.is_valid else []
     spans = [tracer().start_span(name, context=parent_context(traceparent), kind=SpanKind.INTERNAL, links=links)
-             for traceparent in traceparents if traceparent]
+             if traceparent else None for traceparent in traceparents]
     try:
-        yield
+        yield [_traceparent_of(span) if span is not None else traceparent
+               for span, traceparent in zip(spans, traceparents)]
     finally:
         for span in spans:
-            span.end()
+            if span is not None:
+                span.end()
+
+
+def _traceparent_of(span):
+    carrier = {}
+    _propagator.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get(TRACEPARENT_KEY)
 
 
 def client_span(service, method):

@@ -6,6 +6,7 @@ import uuid
 
 import jwt
 import pytest
+from cryptography.fernet import Fernet
 from nameko.standalone.rpc import ClusterRpcProxy
 
 from common.contract.errors import Forbidden, NotFound, Unauthenticated
@@ -152,6 +153,7 @@ def test_production_refuses_the_development_secret():
     assert result.returncode != 0
     assert "development JWT_SECRET" in result.stderr
     ok = subprocess.run([sys.executable, "-c", "from gateway.app import create_app; create_app()"],
-                        env={**env, "ENV": "production", "JWT_SECRET": "a-real-secret-of-at-least-32-bytes!"},
+                        env={**env, "ENV": "production", "JWT_SECRET": "a-real-secret-of-at-least-32-bytes!",
+                             "WEBHOOK_SECRET_KEY": Fernet.generate_key().decode()},
                         cwd=support.ROOT, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr

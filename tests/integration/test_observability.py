@@ -51,7 +51,9 @@ def _wait_for(predicate, timeout=20):
     return predicate()
 
 
+@pytest.mark.parametrize("traced_stack", [{"gateway": {"BATCH_MAX": "1"}}], indirect=True)
 def test_one_trace_per_request_across_every_hop(traced_stack):
+    """An unbatched create (BATCH_MAX=1): each hop's worker span is the request's."""
     stack, receiver = traced_stack
     api = ApiClient(stack.base_url)
     customer, product = api.create_customer(), api.create_product(stock=5)
@@ -108,6 +110,33 @@ def test_one_trace_per_request_across_every_hop(traced_stack):
     access = [json.loads(line) for line in log.splitlines()
               if line.startswith("{") and f'"trace_id": "{trace_id}"' in line]
     assert access and all(line["span_id"] for line in access)
+
+
+def test_a_batched_create_keeps_spans_of_its_own_in_each_service_linked_to_the_batch(traced_stack):
+    stack, receiver = traced_stack
+    api = ApiClient(stack.base_url)
+    customer, product = api.create_customer(), api.create_product(stock=5)
+    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
+    response = api.post("/api/v1/orders", headers={"traceparent": f"00-{trace_id}-{caller_span}-01"}, json={
+        "customer_id": customer["id"], "items": [{"sku": product["sku"], "quantity": 1}]})
+    assert response.status_code == 201, response.text
+
+    def own(service, name):
+        return [span for span in receiver.of_trace(trace_id) if (span.service, span.name) == (service, name)]
+    assert _wait_for(lambda: own("order_service", "order_service.create_order")
+                     and own("inventory_service", "inventory_service.reserve")), \
+        {(s.service, s.name) for s in receiver.of_trace(trace_id)}
+    [gateway_call] = own("gateway", "order_service.create_order")
+    [order_entry] = own("order_service", "order_service.create_order")
+    [reserve_entry] = own("inventory_service", "inventory_service.reserve")
+    assert order_entry.parent_span_id == gateway_call.span_id and reserve_entry.parent_span_id == order_entry.span_id
+    # Each links to its batch's worker span, in a trace of the batch's own.
+    for entry, batch_name in ((order_entry, "order_service.create_orders"),
+                              (reserve_entry, "inventory_service.reserve_many")):
+        [(batch_trace, batch_span)] = entry.links
+        assert batch_trace != trace_id
+        assert _wait_for(lambda: any(s.span_id == batch_span and s.name == batch_name
+                                     for s in receiver.of_trace(batch_trace)))
 
 
 RENAMED = {"OTEL_SERVICE_NAME": "edge-gateway",
@@ -187,8 +216,9 @@ def test_prometheus_scrapes_the_gateway_and_every_service(prometheus, api):
         _query(prometheus, "http_requests_total")
     assert _wait_for(lambda: len(_query(prometheus, "up == 1")) == len(_query(prometheus, "up")) >= 4,
                      timeout=30), _query(prometheus, "up")
-    # Every service is scraped: order_service counted the creates it served.
-    served = 'sum(rpc_server_calls_total{service="order_service",method="create_order",outcome="ok"})'
+    # Every service is scraped: order_service counted the creates it served (one at a time here, each
+    # a batch of one: create_orders).
+    served = 'sum(rpc_server_calls_total{service="order_service",method=~"create_orders?",outcome="ok"})'
     assert _wait_for(lambda: (r := _query(prometheus, served)) and float(r[0]["value"][1]) >= 5, timeout=30)
     assert _wait_for(lambda: _query(prometheus, 'outbox_events_waiting{service="order_service"}'), timeout=30)
     assert _query(prometheus, 'http_request_duration_seconds_bucket{method="POST",route="/api/v1/orders"}')

@@ -88,7 +88,8 @@ def test_migrations_upgrade_and_downgrade_on_an_empty_database():
                                      "WHERE table_schema IN ('customers', 'inventory', 'orders', 'notifications', "
                                      "'invoices') ORDER BY 1")
         assert [t for (t,) in tables] == [
-            "customers.customers", "customers.outbox", "customers.processed_events", "customers.push_subscriptions",
+            "customers.api_keys", "customers.customers", "customers.outbox", "customers.processed_events",
+            "customers.push_subscriptions",
             "inventory.outbox", "inventory.products", "inventory.reservation_items", "inventory.reservations",
             "invoices.invoice_counters", "invoices.invoice_lines", "invoices.invoices", "invoices.known_customers",
             "invoices.outbox", "invoices.processed_events",

@@ -29,6 +29,7 @@ class ReceivedSpan:
     name: str
     kind: int        # opentelemetry.proto.trace.v1.Span.SpanKind
     resource: dict = field(default_factory=dict, compare=False)  # the resource's string attributes
+    links: tuple = field(default=(), compare=False)  # (trace id, span id) of each span it links to
 
 
 def decode(body):
@@ -39,9 +40,10 @@ def decode(body):
         attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
+                links = tuple((link.trace_id.hex(), link.span_id.hex()) for link in span.links)
                 spans.append(ReceivedSpan(attributes.get("service.name", ""), span.trace_id.hex(),
                                           span.span_id.hex(), span.parent_span_id.hex(), span.name, span.kind,
-                                          attributes))
+                                          attributes, links))
     return spans
 
 

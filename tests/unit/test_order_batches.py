@@ -81,9 +81,9 @@ def test_only_a_service_or_an_admin_may_send_a_batch(world):
         world.orders.create_orders([entry()])
 
 
-def test_a_single_create_is_a_batch_of_one_and_raises_its_own_error(world):
+def test_a_single_create_is_a_batch_of_one_reserving_as_before_and_raising_its_own_error(world):
     order = world.create()
-    assert world.inventory_rpc.calls == ["reserve_many"] and order["status"] == "pending"
+    assert world.inventory_rpc.calls == ["reserve"] and order["status"] == "pending"
     outcome = world.orders.create_orders([entry(sku="NOPE")])[0]
     assert isinstance(from_outcome(outcome), UnknownSku)
 

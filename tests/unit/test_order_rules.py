@@ -96,7 +96,7 @@ def test_failed_persist_releases_the_reservation_and_emits_nothing(world):
     world.orders_store.fail_on_insert = RuntimeError("disk full")
     with pytest.raises(RuntimeError):
         world.create()
-    assert world.inventory_rpc.calls == ["reserve_many", "release"]
+    assert world.inventory_rpc.calls == ["reserve", "release"]
     assert world.reserved("A") == 0
     assert world.orders_store.tables["orders"] == {}
     assert world.order_events() == []
