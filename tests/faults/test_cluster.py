@@ -65,13 +65,13 @@ def cluster_stack(cluster, request):
 
 
 def _creates_handled(stack, instances=INSTANCES):
-    """{instance: create_order calls that order_service instance answered}, from its metrics."""
+    """{instance: create_order / create_orders calls that order_service instance answered}, from its metrics."""
     handled = {}
     for instance in instances:
         base = stack.metrics_bases[instance]
         text = requests.get(f"http://127.0.0.1:{base + BY_NAME['order_service'].metrics_offset}/metrics", timeout=10).text
         handled[instance] = int(sum(float(value) for value in re.findall(
-            r'^rpc_server_calls_total\{[^}]*method="create_order"[^}]*\} (\S+)$', text, re.MULTILINE)))
+            r'^rpc_server_calls_total\{[^}]*method="create_orders?"[^}]*\} (\S+)$', text, re.MULTILINE)))
     return handled
 
 
