@@ -182,14 +182,17 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
         if not claimed:
             return 0
         with self.mailer.session() as smtp:
-            for notification in claimed:
-                error = None
-                try:
-                    self._deliver(notification, smtp)
-                except Exception as exc:  # every failure is an outcome; domain says which kind
-                    error = exc
-                self._record(notification, error, retries)
+            outcomes = [(notification, self._attempt(notification, smtp)) for notification in claimed]
+        self._record(outcomes, retries)
         return len(claimed)
+
+    def _attempt(self, notification, smtp):
+        """What sending `notification` raised (every failure is an outcome; domain says which kind), or None."""
+        try:
+            self._deliver(notification, smtp)
+        except Exception as exc:
+            return exc
+        return None
 
     def _deliver(self, notification, smtp):
         """One attempt at one notification, on its channel."""
@@ -207,16 +210,22 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
         longest = max(self.settings.smtp_timeout_seconds, self.settings.notify_http_timeout_seconds)
         return timedelta(seconds=longest * SEND_BATCH + LEASE_MARGIN_SECONDS)
 
-    def _record(self, notification, error, retries):
-        """Record the outcome of one attempt and emit its event, if the claim still holds."""
-        settings = self.settings
-        now = _now()
-        attempt = domain.after_attempt(notification, error, now, settings.notify_retry_base_seconds,
-                                       settings.notify_max_attempts)
+    def _record(self, outcomes, retries):
+        """Record a batch's attempts, each only where its claim still holds, with their events, in one
+        transaction (a crash before it resends the batch's claimed messages, with the same ids)."""
+        settings, now = self.settings, _now()
+        attempts = [(notification, error, domain.after_attempt(
+            notification, error, now, settings.notify_retry_base_seconds, settings.notify_max_attempts))
+            for notification, error in outcomes]
         with self.uow as tx:
-            recorded = tx.store.record_attempt(notification, attempt, now)
-            if recorded is not None and attempt.status != domain.QUEUED:
-                tx.emit(f"notification_{attempt.status}", notification_schema.dump(recorded))
+            recorded = [tx.store.record_attempt(notification, attempt, now) for notification, _, attempt in attempts]
+            for row, (_, _, attempt) in zip(recorded, attempts):
+                if row is not None and attempt.status != domain.QUEUED:
+                    tx.emit(f"notification_{attempt.status}", notification_schema.dump(row))
+        for row, (notification, error, attempt) in zip(recorded, attempts):
+            self._after_record(notification, error, attempt, row, retries)
+
+    def _after_record(self, notification, error, attempt, recorded, retries):
         if recorded is None:
             log.warning("notification %s to %s: its claim expired and another took it; this attempt's outcome "
                         "is not recorded", notification.id, notification.recipient)
