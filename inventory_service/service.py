@@ -26,8 +26,6 @@ import logging
 import uuid
 from datetime import datetime, timedelta, timezone
 
-from nameko.contextdata import ContextDataProvider
-
 from common.contract.caller import ADMIN, SERVICE, required
 from common.contract.context import DEADLINE_KEY
 from common.contract.errors import (
@@ -44,6 +42,7 @@ from common.contract.schemas.base import ListQuery, load_or_raise
 from common.contract.schemas.products import ProductInput, ProductPatch, ProductSchema
 from common.kit.base import ServiceBase
 from common.kit.paging import Listing
+from common.kit.providers import ContextData
 from common.kit.rpc import ServiceRpcProxy, rpc
 from common.kit.timers import every
 from common.kit.unit_of_work import UnitOfWork
@@ -68,17 +67,12 @@ def refusal_event_id(order_uuid):
     return uuid.uuid5(REFUSAL_EVENTS, str(order_uuid))
 
 
-class Deadline(ContextDataProvider):
-    """`self.deadline`: the caller's deadline (epoch seconds) from the context data, or None."""
-    context_key = DEADLINE_KEY
-
-
 class InventoryService(ServiceBase):
     name = "inventory_service"
 
     uow = UnitOfWork(storage.layout)
     order_rpc = ServiceRpcProxy("order_service")
-    deadline = Deadline()
+    context_data = ContextData()
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def create_product(self, data):
@@ -286,7 +280,8 @@ class InventoryService(ServiceBase):
     def _record_refusal(self, tx, wanted, order_uuid, plan, refusal):
         """The attempt's stock_reservation_failed, due at its deadline, written with the batch
         (whose transaction commits: only this order's savepoint was undone)."""
-        due = (datetime.fromtimestamp(float(self.deadline), timezone.utc) if self.deadline is not None
+        deadline = self.context_data.get(DEADLINE_KEY)
+        due = (datetime.fromtimestamp(float(deadline), timezone.utc) if deadline is not None
                else datetime.now(timezone.utc) + timedelta(seconds=self.settings.order_create_deadline_seconds))
         row = tx.event_row("stock_reservation_failed", domain.refusal_event(order_uuid, plan, refusal),
                            request_id=wanted.get("request_id"), traceparent=wanted.get("traceparent"))

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tests.harness.ports import free_port
+from tests.servers.waiting import first_matching
 
 
 def b64url(data):
@@ -118,11 +119,5 @@ class PushService:
         return [push for push in self.received if push["endpoint"] == endpoint]
 
     def wait_for(self, predicate, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [push for push in list(self.received) if predicate(push)]
-            if found:
-                return found[0]
-            time.sleep(0.1)
-        raise AssertionError(f"no matching push within {timeout}s; have {self.received[-5:]}, "
-                             f"rejected {self.rejected[-5:]}")
+        return first_matching(self.received, predicate, timeout,
+                              lambda: f"have {self.received[-5:]}, rejected {self.rejected[-5:]}")

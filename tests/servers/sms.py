@@ -1,9 +1,9 @@
 """An SMS provider speaking Twilio's Messages API (scripts/sms_sink.py's handler), for tests of the SMS path."""
 import threading
-import time
 
 from scripts.sms_sink import Refusal, SmsServer
 from tests.harness.ports import free_port
+from tests.servers.waiting import first_matching
 
 SID, TOKEN = "ACtest0000000000000000000000000000", "test-auth-token"
 
@@ -48,10 +48,4 @@ class SmsProvider:
         return [message for message in self.messages if message["to"] == number]
 
     def wait_for(self, predicate, timeout=20):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = [message for message in list(self.messages) if predicate(message)]
-            if found:
-                return found[0]
-            time.sleep(0.1)
-        raise AssertionError(f"no matching SMS within {timeout}s; have {self.messages[-10:]}")
+        return first_matching(self.messages, predicate, timeout, lambda: f"have {self.messages[-10:]}")

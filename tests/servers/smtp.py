@@ -1,7 +1,7 @@
 """A real SMTP server (aiosmtpd) that keeps what it accepts, for tests of the mail path."""
-import time
 
 from tests.harness.ports import free_port
+from tests.servers.waiting import first_matching
 
 
 class SmtpServer:
@@ -53,11 +53,5 @@ class SmtpServer:
 
     def wait_for(self, predicate, timeout=20):
         """The first message `predicate` accepts, waiting up to `timeout` seconds."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in list(self.messages):
-                if predicate(message):
-                    return message
-            time.sleep(0.1)
-        raise AssertionError(f"no matching message within {timeout}s; have {len(self.messages)}: "
-                             f"{[(m['rcpt_tos'], str(m['message']['Subject'])) for m in self.messages[-10:]]}")
+        return first_matching(self.messages, predicate, timeout, lambda: (
+            f"have {len(self.messages)}: {[(m['rcpt_tos'], str(m['message']['Subject'])) for m in self.messages[-10:]]}"))

@@ -6,6 +6,7 @@ import pytest
 from nameko.testing.services import worker_factory
 
 from common.contract.caller import Caller
+from common.contract.context import DEADLINE_KEY
 from common.contract.errors import (
     InsufficientStock,
     InvalidTransition,
@@ -65,7 +66,7 @@ def test_a_reservation_takes_all_or_nothing(inventory, store):
 def test_a_refusal_is_recorded_once_per_attempt_due_at_its_deadline_and_withdrawn_by_its_success(store):
     deadline = 1_900_000_000.0
     inventory = worker_factory(InventoryService, uow=FakeUnitOfWork(store), settings=SETTINGS,
-                               caller=Caller("order_service", "service"), deadline=deadline)
+                               caller=Caller("order_service", "service"), context_data={DEADLINE_KEY: deadline})
     store.add_product("A", stock=1)
     store.add_product("B", stock=5)
     attempt = order_id()
@@ -90,7 +91,7 @@ def test_a_refusal_is_recorded_once_per_attempt_due_at_its_deadline_and_withdraw
 
 def test_without_a_deadline_a_refusal_falls_due_after_the_create_deadline(store):
     inventory = worker_factory(InventoryService, uow=FakeUnitOfWork(store), settings=SETTINGS,
-                               caller=Caller("order_service", "service"), deadline=None)
+                               caller=Caller("order_service", "service"), context_data={})
     store.add_product("A", stock=0)
     before = datetime.now(timezone.utc)
     with pytest.raises(InsufficientStock):
