@@ -47,6 +47,10 @@ worker_class = SheddingThreadWorker
 workers = settings.gateway_workers
 threads = settings.gateway_threads
 timeout = 60
+# Longer than a client or proxy in front keeps an idle connection (nginx 75 s, cloud load balancers
+# 60 s): whoever closes an idle connection first must be the client, or a request it sends at the
+# moment the server closes is lost ('Remote end closed connection'). gunicorn's default is 2 s.
+keepalive = settings.gateway_keepalive_seconds
 graceful_timeout = 20
 # The app logs each request itself (JSON, with the request id); gunicorn's own
 # lines go through the same JSON formatter.

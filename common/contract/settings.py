@@ -57,6 +57,7 @@ class Settings(BaseModel):
     gateway_port: int = Field(ge=1, le=65535)
     gateway_workers: int = Field(ge=1, le=64)
     gateway_threads: int = Field(ge=1, le=256)
+    gateway_keepalive_seconds: int = Field(ge=1, le=3600)
     batch_max: int = Field(ge=1, le=1000)
     batch_in_flight: int = Field(ge=1, le=64)
     rpc_pool_size_setting: int | None = Field(default=None, ge=1, le=1024, alias="RPC_POOL_SIZE")

@@ -1,4 +1,6 @@
 """Every route of the foundation through the gateway, including its errors."""
+import socket
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +19,33 @@ def test_health_names_every_part(api):
 def test_liveness_needs_no_token_and_says_ok(api):
     response = requests.get(api.base_url + "/health/live", timeout=10)
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_an_idle_kept_alive_connection_is_still_open_seconds_later(api):
+    """The client closes idle connections, not the gateway: a request sent on a kept-alive connection
+    as the server closed it would be lost (GATEWAY_KEEPALIVE_SECONDS; gunicorn's default is 2 s)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    address = urlsplit(api.base_url)
+    connection = http.client.HTTPConnection(address.hostname, address.port, timeout=10)
+    try:
+        for _ in range(2):
+            connection.request("GET", "/health/live")
+            answer = connection.getresponse()
+            answer.read()
+            assert answer.status == 200 and answer.getheader("Connection", "").lower() != "close"
+            time.sleep(3.5)  # past gunicorn's default and its once-a-second sweep
+        assert connection.sock is not None and not _closed_by_peer(connection.sock)
+    finally:
+        connection.close()
+
+
+def _closed_by_peer(sock):
+    import select
+
+    readable, _, _ = select.select([sock], [], [], 0)
+    return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
 
 
 def test_customer_create_get_and_list(api):
