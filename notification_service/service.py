@@ -2,14 +2,15 @@
 SMS and Web Push in channels.
 
 Order events become queued notifications (one per event, recipient and
-channel, with the event's dedup, in one statement; the channels and their
-addresses come from the local customer directory) and nothing else happens
+channel), a batch of events at a time (common/kit/consumers.py): one read of
+the local customer directory for the channels and addresses of all of them,
+and one statement for their dedup rows and notifications. Nothing else happens
 on the event path: the sender, a timer entrypoint woken after each new
 notification, claims due ones under a lease (committed at once), sends each
 on its channel (SMTP, the SMS provider, the subscription's push service)
-outside any transaction and records each outcome with its notification_sent /
-notification_failed event in a short unit of work of its own, applied only
-if the claim still holds the row. Each notification has its own attempts and
+outside any transaction and records the batch's outcomes with their
+notification_sent / notification_failed events in one short unit of work,
+each applied only if the claim still holds the row. Each notification has its own attempts and
 retries, whatever its channel. A provider that is down or slow never holds
 up an event, let alone an order, nor keeps a database connection busy.
 """
@@ -21,7 +22,7 @@ from common.contract.errors import EXPECTED_ERRORS, NotFound
 from common.contract.schemas.base import uuid_or_none
 from common.contract.schemas.notifications import NotificationListQuery, NotificationSchema
 from common.kit.base import ServiceBase
-from common.kit.consumers import reliable_event_handler
+from common.kit.consumers import batch_event_handler, reliable_event_handler
 from common.kit.customer_directory import KeepsCustomerDirectory, contacts_of
 from common.kit.paging import Listing
 from common.kit.rpc import ServiceRpcProxy, rpc
@@ -54,21 +55,21 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
 
     # -- the event path: record, never send ------------------------------------------
 
-    @reliable_event_handler("order_service", "order_created")
-    def on_order_created(self, envelope):
-        self._queue_notification(envelope)
+    @batch_event_handler("order_service", "order_created")
+    def on_order_created(self, envelopes):
+        self._queue_notifications(envelopes)
 
-    @reliable_event_handler("order_service", "order_shipped")
-    def on_order_shipped(self, envelope):
-        self._queue_notification(envelope)
+    @batch_event_handler("order_service", "order_shipped")
+    def on_order_shipped(self, envelopes):
+        self._queue_notifications(envelopes)
 
-    @reliable_event_handler("order_service", "order_delivered")
-    def on_order_delivered(self, envelope):
-        self._queue_notification(envelope)
+    @batch_event_handler("order_service", "order_delivered")
+    def on_order_delivered(self, envelopes):
+        self._queue_notifications(envelopes)
 
-    @reliable_event_handler("order_service", "order_cancelled")
-    def on_order_cancelled(self, envelope):
-        self._queue_notification(envelope)
+    @batch_event_handler("order_service", "order_cancelled")
+    def on_order_cancelled(self, envelopes):
+        self._queue_notifications(envelopes)
 
     @reliable_event_handler("inventory_service", "stock_low")
     def on_stock_low(self, envelope):
@@ -77,7 +78,7 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
         rows = [domain.staff_alert(product, address, self.settings.mail_from) for address in self.settings.staff_emails]
         for row in rows:
             row["body_text"], row["body_html"] = mail.render(domain.STOCK_LOW, {"product": product})
-        self._queue(envelope, "alert_staff", rows)
+        self._queue([(envelope, rows)], "alert_staff")
 
     # -- the sender ----------------------------------------------------------------------
 
@@ -127,42 +128,59 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
 
     # -- helpers (no entrypoints) -------------------------------------------------------------
 
-    def _queue_notification(self, envelope):
-        order = envelope["data"]
-        kind = domain.notification_kind(envelope["type"], order)
-        customer_id = uuid_or_none(order.get("customer_id"))
-        if kind is None or customer_id is None:
-            return
-        customer = self._customer(customer_id)
-        if customer is None:
-            log.warning("no customer %s for %s of order %s: nobody to write to", customer_id, envelope["type"],
-                        order.get("id"))
-            return
+    def _queue_notifications(self, envelopes):
+        """The notifications of a batch of order events: one directory read, one statement."""
+        wanted = [(envelope, domain.notification_kind(envelope["type"], envelope["data"]),
+                   uuid_or_none(envelope["data"].get("customer_id"))) for envelope in envelopes]
+        wanted = [(envelope, kind, customer_id) for envelope, kind, customer_id in wanted
+                  if kind is not None and customer_id is not None]
+        customers = self._customers({customer_id for _, _, customer_id in wanted})
+        events = []
+        for envelope, kind, customer_id in wanted:
+            customer = customers.get(customer_id)
+            if customer is None:
+                log.warning("no customer %s for %s of order %s: nobody to write to", customer_id, envelope["type"],
+                            envelope["data"].get("id"))
+                continue
+            events.append((envelope, self._rows(kind, envelope["data"], customer)))
+        self._queue(events, "notify_customer")
+
+    def _rows(self, kind, order, customer):
+        """The notifications of one order event for `customer`: a row per channel the customer takes."""
         rows = []
         if domain.preferences_of(customer["contacts"])[domain.EMAIL]:
             row = domain.new_notification(kind, order, customer, self.settings.mail_from)
             row["body_text"], row["body_html"] = mail.render(kind, domain.email_context(kind, order, customer))
             rows.append(row)
-        rows += domain.channel_notifications(kind, order, customer, customer["contacts"])
-        self._queue(envelope, "notify_customer", rows)
+        return rows + domain.channel_notifications(kind, order, customer, customer["contacts"])
 
-    def _queue(self, envelope, handler, rows):
-        """Queue `rows` for the event, once however often it is delivered, and wake the sender."""
-        if not rows:
+    def _queue(self, events, handler):
+        """Queue each (envelope, rows), once however often the event is delivered, and wake the sender."""
+        events = [(envelope["event_id"], envelope["type"], rows) for envelope, rows in events if rows]
+        if not events:
             return
         with self.uow.single_statement() as store:
-            queued = store.queue_once(envelope["event_id"], envelope["type"], handler, rows, _now())
+            queued = store.queue_once(events, handler, _now())
         if queued:
             self.wake_sender()
 
-    def _customer(self, customer_id):
-        """{id, name, email, contacts} from the local directory, else from customer_service
-        (then remembered); None if there is no such customer."""
+    def _customers(self, customer_ids):
+        """{id: {id, name, email, contacts}} from the local directory, else from customer_service
+        (then remembered); a customer that does not exist is left out."""
+        if not customer_ids:
+            return {}
         with self.uow.single_statement() as store:
-            known = store.known_customer(customer_id)
-        if known is not None:
-            return {"id": known["id"], "name": known["name"], "email": known["email"],
-                    "contacts": known.get("contacts")}
+            known = store.known_customers_among(customer_ids)
+        found = {customer_id: {"id": row["id"], "name": row["name"], "email": row["email"],
+                               "contacts": row.get("contacts")} for customer_id, row in known.items()}
+        for customer_id in customer_ids - found.keys():
+            customer = self._ask_for(customer_id)
+            if customer is not None:
+                found[customer_id] = customer
+        return found
+
+    def _ask_for(self, customer_id):
+        """A customer the directory missed (its event not yet here), from customer_service, remembered."""
         try:
             customer = self.customer_rpc.get_customer_with_contacts(str(customer_id))
         except NotFound:

@@ -98,33 +98,40 @@ KnownCustomer = known_customer_model(NotificationsBase, with_contacts=True)
 
 _notifications = Notification.__table__
 # Built once: every order event runs them, so their compiled form is reused.
-# Once per event, one statement: record the event id and, only if it was new,
-# queue its notifications (one array per column, so the text is the same for
-# any number of them). Atomic on its own, so it needs no BEGIN/COMMIT round
-# trips; a redelivery finds the id and queues nothing.
+# One statement for a batch of events: record their ids and queue the notifications
+# of those that were new (one array per column, so the text is the same for any
+# number of them; ids inserted in order, so overlapping batches never deadlock).
+# Atomic on its own, so it needs no BEGIN/COMMIT round trips; a redelivered event
+# finds its id and queues nothing.
 _QUEUE_ONCE = text(f"""
 WITH first_time AS (
     INSERT INTO {SCHEMA}.processed_events (event_id, handler, processed_at)
-    VALUES (:event_id, :handler, :at)
+    SELECT DISTINCT event.id, :handler, :at FROM unnest(CAST(:event_ids AS uuid[])) AS event(id)
+    ORDER BY event.id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 )
 INSERT INTO {SCHEMA}.notifications (id, event_id, event_type, kind, order_id, customer_id, channel, recipient,
                                     subject, body_text, body_html, message_id, push_subscription, status, attempts,
                                     next_attempt_at, created_at, updated_at)
-SELECT row.id, CAST(:event_id AS uuid), :event_type, row.kind, row.order_id, row.customer_id, row.channel,
+SELECT row.id, row.event_id, row.event_type, row.kind, row.order_id, row.customer_id, row.channel,
        row.recipient, row.subject, row.body_text, row.body_html, row.message_id, row.push_subscription, 'queued', 0,
        :at, :at, :at
-FROM unnest(CAST(:ids AS uuid[]), CAST(:kinds AS varchar[]), CAST(:order_ids AS uuid[]),
-            CAST(:customer_ids AS uuid[]), CAST(:channels AS varchar[]), CAST(:recipients AS text[]),
-            CAST(:subjects AS varchar[]), CAST(:bodies_text AS text[]), CAST(:bodies_html AS text[]),
-            CAST(:message_ids AS varchar[]), CAST(:push_subscriptions AS jsonb[]))
-     AS row(id, kind, order_id, customer_id, channel, recipient, subject, body_text, body_html, message_id,
-            push_subscription)
-WHERE EXISTS (SELECT FROM first_time)
+FROM unnest(CAST(:ids AS uuid[]), CAST(:event_ids AS uuid[]), CAST(:event_types AS varchar[]),
+            CAST(:kinds AS varchar[]), CAST(:order_ids AS uuid[]), CAST(:customer_ids AS uuid[]),
+            CAST(:channels AS varchar[]), CAST(:recipients AS text[]), CAST(:subjects AS varchar[]),
+            CAST(:bodies_text AS text[]), CAST(:bodies_html AS text[]), CAST(:message_ids AS varchar[]),
+            CAST(:push_subscriptions AS jsonb[]))
+     AS row(id, event_id, event_type, kind, order_id, customer_id, channel, recipient, subject, body_text,
+            body_html, message_id, push_subscription)
+WHERE row.event_id IN (SELECT event_id FROM first_time)
 ON CONFLICT ON CONSTRAINT notifications_event_channel_recipient_key DO NOTHING
 RETURNING id
 """)
+
+def _text_or_none(value):
+    return str(value) if value else None
+
 
 class NotificationStore(CustomerDirectory):
     """The notifications schema's queries, on one session (see common/kit/unit_of_work.py)."""
@@ -135,24 +142,31 @@ class NotificationStore(CustomerDirectory):
 
     # -- the event path ----------------------------------------------------------------
 
-    def queue_once(self, event_id, event_type, handler, rows, at):
-        """Queue `rows` (dicts: id, kind, order_id, customer_id, channel, recipient, subject,
-        body_text, body_html, message_id, push_subscription) for event `event_id`, unless
-        that event was handled before; the ids queued (none for a redelivery)."""
+    def queue_once(self, events, handler, at):
+        """Queue each event's rows, for the events not handled before: `events` is a list of
+        (event_id, event_type, rows), rows dicts of id, kind, order_id, customer_id, channel,
+        recipient, subject, body_text, body_html, message_id, push_subscription. One statement for
+        any number of events; the ids queued (none for a redelivered event)."""
+        rows = [(event_id, event_type, row) for event_id, event_type, event_rows in events for row in event_rows]
+        if not rows:
+            return []
+        optional = _text_or_none
         result = self.session.connection().execute(_QUEUE_ONCE, {
-            "event_id": str(event_id), "event_type": event_type, "handler": handler, "at": at,
-            "ids": [str(row["id"]) for row in rows],
-            "kinds": [row["kind"] for row in rows],
-            "order_ids": [str(row["order_id"]) if row["order_id"] else None for row in rows],
-            "customer_ids": [str(row["customer_id"]) if row["customer_id"] else None for row in rows],
-            "channels": [row["channel"] for row in rows],
-            "recipients": [row["recipient"] for row in rows],
-            "subjects": [row["subject"] for row in rows],
-            "bodies_text": [row["body_text"] for row in rows],
-            "bodies_html": [row["body_html"] for row in rows],
-            "message_ids": [row["message_id"] for row in rows],
+            "handler": handler, "at": at,
+            "ids": [str(row["id"]) for _, _, row in rows],
+            "event_ids": [str(event_id) for event_id, _, _ in rows],
+            "event_types": [event_type for _, event_type, _ in rows],
+            "kinds": [row["kind"] for _, _, row in rows],
+            "order_ids": [optional(row["order_id"]) for _, _, row in rows],
+            "customer_ids": [optional(row["customer_id"]) for _, _, row in rows],
+            "channels": [row["channel"] for _, _, row in rows],
+            "recipients": [row["recipient"] for _, _, row in rows],
+            "subjects": [row["subject"] for _, _, row in rows],
+            "bodies_text": [row["body_text"] for _, _, row in rows],
+            "bodies_html": [row["body_html"] for _, _, row in rows],
+            "message_ids": [row["message_id"] for _, _, row in rows],
             "push_subscriptions": [json.dumps(row["push_subscription"]) if row["push_subscription"] else None
-                                   for row in rows],
+                                   for _, _, row in rows],
         })
         return [row.id for row in result]
 

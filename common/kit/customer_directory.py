@@ -6,15 +6,15 @@ reach them (`contacts`: phone, notification preferences, push subscriptions).
 (order_service keeps its own kind: shipping addresses, not names.)
 
 - `known_customer_model(Base, with_contacts=False)`: the `known_customers` table in Base's schema.
-- `CustomerDirectory`: the store's two methods over it.
+- `CustomerDirectory`: the store's methods over it.
 - `remember_customer_event(uow, envelope)`: a customer event into the directory, once.
 - `KeepsCustomerDirectory`: the two event handlers that feed it, for a service to inherit.
 """
 import uuid
 from datetime import datetime
 
-from sqlalchemy import String, bindparam, select
-from sqlalchemy.dialects.postgresql import JSONB, UUID, insert
+from sqlalchemy import String, any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID, insert
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
@@ -44,8 +44,10 @@ def known_customer_model(base, with_contacts=False):
             contacts: Mapped[dict | None] = mapped_column(JSONB)
 
     table = KnownCustomer.__table__
-    # Built once: every order event reads it, so its compiled form is reused.
-    KnownCustomer.by_id = select(table).where(table.c.id == bindparam("customer_id"))
+    # Built once: every order event reads it, so its compiled form is reused (an array,
+    # so any number of ids compiles alike).
+    KnownCustomer.among = select(table).where(
+        table.c.id == any_(bindparam("customer_ids", type_=ARRAY(UUID(as_uuid=True)))))
     return KnownCustomer
 
 
@@ -56,8 +58,12 @@ class CustomerDirectory:
 
     def known_customer(self, customer_id):
         """{id, name, email, updated_at (, contacts)} as the directory knows the customer, or None."""
-        row = self.session.connection().execute(self.known_customers.by_id, {"customer_id": customer_id}).first()
-        return dict(row._mapping) if row is not None else None
+        return self.known_customers_among([customer_id]).get(customer_id)
+
+    def known_customers_among(self, customer_ids):
+        """{id: known_customer(id)} for the ids the directory knows, in one query."""
+        rows = self.session.connection().execute(self.known_customers.among, {"customer_ids": list(customer_ids)})
+        return {row.id: dict(row._mapping) for row in rows}
 
     def remember_customer(self, customer_id, name, email, updated_at, contacts=None):
         """Upsert; an older event never overwrites a newer one (events may arrive out of order).

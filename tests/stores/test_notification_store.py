@@ -69,8 +69,8 @@ def email_row(recipient="ada@example.com"):
 def queue(stores, at, recipient="ada@example.com", event_id=None):
     """One notification queued (due) at `at`; its id, or None if the event was queued before."""
     with stores() as store:
-        queued = store.queue_once(event_id or uuid.uuid4(), "order_created", "notify_customer",
-                                  [email_row(recipient)], at)
+        queued = store.queue_once([(event_id or uuid.uuid4(), "order_created", [email_row(recipient)])],
+                                  "notify_customer", at)
     return queued[0] if queued else None
 
 
@@ -102,12 +102,30 @@ def test_one_event_has_a_notification_per_channel_each_with_its_own_fields(store
             {**email_row(endpoint), "channel": "push", "message_id": None, "body_html": "",
              "push_subscription": subscription}]
     with stores() as store:
-        queued = store.queue_once(event_id, "order_created", "notify_customer", rows, T0)
+        queued = store.queue_once([(event_id, "order_created", rows)], "notify_customer", T0)
     assert len(queued) == 3
     by_channel = {n.channel: n for n in claim(stores, T0)}
     assert set(by_channel) == {"email", "sms", "push"}
     assert (by_channel["push"].recipient, by_channel["push"].push_subscription) == (endpoint, subscription)
     assert by_channel["sms"].message_id is None and by_channel["email"].push_subscription is None
+
+
+def test_a_batch_of_events_queues_each_new_one_once_in_one_call(stores):
+    seen, fresh, empty = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    queue(stores, T0, event_id=seen)
+    claim(stores, T0)  # out of the way
+    twice = email_row("grace@example.com")
+    with stores() as store:
+        queued = store.queue_once([(seen, "order_created", [email_row("again@example.com")]),
+                                   (fresh, "order_shipped", [twice]),
+                                   (fresh, "order_shipped", [{**twice, "id": uuid.uuid4()}]),
+                                   (empty, "order_created", [])], "notify_customer", T0)
+    [notification] = claim(stores, T0)
+    assert queued == [notification.id] and notification.id == twice["id"]
+    assert (notification.event_id, notification.event_type, notification.recipient) == (
+        fresh, "order_shipped", "grace@example.com")
+    with stores() as store:
+        assert store.queue_once([(fresh, "order_shipped", [email_row()])], "notify_customer", T0) == []
 
 
 def test_a_claim_takes_due_queued_rows_oldest_first_up_to_its_limit(stores):

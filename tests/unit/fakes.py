@@ -539,8 +539,11 @@ class InMemoryCustomerDirectory:
     """common.kit.customer_directory.CustomerDirectory's contract, in memory (in `tables["customers"]`)."""
 
     def known_customer(self, customer_id):
-        known = self.tables["customers"].get(customer_id)
-        return dict(known) if known is not None else None
+        return self.known_customers_among([customer_id]).get(customer_id)
+
+    def known_customers_among(self, customer_ids):
+        return {customer_id: dict(self.tables["customers"][customer_id])
+                for customer_id in customer_ids if customer_id in self.tables["customers"]}
 
     keeps_contacts = False  # the notifications' directory keeps them (known_customer_model(with_contacts=True))
 
@@ -625,25 +628,26 @@ class InMemoryNotificationStore(InMemoryCustomerDirectory):
         """Test set-up: a customer as the customer_created event would have recorded it."""
         self.remember_customer(uuid.UUID(str(customer_id)), name, email, now())
 
-    def queue_once(self, event_id, event_type, handler, rows, at):
-        if str(event_id) in self.tables["processed"]:
-            return []
-        self.tables["processed"].add(str(event_id))
+    def queue_once(self, events, handler, at):
         queued = []
-        for row in rows:
-            if any(n.event_id == uuid.UUID(str(event_id)) and (n.channel, n.recipient) == (row["channel"],
-                                                                                             row["recipient"])
-                   for n in self.tables["notifications"].values()):
+        for event_id, event_type, rows in events:
+            if not rows or str(event_id) in self.tables["processed"]:
                 continue
-            notification = SimpleNamespace(
-                **{**row, "order_id": uuid.UUID(str(row["order_id"])) if row["order_id"] else None,
-                   "customer_id": uuid.UUID(str(row["customer_id"])) if row["customer_id"] else None},
-                event_id=uuid.UUID(str(event_id)), event_type=event_type, status="queued", attempts=0,
-                last_error=None, next_attempt_at=at, created_at=at, updated_at=at, sent_at=None,
-                claim_token=None, claimed_until=None)
-            self.tables["notifications"][notification.id] = notification
-            queued.append(notification.id)
+            self.tables["processed"].add(str(event_id))
+            queued += [self._queue(uuid.UUID(str(event_id)), event_type, row, at) for row in rows
+                       if not any(n.event_id == uuid.UUID(str(event_id)) and (n.channel, n.recipient) ==
+                                  (row["channel"], row["recipient"]) for n in self.tables["notifications"].values())]
         return queued
+
+    def _queue(self, event_id, event_type, row, at):
+        notification = SimpleNamespace(
+            **{**row, "order_id": uuid.UUID(str(row["order_id"])) if row["order_id"] else None,
+               "customer_id": uuid.UUID(str(row["customer_id"])) if row["customer_id"] else None},
+            event_id=event_id, event_type=event_type, status="queued", attempts=0,
+            last_error=None, next_attempt_at=at, created_at=at, updated_at=at, sent_at=None,
+            claim_token=None, claimed_until=None)
+        self.tables["notifications"][notification.id] = notification
+        return notification.id
 
     def claim_due(self, at, until, limit):
         due = [n for n in self.tables["notifications"].values()

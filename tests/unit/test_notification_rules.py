@@ -252,7 +252,7 @@ def world():
 
 def test_an_order_event_only_queues_a_notification(world):
     the_order = order()
-    world.service.on_order_created(envelope("order_created", the_order))
+    world.service.on_order_created([envelope("order_created", the_order)])
     [notification] = world.notifications()
     assert (notification.status, notification.attempts, notification.recipient) == ("queued", 0, "ada@example.com")
     assert (notification.event_type, notification.kind) == ("order_created", "order_confirmation")
@@ -263,40 +263,48 @@ def test_an_order_event_only_queues_a_notification(world):
 
 def test_the_same_event_twice_queues_one_notification(world):
     event = envelope("order_created", order())
-    world.service.on_order_created(event)
-    world.service.on_order_created(event)
+    world.service.on_order_created([event])
+    world.service.on_order_created([event])
     assert len(world.notifications()) == 1
     assert world.wakes == [1]
 
 
 def test_status_changes_nobody_is_told_about_queue_nothing(world):
-    world.service._queue_notification(envelope("order_processing", order("processing")))
+    world.service._queue_notifications([envelope("order_processing", order("processing"))])
     assert world.notifications() == []
 
 
 def test_an_unknown_customer_is_asked_for_once_then_remembered(world):
-    world.service.on_order_created(envelope("order_created", order(customer_id=OTHER_CUSTOMER_ID)))
-    world.service.on_order_created(envelope("order_created", order(customer_id=OTHER_CUSTOMER_ID)))
+    world.service.on_order_created([envelope("order_created", order(customer_id=OTHER_CUSTOMER_ID))])
+    world.service.on_order_created([envelope("order_created", order(customer_id=OTHER_CUSTOMER_ID))])
     assert world.customers.calls == 1
     assert {n.recipient for n in world.notifications()} == {"grace@example.com"}
 
 
 def test_no_such_customer_means_no_notification(world):
-    world.service.on_order_created(envelope("order_created", order(customer_id=str(uuid.uuid4()))))
+    world.service.on_order_created([envelope("order_created", order(customer_id=str(uuid.uuid4())))])
     assert world.notifications() == []
+
+
+def test_a_batch_of_events_queues_each_ones_notifications_and_wakes_the_sender_once(world):
+    ada, grace, nobody = order(), order(customer_id=OTHER_CUSTOMER_ID), order(customer_id=str(uuid.uuid4()))
+    world.service.on_order_created([envelope("order_created", the_order) for the_order in (ada, grace, nobody)])
+    assert sorted((str(n.order_id), n.recipient) for n in world.notifications()) == sorted(
+        [(ada["id"], "ada@example.com"), (grace["id"], "grace@example.com")])
+    assert world.wakes == [1] and world.customers.calls == 2  # grace asked for; nobody asked for and not found
 
 
 def test_a_customer_update_changes_where_later_emails_go(world):
     world.service.on_customer_updated(envelope("customer_updated", {
         "id": CUSTOMER_ID, "name": "Ada King", "email": "ada@new.example",
         "updated_at": (datetime.now(timezone.utc) + timedelta(seconds=1)).isoformat()}))
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     [notification] = world.notifications()
     assert notification.recipient == "ada@new.example" and "Hello Ada King" in notification.body_text
 
 
 def test_the_sender_sends_due_notifications_and_emits_notification_sent(world):
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     assert world.send() is None  # no retry scheduled
     [message] = world.mailer.sent
     [notification] = world.notifications()
@@ -309,7 +317,7 @@ def test_the_sender_sends_due_notifications_and_emits_notification_sent(world):
 
 def test_an_unreachable_server_retries_with_backoff_then_fails(world):
     world.mailer.down = ConnectionRefusedError(111, "Connection refused")
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     [notification] = world.notifications()
     for attempt in range(1, SETTINGS.notify_max_attempts):
         due_in = world.send()
@@ -327,7 +335,7 @@ def test_an_unreachable_server_retries_with_backoff_then_fails(world):
 
 def test_the_server_back_in_time_sends_once(world):
     world.mailer.down = ConnectionRefusedError(111, "Connection refused")
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     world.send()
     world.mailer.down = None
     world.make_due()
@@ -351,7 +359,7 @@ def _while_sending(world, action):
 
 
 def test_mail_is_sent_outside_any_transaction_under_a_lease_longer_than_the_batch(world):
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     seen = []  # (the unit of work open, the row's claimed_until) at each send
     _while_sending(world, lambda _: seen.append((world.service.uow._open, world.notifications()[0].claimed_until)))
     world.send()
@@ -364,7 +372,7 @@ def test_mail_is_sent_outside_any_transaction_under_a_lease_longer_than_the_batc
 
 
 def test_a_notification_under_another_instances_lease_waits_for_it_to_expire(world):
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     [notification] = world.notifications()
     held = world.store.claim_due(datetime.now(timezone.utc), datetime.now(timezone.utc) + timedelta(minutes=4), 20)
     assert world.send() is None and world.mailer.sent == []
@@ -376,7 +384,7 @@ def test_a_notification_under_another_instances_lease_waits_for_it_to_expire(wor
 
 
 def test_an_outcome_after_another_claim_took_the_row_changes_nothing(world):
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     [notification] = world.notifications()
     later = datetime.now(timezone.utc) + timedelta(hours=1)
 
@@ -391,7 +399,7 @@ def test_an_outcome_after_another_claim_took_the_row_changes_nothing(world):
 
 def test_a_refused_recipient_fails_at_once_with_the_servers_message(world):
     world.mailer.refuse["ada@example.com"] = refused(550, "5.1.1 User unknown")
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     world.send()
     [notification] = world.notifications()
     assert (notification.status, notification.attempts, notification.last_error) == \
@@ -402,7 +410,7 @@ def test_a_refused_recipient_fails_at_once_with_the_servers_message(world):
 
 def test_an_admin_retries_a_failed_notification_and_nothing_else(world):
     world.mailer.refuse["ada@example.com"] = refused(550, "5.1.1 User unknown")
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     world.send()
     [notification] = world.notifications()
     retried = world.service.retry_notification(str(notification.id))
@@ -419,8 +427,8 @@ def test_an_admin_retries_a_failed_notification_and_nothing_else(world):
 
 
 def test_customers_see_only_their_own_and_may_not_retry(world):
-    world.service.on_order_created(envelope("order_created", order()))
-    world.service.on_order_created(envelope("order_created", order(customer_id=OTHER_CUSTOMER_ID)))
+    world.service.on_order_created([envelope("order_created", order())])
+    world.service.on_order_created([envelope("order_created", order(customer_id=OTHER_CUSTOMER_ID))])
     mine, theirs = sorted(world.notifications(), key=lambda n: n.recipient)
     ada = world.as_caller(Caller(f"customer:{CUSTOMER_ID}", "customer", CUSTOMER_ID))
     assert [n["id"] for n in ada.list_notifications()["items"]] == [str(mine.id)]
@@ -437,7 +445,7 @@ def test_customers_see_only_their_own_and_may_not_retry(world):
 def test_listing_filters_and_pages_newest_first(world):
     orders = [order() for _ in range(3)]
     for the_order in orders:
-        world.service.on_order_created(envelope("order_created", the_order))
+        world.service.on_order_created([envelope("order_created", the_order)])
     for n, notification in enumerate(sorted(world.notifications(), key=lambda n: str(n.order_id))):
         notification.created_at = NOW + timedelta(seconds=n)
     first = world.service.list_notifications(limit=2)
@@ -513,14 +521,14 @@ def by_channel(world):
 ])
 def test_a_row_per_channel_on_with_an_address_and_none_otherwise(world, preferences, phone, subscriptions, expected):
     reach(world, phone, subscriptions, **preferences)
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     assert {channel: len(rows) for channel, rows in by_channel(world).items()} == expected
 
 
 def test_every_channel_names_the_order_and_a_cancellations_reason(world):
     reach(world, sms=True, push=True)
     the_order = order("cancelled", reason="Ordered twice – sorry", previous_status="pending")
-    world.service.on_order_cancelled(envelope("order_cancelled", the_order))
+    world.service.on_order_cancelled([envelope("order_cancelled", the_order)])
     rows = by_channel(world)
     [email], [sms], [push] = rows["email"], rows["sms"], rows["push"]
     for body in (email.body_text, email.body_html, sms.body_text, push.body_text):
@@ -549,7 +557,7 @@ def test_each_channel_retries_on_its_own_until_one_delivery(world):
     reach(world, sms=True, push=True)
     world.sms.answers = [domain.ProviderAnswer("sms", 503, "busy"), ConnectionRefusedError(111, "refused")]
     world.pusher.answers = [domain.ProviderAnswer("push", 429, "slow down")]
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     for _ in range(4):
         world.send()
         world.make_due()
@@ -565,7 +573,7 @@ def test_a_refused_number_fails_at_once_and_a_gone_subscription_is_removed(world
     reach(world, sms=True, push=True)
     world.sms.answers = [domain.ProviderAnswer("sms", 400, '{"code": 21211, "message": "Invalid To"}')]
     world.pusher.answers = [domain.ProviderAnswer("push", 410, "push subscription has unsubscribed or expired.")]
-    world.service.on_order_created(envelope("order_created", order()))
+    world.service.on_order_created([envelope("order_created", order())])
     world.send()
     rows = by_channel(world)
     assert [(n.status, n.attempts) for n in rows["sms"] + rows["push"]] == [("failed", 1), ("failed", 1)]
