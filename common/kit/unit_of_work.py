@@ -52,6 +52,8 @@ from common.observability import metrics, tracing
 # for the relay: each service process holds at most MAX_WORKERS + 4, which all
 # instances together must fit into Postgres's max_connections (default 100).
 POOL_SLACK = 2
+# Connections kept for single statements (event consumers, reads); more open under load.
+AUTOCOMMIT_POOL = 4
 
 
 @dataclass(frozen=True)
@@ -156,9 +158,8 @@ class WorkerUnitOfWork:
 
     @contextmanager
     def single_statement(self):
-        session = self._provider.sessions()
+        session = self._provider.autocommit_sessions()
         try:
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
             yield self._provider.layout.store(session)
         except BaseException as exc:
             _raise_unavailable_if_connection_lost(exc)
@@ -178,6 +179,12 @@ class UnitOfWork(DependencyProvider):
         self.engine = tracing.instrument_engine(create_engine(
             settings.database_url, pool_size=settings.max_workers, max_overflow=POOL_SLACK))
         self.sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
+        # Single statements on a pool of their own, in autocommit from connect: switching a pooled
+        # connection to autocommit and back cost two more round trips per statement.
+        self.autocommit_engine = tracing.instrument_engine(create_engine(
+            settings.database_url, isolation_level="AUTOCOMMIT", pool_size=AUTOCOMMIT_POOL,
+            max_overflow=settings.max_workers))
+        self.autocommit_sessions = sessionmaker(bind=self.autocommit_engine, expire_on_commit=False)
         self.outbox = Outbox(self.layout.outbox)
         exchange = get_event_exchange(self.container.service_name, self.container.config)
         relay_engine = create_engine(settings.database_url, pool_size=2, max_overflow=0)  # not traced: no request
@@ -196,10 +203,12 @@ class UnitOfWork(DependencyProvider):
         # Workers have finished by now: the relay's last pass sends what they wrote.
         self.relay.stop()
         self.engine.dispose()
+        self.autocommit_engine.dispose()
 
     def kill(self):
         self.relay.kill()
         self.engine.dispose()
+        self.autocommit_engine.dispose()
 
     def get_dependency(self, worker_ctx):
         return WorkerUnitOfWork(self, worker_ctx.data.get(REQUEST_ID_KEY), worker_ctx.data.get(DEADLINE_KEY))
