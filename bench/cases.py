@@ -227,14 +227,17 @@ def hop_case(bench):
 
 def _hop_calls(bench, service):
     """Calls to the ping service for BENCH_SECONDS after 50 unmeasured: (calls, seconds, CPU used)."""
-    from nameko.standalone.rpc import ClusterRpcProxy
-
+    from common.contract.settings import load_settings
     from common.kit import patches
+    from common.kit.rpc import SignedClusterRpcProxy
 
     payload = {"customer_id": bench.seed["customers"][0],  # the shape of a POST /orders body
                "items": [{"sku": sku, "quantity": 1} for sku in bench.seed["skus"][:bench.config.items_per_order]]}
     patches.apply([patches.KEPT_PRODUCER_CONNECTIONS])  # as the gateway's callers have it
-    with ClusterRpcProxy({"AMQP_URI": bench.amqp_uri}, timeout=10) as proxy:
+    # Signed as every caller's calls are (the ping service checks them as ours do): part of the hop's cost.
+    config = load_settings(bench.stack_env).nameko_config()  # what the ping service reads
+    with SignedClusterRpcProxy(config, context_data={"caller": {"sub": "bench", "role": "admin"}},
+                               timeout=10) as proxy:
         for _ in range(50):
             proxy.bench_ping.ping(payload)
         labels = {pid: "callee" for pid in service.tree()}

@@ -13,12 +13,11 @@ import logging
 import time
 
 from nameko.exceptions import RpcTimeout, UnknownService
-from nameko.standalone.rpc import ClusterRpcProxy
 
 from common.contract.context import DEADLINE_KEY
 from common.contract.errors import ServiceUnavailable
 from common.contract.settings import load_settings
-from common.kit.rpc import BROKER_ERRORS
+from common.kit.rpc import BROKER_ERRORS, SignedClusterRpcProxy
 from gateway.app import create_app
 from gateway.rpc_pool import NoAnswer
 
@@ -26,7 +25,8 @@ log = logging.getLogger(__name__)
 
 
 class PerRequestProxy:
-    """Quacks like RpcProxyPool (`call`), with a new ClusterRpcProxy for every call."""
+    """Quacks like RpcProxyPool (`call`), with a new ClusterRpcProxy for every call (the signing
+    one, as every caller must sign)."""
 
     def __init__(self, nameko_config, timeout):
         self._config = nameko_config
@@ -34,7 +34,7 @@ class PerRequestProxy:
 
     def call(self, service, method, args=(), kwargs=None, context_data=None, deadline=None, redrive=False):
         data = {**(context_data or {}), DEADLINE_KEY: deadline or time.time() + self._timeout}
-        standalone = ClusterRpcProxy(self._config, context_data=data, timeout=self._timeout)
+        standalone = SignedClusterRpcProxy(self._config, context_data=data, timeout=self._timeout)
         try:
             proxy = standalone.start()
         except BROKER_ERRORS as exc:

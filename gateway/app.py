@@ -60,6 +60,7 @@ def create_app(settings=None, rpc_pool=None):
     set_service("gateway")
     app = Flask(__name__)
     app.config["JWT_SECRET"] = settings.jwt_secret
+    app.config["CALLER_SIGNING_KEY"] = settings.caller_signing_keys[0]  # signs each batched create's caller
     app.config["RPC_TIMEOUT"] = settings.rpc_timeout
     metrics.configure(settings.metrics_port != 0)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES

@@ -5,8 +5,9 @@ BATCH_IN_FLIGHT sender threads takes what is queued (up to BATCH_MAX) and sends
 it as one `order_service.create_orders` call, whose reply carries each order's
 outcome. While batches are in flight, new creates queue up and form the next
 one; at one connection every batch is one create and nothing waits. Each entry
-keeps what is its own: its attempt id, body, Idempotency-Key, caller, request
-id, deadline and traceparent; order_service checks each as its caller.
+keeps what is its own: its attempt id, body, Idempotency-Key, caller (signed
+for that entry), request id, deadline and traceparent; order_service checks
+each entry's signature and then the entry as its caller.
 
 A batch whose reply was lost is sent again (create_orders is idempotent per
 attempt), while its latest deadline allows; a request waits no longer than
@@ -19,17 +20,18 @@ import time
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
-from common.contract.caller import CALLER_KEY, SERVICE
+from common.contract.caller import CALLER_KEY
 from common.contract.context import REQUEST_ID_KEY
 from common.contract.errors import DeadlineExceeded
-from common.contract.services import GATEWAY
 from gateway import metrics
+from gateway.calls import GATEWAY_CALLER
 from gateway.rpc_pool import NoAnswer
 
 log = logging.getLogger(__name__)
 
-# The batch's own caller: the gateway, which checked each entry's caller (its token or key).
-BATCH_CALLER = {"sub": GATEWAY, "role": SERVICE}
+# The batch's own caller: the gateway, which checked each entry's caller (its token or key)
+# and signed it for that entry (gateway/calls.py).
+BATCH_CALLER = GATEWAY_CALLER.to_context()
 
 
 class CreateBatches:

@@ -1,7 +1,7 @@
 """What the outcome of an RPC call means for the HTTP answer.
 
 Every route calls services through `read` or `write`; both carry the
-request's id, caller and deadline, record the call's metrics and span, and
+request's id, caller (signed as it is sent: common/kit/rpc.py) and deadline, record the call's metrics and span, and
 turn a call that got no answer into the one error the contract names:
 - a read with no answer in time: 504 upstream_timeout (nothing was changed);
 - a write is 503 only when the request never reached a service, or a service
@@ -22,12 +22,16 @@ import time
 
 from flask import current_app, g
 
-from common.contract.caller import CALLER_KEY
+from common.contract.caller import CALLER_KEY, ENTRY_METHOD, SERVICE, Caller, entry_digest, sign_caller
 from common.contract.context import REQUEST_ID_KEY
 from common.contract.errors import DeadlineExceeded, FailureNotRecorded, OutcomeUnknown, UpstreamTimeout, from_outcome
+from common.contract.services import GATEWAY
 from common.observability import tracing
 from gateway import metrics
 from gateway.rpc_pool import REDRIVE_PAUSE_SECONDS, NoAnswer
+
+# The gateway asking on its own behalf (GET /health, API key lookups, a batch of creates).
+GATEWAY_CALLER = Caller(sub=GATEWAY, role=SERVICE)
 
 
 def read(service, method, *args, as_caller=None, **kwargs):
@@ -61,8 +65,11 @@ def create_order(body, idempotency_key, order_id):
                      idempotency_key=idempotency_key, attempt_id=order_id, redrive=True)
     try:
         with _breaker("order_service", "create_order"), tracing.client_span("order_service", "create_order"):
+            # The entry's caller is signed for this entry: the batch's own message is signed as the gateway.
+            caller = sign_caller(current_app.config["CALLER_SIGNING_KEY"], g.caller.to_context(), ENTRY_METHOD,
+                                 entry_digest(body, idempotency_key, order_id))
             entry = {"attempt_id": order_id, "data": body, "idempotency_key": idempotency_key,
-                     "caller": g.caller.to_context(), "request_id": g.request_id, "deadline": g.deadline,
+                     "caller": caller, "request_id": g.request_id, "deadline": g.deadline,
                      "traceparent": tracing.current_traceparent()}
             return _until_answered(batches, entry)
     except (NoAnswer, DeadlineExceeded, OutcomeUnknown) as exc:

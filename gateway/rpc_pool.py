@@ -8,7 +8,8 @@ borrower starts a fresh one, which is how the pool recovers after a broker
 restart.
 
 Every call carries the request's deadline (common/contract/context.py) and waits no
-longer than it. Its transport failures are told apart honestly:
+longer than it, and its caller signed for it (common/kit/rpc.py, CallerSigningPublisher;
+each send is signed afresh). Its transport failures are told apart honestly:
 - the request never left (no connection to the broker, nobody consumes the
   service's queue): ServiceUnavailable, 503, nothing was done;
 - the request may have been taken (the connection broke while publishing or
@@ -29,12 +30,11 @@ from kombu import Connection
 from nameko import serialization
 from nameko.constants import AMQP_SSL_CONFIG_KEY, AMQP_URI_CONFIG_KEY, LOGIN_METHOD_CONFIG_KEY
 from nameko.exceptions import RpcTimeout, UnknownService
-from nameko.rpc import MethodProxy
 from nameko.standalone.rpc import ClusterRpcProxy, PollingQueueConsumer, SingleThreadedReplyListener
 
 from common.contract.context import DEADLINE_KEY
 from common.contract.errors import FailureNotRecorded, ServiceUnavailable
-from common.kit.rpc import BROKER_ERRORS, RpcRequestPublisher
+from common.kit.rpc import BROKER_ERRORS, CallerSigningPublisher, SignedMethodProxy
 from gateway import metrics
 
 log = logging.getLogger(__name__)
@@ -51,14 +51,14 @@ class ReplyLost(Exception):
     """The connection broke while waiting: the reply, if any, went with it."""
 
 
-class FailFastPublisher(RpcRequestPublisher):
+class FailFastPublisher(CallerSigningPublisher):
     """nameko's publisher retries a broker connection for ~10 s, holding the
     caller all that time; give up within about a second."""
     retry_policy = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 0.5}
     transport_options = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.3, "interval_max": 0.5}
 
 
-class FailFastMethodProxy(MethodProxy):
+class FailFastMethodProxy(SignedMethodProxy):
     publisher_cls = FailFastPublisher
 
 

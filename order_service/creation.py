@@ -9,7 +9,10 @@ their contexts, the inserts, the records of the attempts that failed, one
 COMMIT) and one `reserve_many` call to inventory_service; each entry fails
 alone (bad input, unknown customer or sku, short stock, its deadline), and
 its failure, recorded in that same transaction, is its attempt's answer from
-then on, as a single create's is.
+then on, as a single create's is. In a batch each entry's caller carries its
+own signature, for that entry (common/contract/caller.py `entry_digest`),
+checked before anything else of it: a bad one fails that entry alone,
+Unauthenticated. (A single create_order's caller was checked with its call.)
 """
 import logging
 import time
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from common.contract.caller import Caller
+from common.contract.caller import ENTRY_METHOD, Caller, entry_digest, verify_caller
 from common.contract.context import COMMIT_MARGIN_SECONDS, check_deadline
 from common.contract.errors import (
     DeadlineExceeded,
@@ -107,8 +110,10 @@ def answer(entry):
 class Creation:
     """The creates of one call to order_service, with the service's dependencies."""
 
-    def __init__(self, service):
+    def __init__(self, service, signed_entries=False):
+        """`signed_entries`: each entry's caller is signed for it (a batch from the gateway)."""
         self.service = service
+        self.signed_entries = signed_entries
         self.started = time.monotonic()
 
     def run(self, raw_entries):
@@ -129,6 +134,8 @@ class Creation:
         except DomainError as error:
             return Entry(None, False, None, None, None, None, None, None, outcome=to_outcome(error))
         try:
+            if self.signed_entries:
+                self._verify_signature(raw)
             if entry.caller is None:
                 raise Unauthenticated("Each create needs its caller.", {"caller": "missing"})
             entry.order_input = load_or_raise(OrderInput, entry.data)
@@ -138,6 +145,12 @@ class Creation:
         except DomainError as error:
             entry.fail(error, record=False)  # nothing could have been made: no attempt to end
         return entry
+
+    def _verify_signature(self, raw):
+        settings = self.service.settings
+        verify_caller(settings.caller_signing_keys, raw.get("caller"), ENTRY_METHOD,
+                      entry_digest(raw.get("data"), raw.get("idempotency_key"), raw.get("attempt_id")),
+                      settings.caller_signature_max_age_seconds)
 
     def _create(self, live):
         try:

@@ -86,10 +86,11 @@ class OrderService(ServiceBase):
         outcome, in order: {"order": ...} or {"error": {code, message, details}, "kind"}.
 
         Only a caller that has checked each entry's own caller may send them (a
-        service, or an admin at `make shell`); each entry is then checked as its caller.
+        service, or an admin at `make shell`); each entry's caller must be signed for
+        that entry (common/contract/caller.py), and the entry is then checked as its caller.
         """
         required(self.caller).require(ADMIN, SERVICE)
-        return [entry.outcome for entry in Creation(self).run(entries)]
+        return [entry.outcome for entry in Creation(self, signed_entries=True).run(entries)]
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def get_order(self, order_id):

@@ -54,6 +54,10 @@ $PY -m alembic upgrade head
 if [ -z "${JWT_SECRET:-}" ]; then
     echo "JWT_SECRET is not set: using config.yml's development default '$($PY -m scripts.infra setting JWT_SECRET)' (never in production)."
 fi
+if [ -z "${CALLER_SIGNING_KEY:-}" ]; then
+    key=$($PY -c 'from common.contract.settings import load_settings; print(load_settings().caller_signing_key.get_secret_value())')
+    echo "CALLER_SIGNING_KEY is not set: using config.yml's development default '$key' (never in production)."
+fi
 if [ -z "${WEBHOOK_SECRET_KEY:-}" ]; then
     key=$($PY -c 'from common.contract.settings import load_settings; print(load_settings().webhook_secret_key.get_secret_value())')
     echo "WEBHOOK_SECRET_KEY is not set: using config.yml's development default '$key' (never in production)."

@@ -36,6 +36,8 @@ PG_DSN = os.environ.get("TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres")
 PG_URL_BASE = os.environ.get("TEST_PG_URL_BASE", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 # The stack under test gets its own secret, so tokens prove the configured one is used.
 JWT_SECRET = "test-only-jwt-secret-for-the-test-stack"
+CALLER_SIGNING_KEY = "test-only-caller-signing-key-for-the-test-stack"  # not config.yml's: the stack must use it
+ADMIN_CALLER = {"sub": "ops-tester", "role": "admin"}
 TAX_RATE = "0.19"
 MAIL_FROM = "Test shop <orders@shop.example>"
 STAFF_EMAILS = ("stock@shop.example", "Warehouse <warehouse@shop.example>")
@@ -115,6 +117,16 @@ def bearer(role="admin", customer_id=None, **kwargs):
 
 
 # ---- the harness with the tests' defaults ------------------------------------
+
+def rpc(env, caller=ADMIN_CALLER, timeout=10):
+    """A standalone RPC proxy (a context manager) into the stack of `env`, its calls carrying
+    `caller` signed with the stack's CALLER_SIGNING_KEY, as `make shell` makes them."""
+    from common.contract.settings import load_settings
+    from common.kit.rpc import SignedClusterRpcProxy
+
+    config = load_settings(environ=env).nameko_config()
+    return SignedClusterRpcProxy(config, context_data={"caller": caller}, timeout=timeout)
+
 
 def create_vhost():
     """A fresh virtual host of the test broker: (name, AMQP URI)."""

@@ -27,15 +27,19 @@ CONFIG_FILE_VARIABLE = "CONFIG_FILE"
 DEVELOPMENT_JWT_SECRET = "dev-only-insecure-jwt-secret-change-me"
 # Likewise for the key webhook secrets are encrypted with (a Fernet key: base64 of 32 bytes).
 DEVELOPMENT_WEBHOOK_SECRET_KEY = "ZGV2LW9ubHktaW5zZWN1cmUtd2ViaG9vay1rZXktMzI="
+# Likewise for the key every process signs the caller context of its RPCs with (common/contract/caller.py).
+DEVELOPMENT_CALLER_SIGNING_KEY = "dev-only-insecure-caller-signing-key-change-me"
 # Where services find the Settings object inside nameko's config dict.
 SETTINGS_KEY = "SETTINGS"
 # Never echoed in an error message.
-SECRET_VARIABLES = {"JWT_SECRET", "DATABASE_URL", "AMQP_URI", "SMTP_PASSWORD", "REDIS_URL", "WEBHOOK_SECRET_KEY",
+SECRET_VARIABLES = {"JWT_SECRET", "CALLER_SIGNING_KEY", "DATABASE_URL", "AMQP_URI", "SMTP_PASSWORD", "REDIS_URL", "WEBHOOK_SECRET_KEY",
                     "SMS_AUTH_TOKEN", "VAPID_PRIVATE_KEY"}
 # Where mail goes when SMTP_HOST is unset: the sink `make run` starts (scripts/mail_sink.py).
 LOCAL_MAIL_SINK_HOST = "127.0.0.1"
 # Where SMS go when SMS_API_URL is unset: the sink `make run` starts (scripts/sms_sink.py).
 LOCAL_SMS_SINK = "http://127.0.0.1:{port}"
+
+MIN_SIGNING_KEY_LENGTH = 16  # characters of CALLER_SIGNING_KEY (each, when rotating)
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -62,6 +66,9 @@ class Settings(BaseModel):
     batch_in_flight: int = Field(ge=1, le=64)
     rpc_pool_size_setting: int | None = Field(default=None, ge=1, le=1024, alias="RPC_POOL_SIZE")
     jwt_secret: str = Field(min_length=1)
+    # One key, or several separated by commas to rotate one: the first signs, every one is accepted.
+    caller_signing_key: SecretStr
+    caller_signature_max_age_seconds: float = Field(gt=0, le=3600)
     env: Literal["development", "production"]
 
     rpc_timeout: PositiveSeconds
@@ -217,6 +224,15 @@ class Settings(BaseModel):
                                  "print(Fernet.generate_key().decode())'") from None
         return value
 
+    @field_validator("caller_signing_key")
+    @classmethod
+    def _signing_keys(cls, value):
+        keys = value.get_secret_value().split(",")
+        if any(len(key.strip()) < MIN_SIGNING_KEY_LENGTH for key in keys):
+            raise ValueError(f"each key (comma-separated) needs at least {MIN_SIGNING_KEY_LENGTH} characters: "
+                             "openssl rand -base64 48")
+        return value
+
     @field_validator("mail_from")
     @classmethod
     def _an_address(cls, value):
@@ -264,6 +280,14 @@ class Settings(BaseModel):
         if self.env == "production" and self.jwt_secret == DEVELOPMENT_JWT_SECRET:
             problems.append("JWT_SECRET: ENV=production refuses the development JWT_SECRET: "
                             "set a secret of your own")
+        if self.env == "production" and DEVELOPMENT_CALLER_SIGNING_KEY.encode() in self.caller_signing_keys:
+            problems.append("CALLER_SIGNING_KEY: ENV=production refuses the development CALLER_SIGNING_KEY: "
+                            "set a key of your own")
+        if self.caller_signature_max_age_seconds < self.rpc_timeout:
+            problems.append(
+                f"CALLER_SIGNATURE_MAX_AGE_SECONDS ({self.caller_signature_max_age_seconds:g}) must be at least "
+                f"RPC_TIMEOUT ({self.rpc_timeout:g}): an order create signed at the gateway is checked up to "
+                "its deadline later")
         if self.rate_limit and not self.redis_url:
             problems.append("RATE_LIMIT needs REDIS_URL: the counters are shared by every gateway process "
                             "(`make run` starts a local redis-server when REDIS_URL is unset)")
@@ -273,6 +297,11 @@ class Settings(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def caller_signing_keys(self):
+        """The keys a caller signature is accepted with (bytes); the first one signs."""
+        return tuple(key.strip().encode() for key in self.caller_signing_key.get_secret_value().split(","))
 
     @property
     def rpc_pool_size(self):

@@ -1,5 +1,10 @@
 """RPC plumbing for services: the `rpc` entrypoint, the publishers it and the
-service-to-service proxy use, their queue consumer, and `ServiceRpcProxy`.
+service-to-service proxy use, their queue consumer, and `ServiceRpcProxy`;
+and the signed caller context every RPC carries (common/contract/caller.py):
+`CallerSigningPublisher` signs it as it sends a request, `ResilientRpc`
+refuses a request whose signature does not hold before any worker runs, and
+`SignedClusterRpcProxy` is nameko's standalone proxy that signs (nameko
+shell, tests, the bench).
 
 Everything here is a subclass or a class attribute of nameko's own classes;
 the few global patches of nameko/kombu internals, where nameko has no hook,
@@ -13,11 +18,13 @@ import eventlet
 from amqp.exceptions import ConnectionError as AmqpConnectionError
 from kombu import Queue
 from kombu.exceptions import OperationalError
+from kombu.serialization import dumps
 from nameko.amqp.publish import Publisher
 from nameko.constants import (
     AMQP_SSL_CONFIG_KEY,
     AMQP_URI_CONFIG_KEY,
     DEFAULT_SERIALIZER,
+    HEADER_PREFIX,
     LOGIN_METHOD_CONFIG_KEY,
     NON_PERSISTENT,
     SERIALIZER_CONFIG_KEY,
@@ -25,11 +32,12 @@ from nameko.constants import (
 from nameko.exceptions import UnknownService
 from nameko.messaging import QueueConsumer
 from nameko.rpc import MethodProxy, ReplyListener, Responder, Rpc, RpcConsumer, RpcProxy, ServiceProxy, get_rpc_exchange
+from nameko.standalone.rpc import ClusterProxy, ClusterRpcProxy
 
-from common.contract.caller import CALLER_KEY, SERVICE
+from common.contract.caller import CALLER_KEY, SERVICE, arguments_digest, sign_caller, verify_caller
 from common.contract.context import DEADLINE_KEY, check_deadline, seconds_left
-from common.contract.errors import DeadlineExceeded, ServiceUnavailable, UpstreamTimeout
-from common.contract.settings import settings_of
+from common.contract.errors import DeadlineExceeded, ServiceUnavailable, Unauthenticated, UpstreamTimeout
+from common.contract.settings import SETTINGS_KEY, settings_of
 from common.kit import patches
 from common.observability import tracing
 
@@ -45,6 +53,27 @@ class RpcRequestPublisher(Publisher):
     it matters for: when the broker restarts, the caller's reply queue is gone
     too, so the caller has already failed (503/504) either way."""
     delivery_mode = NON_PERSISTENT
+
+
+class CallerSigningPublisher(RpcRequestPublisher):
+    """RPC requests whose caller (context data "caller") is signed for this call with
+    `signing_key` (set by SignedMethodProxy). The body is serialised here, once, and
+    its bytes are what the signature digests and what kombu sends (given a content
+    type, kombu sends bytes as they are), so the callee checks the very bytes it got."""
+    signing_key = None
+    caller_header = f"{HEADER_PREFIX}.{CALLER_KEY}"  # how nameko names context data in headers
+
+    def publish(self, payload, **kwargs):
+        header = self.caller_header
+        headers = kwargs.get("extra_headers") or {}
+        if self.signing_key is None or header not in headers:
+            return super().publish(payload, **kwargs)  # unsigned: the callee refuses it
+        content_type, content_encoding, body = dumps(payload, serializer=self.serializer)
+        if isinstance(body, str):
+            body = body.encode(content_encoding)
+        signed = sign_caller(self.signing_key, headers[header], kwargs["routing_key"], arguments_digest(body))
+        kwargs["extra_headers"] = {**headers, header: signed}
+        return super().publish(body, content_type=content_type, content_encoding=content_encoding, **kwargs)
 
 
 class UnconfirmedReplyPublisher(RpcRequestPublisher):
@@ -124,16 +153,35 @@ class ResilientRpc(Rpc):
     def handle_message(self, body, message):
         # A request that waited in the queue past its caller's deadline (a
         # redelivery after a crash, a backlog after a broker pause) is answered
-        # DeadlineExceeded at once: its client has had its answer already.
+        # DeadlineExceeded at once: its client has had its answer already. One
+        # whose caller is not signed for this very call is answered
+        # Unauthenticated: no worker runs either way.
+        headers = self.unpack_message_headers(message)
         try:
-            check_deadline(self.unpack_message_headers(message).get(DEADLINE_KEY), doing="starting")
+            check_deadline(headers.get(DEADLINE_KEY), doing="starting")
+            self._verify_caller(headers.get(CALLER_KEY), message)
         except DeadlineExceeded:
-            try:
-                self.rpc_consumer.handle_result(message, None, sys.exc_info())
-            except BROKER_ERRORS as exc:
-                log.warning("could not refuse a late request (broker unreachable: %r)", exc)
-            return
+            return self._refuse(message, "a late request")
+        except Unauthenticated as exc:
+            log.warning("refused %s.%s: %s (%s)", self.container.service_name, self.method_name, exc,
+                        exc.details.get("caller_signature"))
+            return self._refuse(message, "an unauthenticated request")
         super().handle_message(body, message)
+
+    def _verify_caller(self, caller, message):
+        settings = settings_of(self.container)
+        verify_caller(settings.caller_signing_keys, caller, f"{self.container.service_name}.{self.method_name}",
+                      arguments_digest(_body_bytes(message)), settings.caller_signature_max_age_seconds)
+
+    def _refuse(self, message, what):
+        """Answer the request with the exception being handled, and nothing else."""
+        if not message.properties.get("reply_to"):  # nobody to answer (not one of our proxies' calls)
+            self.rpc_consumer.queue_consumer.ack_message(message)
+            return
+        try:
+            self.rpc_consumer.handle_result(message, None, sys.exc_info())
+        except BROKER_ERRORS as exc:
+            log.warning("could not refuse %s (broker unreachable: %r)", what, exc)
 
     def handle_result(self, message, worker_ctx, result, exc_info):
         try:
@@ -147,13 +195,59 @@ class ResilientRpc(Rpc):
 rpc = ResilientRpc.decorator
 
 
-class TimedMethodProxy(MethodProxy):
+def _body_bytes(message):
+    """The request's body as it was sent: py-amqp hands text bodies over decoded (with the
+    message's content encoding), and encoding them back gives the very bytes."""
+    body = message.body
+    return body if isinstance(body, bytes) else body.encode(message.content_encoding or "utf-8")
+
+
+class SignedMethodProxy(MethodProxy):
+    """nameko's method proxy, sending through CallerSigningPublisher with the key of the
+    Settings in its container's config (Settings.nameko_config())."""
+    publisher_cls = CallerSigningPublisher
+
+    def __init__(self, worker_ctx, service_name, method_name, reply_listener, **options):
+        super().__init__(worker_ctx, service_name, method_name, reply_listener, **options)
+        settings = self.container.config.get(SETTINGS_KEY)
+        if settings is None:
+            raise RuntimeError("signed RPC needs the Settings in nameko's config: build it with "
+                               "Settings.nameko_config()")
+        self.publisher.signing_key = settings.caller_signing_keys[0]
+
+
+class _SignedServiceProxy(ServiceProxy):
+    def __getattr__(self, name):
+        return SignedMethodProxy(self.worker_ctx, self.service_name, name, self.reply_listener, **self.options)
+
+
+class _SignedClusterProxy(ClusterProxy):
+    def __getattr__(self, name):
+        if name not in self._proxies:
+            self._proxies[name] = _SignedServiceProxy(self._worker_ctx, name, self._reply_listener)
+        return self._proxies[name]
+
+
+class SignedClusterRpcProxy(ClusterRpcProxy):
+    """nameko's standalone ClusterRpcProxy, same arguments, whose calls carry the caller
+    in `context_data` signed (for `make shell`, the tests and the bench); `config` is
+    Settings.nameko_config(), whose key signs.
+
+        with SignedClusterRpcProxy(settings.nameko_config(), context_data={"caller": admin}) as rpc:
+            rpc.order_service.get_order(order_id)
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._proxy = _SignedClusterProxy(self._worker_ctx, self._reply_listener)
+
+
+class TimedMethodProxy(SignedMethodProxy):
     """One service's call to another, as a transient request, that gives up
     after `timeout` seconds, or when the caller's deadline comes, whichever is
     first, with UpstreamTimeout (504). nameko 2.14's RpcProxy waits for ever:
     a hung callee would hold the caller's worker, and its open transaction
     with the row locks it took, for as long as the hang lasts."""
-    publisher_cls = RpcRequestPublisher
 
     def __init__(self, worker_ctx, service_name, method_name, reply_listener, timeout, **options):
         super().__init__(worker_ctx, service_name, method_name, reply_listener, **options)

@@ -13,6 +13,7 @@ import eventlet
 eventlet.monkey_patch()  # noqa: E402 (first, before anything imports socket or threading)
 
 import argparse  # noqa: E402
+import getpass  # noqa: E402
 import logging.config  # noqa: E402
 import sys  # noqa: E402
 
@@ -58,12 +59,46 @@ def _import_service(path):
 
 
 def _shell(settings):
-    """nameko's own shell (`n.rpc`, `n.dispatch_event`, `n.config`) on our settings."""
-    from nameko.cli.shell import ShellRunner, make_nameko_helper
+    """nameko's own shell on our settings: `n.rpc` calls as an admin (`shell:<user>`, signed
+    with CALLER_SIGNING_KEY), `n.rpc_as(caller)` as anyone else, `n.dispatch_event`, `n.config`."""
+    from nameko.cli.shell import ShellRunner
 
-    banner = f"Nameko shell\nBroker: {settings.amqp_uri}"
-    ShellRunner(banner, {"n": make_nameko_helper(settings.nameko_config())}).start_shell(name=None)
+    try:
+        sub = f"shell:{getpass.getuser()}"
+    except (OSError, KeyError):  # no login name (a container's arbitrary uid)
+        sub = "shell:unknown"
+    banner = f"Nameko shell\nBroker: {settings.amqp_uri}\nn.rpc calls as admin {sub!r}; n.rpc_as(caller) as another"
+    ShellRunner(banner, {"n": _shell_helper(settings.nameko_config(), sub)}).start_shell(name=None)
     return 0
+
+
+def _shell_helper(config, sub):
+    """nameko's shell helper (nameko.cli.shell.make_nameko_helper), its proxies signing their caller."""
+    from types import ModuleType
+
+    from nameko.standalone.events import event_dispatcher
+
+    from common.contract.caller import ADMIN, CALLER_KEY
+    from common.kit.rpc import SignedClusterRpcProxy
+
+    proxies = []
+
+    def rpc_as(caller):
+        """A proxy whose calls carry `caller` ({"sub", "role", "customer_id"}), signed."""
+        proxies.append(SignedClusterRpcProxy(config, context_data={CALLER_KEY: caller}))
+        return proxies[-1].start()
+
+    def disconnect():
+        for proxy in proxies:
+            proxy.stop()
+
+    module = ModuleType("nameko")
+    module.rpc = rpc_as({"sub": sub, "role": ADMIN})
+    module.rpc_as = rpc_as
+    module.dispatch_event = event_dispatcher(config)
+    module.config = config
+    module.disconnect = disconnect
+    return module
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ import threading
 import time
 from collections import OrderedDict
 
-from common.contract.caller import API_KEY_PREFIX, SERVICE, Caller, api_key_caller, api_key_digest, api_key_prefix
+from common.contract.caller import API_KEY_PREFIX, SERVICE, api_key_caller, api_key_digest, api_key_prefix
 from common.contract.errors import Unauthenticated
+from gateway.calls import GATEWAY_CALLER  # who asks customer_service about keys
 
 MAX_KEY_LENGTH = 200
 MAX_ENTRIES = 4096  # keys (good or bad) a process remembers; the oldest answer goes first
-GATEWAY_CALLER = Caller(sub="gateway", role=SERVICE)  # who asks customer_service about keys
 
 
 class ApiKeyCache:

@@ -4,7 +4,7 @@ from flask import Response, current_app, jsonify
 from common.contract.errors import DomainError, NotFound, ServiceUnavailable, UpstreamTimeout, error_body
 from common.contract.services import SERVICE_NAMES
 from gateway import metrics
-from gateway.calls import read
+from gateway.calls import GATEWAY_CALLER, read
 from gateway.routes.declare import SPEC_PATH, routes
 
 DATABASE_DOWN = "database unreachable"
@@ -59,7 +59,7 @@ def _service_health(service):
     """'ok', or what is wrong with `service`; ServiceUnavailable when the broker is not
     there, UpstreamTimeout when the service does not answer."""
     try:
-        read(service, "health")
+        read(service, "health", as_caller=GATEWAY_CALLER)
     except UpstreamTimeout:
         raise
     except ServiceUnavailable as exc:

@@ -69,6 +69,7 @@ def stack_env(amqp_uri, database_url, smtp_port=None, sms_url=None, **overrides)
         "SERVICE_RPC_TIMEOUT": "5",  # below RPC_TIMEOUT, as the README asks
         "LOG_LEVEL": "INFO",
         "JWT_SECRET": support.JWT_SECRET,
+        "CALLER_SIGNING_KEY": support.CALLER_SIGNING_KEY,
         "METRICS_PORT": str(harness.free_metrics_base()),
         "TAX_RATE": support.TAX_RATE,  # a real rate, so invoices show their tax part
     }

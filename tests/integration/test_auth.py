@@ -135,8 +135,8 @@ def test_services_enforce_the_same_rules_over_rpc(stack, world):
             anonymous.order_service.get_order(world["alice_order"]["id"])
         with pytest.raises(Unauthenticated):
             anonymous.inventory_service.reserve(str(uuid.uuid4()), [{"sku": "X", "quantity": 1}])
-    as_bob = {"caller": {"sub": "bob", "role": "customer", "customer_id": world["bob"]["id"]}}
-    with ClusterRpcProxy(config, context_data=as_bob, timeout=10) as bob:
+    as_bob = {"sub": "bob", "role": "customer", "customer_id": world["bob"]["id"]}
+    with support.rpc(stack.env, as_bob) as bob:
         with pytest.raises(NotFound):
             bob.order_service.get_order(world["alice_order"]["id"])
         with pytest.raises(Forbidden):
@@ -154,6 +154,7 @@ def test_production_refuses_the_development_secret():
     assert "development JWT_SECRET" in result.stderr
     ok = subprocess.run([sys.executable, "-c", "from gateway.app import create_app; create_app()"],
                         env={**env, "ENV": "production", "JWT_SECRET": "a-real-secret-of-at-least-32-bytes!",
+                             "CALLER_SIGNING_KEY": "a-real-caller-signing-key-of-some-length",
                              "WEBHOOK_SECRET_KEY": Fernet.generate_key().decode()},
                         cwd=support.ROOT, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr

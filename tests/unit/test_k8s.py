@@ -365,7 +365,8 @@ def test_the_config_map_sets_only_settings(rendered):
     names = set(Settings.variable_names())
     for name, objects in rendered.items():
         assert set(config_map(objects)) <= names, (name, set(config_map(objects)) - names)
-        secrets = {"JWT_SECRET": "x" * 32, "WEBHOOK_SECRET_KEY": "A" * 43 + "="}  # from the Secret in a cluster
+        secrets = {"JWT_SECRET": "x" * 32, "CALLER_SIGNING_KEY": "y" * 48,  # from the Secret in a cluster
+                   "WEBHOOK_SECRET_KEY": "A" * 43 + "="}
         Settings.model_validate({**config_yml(), **config_map(objects), **secrets})
 
 

@@ -5,8 +5,9 @@ import uuid
 
 import pytest
 
-from common.contract.caller import Caller
+from common.contract.caller import ENTRY_METHOD, Caller, entry_digest, sign_caller
 from common.contract.errors import Forbidden, UnknownSku, from_outcome
+from tests.unit.fakes import SETTINGS
 from tests.unit.test_order_rules import CUSTOMER, World
 
 ADMIN = Caller("admin-1", "admin").to_context()
@@ -18,9 +19,15 @@ def world():
 
 
 def entry(sku="A", quantity=1, customer_id=CUSTOMER["id"], key=None, caller=ADMIN, deadline=None, attempt=True):
-    return {"data": {"customer_id": customer_id, "items": [{"sku": sku, "quantity": quantity}]},
-            "idempotency_key": key, "attempt_id": str(uuid.uuid4()) if attempt else None, "caller": caller,
-            "request_id": f"req-{uuid.uuid4().hex[:6]}", "deadline": deadline, "traceparent": None}
+    """One entry as the gateway sends it: its caller signed for it."""
+    return signed({"data": {"customer_id": customer_id, "items": [{"sku": sku, "quantity": quantity}]},
+                   "idempotency_key": key, "attempt_id": str(uuid.uuid4()) if attempt else None, "caller": caller,
+                   "request_id": f"req-{uuid.uuid4().hex[:6]}", "deadline": deadline, "traceparent": None})
+
+
+def signed(raw, key=SETTINGS.caller_signing_keys[0]):
+    digest = entry_digest(raw.get("data"), raw.get("idempotency_key"), raw.get("attempt_id"))
+    return {**raw, "caller": sign_caller(key, raw["caller"], ENTRY_METHOD, digest)}
 
 
 def codes(outcomes):
@@ -30,7 +37,7 @@ def codes(outcomes):
 def test_a_batch_of_mixed_outcomes_fails_each_bad_entry_alone(world):
     world.stock.add_product("SHORT", stock=1, unit_price="1.00")
     batch = [entry(), entry(sku="NOPE"), entry(sku="SHORT", quantity=5), entry(customer_id=str(uuid.uuid4())),
-             entry(sku="B", quantity=2), {"data": {"items": []}, "caller": ADMIN}]
+             entry(sku="B", quantity=2), signed({"data": {"items": []}, "caller": ADMIN})]
     outcomes = world.orders.create_orders(batch)
     assert codes(outcomes) == ["ok", "unknown_sku", "insufficient_stock", "unknown_customer", "ok",
                                "validation_failed"]
@@ -73,6 +80,19 @@ def test_each_entry_is_checked_as_its_own_caller(world):
     stranger = Caller("customer:x", "customer", str(uuid.uuid4())).to_context()
     outcomes = world.orders.create_orders([entry(), entry(caller=stranger), entry(caller=None)])
     assert codes(outcomes) == ["ok", "forbidden", "unauthenticated"]
+
+
+def test_an_entry_whose_signature_does_not_hold_fails_alone_unauthenticated(world):
+    good, edited, unsigned, other_body = entry(), entry(), entry(), entry()
+    edited["caller"] = {**edited["caller"], "sub": "someone-else"}
+    unsigned["caller"] = ADMIN
+    other_body["data"] = {**other_body["data"], "items": [{"sku": "A", "quantity": 2}]}
+    wrong_key = signed({**entry(), "caller": ADMIN}, key=b"another-key-of-16-chars")
+    outcomes = world.orders.create_orders([good, edited, unsigned, other_body, wrong_key])
+    assert codes(outcomes) == ["ok"] + ["unauthenticated"] * 4
+    assert [from_outcome(o).details["caller_signature"] for o in outcomes[1:]] == ["bad", "missing", "bad", "bad"]
+    assert world.reserved("A") == 1 and len(world.orders_store.tables["orders"]) == 1
+    assert world.orders_store.tables["failed"] == {}  # nothing was attempted for them
 
 
 def test_only_a_service_or_an_admin_may_send_a_batch(world):
