@@ -58,7 +58,7 @@ def test_a_failed_create_attempt_gives_the_same_answer_to_every_later_run(rpc, a
     with pytest.raises(InsufficientStock):  # it could be made now, but its client was told it failed
         rpc.order_service.create_order(order, attempt_id=attempt)
     assert api.get(f"/api/v1/orders/{attempt}").status_code == 404
-    assert support.query(db_name, "SELECT error->>'code' FROM orders.failed_attempts WHERE order_id = %s",
+    assert support.query(db_name, "SELECT error->>'code' FROM orders.failed_attempts WHERE attempt_id = %s",
                          attempt) == [("insufficient_stock",)]
     assert rpc.inventory_service.get_product(product["sku"])["reserved"] == 0
 
@@ -95,8 +95,9 @@ def test_migrations_upgrade_and_downgrade_on_an_empty_database():
             "invoices.outbox", "invoices.processed_events",
             "notifications.known_customers", "notifications.notifications", "notifications.outbox",
             "notifications.processed_events",
-            "orders.failed_attempts", "orders.idempotency_keys", "orders.known_customers", "orders.order_items",
-            "orders.order_status_history", "orders.orders", "orders.outbox", "orders.processed_events"]
+            "orders.change_attempts", "orders.failed_attempts", "orders.idempotency_keys", "orders.known_customers",
+            "orders.order_items", "orders.order_status_history", "orders.orders", "orders.outbox",
+            "orders.processed_events"]
         # The models and the migrations describe the same tables.
         support.alembic(url, "check")
         support.alembic(url, "downgrade", "base")
