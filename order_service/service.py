@@ -8,7 +8,9 @@ needs is idempotent per order (reserve, replace, release, commit):
 - release and commit settle what a committed change decided (cancelled,
   shipped, deleted), so they run after the commit; should one fail,
   inventory's reconciler settles the reservation from the order's state.
-A failure anywhere therefore leaves no half-made change here.
+A failure anywhere therefore leaves no half-made change here. Each change
+from the gateway is an attempt with an id of its own (`_change`), as a
+create is: its runs give one answer, so a change refused once stays refused.
 """
 import logging
 import time
@@ -260,13 +262,13 @@ class OrderService(ServiceBase):
                 created, failure, changed = tx.store.attempt_outcome(attempt_id)
                 if created:
                     return order_schema.dump(domain.check_same_caller(caller, tx.store.get_order(attempt_id)))
-                if changed is not None:
-                    return domain.replayed_change(caller, order_id, changed)
-                if failure is None:
+                if changed is None and failure is None:
                     tx.store.record_failed_attempt(attempt_id, domain.failure_record(error), _now())
         except Exception as unrecorded:
             log.warning("attempt %s: its failure (%r) could not be recorded: %r", attempt_id, error, unrecorded)
             raise domain.failure_not_recorded(order_id or attempt_id) from None
+        if changed is not None:
+            return domain.replayed_change(caller, order_id, changed)
         if failure is None:
             raise error  # this run's failure is now the attempt's answer
         raise error_from_dict(failure) from None
