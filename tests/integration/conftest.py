@@ -3,6 +3,7 @@ import uuid
 
 import pytest
 import requests
+from nameko.standalone.rpc import ClusterRpcProxy
 
 from tests import harness, support
 from tests.servers.push import PushService
@@ -124,6 +125,14 @@ def stack(broker, database, smtp_server, sms_provider, push_service):
 def api(stack):
     """An HTTP session against the gateway: api.post('/api/v1/...', json=...)."""
     return ApiClient(stack.base_url)
+
+
+@pytest.fixture
+def rpc(stack):
+    """The stack's services over RPC, as a trusted admin, as docs/operations.md shows for nameko shell."""
+    admin = {"caller": {"sub": "ops-tester", "role": "admin"}}
+    with ClusterRpcProxy({"AMQP_URI": stack.env["AMQP_URI"]}, context_data=admin, timeout=10) as cluster:
+        yield cluster
 
 
 @pytest.fixture

@@ -4,18 +4,9 @@ import sys
 import uuid
 
 import pytest
-from nameko.standalone.rpc import ClusterRpcProxy
 
 from common.contract.errors import InsufficientStock, InvalidTransition, NotFound
 from tests import support
-
-
-@pytest.fixture
-def rpc(stack):
-    # A trusted admin call, as docs/operations.md shows for nameko shell.
-    admin = {"caller": {"sub": "ops-tester", "role": "admin"}}
-    with ClusterRpcProxy({"AMQP_URI": stack.env["AMQP_URI"]}, context_data=admin, timeout=10) as cluster:
-        yield cluster
 
 
 def test_reserve_release_commit_are_idempotent_per_order(rpc, api):
