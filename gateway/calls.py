@@ -10,8 +10,9 @@ turn a call that got no answer into the one error the contract names:
   deadline passed, a COMMIT cut off), 504 outcome_unknown naming the
   resource: from RPC_TIMEOUT seconds after that answer on, reading it tells,
   and keeps telling the same;
-- a write marked `redrive` (an idempotent create) is sent again while the
-  deadline allows when its reply was lost (gateway/rpc_pool.py);
+- a write marked `redrive` (idempotent per attempt: a create, a change to an
+  order) is sent again while the deadline allows when its reply was lost
+  (gateway/rpc_pool.py);
 - an order create joins the process's batches (gateway/batching.py) when
   BATCH_MAX > 1, with the same rules for its own outcome.
 - a call to a service whose circuit is open (gateway/edge/breakers.py) is

@@ -23,9 +23,7 @@ from typing import Any
 from common.contract.caller import ENTRY_METHOD, Caller, entry_digest, verify_caller
 from common.contract.context import COMMIT_MARGIN_SECONDS, check_deadline
 from common.contract.errors import (
-    DeadlineExceeded,
     DomainError,
-    FailureNotRecorded,
     InsufficientStock,
     OutcomeUnknown,
     Unauthenticated,
@@ -97,7 +95,7 @@ class Entry:
             log.error("order %s could not be created", self.order_id, exc_info=error,
                       extra={"request_id": self.request_id})
         self.outcome, self.error = to_outcome(error), error
-        self.record = record and self.attempt and not isinstance(error, (OutcomeUnknown, DeadlineExceeded))
+        self.record = record and self.attempt and domain.is_final_failure(error)
 
 
 def answer(entry):
@@ -159,7 +157,7 @@ class Creation:
         except OutcomeUnknown as error:  # the COMMIT was cut off: it may have been made
             for entry in live:
                 if entry.inserted or entry.record:
-                    entry.fail(error if entry.inserted else _not_recorded(entry), record=False)
+                    entry.fail(error if entry.inserted else domain.failure_not_recorded(entry.order_id), record=False)
         except Exception as error:  # rolled back: nothing of this batch was made or recorded
             for entry in live:
                 if entry.pending or entry.inserted or entry.record:
@@ -167,7 +165,7 @@ class Creation:
 
     def _in_transaction(self, tx, live):
         store = tx.store
-        store.lock_order_ids(sorted(entry.order_id for entry in live if entry.attempt))
+        store.lock_attempts(sorted(entry.order_id for entry in live if entry.attempt))
         contexts = store.create_contexts([(entry.order_id, entry.order_input["customer_id"]) for entry in live])
         for entry in live:
             self._from_context(store, entry, *contexts[entry.order_id])
@@ -301,7 +299,7 @@ class Creation:
         failure recorded in a transaction of its own, or FailureNotRecorded)."""
         own = from_outcome(entry.outcome) if entry.record else error
         entry.inserted = entry.record = False
-        if not entry.attempt or isinstance(own, DeadlineExceeded):
+        if not entry.attempt or not domain.is_final_failure(own):
             entry.fail(own, record=False)
             return
         try:
@@ -331,8 +329,3 @@ class _Round(list):
         super().__init__()
         self.keys = set()
 
-
-def _not_recorded(entry):
-    return FailureNotRecorded("The order could not be created, and that could not be made final: another run "
-                              "of this request may still make it.",
-                              {"order_id": str(entry.order_id), "reason": "failure_not_recorded"})

@@ -9,16 +9,20 @@ from decimal import Decimal
 
 from common.contract.caller import ADMIN, SERVICE
 from common.contract.errors import (
+    DeadlineExceeded,
     DomainError,
+    FailureNotRecorded,
     Forbidden,
     IdempotencyKeyReused,
     InvalidTransition,
+    OutcomeUnknown,
     ServiceUnavailable,
     Unprocessable,
     UpstreamTimeout,
     ValidationFailed,
     VersionConflict,
 )
+from common.contract.schemas.base import uuid_or_none
 from common.contract.schemas.orders import MAX_IDEMPOTENCY_KEY, ORDER_STATUSES, OrderSchema
 
 PENDING, PROCESSING, SHIPPED, DELIVERED, CANCELLED = ORDER_STATUSES
@@ -233,19 +237,19 @@ def check_create_deadline(started, now, deadline_seconds):
                               {"deadline_seconds": deadline_seconds})
 
 
-
-
-
-
-
-
-
-
 def check_same_caller(caller, order):
     """A repeated attempt id answers only the caller it could have been theirs."""
     if not caller.owns(order.customer_id):
         raise ValidationFailed("This attempt id names another order.", {"attempt_id": ["Already used."]})
     return order
+
+
+def replayed_change(caller, order_id, answer):
+    """The answer a change attempt committed, given again to another run of it: only for
+    the order and the caller it could have been theirs."""
+    if answer["id"] != str(uuid_or_none(order_id)) or not caller.owns(answer["customer_id"]):
+        raise ValidationFailed("This attempt id names another change.", {"attempt_id": ["Already used."]})
+    return answer
 
 
 def check_idempotency_key(key):
@@ -273,11 +277,24 @@ def replay(first_use, fingerprint):
 
 
 def failure_record(error):
-    """What a failed create_order attempt answers from now on, as JSON: the
+    """What a failed attempt (a create or a change) answers from now on, as JSON: the
     DomainError it raised, or internal_error for anything else (a bug)."""
     if not isinstance(error, DomainError):
-        error = DomainError("The order could not be created.")
+        error = DomainError("The request could not be carried out.")
     return json.loads(json.dumps(error.to_dict(), default=str))
+
+
+def is_final_failure(error):
+    """Whether `error` may become its attempt's answer. Not when the outcome is open
+    (OutcomeUnknown: a COMMIT cut off may have made it) nor past the deadline
+    (DeadlineExceeded: no run of the attempt can commit any more, so nothing to record)."""
+    return not isinstance(error, (OutcomeUnknown, DeadlineExceeded))
+
+
+def failure_not_recorded(order_id):
+    """A run of an attempt on `order_id` failed and could not make that final."""
+    return FailureNotRecorded("Nothing was done, but that could not be made final: another run of this request "
+                              "may still do it.", {"order_id": str(order_id), "reason": "failure_not_recorded"})
 
 
 # ---- who may do what (the caller is a common.contract.caller.Caller) ------------------

@@ -8,7 +8,9 @@ needs is idempotent per order (reserve, replace, release, commit):
 - release and commit settle what a committed change decided (cancelled,
   shipped, deleted), so they run after the commit; should one fail,
   inventory's reconciler settles the reservation from the order's state.
-A failure anywhere therefore leaves no half-made change here.
+A failure anywhere therefore leaves no half-made change here. Each change
+from the gateway is an attempt with an id of its own (`_change`), as a
+create is: its runs give one answer, so a change refused once stays refused.
 """
 import logging
 import time
@@ -17,15 +19,8 @@ from datetime import datetime, timedelta, timezone
 
 from common.contract.caller import ADMIN, SERVICE, required
 from common.contract.context import DEADLINE_KEY, REQUEST_ID_KEY
-from common.contract.errors import (
-    EXPECTED_ERRORS,
-    FailureNotRecorded,
-    NotFound,
-    ServiceUnavailable,
-    UpstreamTimeout,
-    error_from_dict,
-)
-from common.contract.schemas.base import load_or_raise, uuid_or_none
+from common.contract.errors import EXPECTED_ERRORS, NotFound, ServiceUnavailable, UpstreamTimeout, error_from_dict
+from common.contract.schemas.base import id_of_attempt, load_or_raise, uuid_or_none
 from common.contract.schemas.orders import (
     OrderListQuery,
     OrderSchema,
@@ -112,41 +107,46 @@ class OrderService(ServiceBase):
                            lambda store, query, count, after: store.list_orders(query, count, after))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
-    def update_order(self, order_id, data, expected_version=None):
+    def update_order(self, order_id, data, expected_version=None, attempt_id=None):
         """Replace items and/or the shipping address of a pending order.
 
         New items are re-reserved all-or-nothing and re-priced at current
         prices; if they cannot be reserved the old reservation stands.
+        attempt_id (the gateway sets one per HTTP request): see `_change`.
         """
         caller = required(self.caller)
         changes = load_or_raise(OrderUpdateInput, data)
-        replaced_lines = lines = reservation = None
+        replaced_lines = None
+
+        def edit(store):
+            nonlocal replaced_lines
+            order = self._order(store, caller, order_id, lock=True)
+            order.check_editable(expected_version)
+            lines = reservation = None
+            if "items" in changes:
+                lines = domain.merge_lines(changes["items"])
+                # Set before the call: a reply lost on the way back may hide a replacement made.
+                replaced_lines = order.lines()
+                reservation = self.inventory_rpc.replace_reservation(str(order.id), lines)
+            return order.edit(_now(), lines, reservation,
+                              **{name: value for name, value in changes.items() if name != "items"})
         try:
-            with self.uow as tx:
-                order = self._order(tx.store, caller, order_id, lock=True)
-                order.check_editable(expected_version)
-                if "items" in changes:
-                    lines = domain.merge_lines(changes.pop("items"))
-                    # Set before the call: a reply lost on the way back may hide a replacement made.
-                    replaced_lines = order.lines()
-                    reservation = self.inventory_rpc.replace_reservation(str(order.id), lines)
-                return order.edit(_now(), lines, reservation, **changes)
+            return self._change(caller, order_id, attempt_id, edit)
         except BaseException:
             if replaced_lines is not None:
                 self._settle("replace_reservation", order_id, replaced_lines)
             raise
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
-    def update_shipping(self, order_id, data, expected_version=None):
+    def update_shipping(self, order_id, data, expected_version=None, attempt_id=None):
         """Set any of shipping_address, carrier, tracking_number before the order ships."""
         caller = required(self.caller)
         changes = load_or_raise(ShippingInput, data)
-        with self.uow as tx:
-            order = self._order(tx.store, caller, order_id, lock=True)
-            return order.update_shipping(changes, caller, _now(), expected_version)
+        return self._change(caller, order_id, attempt_id, lambda store: self._order(
+            store, caller, order_id, lock=True).update_shipping(changes, caller, _now(), expected_version))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
-    def update_status(self, order_id, data, expected_version=None):
+    def update_status(self, order_id, data, expected_version=None, attempt_id=None):
         """Move the order along the contract's status machine, with an optional reason.
 
         shipped commits the stock reservation, cancelled releases it.
@@ -154,22 +154,25 @@ class OrderService(ServiceBase):
         caller = required(self.caller)
         change = load_or_raise(StatusInput, data)
         new_status = change["status"]
-        with self.uow as tx:
-            order = self._order(tx.store, caller, order_id, lock=True)
-            updated = order.change_status(new_status, caller, _now(), expected_version, change.get("reason"))
+        updated = self._change(caller, order_id, attempt_id, lambda store: self._order(
+            store, caller, order_id, lock=True).change_status(new_status, caller, _now(), expected_version,
+                                                                change.get("reason")))
         stock_action = domain.STOCK_ACTION.get(new_status)
         if stock_action:
-            self._settle(stock_action, order_id)
+            self._settle(stock_action, order_id)  # idempotent: again for a run that gives the answer again
         return updated
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
-    def delete_order(self, order_id, expected_version=None):
+    def delete_order(self, order_id, expected_version=None, attempt_id=None):
         """Delete a pending or cancelled order and release its stock."""
         caller = required(self.caller)
-        with self.uow as tx:
-            order = self._order(tx.store, caller, order_id, lock=True)
+
+        def delete(store):
+            order = self._order(store, caller, order_id, lock=True)
             deleted = order.delete(caller, expected_version)
-            tx.store.delete_order(order)
+            store.delete_order(order)
+            return deleted
+        deleted = self._change(caller, order_id, attempt_id, delete)
         self._settle("release", deleted["id"])
         return deleted
 
@@ -214,27 +217,59 @@ class OrderService(ServiceBase):
             raise NotFound("No such order.", {"id": str(order_id)})
         return order
 
-    def _end_failed_attempt(self, caller, order_id, error):
-        """A run of a create_order attempt failed: make its failure the attempt's
-        answer, which every other run of it gives again, before telling the
-        client; if another run made the order meanwhile, that order is the answer.
-        Should the failure not be recorded (database down, deadline near), the
-        client cannot be told the order will not be made: FailureNotRecorded (an
-        outcome_unknown the gateway answers by sending the request again)."""
+    def _change(self, caller, order_id, attempt_id, change):
+        """`change(store)` (the answer: the order as changed) in one unit of work, as
+        attempt `attempt_id` of this change, the way a create is an attempt.
+
+        The runs of one attempt (a broker redelivery after a lost ack, an earlier
+        send still queued) take turns on its lock; the first to commit records the
+        attempt and its answer in the change's transaction, one that fails records
+        its failure before answering (`_end_failed_attempt`), and every later run
+        gives that answer again and changes nothing. So a change answered 503 (or
+        any refusal) is never applied later. Without an attempt id (make shell, a
+        service) the change runs as asked.
+        """
+        attempt = id_of_attempt(attempt_id) if attempt_id is not None else None
+        if attempt is None:
+            with self.uow as tx:
+                return change(tx.store)
         try:
             with self.uow as tx:
-                tx.store.lock_order_ids([order_id])  # taken after the failed run rolled back
-                done_before, failure = tx.store.attempt_outcome(order_id)
-                if done_before:
-                    return order_schema.dump(domain.check_same_caller(caller, tx.store.get_order(order_id)))
-                if failure is None:
-                    tx.store.record_failed_attempt(order_id, domain.failure_record(error), _now())
+                tx.store.lock_attempts([attempt])
+                _, failure, changed = tx.store.attempt_outcome(attempt)
+                if failure is None and changed is None:
+                    answer = change(tx.store)
+                    tx.store.record_change(attempt, uuid.UUID(answer["id"]), answer, _now())
+                    return answer
+        except Exception as error:
+            if not domain.is_final_failure(error):
+                raise
+            return self._end_failed_attempt(caller, attempt, error, order_id=order_id)
+        if changed is not None:
+            return domain.replayed_change(caller, order_id, changed)
+        raise error_from_dict(failure)
+
+    def _end_failed_attempt(self, caller, attempt_id, error, order_id=None):
+        """A run of an attempt (a create_order's, or `_change`'s on `order_id`) failed:
+        make its failure the attempt's answer, which every other run of it gives again,
+        before telling the client; if another run made the order or the change
+        meanwhile, its answer is the answer. Should the failure not be recorded
+        (database down, deadline near), the client cannot be told it will not be made:
+        FailureNotRecorded (an outcome_unknown the gateway answers by sending the
+        request again)."""
+        try:
+            with self.uow as tx:
+                tx.store.lock_attempts([attempt_id])  # taken after the failed run rolled back
+                created, failure, changed = tx.store.attempt_outcome(attempt_id)
+                if created:
+                    return order_schema.dump(domain.check_same_caller(caller, tx.store.get_order(attempt_id)))
+                if changed is None and failure is None:
+                    tx.store.record_failed_attempt(attempt_id, domain.failure_record(error), _now())
         except Exception as unrecorded:
-            log.warning("order %s: the failure of its attempt (%r) could not be recorded: %r", order_id, error,
-                        unrecorded)
-            raise FailureNotRecorded("The order could not be created, and that could not be made final: "
-                                     "another run of this request may still make it.",
-                                     {"order_id": str(order_id), "reason": "failure_not_recorded"}) from None
+            log.warning("attempt %s: its failure (%r) could not be recorded: %r", attempt_id, error, unrecorded)
+            raise domain.failure_not_recorded(order_id or attempt_id) from None
+        if changed is not None:
+            return domain.replayed_change(caller, order_id, changed)
         if failure is None:
             raise error  # this run's failure is now the attempt's answer
         raise error_from_dict(failure) from None

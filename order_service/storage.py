@@ -109,15 +109,31 @@ class IdempotencyKey(OrdersBase):
 
 
 class FailedAttempt(OrdersBase):
-    """How a create_order attempt failed. Its client was told so; no other run of
-    the attempt (a broker redelivery, an earlier send still queued) may then make
-    the order: each of them gives this answer again."""
+    """How an attempt failed: a create_order (its attempt id is its order's id) or a
+    change to an order (update_order, update_shipping, update_status, delete_order:
+    an attempt id of its own). Its client was told so; no other run of the attempt
+    (a broker redelivery, an earlier send still queued) may then make the order or
+    the change: each of them gives this answer again."""
     __tablename__ = "failed_attempts"
     __table_args__ = (Index("ix_failed_attempts_failed_at", "failed_at"),)
 
-    order_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    attempt_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     error: Mapped[dict] = mapped_column(JSONB)  # DomainError.to_dict()
     failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ChangeAttempt(OrdersBase):
+    """A change to an order that committed, by its attempt id, written in the change's
+    own transaction with its answer: every other run of the attempt gives that answer
+    again and changes nothing (what a create's order is to its attempt)."""
+    __tablename__ = "change_attempts"
+    __table_args__ = (Index("ix_change_attempts_changed_at", "changed_at"),)
+
+    attempt_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    # No foreign key: the record outlives a deleted order.
+    order_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    answer: Mapped[dict] = mapped_column(JSONB)  # the order as the change answered it
+    changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class KnownCustomer(OrdersBase):
@@ -133,27 +149,29 @@ class KnownCustomer(OrdersBase):
 # for all of them (the attempt locks, the context read) and one insert each,
 # each statement built once so its compiled form is reused.
 _orders, _items, _known = Order.__table__, OrderItem.__table__, KnownCustomer.__table__
-_failed = FailedAttempt.__table__
+_failed, _changes = FailedAttempt.__table__, ChangeAttempt.__table__
 
 
 _ATTEMPT_OUTCOME = (
-    exists().where(_orders.c.id == bindparam("order_id")).label("done_before"),
-    select(_failed.c.error).where(_failed.c.order_id == bindparam("order_id")).scalar_subquery().label("failure"))
+    exists().where(_orders.c.id == bindparam("attempt_id")).label("created"),
+    select(_failed.c.error).where(_failed.c.attempt_id == bindparam("attempt_id")).scalar_subquery().label("failure"),
+    select(_changes.c.answer).where(_changes.c.attempt_id == bindparam("attempt_id")).scalar_subquery()
+    .label("changed"))
 
 # For each (order id, customer id) of a batch: whether the order exists, how its
 # attempt failed, and the customer as the local directory knows it.
 _CREATE_CONTEXTS = text(f"""
 SELECT want.order_id,
        EXISTS (SELECT FROM {SCHEMA}.orders AS made WHERE made.id = want.order_id) AS done_before,
-       (SELECT failed.error FROM {SCHEMA}.failed_attempts AS failed WHERE failed.order_id = want.order_id)
+       (SELECT failed.error FROM {SCHEMA}.failed_attempts AS failed WHERE failed.attempt_id = want.order_id)
            AS failure,
        known.id, known.shipping_address
 FROM unnest(CAST(:order_ids AS uuid[]), CAST(:customer_ids AS uuid[])) AS want(order_id, customer_id)
 LEFT JOIN {SCHEMA}.known_customers AS known ON known.id = want.customer_id
 """)
-# Transaction-scoped locks on a batch's attempt ids, taken in one order by every
-# batch, so two batches sharing an attempt (a re-drive) cannot deadlock.
-_LOCK_ORDER_IDS = text("""
+# Transaction-scoped locks on attempt ids, taken in one order by every batch, so
+# two batches sharing an attempt (a re-drive) cannot deadlock.
+_LOCK_ATTEMPTS = text("""
 SELECT count(pg_advisory_xact_lock(hashtextextended(key, 0)))
 FROM (SELECT key FROM unnest(CAST(:keys AS text[])) AS key ORDER BY key) AS sorted
 """)
@@ -222,14 +240,21 @@ class OrderStore:
         return {uuid.UUID(str(row.order_id)): (row.done_before, row.failure, row if row.id is not None else None)
                 for row in rows}
 
-    def attempt_outcome(self, order_id):
-        """(whether order `order_id` exists, how its attempt failed or None)."""
-        row = self.session.connection().execute(select(*_ATTEMPT_OUTCOME), {"order_id": order_id}).one()
-        return row.done_before, row.failure
+    def attempt_outcome(self, attempt_id):
+        """How attempt `attempt_id` ended so far: (whether it created its order (the order
+        exists), how it failed or None, the answer of the change it made or None)."""
+        row = self.session.connection().execute(select(*_ATTEMPT_OUTCOME), {"attempt_id": attempt_id}).one()
+        return row.created, row.failure, row.changed
 
-    def record_failed_attempt(self, order_id, error, at):
-        self.session.execute(insert(FailedAttempt).values(order_id=order_id, error=error, failed_at=at)
-                             .on_conflict_do_nothing(index_elements=["order_id"]))
+    def record_failed_attempt(self, attempt_id, error, at):
+        self.session.execute(insert(FailedAttempt).values(attempt_id=attempt_id, error=error, failed_at=at)
+                             .on_conflict_do_nothing(index_elements=["attempt_id"]))
+
+    def record_change(self, attempt_id, order_id, answer, at):
+        """Change attempt `attempt_id` made its change to `order_id`, answered `answer`
+        (in the change's transaction, under the attempt's lock: a plain insert)."""
+        self.session.execute(insert(ChangeAttempt).values(attempt_id=attempt_id, order_id=order_id, answer=answer,
+                                                          changed_at=at))
 
     def insert_new_order(self, order_fields, item_fields, changed_by, event_row):
         """Insert a new order, its items, its first status change (by `changed_by`)
@@ -246,9 +271,10 @@ class OrderStore:
             "traceparent": event_row["traceparent"],
         })
 
-    def lock_order_ids(self, order_ids):
-        """Transaction-scoped locks on order ids (they may not exist yet), in one round trip."""
-        self.session.connection().execute(_LOCK_ORDER_IDS, {"keys": [str(order_id) for order_id in order_ids]})
+    def lock_attempts(self, attempt_ids):
+        """Transaction-scoped locks on attempt ids (a create's is the id of the order it
+        may make), in one round trip: the runs of one attempt take turns."""
+        self.session.connection().execute(_LOCK_ATTEMPTS, {"keys": [str(attempt_id) for attempt_id in attempt_ids]})
 
     def get_order(self, order_id, lock=False):
         query = select(Order).where(Order.id == order_id)
@@ -334,9 +360,10 @@ class OrderStore:
         return {str(order_id): status for order_id, status in rows}
 
     def prune_attempts(self, older_than):
-        """Forget idempotency keys and failed attempts older than `older_than`."""
+        """Forget idempotency keys and the attempts (failed, and changes made) older than `older_than`."""
         self.session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < older_than))
         self.session.execute(delete(FailedAttempt).where(FailedAttempt.failed_at < older_than))
+        self.session.execute(delete(ChangeAttempt).where(ChangeAttempt.changed_at < older_than))
 
 
 layout = StorageLayout(base=OrdersBase, store=OrderStore, outbox=outbox_model(OrdersBase),

@@ -130,9 +130,9 @@ class OutcomeUnknown(DomainError):
 
 @deserialize_to_instance
 class FailureNotRecorded(OutcomeUnknown):
-    """A create attempt's run failed and could not record that for the attempt
-    (its database was unreachable), so another run of it may still make the
-    resource. The attempt is idempotent: the gateway sends it again until it
+    """An attempt's run (a create, a change to an order) failed and could not
+    record that for the attempt (its database was unreachable), so another run
+    of it may still make the resource or the change. The attempt is idempotent: the gateway sends it again until it
     is answered or the deadline comes (then 504 outcome_unknown)."""
 
 

@@ -128,6 +128,13 @@ def api(stack):
 
 
 @pytest.fixture
+def rpc(stack):
+    """The stack's services over RPC, as a signed admin, as nameko shell calls (docs/operations.md)."""
+    with support.rpc(stack.env) as cluster:
+        yield cluster
+
+
+@pytest.fixture
 def db_name(database):
     return database[0]
 

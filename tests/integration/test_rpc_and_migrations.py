@@ -16,13 +16,6 @@ from tests import support
 KEY = support.CALLER_SIGNING_KEY.encode()
 
 
-@pytest.fixture
-def rpc(stack):
-    # A signed admin call, as nameko shell makes them (docs/operations.md).
-    with support.rpc(stack.env) as cluster:
-        yield cluster
-
-
 def test_reserve_release_commit_are_idempotent_per_order(rpc, api):
     product = api.create_product(stock=10)
     order_id = str(uuid.uuid4())
@@ -63,7 +56,7 @@ def test_a_failed_create_attempt_gives_the_same_answer_to_every_later_run(rpc, a
     with pytest.raises(InsufficientStock):  # it could be made now, but its client was told it failed
         rpc.order_service.create_order(order, attempt_id=attempt)
     assert api.get(f"/api/v1/orders/{attempt}").status_code == 404
-    assert support.query(db_name, "SELECT error->>'code' FROM orders.failed_attempts WHERE order_id = %s",
+    assert support.query(db_name, "SELECT error->>'code' FROM orders.failed_attempts WHERE attempt_id = %s",
                          attempt) == [("insufficient_stock",)]
     assert rpc.inventory_service.get_product(product["sku"])["reserved"] == 0
 
@@ -178,8 +171,9 @@ def test_migrations_upgrade_and_downgrade_on_an_empty_database():
             "invoices.outbox", "invoices.processed_events",
             "notifications.known_customers", "notifications.notifications", "notifications.outbox",
             "notifications.processed_events",
-            "orders.failed_attempts", "orders.idempotency_keys", "orders.known_customers", "orders.order_items",
-            "orders.order_status_history", "orders.orders", "orders.outbox", "orders.processed_events"]
+            "orders.change_attempts", "orders.failed_attempts", "orders.idempotency_keys", "orders.known_customers",
+            "orders.order_items", "orders.order_status_history", "orders.orders", "orders.outbox",
+            "orders.processed_events"]
         # The models and the migrations describe the same tables.
         support.alembic(url, "check")
         support.alembic(url, "downgrade", "base")

@@ -84,19 +84,34 @@ def test_the_create_context_tells_what_an_attempt_left_and_who_the_customer_is(s
     assert (done_before, failure) == (False, {"code": "insufficient_stock"})
     assert (customer.id, customer.shipping_address) == (CUSTOMER_ID, ADDRESS)
     made = insert(store)
-    assert store.attempt_outcome(made) == (True, None)
+    assert store.attempt_outcome(made) == (True, None, None)
 
 
 def test_the_contexts_of_a_batch_come_together_each_for_its_own_order(store):
     made, failed, fresh, stranger = insert(store), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
     store.remember_customer(CUSTOMER_ID, ADDRESS, T0)
     store.record_failed_attempt(failed, {"code": "unknown_sku"}, T0)
-    store.lock_order_ids(sorted([made, failed, fresh]))
+    store.lock_attempts(sorted([made, failed, fresh]))
     contexts = store.create_contexts([(made, CUSTOMER_ID), (failed, CUSTOMER_ID), (fresh, stranger)])
     assert set(contexts) == {made, failed, fresh}
     assert contexts[made][:2] == (True, None) and contexts[failed][:2] == (False, {"code": "unknown_sku"})
     assert contexts[fresh] == (False, None, None)
     assert contexts[made][2].shipping_address == ADDRESS
+
+
+def test_a_change_attempt_keeps_its_answer_or_its_failure_and_outlives_its_order(store):
+    order_id, changed, failed = insert(store), uuid.uuid4(), uuid.uuid4()
+    store.lock_attempts([changed])
+    answer = {"id": str(order_id), "customer_id": str(CUSTOMER_ID), "total_amount": "60.08", "version": 2}
+    store.record_change(changed, order_id, answer, T0)
+    store.record_failed_attempt(failed, {"code": "service_unavailable"}, T0)
+    assert store.attempt_outcome(changed) == (False, None, answer)
+    assert store.attempt_outcome(failed) == (False, {"code": "service_unavailable"}, None)
+    order = store.get_order(order_id, lock=True)
+    order.delete(ADMIN)
+    store.delete_order(order)
+    saved(store)
+    assert store.attempt_outcome(changed) == (False, None, answer)
 
 
 def test_a_key_given_back_is_free_again_only_for_the_order_that_claimed_it(store):
@@ -182,7 +197,7 @@ def test_a_deleted_order_is_gone_with_its_history(store):
     assert store.get_order(gone) is None and store.order_view(gone) is None
     assert store.status_history(gone) == []
     assert store.order_states([kept, gone]) == {str(kept): "pending"}
-    assert store.attempt_outcome(gone) == (False, None)
+    assert store.attempt_outcome(gone) == (False, None, None)
 
 
 def test_an_idempotency_key_is_claimed_once_and_keeps_its_response(store):
@@ -194,8 +209,10 @@ def test_an_idempotency_key_is_claimed_once_and_keeps_its_response(store):
     assert json.loads(first_use.response) == {"id": str(order_id), "total_amount": "1.00"}
 
 
-def test_pruning_forgets_old_keys_and_failed_attempts(store):
-    old_attempt, new_attempt = uuid.uuid4(), uuid.uuid4()
+def test_pruning_forgets_old_keys_and_attempts(store):
+    old_attempt, new_attempt, old_change, new_change = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    store.record_change(old_change, uuid.uuid4(), {"id": "old"}, T0 - timedelta(days=2))
+    store.record_change(new_change, uuid.uuid4(), {"id": "new"}, T0)
     store.claim_idempotency_key("old", "h", uuid.uuid4(), T0 - timedelta(days=2))
     store.claim_idempotency_key("new", "h", uuid.uuid4(), T0)
     store.record_failed_attempt(old_attempt, {"code": "x"}, T0 - timedelta(days=2))
@@ -203,5 +220,7 @@ def test_pruning_forgets_old_keys_and_failed_attempts(store):
     store.prune_attempts(T0 - timedelta(days=1))
     assert store.claim_idempotency_key("old", "h2", uuid.uuid4(), T0) is None  # free again
     assert store.claim_idempotency_key("new", "h2", uuid.uuid4(), T0).request_hash == "h"
-    assert store.attempt_outcome(old_attempt) == (False, None)
-    assert store.attempt_outcome(new_attempt) == (False, {"code": "y"})
+    assert store.attempt_outcome(old_attempt) == (False, None, None)
+    assert store.attempt_outcome(new_attempt) == (False, {"code": "y"}, None)
+    assert store.attempt_outcome(old_change) == (False, None, None)
+    assert store.attempt_outcome(new_change) == (False, None, {"id": "new"})

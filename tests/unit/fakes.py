@@ -328,31 +328,40 @@ class InMemoryOrderStore:
     """order_service.storage.OrderStore's contract, in memory."""
 
     def __init__(self):
-        self.tables = {"orders": {}, "keys": {}, "customers": {}, "processed": set(), "failed": {}}
+        self.tables = {"orders": {}, "keys": {}, "customers": {}, "processed": set(), "failed": {},
+                       "changes": {}}
         self.seen = []
         self.fail_on_insert = None  # an exception insert_new_order raises (a failed persist)
         self.fail_on_record = None  # an exception record_failed_attempt raises (the database went away)
-        self.on_lock = None  # called on lock_order_ids: another run of the attempt, between two of ours
+        self.on_lock = None  # called on lock_attempts: another run of the attempt, between two of ours
 
     def know_customer(self, customer_id, shipping_address=None):
         """Test set-up: a customer as the customer_created event would have recorded it."""
         self.remember_customer(uuid.UUID(str(customer_id)), shipping_address, now())
 
     def create_contexts(self, wanted):
-        return {order_id: (*self.attempt_outcome(order_id), self.tables["customers"].get(customer_id))
+        return {order_id: (*self.attempt_outcome(order_id)[:2], self.tables["customers"].get(customer_id))
                 for order_id, customer_id in wanted}
 
-    def attempt_outcome(self, order_id):
-        failed = self.tables["failed"].get(order_id)
-        return order_id in self.tables["orders"], failed.error if failed is not None else None
+    def attempt_outcome(self, attempt_id):
+        failed, changed = self.tables["failed"].get(attempt_id), self.tables["changes"].get(attempt_id)
+        return (attempt_id in self.tables["orders"], failed.error if failed is not None else None,
+                copy.deepcopy(changed.answer) if changed is not None else None)
 
-    def record_failed_attempt(self, order_id, error, at):
+    def record_failed_attempt(self, attempt_id, error, at):
         if self.fail_on_record is not None:
             raise self.fail_on_record
-        self.tables["failed"].setdefault(order_id, SimpleNamespace(error=error, failed_at=at))
+        self.tables["failed"].setdefault(attempt_id, SimpleNamespace(error=error, failed_at=at))
 
-    def lock_order_ids(self, order_ids):
-        if self.on_lock is not None and order_ids:
+    def record_change(self, attempt_id, order_id, answer, at):
+        if attempt_id in self.tables["changes"]:
+            raise IntegrityError("INSERT INTO orders.change_attempts", None, Exception("change_attempts_pkey"))
+        # As JSONB keeps it: JSON, not the Python objects.
+        self.tables["changes"][attempt_id] = SimpleNamespace(order_id=order_id, answer=json.loads(json.dumps(answer)),
+                                                             changed_at=at)
+
+    def lock_attempts(self, attempt_ids):
+        if self.on_lock is not None and attempt_ids:
             self.on_lock()
 
     def insert_new_order(self, order_fields, item_fields, changed_by, event_row):
@@ -426,6 +435,7 @@ class InMemoryOrderStore:
     def prune_attempts(self, older_than):
         self.tables["keys"] = {k: v for k, v in self.tables["keys"].items() if v.created_at >= older_than}
         self.tables["failed"] = {k: v for k, v in self.tables["failed"].items() if v.failed_at >= older_than}
+        self.tables["changes"] = {k: v for k, v in self.tables["changes"].items() if v.changed_at >= older_than}
 
     def ping(self):
         pass

@@ -252,3 +252,116 @@ def test_a_customer_event_redelivered_is_remembered_once(world):
     world.orders.on_customer_created(envelope)
     assert list(world.orders_store.tables["customers"]) == [uuid.UUID(CUSTOMER["id"])]
     assert world.orders_store.tables["processed"] == {envelope["event_id"]}
+
+
+# ---- changes as attempts: one answer per attempt id, like a create's ----------------------
+
+
+def test_a_change_run_again_gives_its_first_answer_and_changes_nothing_more(world):
+    order = world.create()
+    attempt = str(uuid.uuid4())
+    first = world.orders.update_shipping(order["id"], {"carrier": "DHL"}, attempt_id=attempt)
+    world.orders.update_shipping(order["id"], {"carrier": "UPS"})  # someone else's change, in between
+    again = world.orders.update_shipping(order["id"], {"carrier": "DHL"}, attempt_id=attempt)  # a redelivery
+    assert again == first and first["version"] == 2
+    assert world.orders.get_order(order["id"])["carrier"] == "UPS"  # not set back to DHL
+    assert world.order_events() == ["order_created", "order_updated", "order_updated"]
+
+
+def test_a_change_answered_503_is_never_applied_by_another_run_of_it(world, monkeypatch):
+    order = world.create()
+    attempt = str(uuid.uuid4())
+    get_order = world.orders_store.get_order
+
+    def database_gone_once(*args, **kwargs):
+        monkeypatch.setattr(world.orders_store, "get_order", get_order)
+        raise ServiceUnavailable("The database is unavailable.", {"database": "unreachable"})
+
+    monkeypatch.setattr(world.orders_store, "get_order", database_gone_once)
+    with pytest.raises(ServiceUnavailable):  # the client's answer: 503, not done
+        world.orders.update_status(order["id"], {"status": "cancelled"}, attempt_id=attempt)
+    with pytest.raises(ServiceUnavailable):  # the database is back, the request redelivered: still not done
+        world.orders.update_status(order["id"], {"status": "cancelled"}, attempt_id=attempt)
+    assert world.orders.get_order(order["id"])["status"] == "pending" and world.reserved("A") == 2
+    assert world.order_events() == ["order_created"]
+    cancelled = world.orders.update_status(order["id"], {"status": "cancelled"}, attempt_id=str(uuid.uuid4()))
+    assert cancelled["status"] == "cancelled" and world.reserved("A") == 0  # a fresh attempt works
+
+
+def test_a_refused_change_stays_refused_for_its_attempt_when_it_could_be_made_later(world):
+    order = world.create()
+    world.orders.update_status(order["id"], {"status": "processing"})
+    attempt = str(uuid.uuid4())
+    with pytest.raises(InvalidTransition):  # no carrier yet: 409
+        world.orders.update_status(order["id"], {"status": "shipped"}, attempt_id=attempt)
+    world.orders.update_shipping(order["id"], {"carrier": "DHL", "tracking_number": "JD1"})
+    with pytest.raises(InvalidTransition):
+        world.orders.update_status(order["id"], {"status": "shipped"}, attempt_id=attempt)
+    assert world.orders.get_order(order["id"])["status"] == "processing"
+    assert world.stock.get_product("A").stock == 10
+
+
+def test_a_deleted_order_s_attempt_gives_the_deleted_order_again(world):
+    order = world.create()
+    attempt = str(uuid.uuid4())
+    deleted = world.orders.delete_order(order["id"], attempt_id=attempt)
+    assert world.orders.delete_order(order["id"], attempt_id=attempt) == deleted
+    assert world.order_events() == ["order_created", "order_deleted"] and world.reserved("A") == 0
+
+
+def test_an_items_change_refused_keeps_the_old_reservation_for_every_run_of_it(world):
+    order = world.create(quantity=2)
+    attempt = str(uuid.uuid4())
+    with pytest.raises(InsufficientStock):
+        world.orders.update_order(order["id"], {"items": [{"sku": "A", "quantity": 11}]}, attempt_id=attempt)
+    world.stock.add_product("A", stock=20, unit_price="29.99")
+    with pytest.raises(InsufficientStock):
+        world.orders.update_order(order["id"], {"items": [{"sku": "A", "quantity": 11}]}, attempt_id=attempt)
+    assert world.orders.get_order(order["id"])["items"][0]["quantity"] == 2
+
+
+def test_a_change_s_failure_that_cannot_be_recorded_is_outcome_unknown_naming_the_order(world):
+    order = world.create()
+    world.orders_store.fail_on_record = ServiceUnavailable("The database is unreachable.")
+    with pytest.raises(OutcomeUnknown) as unknown:
+        world.orders.update_status(order["id"], {"status": "shipped"}, attempt_id=str(uuid.uuid4()))
+    assert unknown.value.details == {"order_id": order["id"], "reason": "failure_not_recorded"}
+
+
+def test_a_failed_change_run_answers_the_change_another_run_made_meanwhile(world, monkeypatch):
+    """Our run fails (the database went away) and, before it records that, another run of
+    the same attempt (a redelivery, on another instance) makes the change: ours answers it."""
+    order = world.create()
+    attempt = str(uuid.uuid4())
+    other_instance = worker_factory(OrderService, uow=FakeUnitOfWork(world.orders_store), settings=SETTINGS,
+                                    caller=Caller("admin-1", "admin"), customer_rpc=world.customers, context_data={},
+                                    inventory_rpc=world.inventory_rpc)
+    get_order = world.orders_store.get_order
+
+    def database_gone_once(*args, **kwargs):
+        monkeypatch.setattr(world.orders_store, "get_order", get_order)
+        raise ServiceUnavailable("The database is unavailable.", {"database": "unreachable"})
+
+    def the_other_run_commits_before_ours_records_its_failure():
+        world.orders_store.on_lock = None
+        other_instance.update_status(order["id"], {"status": "processing"}, attempt_id=attempt)
+
+    def our_run_will_fail():
+        monkeypatch.setattr(world.orders_store, "get_order", database_gone_once)
+        world.orders_store.on_lock = the_other_run_commits_before_ours_records_its_failure
+
+    world.orders_store.on_lock = our_run_will_fail
+    changed = world.orders.update_status(order["id"], {"status": "processing"}, attempt_id=attempt)
+    assert changed["status"] == "processing" and changed["version"] == 2
+    assert world.orders_store.tables["failed"] == {}
+    assert world.order_events() == ["order_created"]  # ours committed nothing; the other run's events:
+    assert other_instance.uow.event_types() == ["order_status_changed", "order_processing"]
+
+
+def test_an_attempt_id_answers_only_its_own_order(world):
+    first, second = world.create(), world.create()
+    attempt = str(uuid.uuid4())
+    world.orders.update_shipping(first["id"], {"carrier": "DHL"}, attempt_id=attempt)
+    with pytest.raises(ValidationFailed):
+        world.orders.update_shipping(second["id"], {"carrier": "DHL"}, attempt_id=attempt)
+    assert world.orders.get_order(second["id"])["carrier"] is None
