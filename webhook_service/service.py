@@ -193,7 +193,6 @@ class WebhookService(ServiceBase):
                     pass
         finally:
             pool.waitall()  # a claim that failed (the database went away) ends the run once its sends have
-        self._report_pending()
         if time.monotonic() >= claiming_until:
             return 0.0
         return max(0.0, (min(retries) - _now()).total_seconds()) if retries else None
@@ -258,12 +257,6 @@ class WebhookService(ServiceBase):
                                                                now))
         tx.emit("webhook_disabled", disabled)
         log.warning("webhook %s (%s) disabled: %s", webhook.id, webhook.url, reason)
-
-    def _report_pending(self):
-        with self.uow.single_statement() as store:
-            count, oldest = store.pending_summary()
-        metrics.PENDING.labels(self.name).set(count)
-        metrics.OLDEST_PENDING.labels(self.name).set((_now() - oldest).total_seconds() if oldest else 0.0)
 
 
 def _subscription(fields):

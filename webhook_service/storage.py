@@ -40,6 +40,7 @@ from sqlalchemy.types import DateTime
 
 from common.kit.outbox import outbox_model
 from common.kit.unit_of_work import StorageLayout
+from common.observability.metrics import Backlog
 
 SCHEMA = "webhooks"
 
@@ -331,15 +332,16 @@ class WebhookStore:
             .returning(Delivery),
             execution_options={"synchronize_session": False, "populate_existing": True}).first()
 
-    def pending_summary(self):
-        """(deliveries pending for enabled webhooks, when the oldest of them was created or None)."""
-        return self.session.execute(
-            select(func.count(), func.min(Delivery.created_at))
-            .join(Webhook, Webhook.id == Delivery.webhook_id)
-            .where(Delivery.status == "pending", Webhook.enabled)).one()
-
     def ping(self):
         self.session.execute(select(1))
 
 
-layout = StorageLayout(base=WebhooksBase, store=WebhookStore, outbox=Outbox)
+# What the sender has yet to deliver, read when metrics are scraped: pending deliveries of enabled
+# webhooks (a disabled webhook's wait for an admin; ix_deliveries_due holds exactly the pending ones).
+PENDING = Backlog(
+    waiting=("webhook_deliveries_pending", "Deliveries waiting for an attempt (enabled webhooks)"),
+    oldest=("webhook_oldest_pending_seconds", "Age of the oldest pending delivery"),
+    query=select(func.count(), func.min(Delivery.created_at)).join(Webhook, Webhook.id == Delivery.webhook_id)
+    .where(Delivery.status == "pending", Webhook.enabled))
+
+layout = StorageLayout(base=WebhooksBase, store=WebhookStore, outbox=Outbox, backlog=PENDING)
