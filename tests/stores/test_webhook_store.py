@@ -107,3 +107,64 @@ def test_deleting_a_webhook_takes_its_deliveries(store):
     store.delete_webhook(hook)
     assert store.get_delivery(hook.id, delivery_id) is None
     assert _record(store) == []
+
+
+def _settle(store, now, outcomes):
+    """Claim as many due deliveries as `outcomes` and record one each, in claim order (max attempts 1)."""
+    claimed = store.claim_due(now, now + timedelta(seconds=30), len(outcomes), 100, {})
+    for delivery, status_code in zip(claimed, outcomes, strict=True):
+        store.record_attempt(delivery, domain.after_attempt(delivery, domain.Outcome(status_code), now, 10, 1, 0.5),
+                             now)
+    return claimed
+
+
+def test_pruning_takes_ended_deliveries_past_retention_and_never_a_pending_one(store):
+    hook = _webhook(store)
+    events = [uuid.uuid4() for _ in range(3)]
+    for event_id in events:
+        _record(store, event_id=event_id)
+    ended_at = T0 + timedelta(hours=1)
+    delivered, failed = _settle(store, ended_at, [200, 500])  # the third is left pending
+    assert store.prune_deliveries(ended_at, 100) == 0  # nothing ended before then
+    assert store.prune_deliveries(ended_at + timedelta(seconds=1), 100) == 2
+    assert store.get_delivery(hook.id, delivered.id) is None and store.get_delivery(hook.id, failed.id) is None
+    [pending] = store.list_deliveries(hook.id, {}, 10)
+    assert pending.status == "pending"
+    assert store.prune_deliveries(T0 + timedelta(days=400), 100) == 0  # however old
+
+
+def test_an_event_is_pruned_only_once_no_delivery_refers_to_it(store):
+    hook = _webhook(store)
+    kept, pruned = uuid.uuid4(), uuid.uuid4()
+    _record(store, event_id=kept)
+    _record(store, event_id=pruned)
+    ended_at = T0 + timedelta(hours=1)
+    [first] = _settle(store, ended_at, [200])  # one delivered, the other still pending
+    store.prune_deliveries(ended_at + timedelta(seconds=1), 100)
+    received = T0 + timedelta(minutes=1)
+    assert store.prune_events(received, 100) == 0  # not yet past the retention
+    assert store.prune_events(ended_at + timedelta(seconds=1), 100) == 1
+    # The pending delivery's event stays, and with it the dedup of a redelivery.
+    pending_event = kept if first.event_id == pruned else pruned
+    assert _record(store, event_id=pending_event) == []
+    # A copy arriving after its event was pruned is a new event (why the retention is days).
+    assert len(_record(store, event_id=first.event_id)) == 1
+    assert {d.event_id for d in store.list_deliveries(hook.id, {}, 10)} == {kept, pruned}
+
+
+def test_a_deleted_webhooks_events_are_pruned(store):
+    hook = _webhook(store)
+    _record(store)
+    store.delete_webhook(hook)
+    assert store.prune_events(T0 + timedelta(days=31), 100) == 1
+
+
+def test_pruning_goes_in_bounded_batches_the_oldest_first(store):
+    hook = _webhook(store)
+    for _ in range(5):
+        _record(store)
+    _settle(store, T0 + timedelta(hours=1), [200] * 5)
+    before = T0 + timedelta(hours=2)
+    assert [store.prune_deliveries(before, 2) for _ in range(4)] == [2, 2, 1, 0]
+    assert [store.prune_events(before, 3) for _ in range(3)] == [3, 2, 0]
+    assert store.list_deliveries(hook.id, {}, 10) == []
