@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    func,
     or_,
     select,
     text,
@@ -37,6 +38,8 @@ from common.kit.consumers import processed_events_model
 from common.kit.customer_directory import CustomerDirectory, known_customer_model
 from common.kit.outbox import outbox_model
 from common.kit.unit_of_work import StorageLayout
+from common.observability.metrics import Backlog
+from notification_service import domain
 
 SCHEMA = "notifications"
 
@@ -235,5 +238,16 @@ class NotificationStore(CustomerDirectory):
         self.session.execute(select(1))
 
 
+# What the sender has yet to send, per channel, read when metrics are scraped: every queued notification,
+# due or waiting for its next attempt (a gauge of the due ones only would read 0 between the retries
+# of a provider that is down, since the sender takes due rows within seconds), its age since it was
+# queued. Only queued rows are read (ix_notifications_due holds exactly those).
+WAITING = Backlog(
+    waiting=("notifications_waiting", "Notifications queued for their first attempt or a retry"),
+    oldest=("notifications_oldest_waiting_seconds", "Age of the oldest queued notification"),
+    query=select(Notification.channel, func.count(), func.min(Notification.created_at))
+    .where(Notification.status == "queued").group_by(Notification.channel),
+    labels=("channel",), every=tuple((channel,) for channel in (domain.EMAIL, domain.SMS, domain.PUSH)))
+
 layout = StorageLayout(base=NotificationsBase, store=NotificationStore, outbox=outbox_model(NotificationsBase),
-                       processed_events=processed_events_model(NotificationsBase))
+                       processed_events=processed_events_model(NotificationsBase), backlog=WAITING)

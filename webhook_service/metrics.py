@@ -4,15 +4,13 @@
 - webhook_delivery_attempts_total{result}: every attempt, by `2xx`, `3xx`, `4xx`, `5xx` or
   `no_answer` (refused, unreachable, timed out)
 - webhook_deliveries_pending, webhook_oldest_pending_seconds: pending deliveries of enabled
-  webhooks and the age of the oldest, as of the sender's last run (it runs at least every
-  WEBHOOK_SWEEP_INTERVAL_SECONDS)
+  webhooks and the age of the oldest, read when scraped (storage.PENDING, a
+  common/observability/metrics.py Backlog)
 """
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter
 
 DELIVERIES = Counter("webhook_deliveries", "Webhook deliveries that ended, by outcome", ["service", "outcome"])
 ATTEMPTS = Counter("webhook_delivery_attempts", "Attempts to deliver to a webhook, by result", ["service", "result"])
-PENDING = Gauge("webhook_deliveries_pending", "Deliveries waiting for an attempt (enabled webhooks)", ["service"])
-OLDEST_PENDING = Gauge("webhook_oldest_pending_seconds", "Age of the oldest pending delivery", ["service"])
 
 
 def attempt_result(status_code):

@@ -7,7 +7,8 @@ timer entrypoint woken after new deliveries, claims due ones under a lease (comm
 once), sends each in a greenthread of its own outside any transaction, at most PER_HOST at a
 time per host, and records each outcome in a short unit of work applied only if the claim
 still holds the row. A subscriber that is slow or dead holds its own host's slots and
-nothing else: the other hosts' deliveries are claimed and sent meanwhile.
+nothing else: the other hosts' deliveries are claimed and sent meanwhile. A timer prunes what
+ended WEBHOOK_RETENTION_DAYS ago.
 """
 import collections
 import json
@@ -36,6 +37,7 @@ from common.kit.consumers import reliable_event_handler
 from common.kit.paging import Listing
 from common.kit.rpc import rpc
 from common.kit.sender import SenderWake, sender
+from common.kit.timers import every
 from common.kit.unit_of_work import UnitOfWork
 from webhook_service import domain, metrics, outbound, secret_box, storage
 
@@ -52,6 +54,9 @@ POLL_SECONDS = 0.2
 MAX_CLAIMING_SECONDS = 10
 # A claim's lease: one attempt's timeout (it bounds the whole attempt) plus this, for recording it.
 LEASE_MARGIN_SECONDS = 10
+# Pruning deletes at most this many rows per statement (each its own short transaction), and a run
+# stops starting batches after MAX_PRUNING_SECONDS: the next run goes on where it stopped.
+PRUNE_BATCH, MAX_PRUNING_SECONDS = 1000, 10
 
 
 def _now():
@@ -193,10 +198,28 @@ class WebhookService(ServiceBase):
                     pass
         finally:
             pool.waitall()  # a claim that failed (the database went away) ends the run once its sends have
-        self._report_pending()
         if time.monotonic() >= claiming_until:
             return 0.0
         return max(0.0, (min(retries) - _now()).total_seconds()) if retries else None
+
+    # -- retention -------------------------------------------------------------------------
+
+    @every("webhook_prune_interval_seconds")
+    def prune(self):
+        """Delete deliveries that ended, then events no delivery refers to, WEBHOOK_RETENTION_DAYS
+        after they last changed / arrived, PRUNE_BATCH rows per statement; the rows deleted."""
+        before = _now() - timedelta(days=self.settings.webhook_retention_days)
+        stop_at, deleted = time.monotonic() + MAX_PRUNING_SECONDS, 0
+        for table in ("deliveries", "events"):  # deliveries first: they free their events
+            while time.monotonic() < stop_at:
+                with self.uow.single_statement() as store:
+                    batch = getattr(store, f"prune_{table}")(before, PRUNE_BATCH)
+                deleted += batch
+                if batch < PRUNE_BATCH:
+                    break
+        if deleted:
+            log.info("pruned %d webhook deliveries and events older than %s", deleted, before.isoformat())
+        return deleted
 
     # -- helpers (no entrypoints) -------------------------------------------------------------
 
@@ -258,12 +281,6 @@ class WebhookService(ServiceBase):
                                                                now))
         tx.emit("webhook_disabled", disabled)
         log.warning("webhook %s (%s) disabled: %s", webhook.id, webhook.url, reason)
-
-    def _report_pending(self):
-        with self.uow.single_statement() as store:
-            count, oldest = store.pending_summary()
-        metrics.PENDING.labels(self.name).set(count)
-        metrics.OLDEST_PENDING.labels(self.name).set((_now() - oldest).total_seconds() if oldest else 0.0)
 
 
 def _subscription(fields):

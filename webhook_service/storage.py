@@ -10,6 +10,10 @@
   claimed by the sender under a lease like notifications (see notification_service/storage.py):
   one committed statement gives due rows a claim token and the time the claim lasts
   until; each outcome is recorded only while the row is under the claim that sent it.
+
+Deliveries that ended (delivered or failed) and events no delivery needs any more are pruned
+WEBHOOK_RETENTION_DAYS after they last changed / arrived, in bounded batches (`prune_deliveries`,
+`prune_events`); a pending delivery, and so its event, is never pruned.
 """
 import uuid
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ from sqlalchemy.types import DateTime
 
 from common.kit.outbox import outbox_model
 from common.kit.unit_of_work import StorageLayout
+from common.observability.metrics import Backlog
 
 SCHEMA = "webhooks"
 
@@ -83,6 +88,9 @@ class WebhookVersion(WebhooksBase):
 
 class Event(WebhooksBase):
     __tablename__ = "events"
+    __table_args__ = (
+        Index("ix_events_received", "received_at"),  # pruning: the oldest first
+    )
 
     event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
     event_type: Mapped[str] = mapped_column(String(64))
@@ -102,6 +110,8 @@ class Delivery(WebhooksBase):
         Index("ix_deliveries_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
         Index("ix_deliveries_webhook_created", "webhook_id", text("created_at DESC"), text("id DESC")),
         Index("ix_deliveries_event", "event_id"),
+        # Pruning: those that ended, the longest ago first (pending ones are never pruned).
+        Index("ix_deliveries_ended", "updated_at", postgresql_where=text("status <> 'pending'")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -184,6 +194,27 @@ RETURNING d.id, d.webhook_id, d.event_id, d.attempts, d.attempts_before_resend, 
 """)
 
 
+# Pruning, one bounded batch per statement, the oldest first. Rows another transaction holds (an
+# admin's re-send, a delivery being recorded for an event) are skipped, not waited for.
+_PRUNE_DELIVERIES = text(f"""
+DELETE FROM {SCHEMA}.deliveries WHERE id IN (
+    SELECT id FROM {SCHEMA}.deliveries
+    WHERE status <> 'pending' AND updated_at < :before
+    ORDER BY updated_at LIMIT :limit
+    FOR UPDATE SKIP LOCKED)
+""")
+# An event goes once no delivery refers to it: those of a webhook that was deleted, or that were
+# pruned; a pending delivery keeps its event (and its dedup) however old.
+_PRUNE_EVENTS = text(f"""
+DELETE FROM {SCHEMA}.events WHERE event_id IN (
+    SELECT e.event_id FROM {SCHEMA}.events e
+    WHERE e.received_at < :before
+      AND NOT EXISTS (SELECT FROM {SCHEMA}.deliveries d WHERE d.event_id = e.event_id)
+    ORDER BY e.received_at LIMIT :limit
+    FOR UPDATE SKIP LOCKED)
+""")
+
+
 @dataclass(frozen=True)
 class Claimed:
     """A delivery the sender claimed, with what sending it needs."""
@@ -258,7 +289,7 @@ class WebhookStore:
         return webhook
 
     def delete_webhook(self, webhook):
-        """The webhook, its versions and its deliveries (events no delivery needs stay: they are small)."""
+        """The webhook, its versions and its deliveries (its events go when pruning finds no delivery needs them)."""
         self.session.execute(delete(Webhook).where(Webhook.id == webhook.id))
 
     def _new_version(self, webhook, now):
@@ -331,15 +362,28 @@ class WebhookStore:
             .returning(Delivery),
             execution_options={"synchronize_session": False, "populate_existing": True}).first()
 
-    def pending_summary(self):
-        """(deliveries pending for enabled webhooks, when the oldest of them was created or None)."""
-        return self.session.execute(
-            select(func.count(), func.min(Delivery.created_at))
-            .join(Webhook, Webhook.id == Delivery.webhook_id)
-            .where(Delivery.status == "pending", Webhook.enabled)).one()
+    # -- retention ---------------------------------------------------------------------
+
+    def prune_deliveries(self, before, limit):
+        """Delete up to `limit` deliveries that ended (delivered or failed) and last changed before
+        `before`, the oldest first; how many. Never a pending one."""
+        return self.session.connection().execute(_PRUNE_DELIVERIES, {"before": before, "limit": limit}).rowcount
+
+    def prune_events(self, before, limit):
+        """Delete up to `limit` events received before `before` that no delivery refers to, the
+        oldest first; how many. A redelivery of one of them is then recorded as a new event."""
+        return self.session.connection().execute(_PRUNE_EVENTS, {"before": before, "limit": limit}).rowcount
 
     def ping(self):
         self.session.execute(select(1))
 
 
-layout = StorageLayout(base=WebhooksBase, store=WebhookStore, outbox=Outbox)
+# What the sender has yet to deliver, read when metrics are scraped: pending deliveries of enabled
+# webhooks (a disabled webhook's wait for an admin; ix_deliveries_due holds exactly the pending ones).
+PENDING = Backlog(
+    waiting=("webhook_deliveries_pending", "Deliveries waiting for an attempt (enabled webhooks)"),
+    oldest=("webhook_oldest_pending_seconds", "Age of the oldest pending delivery"),
+    query=select(func.count(), func.min(Delivery.created_at)).join(Webhook, Webhook.id == Delivery.webhook_id)
+    .where(Delivery.status == "pending", Webhook.enabled))
+
+layout = StorageLayout(base=WebhooksBase, store=WebhookStore, outbox=Outbox, backlog=PENDING)

@@ -141,6 +141,9 @@ class Settings(BaseModel):
     webhook_disable_after_hours: float = Field(gt=0)
     webhook_allow_hosts: tuple[str, ...] = ()
     webhook_sweep_interval_seconds: float = Field(gt=0, le=300)
+    # At least a day: an event's dedup must outlive every late copy of it (see _rules_between_settings).
+    webhook_retention_days: float = Field(ge=1)
+    webhook_prune_interval_seconds: PositiveSeconds
 
     @field_validator("log_level", "env", mode="before")
     @classmethod
@@ -271,6 +274,12 @@ class Settings(BaseModel):
                 f"RESERVATION_GRACE_SECONDS ({self.reservation_grace_seconds:g}) must exceed "
                 f"ORDER_CREATE_DEADLINE_SECONDS ({self.order_create_deadline_seconds:g}): the reconciler "
                 "would release the stock of orders still being created")
+        retrying_seconds = self.event_retry_base_seconds * (2 ** self.event_max_retries - 1)
+        if self.webhook_retention_days * 86400 <= retrying_seconds:
+            problems.append(
+                f"WEBHOOK_RETENTION_DAYS ({self.webhook_retention_days:g}) must exceed the {retrying_seconds:g} s "
+                "an event can spend in retries (EVENT_MAX_RETRIES, EVENT_RETRY_BASE_SECONDS): a late copy of an "
+                "event whose record was pruned would be delivered again")
         if self.service_rpc_timeout >= self.rpc_timeout:
             problems.append(
                 f"SERVICE_RPC_TIMEOUT ({self.service_rpc_timeout:g}) must be below RPC_TIMEOUT "

@@ -63,6 +63,7 @@ class StorageLayout:
     store: type             # its queries: store(session)
     outbox: Any             # common.kit.outbox.outbox_model(base)
     processed_events: Any = None  # common.kit.consumers.processed_events_model(base), for consumers
+    backlog: Any = None     # common.observability.metrics.Backlog: what it has yet to send, in its metrics
 
 
 class Transaction:
@@ -189,7 +190,7 @@ class UnitOfWork(DependencyProvider):
         exchange = get_event_exchange(self.container.service_name, self.container.config)
         relay_engine = create_engine(settings.database_url, pool_size=2, max_overflow=0)  # not traced: no request
         metrics.watch_storage(self.container.service_name, settings.metrics_port, self.engine, relay_engine,
-                              self.layout.outbox)
+                              self.layout.outbox, self.layout.backlog)
         self.relay = OutboxRelay(
             self.layout.outbox, relay_engine,
             ConfirmedBatchPublisher(settings.amqp_uri, exchange),

@@ -22,6 +22,9 @@ What a service reports (every metric has a `service` label):
 - timer_runs_total{timer,outcome}
 - event_retries_total{queue}, events_dead_lettered_total{queue}
 - outbox_events_waiting, outbox_oldest_waiting_seconds (read when scraped)
+- a service's backlog, when its storage layout declares one (`Backlog`, read when scraped):
+  what it has yet to send and the age of the oldest (webhook_service's deliveries,
+  notification_service's messages by channel)
 - db_pool_connections{state="in_use"|"idle"} (read when scraped)
 `outcome` is `ok`, the error's code (`not_found`, `service_unavailable`, ...)
 or `error` for anything unexpected.
@@ -30,9 +33,11 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import partial
 from socketserver import ThreadingMixIn
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from nameko.events import EventHandler
@@ -119,11 +124,38 @@ class ServiceMetrics(DependencyProvider):
         self._started.pop(worker_ctx, None)
 
 
-class StorageCollector:
-    """Outbox depth and age, and the database pool, read when Prometheus scrapes."""
+@dataclass(frozen=True)
+class Backlog:
+    """What a service has yet to send, as two gauges read when Prometheus scrapes: how many
+    wait (`waiting`) and the age of the oldest (`oldest`, 0 when none), per value of `labels`.
 
-    def __init__(self, service, engine, relay_engine, outbox_model):
-        self.service, self.engine, self.relay_engine = service, engine, relay_engine
+    `query` is one SELECT of the service's own schema answering rows of (label values...,
+    count, oldest timestamp or None); each label value in `every` is reported, at 0 when no
+    row names it, so an alert on a channel reads 0 rather than nothing."""
+    waiting: tuple[str, str]  # (metric name, help)
+    oldest: tuple[str, str]
+    query: Any
+    labels: tuple[str, ...] = ()
+    every: tuple[tuple[str, ...], ...] = ((),)
+
+    def metrics(self, service, rows, now):
+        counts = {key: (0, None) for key in self.every}
+        for *key, count, oldest in rows:
+            counts[tuple(key)] = (count, oldest)
+        waiting = GaugeMetricFamily(*self.waiting, labels=["service", *self.labels])
+        oldest_age = GaugeMetricFamily(*self.oldest, labels=["service", *self.labels])
+        for key, (count, oldest) in sorted(counts.items()):
+            waiting.add_metric([service, *key], count)
+            oldest_age.add_metric([service, *key], (now - oldest).total_seconds() if oldest else 0.0)
+        return waiting, oldest_age
+
+
+class StorageCollector:
+    """Outbox depth and age, the service's backlog (if it has one), and the database pool, read when
+    Prometheus scrapes."""
+
+    def __init__(self, service, engine, relay_engine, outbox_model, backlog=None):
+        self.service, self.engine, self.relay_engine, self.backlog = service, engine, relay_engine, backlog
         self._waiting = select(func.count(), func.min(outbox_model.created_at)).where(
             outbox_model.sent_at.is_(None))
 
@@ -137,10 +169,12 @@ class StorageCollector:
         try:
             with self.relay_engine.connect() as connection:
                 count, oldest = connection.execute(self._waiting).one()
+                backlog = connection.execute(self.backlog.query).all() if self.backlog else None
         except Exception as exc:  # the database is down: say nothing rather than fail the scrape
-            log.warning("metrics: cannot read the outbox: %r", exc)
+            log.warning("metrics: cannot read the outbox or the backlog: %r", exc)
             return
-        age = (datetime.now(timezone.utc) - oldest).total_seconds() if oldest else 0.0
+        now = datetime.now(timezone.utc)
+        age = (now - oldest).total_seconds() if oldest else 0.0
         waiting = GaugeMetricFamily("outbox_events_waiting", "Events written but not yet sent", labels=["service"])
         waiting.add_metric([self.service], count)
         yield waiting
@@ -148,14 +182,16 @@ class StorageCollector:
                                        labels=["service"])
         oldest_age.add_metric([self.service], age)
         yield oldest_age
+        if self.backlog:
+            yield from self.backlog.metrics(self.service, backlog, now)
 
 
-def watch_storage(service, metrics_port, engine, relay_engine, outbox_model):
-    """Report the service's outbox and pool in its metrics (when it serves them)."""
+def watch_storage(service, metrics_port, engine, relay_engine, outbox_model, backlog=None):
+    """Report the service's outbox, backlog and pool in its metrics (when it serves them)."""
     if services.metrics_port(service, metrics_port) is None or service in _watched:
         return
     _watched.add(service)
-    REGISTRY.register(StorageCollector(service, engine, relay_engine, outbox_model))
+    REGISTRY.register(StorageCollector(service, engine, relay_engine, outbox_model, backlog))
     # The relay's small pool, not the workers': a probe never waits behind requests.
     _readiness["database"] = partial(database_state, relay_engine)
 

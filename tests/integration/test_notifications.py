@@ -15,8 +15,11 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+import requests
 from kombu import Connection, Exchange
+from prometheus_client.parser import text_string_to_metric_families
 
+from common.contract.services import metrics_port
 from tests import support
 
 
@@ -144,6 +147,31 @@ def test_while_the_mail_server_is_down_it_retries_then_sends_exactly_once(api, s
     time.sleep(2)  # anything sent twice would have arrived by now
     assert len(smtp_server.to(customer["email"])) == 1
     assert smtp_server.to(customer["email"])[0]["message"]["Message-ID"] == sent["message_id"]
+
+
+def _backlog(stack):
+    """notification_service's backlog gauges as its metrics port serves them: {(name, channel): value}."""
+    url = f"http://127.0.0.1:{metrics_port('notification_service', int(stack.env['METRICS_PORT']))}/metrics"
+    return {(sample.name, sample.labels["channel"]): sample.value
+            for family in text_string_to_metric_families(requests.get(url, timeout=5).text)
+            if family.name in ("notifications_waiting", "notifications_oldest_waiting_seconds")
+            for sample in family.samples}
+
+
+def test_the_backlog_by_channel_is_on_the_metrics_port(api, shop, smtp_server, stack):
+    customer, product = shop
+    smtp_server.stop()
+    try:
+        order = api.create_order(customer, (product, 1))
+        _wait_until(lambda: [n for n in _notifications(api, order_id=order["id"]) if n["attempts"] >= 1])
+        backlog = _wait_until(lambda: (b := _backlog(stack))[("notifications_oldest_waiting_seconds", "email")] > 0
+                              and b)
+        assert backlog[("notifications_waiting", "email")] >= 1
+        # Every channel is reported, also one nothing waits on (0: what NotificationBacklog reads).
+        assert {channel for _, channel in backlog} == {"email", "sms", "push"}
+    finally:
+        smtp_server.start()
+    _wait_for_status(api, order["id"], "sent", timeout=30)
 
 
 def test_a_mail_a_crashed_instance_had_claimed_goes_out_once_its_lease_expires(api, shop, smtp_server, db_name):

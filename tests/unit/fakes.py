@@ -30,6 +30,7 @@ from common.contract.settings import load_settings
 from common.kit.outbox import Outbox
 from inventory_service.domain import ProductRules
 from order_service import domain
+from webhook_service.storage import Claimed
 
 SETTINGS = load_settings({})  # config.yml's defaults, nothing from this process's environment
 
@@ -701,6 +702,173 @@ class InMemoryNotificationStore(InMemoryCustomerDirectory):
         rows = sorted((n for n in self.tables["notifications"].values() if keep(n)),
                       key=lambda n: (n.created_at, n.id), reverse=True)
         return rows[:limit]
+
+    def ping(self):
+        pass
+
+
+# ---- webhooks ----------------------------------------------------------------------
+
+class InMemoryWebhookStore:
+    """webhook_service.storage.WebhookStore's contract, in memory. Its two statements in Python:
+    `record_deliveries` (the webhooks as they were when the event occurred, the event's id as its
+    dedup) and `claim_due` (due rows of enabled webhooks, a scan of 4 x limit, at most per_host per
+    host counting those in flight)."""
+
+    def __init__(self):
+        self.tables = {"webhooks": {}, "versions": [], "events": {}, "deliveries": {}}
+
+    # -- the event path
+
+    def record_deliveries(self, event_id, event_type, occurred_at, body, now):
+        event_id = uuid.UUID(str(event_id))
+        matching = [webhook_id for webhook_id, version in self._in_force(occurred_at).items()
+                    if version["enabled"] and event_type in version["event_types"]]
+        if not matching or event_id in self.tables["events"]:
+            return []
+        self.tables["events"][event_id] = SimpleNamespace(event_id=event_id, event_type=event_type,
+                                                          occurred_at=occurred_at, body=body, received_at=now)
+        recorded = []
+        for webhook_id in matching:
+            delivery = SimpleNamespace(
+                id=uuid.uuid4(), event_id=event_id, webhook_id=webhook_id, event_type=event_type, status="pending",
+                attempts=0, attempts_before_resend=0, last_status_code=None, last_error=None, next_attempt_at=now,
+                delivered_at=None, created_at=now, updated_at=now, claim_token=None, claimed_until=None)
+            self.tables["deliveries"][delivery.id] = delivery
+            recorded.append(delivery.id)
+        return recorded
+
+    def _in_force(self, at):
+        """{webhook id: its version in force at `at`} (the latest from before it; ties: the last written)."""
+        in_force = {}
+        for version in self.tables["versions"]:  # in the order written
+            current = in_force.get(version["webhook_id"])
+            if version["valid_from"] <= at and (current is None or version["valid_from"] >= current["valid_from"]):
+                in_force[version["webhook_id"]] = version
+        return in_force
+
+    # -- webhooks
+
+    def insert_webhook(self, webhook_id, fields, host, secret_encrypted, now):
+        if webhook_id in self.tables["webhooks"]:
+            raise refused("webhooks_pkey")
+        webhook = SimpleNamespace(id=webhook_id, host=host, secret_encrypted=secret_encrypted, disabled_reason=None,
+                                  failing_since=None, created_at=now, updated_at=now,
+                                  **{**fields, "event_types": list(fields["event_types"])})
+        self.tables["webhooks"][webhook_id] = webhook
+        self._new_version(webhook, now)
+        return webhook
+
+    def get_webhook(self, webhook_id, lock=False):
+        return self.tables["webhooks"].get(webhook_id)
+
+    def lock_webhook_id(self, webhook_id):
+        pass  # one process, one thread: nothing runs alongside
+
+    def list_webhooks(self, filters, limit, after=None):
+        rows = sorted((w for w in self.tables["webhooks"].values()
+                       if after is None or (w.created_at, w.id) < tuple(after)),
+                      key=lambda w: (w.created_at, w.id), reverse=True)
+        return rows[:limit]
+
+    def update_webhook(self, webhook, changes, now):
+        subscribed = (webhook.enabled, list(webhook.event_types))
+        for name, value in changes.items():
+            setattr(webhook, name, value)
+        webhook.updated_at = now
+        if (webhook.enabled, list(webhook.event_types)) != subscribed:
+            self._new_version(webhook, now)
+        return webhook
+
+    def delete_webhook(self, webhook):
+        """Its versions and deliveries go with it (ON DELETE CASCADE); its events stay."""
+        self.tables["webhooks"].pop(webhook.id, None)
+        self.tables["versions"] = [v for v in self.tables["versions"] if v["webhook_id"] != webhook.id]
+        self.tables["deliveries"] = {i: d for i, d in self.tables["deliveries"].items() if d.webhook_id != webhook.id}
+
+    def _new_version(self, webhook, now):
+        self.tables["versions"].append({"webhook_id": webhook.id, "valid_from": now, "enabled": webhook.enabled,
+                                        "event_types": list(webhook.event_types)})
+
+    def note_delivered(self, webhook_id):
+        webhook = self.tables["webhooks"].get(webhook_id)
+        if webhook is not None:
+            webhook.failing_since = None
+
+    def note_failed(self, webhook_id, now):
+        webhook = self.tables["webhooks"].get(webhook_id)
+        if webhook is not None and webhook.failing_since is None:
+            webhook.failing_since = now
+        return webhook
+
+    # -- deliveries
+
+    def get_delivery(self, webhook_id, delivery_id, lock=False):
+        delivery = self.tables["deliveries"].get(delivery_id)
+        return delivery if delivery is not None and delivery.webhook_id == webhook_id else None
+
+    def list_deliveries(self, webhook_id, filters, limit, after=None):
+        rows = sorted((d for d in self.tables["deliveries"].values()
+                       if d.webhook_id == webhook_id and filters.get("status", d.status) == d.status
+                       and (after is None or (d.created_at, d.id) < tuple(after))),
+                      key=lambda d: (d.created_at, d.id), reverse=True)
+        return rows[:limit]
+
+    def resend(self, delivery, now):
+        delivery.status, delivery.attempts_before_resend, delivery.next_attempt_at = "pending", delivery.attempts, now
+        delivery.claim_token = delivery.claimed_until = None
+        delivery.updated_at = now
+        return delivery
+
+    # -- the sender
+
+    def claim_due(self, now, until, limit, per_host, in_flight):
+        webhooks = self.tables["webhooks"]
+        due = sorted((d for d in self.tables["deliveries"].values()
+                      if d.status == "pending" and d.next_attempt_at <= now
+                      and (d.claimed_until is None or d.claimed_until <= now) and webhooks[d.webhook_id].enabled
+                      and in_flight.get(webhooks[d.webhook_id].host, 0) < per_host),
+                     key=lambda d: d.next_attempt_at)[:limit * 4]
+        taken, token, claimed = dict(in_flight), uuid.uuid4(), []
+        for delivery in due:
+            webhook = webhooks[delivery.webhook_id]
+            if len(claimed) == limit or taken.get(webhook.host, 0) >= per_host:
+                continue
+            taken[webhook.host] = taken.get(webhook.host, 0) + 1
+            delivery.claim_token, delivery.claimed_until = token, until
+            claimed.append(Claimed(
+                id=delivery.id, webhook_id=webhook.id, event_id=delivery.event_id, attempts=delivery.attempts,
+                attempts_before_resend=delivery.attempts_before_resend, next_attempt_at=delivery.next_attempt_at,
+                claim_token=token, url=webhook.url, host=webhook.host, secret_encrypted=webhook.secret_encrypted,
+                body=self.tables["events"][delivery.event_id].body))
+        return claimed
+
+    def record_attempt(self, claimed, attempt, now):
+        delivery = self.tables["deliveries"].get(claimed.id)
+        if delivery is None or delivery.claim_token != claimed.claim_token:
+            return None
+        delivery.status, delivery.attempts = attempt.status, attempt.attempts
+        delivery.last_status_code, delivery.last_error = attempt.last_status_code, attempt.last_error
+        delivery.next_attempt_at, delivery.delivered_at = attempt.next_attempt_at, attempt.delivered_at
+        delivery.updated_at, delivery.claim_token, delivery.claimed_until = now, None, None
+        return delivery
+
+    # -- retention
+
+    def prune_deliveries(self, before, limit):
+        ended = sorted((d for d in self.tables["deliveries"].values()
+                        if d.status != "pending" and d.updated_at < before), key=lambda d: d.updated_at)[:limit]
+        for delivery in ended:
+            del self.tables["deliveries"][delivery.id]
+        return len(ended)
+
+    def prune_events(self, before, limit):
+        needed = {d.event_id for d in self.tables["deliveries"].values()}
+        old = sorted((e for e in self.tables["events"].values()
+                      if e.received_at < before and e.event_id not in needed), key=lambda e: e.received_at)[:limit]
+        for event in old:
+            del self.tables["events"][event.event_id]
+        return len(old)
 
     def ping(self):
         pass

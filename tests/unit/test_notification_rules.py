@@ -16,6 +16,7 @@ from common.contract.errors import Forbidden, InvalidTransition, NotFound
 from notification_service import domain, mail
 from notification_service import service as service_module
 from notification_service.service import NotificationService
+from notification_service.storage import WAITING
 from tests.unit.fakes import (
     SETTINGS,
     FakeCustomerService,
@@ -586,3 +587,11 @@ def test_unauthorized_credentials_are_retried_while_they_are_fixed():
         False, "401 Authenticate")
     assert domain.classify_send_error(domain.ProviderAnswer("push", 403, "bad vapid"), "push")[0] is False
     assert domain.classify_send_error(ConnectionRefusedError(111, "x"), "push")[1].startswith("push service unreachable")
+
+
+def test_the_backlog_gauges_report_every_channel_and_0_where_nothing_waits():
+    rows = [("email", 3, NOW - timedelta(minutes=20))]  # what the query answers: channels that have some
+    waiting, oldest = WAITING.metrics("notification_service", rows, NOW)
+    assert {s.labels["channel"]: s.value for s in waiting.samples} == {"email": 3, "sms": 0, "push": 0}
+    assert {s.labels["channel"]: s.value for s in oldest.samples} == {"email": 1200.0, "sms": 0.0, "push": 0.0}
+    assert oldest.name == "notifications_oldest_waiting_seconds"

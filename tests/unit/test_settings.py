@@ -28,6 +28,8 @@ def test_config_yml_gives_every_setting_and_the_environment_wins():
     ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL:"),
     ({"RESERVATION_GRACE_SECONDS": "20"}, "RESERVATION_GRACE_SECONDS (20) must exceed ORDER_CREATE_DEADLINE_SECONDS"),
     ({"SERVICE_RPC_TIMEOUT": "10"}, "SERVICE_RPC_TIMEOUT (10) must be below RPC_TIMEOUT"),
+    ({"WEBHOOK_RETENTION_DAYS": "0.5"}, "WEBHOOK_RETENTION_DAYS: Input should be greater than or equal to 1"),
+    ({"EVENT_MAX_RETRIES": "30"}, "WEBHOOK_RETENTION_DAYS (30) must exceed the 1.07374e+09 s an event can spend"),
     ({"ENV": "production"}, "ENV=production refuses the development JWT_SECRET"),
     ({"SMTP_PORT": "0"}, "SMTP_PORT: Input should be greater than or equal to 1"),
     ({"SMTP_STARTTLS": "maybe"}, "SMTP_STARTTLS: Input should be a valid boolean"),

@@ -1,18 +1,23 @@
-"""Webhook rules (webhook_service/domain.py) and one attempt's HTTP (outbound.py) against a local server."""
+"""Webhook rules (webhook_service/domain.py), one attempt's HTTP (outbound.py) against a local server, and the
+prune timer on the in-memory store."""
 import base64
 import json
 import subprocess
 import sys
+import uuid
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 
 import pytest
+from nameko.testing.services import worker_factory
 from standardwebhooks import Webhook
 
 from common.contract.errors import InvalidTransition, ValidationFailed
 from tests.harness import ROOT
 from tests.servers.webhook_receiver import WebhookReceiver
+from tests.unit.fakes import SETTINGS, FakeUnitOfWork, InMemoryWebhookStore
 from webhook_service import domain, outbound, secret_box
+from webhook_service import service as service_module
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
 SECRET = domain.new_secret(bytes(range(32)))
@@ -206,3 +211,21 @@ def test_https_to_the_checked_address_still_verifies_the_host_name(tmp_path):
     run = subprocess.run([sys.executable, "-c", TLS_SCRIPT, cert, key], capture_output=True, text=True, timeout=60,
                          cwd=ROOT)
     assert run.stdout.split() == ["200", "True", "refused"], run.stdout + run.stderr
+
+
+def test_the_prune_timer_deletes_in_batches_what_ended_past_the_retention_and_keeps_the_pending(monkeypatch):
+    store = InMemoryWebhookStore()
+    long_ago = datetime.now(timezone.utc) - timedelta(days=SETTINGS.webhook_retention_days + 1)
+    hook = store.insert_webhook(uuid.uuid4(), {"url": "https://hooks.example/in", "event_types": ["order_created"],
+                                               "description": None, "enabled": True}, "hooks.example", "x", long_ago)
+    for _ in range(5):
+        store.record_deliveries(uuid.uuid4(), "order_created", long_ago, "{}", long_ago)
+    for claimed in store.claim_due(long_ago, long_ago + timedelta(seconds=30), 4, 10, {}):  # four delivered
+        store.record_attempt(claimed, domain.after_attempt(claimed, domain.Outcome(200), long_ago, 10, 5, 0.5),
+                             long_ago)
+    monkeypatch.setattr(service_module, "PRUNE_BATCH", 2)
+    webhooks = worker_factory(service_module.WebhookService, uow=FakeUnitOfWork(store), settings=SETTINGS)
+    assert webhooks.prune() == 8  # four deliveries, then their four events, two per statement
+    [pending] = store.list_deliveries(hook.id, {}, 10)
+    assert pending.status == "pending" and list(store.tables["events"]) == [pending.event_id]
+    assert webhooks.prune() == 0
