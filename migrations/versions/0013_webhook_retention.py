@@ -3,15 +3,15 @@
 - deliveries that ended (delivered or failed), by when they last changed;
 - events, by when they arrived (the dedup of a redelivery lasts that long).
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-06
 """
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0012"
-down_revision = "0011"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 
