@@ -73,8 +73,8 @@ def _refused(uri, act):
 
 def _publish(exchange, routing_key):
     def act(channel):
-        channel.confirm_select()  # a refused publish then fails here, not on some later call
         channel.basic_publish(channel.prepare_message(b"{}"), exchange=exchange, routing_key=routing_key)
+        channel.basic_qos(0, 1, False)  # a round trip: the broker's refusal (it closes the channel) comes back
     return act
 
 
