@@ -9,8 +9,10 @@ port (AMQP port + 20000), data directory and log directory, and all share
 one Erlang cookie (written into the data directory, which is each node's
 HOME), so they can form a cluster; the machine's own broker is not touched.
 No plugins are enabled (no management ports to collide). `cluster-start`
-prints the AMQP_URI that lists every node (kombu's failover form,
-`amqp://a;amqp://b;...`).
+gives every process its own user (scripts/rabbitmq_users.py: the same
+definitions compose loads), removes guest, and prints the operator's AMQP_URI
+that lists every node (kombu's failover form, `amqp://a;amqp://b;...`);
+`python -m scripts.rabbitmq_users uri <process> --uri ...` is a process's own.
 
 Tests use `Node` directly: a single node they can pause (SIGSTOP) or stop.
 """
@@ -24,6 +26,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from scripts import rabbitmq_users
 
 RABBITMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +178,9 @@ def main(argv):
     if args.command == "cluster-start":
         started = time.monotonic()
         uri = start_cluster(nodes)
+        made = rabbitmq_users.apply(lambda *args: nodes[0].ctl(*args).stdout)
+        nodes[0].ctl("delete_user", "guest", check=False)  # guest stays for plain `make run` only
+        uri = rabbitmq_users.with_user(uri, rabbitmq_users.OPERATOR, made[rabbitmq_users.OPERATOR])
         print(f"RabbitMQ cluster of {len(nodes)} nodes up in {time.monotonic() - started:.0f} s:")
         print(f"AMQP_URI='{uri}'")
     elif args.command == "cluster-stop":

@@ -70,13 +70,15 @@ procfile=var/Procfile.run
 # CLUSTER=1: a 3-node RabbitMQ cluster of our own (scripts/rabbitmq_nodes.py, as `make cluster`),
 # quorum queues, and a second instance of every service and of the gateway, each second one
 # connecting to another node first and serving its metrics from METRICS_PORT 9200.
+# Every process connects as its own RabbitMQ user (scripts/rabbitmq_users.py); AMQP_URI, for
+# make shell and the dead-letter tools, is the cluster's operator.
 if [ "${CLUSTER:-0}" = "1" ]; then
     cluster_uri=$($PY -m scripts.rabbitmq_nodes cluster-start | sed -n "s/^AMQP_URI='\(.*\)'$/\1/p")
     rotated=$(echo "$cluster_uri" | awk -F';' '{print $2";"$3";"$1}')
     export AMQP_URI="$cluster_uri" AMQP_QUORUM_QUEUES=true MAX_WORKERS="${MAX_WORKERS:-5}"
-    grep -v '^gateway:' Procfile | sed "s/^\([a-z]*\): /\1_2: AMQP_URI='$rotated' METRICS_PORT=9200 /" >> "$procfile"
-    echo "gateway_2: AMQP_URI='$rotated' GATEWAY_PORT=$((GATEWAY_PORT + 1)) gunicorn -c gateway/gunicorn_conf.py gateway.wsgi:app" >> "$procfile"
-    echo "CLUSTER=1: AMQP_URI=$AMQP_URI; two instances of each service; gateways on :$GATEWAY_PORT and :$((GATEWAY_PORT + 1))."
+    $PY -m scripts.rabbitmq_users procfile --uri "$cluster_uri" --second-uri "$rotated" \
+        --second-gateway-port $((GATEWAY_PORT + 1)) > "$procfile"
+    echo "CLUSTER=1: AMQP_URI=$AMQP_URI (the operator; each process has its own user); two instances of each service; gateways on :$GATEWAY_PORT and :$((GATEWAY_PORT + 1))."
 fi
 
 # Without a mail relay the notification emails go to a local sink (scripts/mail_sink.py) on
