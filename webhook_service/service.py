@@ -1,6 +1,6 @@
 """webhook_service: Nameko entrypoints only; rules in domain, queries in storage, HTTP in outbound.
 
-Every event of the contract (but its own) comes in through a reliable handler, which only
+Every event of the contract (but its own) comes in through a batch handler (common/kit/consumers.py), which only
 records: in one statement, the event and one pending delivery per webhook subscribed to it
 when it occurred (the event's id is the dedup: a redelivery records nothing). The sender, a
 timer entrypoint woken after new deliveries, claims due ones under a lease (committed at
@@ -33,7 +33,7 @@ from common.contract.schemas.webhooks import (
     WebhookSchema,
 )
 from common.kit.base import ServiceBase
-from common.kit.consumers import reliable_event_handler
+from common.kit.consumers import batch_event_handler
 from common.kit.paging import Listing
 from common.kit.rpc import rpc
 from common.kit.sender import SenderWake, sender
@@ -79,10 +79,11 @@ class WebhookService(ServiceBase):
 
     # -- the event path: record, never send (the handlers are made below the class) ---
 
-    def _record_deliveries(self, event_type, envelope):
-        body = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)
+    def _record_deliveries(self, event_type, envelopes):
+        events = [(envelope["event_id"], _occurred_at(envelope),
+                   json.dumps(envelope, separators=(",", ":"), ensure_ascii=False)) for envelope in envelopes]
         with self.uow.single_statement() as store:
-            recorded = store.record_deliveries(envelope["event_id"], event_type, _occurred_at(envelope), body, _now())
+            recorded = store.record_deliveries(event_type, events, _now())
         if recorded:
             self.wake_sender()
 
@@ -299,14 +300,14 @@ def _webhook(store, webhook_id, lock=False):
 
 
 def _handler(source, event_type):
-    @reliable_event_handler(source, event_type)
-    def handle(self, envelope):
-        self._record_deliveries(event_type, envelope)
+    @batch_event_handler(source, event_type)
+    def handle(self, envelopes):
+        self._record_deliveries(event_type, envelopes)
     handle.__name__ = handle.__qualname__ = f"on_{event_type}"
     return handle
 
 
-# One reliable handler per event a webhook can subscribe to (nameko finds them on the class).
+# One batch handler per event a webhook can subscribe to (nameko finds them on the class).
 for _source, _event_types in WEBHOOK_EVENTS.items():
     for _event_type in _event_types:
         setattr(WebhookService, f"on_{_event_type}", _handler(_source, _event_type))

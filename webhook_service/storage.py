@@ -134,29 +134,35 @@ class Delivery(WebhooksBase):
 
 Outbox = outbox_model(WebhooksBase)
 
-# Built once: every event of the system runs it. One statement: find the webhooks subscribed to the
-# event's type as they were when it occurred (the version in force at occurred_at), and only if there
-# are any, record the event (its id is the dedup: a redelivery inserts nothing) and, only if it was
-# new, one pending delivery per webhook. With no webhook subscribed it writes nothing.
+# Built once: every event of the system runs it. One statement for a batch of events of one type:
+# find the webhooks subscribed to the type as they were when each event occurred (the version in
+# force at its occurred_at), record the events some webhook wants (the id is the dedup: a redelivery
+# inserts nothing; in id order, so overlapping batches never deadlock) and, for those that were new,
+# one pending delivery per webhook. With no webhook subscribed it writes nothing.
 _RECORD_DELIVERIES = text(f"""
-WITH matching AS (
-    SELECT in_force.webhook_id
-    FROM (SELECT DISTINCT ON (webhook_id) webhook_id, enabled, event_types
-          FROM {SCHEMA}.webhook_versions
-          WHERE valid_from <= :occurred_at
-          ORDER BY webhook_id, valid_from DESC, id DESC) AS in_force
+WITH batch AS (
+    SELECT * FROM unnest(CAST(:event_ids AS uuid[]), CAST(:occurred_ats AS timestamptz[]), CAST(:bodies AS text[]))
+        AS event(event_id, occurred_at, body)
+), matching AS (
+    SELECT DISTINCT batch.event_id, in_force.webhook_id
+    FROM batch CROSS JOIN LATERAL (
+        SELECT DISTINCT ON (webhook_id) webhook_id, enabled, event_types
+        FROM {SCHEMA}.webhook_versions
+        WHERE valid_from <= batch.occurred_at
+        ORDER BY webhook_id, valid_from DESC, id DESC) AS in_force
     WHERE in_force.enabled AND CAST(:event_type AS varchar) = ANY(in_force.event_types)
 ), first_time AS (
     INSERT INTO {SCHEMA}.events (event_id, event_type, occurred_at, body, received_at)
-    SELECT CAST(:event_id AS uuid), :event_type, :occurred_at, :body, :now
-    WHERE EXISTS (SELECT FROM matching)
+    SELECT DISTINCT ON (batch.event_id) batch.event_id, :event_type, batch.occurred_at, batch.body, :now
+    FROM batch WHERE batch.event_id IN (SELECT event_id FROM matching)
+    ORDER BY batch.event_id
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 )
 INSERT INTO {SCHEMA}.deliveries (id, event_id, webhook_id, event_type, status, attempts, attempts_before_resend,
                                  next_attempt_at, created_at, updated_at)
-SELECT gen_random_uuid(), first_time.event_id, matching.webhook_id, :event_type, 'pending', 0, 0, :now, :now, :now
-FROM matching, first_time
+SELECT gen_random_uuid(), matching.event_id, matching.webhook_id, :event_type, 'pending', 0, 0, :now, :now, :now
+FROM matching JOIN first_time ON first_time.event_id = matching.event_id
 ON CONFLICT ON CONSTRAINT deliveries_event_webhook_key DO NOTHING
 RETURNING id
 """)
@@ -239,12 +245,14 @@ class WebhookStore:
 
     # -- the event path ----------------------------------------------------------------
 
-    def record_deliveries(self, event_id, event_type, occurred_at, body, now):
-        """Record one pending delivery of event `event_id` to each webhook subscribed to
-        `event_type` at `occurred_at`, unless the event was recorded before; their ids."""
+    def record_deliveries(self, event_type, events, now):
+        """For each of `events` ((event_id, occurred_at, body), all of `event_type`), one pending
+        delivery to each webhook subscribed to it when it occurred, unless the event was recorded
+        before; their ids. One statement for the batch."""
         result = self.session.connection().execute(_RECORD_DELIVERIES, {
-            "event_id": str(event_id), "event_type": event_type, "occurred_at": occurred_at, "body": body,
-            "now": now})
+            "event_ids": [str(event_id) for event_id, _, _ in events],
+            "occurred_ats": [occurred_at for _, occurred_at, _ in events],
+            "bodies": [body for _, _, body in events], "event_type": event_type, "now": now})
         return [row.id for row in result]
 
     # -- webhooks ----------------------------------------------------------------------------

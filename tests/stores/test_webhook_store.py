@@ -28,7 +28,7 @@ def _webhook(store, event_types=("order_created",), enabled=True, host="hooks.ex
 
 def _record(store, event_type="order_created", occurred_at=T0 + timedelta(minutes=1), event_id=None):
     event_id = event_id or uuid.uuid4()
-    return store.record_deliveries(event_id, event_type, occurred_at, '{"a":1}', occurred_at)
+    return store.record_deliveries(event_type, [(event_id, occurred_at, '{"a":1}')], occurred_at)
 
 
 def test_one_delivery_per_subscribed_webhook_and_none_for_a_redelivery(store):
@@ -50,6 +50,19 @@ def test_an_event_with_no_subscriber_writes_nothing(store):
     # No dedup record either: once a webhook is subscribed (from before it occurred), it is delivered.
     _webhook(store, at=T0)
     assert len(_record(store, event_id=event_id)) == 1
+
+
+def test_a_batch_records_each_event_against_the_webhooks_of_its_own_moment(store):
+    _webhook(store, at=T0)
+    late = _webhook(store, at=T0 + timedelta(minutes=5))
+    seen, early, later = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    _record(store, event_id=seen)
+    at = T0 + timedelta(minutes=10)
+    recorded = store.record_deliveries("order_created", [
+        (seen, T0 + timedelta(minutes=1), "{}"), (early, T0 + timedelta(minutes=1), "{}"),
+        (later, T0 + timedelta(minutes=6), "{}"), (later, T0 + timedelta(minutes=6), "{}")], at)
+    assert len(recorded) == 3  # early: the first hook; later: both; seen: nothing again
+    assert len([d for d in recorded if store.get_delivery(late.id, d) is not None]) == 1
 
 
 def test_webhooks_are_created_got_and_listed_newest_first(store):

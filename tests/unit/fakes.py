@@ -720,8 +720,11 @@ class InMemoryWebhookStore:
 
     # -- the event path
 
-    def record_deliveries(self, event_id, event_type, occurred_at, body, now):
-        event_id = uuid.UUID(str(event_id))
+    def record_deliveries(self, event_type, events, now):
+        return [recorded for event_id, occurred_at, body in events
+                for recorded in self._record(uuid.UUID(str(event_id)), event_type, occurred_at, body, now)]
+
+    def _record(self, event_id, event_type, occurred_at, body, now):
         matching = [webhook_id for webhook_id, version in self._in_force(occurred_at).items()
                     if version["enabled"] and event_type in version["event_types"]]
         if not matching or event_id in self.tables["events"]:

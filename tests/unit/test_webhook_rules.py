@@ -219,7 +219,7 @@ def test_the_prune_timer_deletes_in_batches_what_ended_past_the_retention_and_ke
     hook = store.insert_webhook(uuid.uuid4(), {"url": "https://hooks.example/in", "event_types": ["order_created"],
                                                "description": None, "enabled": True}, "hooks.example", "x", long_ago)
     for _ in range(5):
-        store.record_deliveries(uuid.uuid4(), "order_created", long_ago, "{}", long_ago)
+        store.record_deliveries("order_created", [(uuid.uuid4(), long_ago, "{}")], long_ago)
     for claimed in store.claim_due(long_ago, long_ago + timedelta(seconds=30), 4, 10, {}):  # four delivered
         store.record_attempt(claimed, domain.after_attempt(claimed, domain.Outcome(200), long_ago, 10, 5, 0.5),
                              long_ago)
