@@ -306,6 +306,12 @@ def _print_consumers(bench):
               f"{per.get('notification_service') or 0:.2f}, the whole system {case['cpu_ms_per_ok_total']:.2f} "
               f"(done {case.get('drain_seconds', 0):.1f} s after the load); the subscriber (not ours) "
               f"{per.get(WEBHOOK_RECEIVER) or 0:.2f}")
+    rounds = [c for c in bench.cases if c["target"].startswith(ONE_WEBHOOK + " #") and "webhook_deliveries" in c]
+    if rounds:
+        print("  the webhook's deliveries since it was made, by status (all delivered if its CPU is true): "
+              + "; ".join(f"{c['target'].removeprefix(ONE_WEBHOOK).strip()} "
+                          + ", ".join(f"{status} {n}" for status, n in sorted(c["webhook_deliveries"].items()))
+                          for c in rounds))
     one = find_case(bench.cases, "post_order", NO_WEBHOOK, 1)
     if one:
         print(f"  {NO_WEBHOOK} at 1 connection: p50 {one['p50_ms']:.2f} ms")
