@@ -65,6 +65,9 @@ def consumers_cases(bench):
     try:
         cases.separate_cases(bench, [(NO_WEBHOOK, ALLOW_LOCAL), (ONE_WEBHOOK, ALLOW_LOCAL)], cfg.consumers_rounds,
                              one_round)
+    except Exception as exc:  # the webhook could not be made or deleted: recorded, the other cases still tell
+        bench.problems.append(f"consumers: {exc.__class__.__name__}: {exc}")
+        print(f"  consumers FAILED {exc}", flush=True)
     finally:
         bench.processes[WEBHOOK_RECEIVER].stop()
     bench.restart_stack()
