@@ -19,6 +19,9 @@ from bench.targets import (
     OTHER_LOAD_WARNING,
     OURS,
     OURS_2X,
+    SHED_OFF,
+    SHED_ON,
+    SHEDDING_OFF,
 )
 from common.contract.services import BY_NAME, SERVICES
 from tests import harness
@@ -38,12 +41,12 @@ def run_case(bench, kind, target, connections, url_key=None):
                      bench.workload(kind), stack)
 
 
-def load_case(bench, case, url, workload, stack=None, database_url=None, own=None):
-    """Measure `case` (new_case) on `url` with `workload` (see `measure`) and add it to the run;
-    `own` picks the CPU seconds by label that count for it (default: all of them)."""
+def load_case(bench, case, url, workload, stack=None, database_url=None, own=None, **how):
+    """Measure `case` (new_case) on `url` with `workload` (see `measure`, and its `how`) and add it
+    to the run; `own` picks the CPU seconds by label that count for it (default: all of them)."""
     bench.cases.append(case)
     try:
-        result, used = measure(bench, url, workload, case["connections"], stack, database_url)
+        result, used = measure(bench, url, workload, case["connections"], stack, database_url, **how)
     except Exception as exc:  # recorded: the run is broken, but the other cases still tell something
         case["failed"] = f"{exc.__class__.__name__}: {exc}"
         bench.problems.append(f"{case['name']}: {case['failed']}")
@@ -55,22 +58,29 @@ def load_case(bench, case, url, workload, stack=None, database_url=None, own=Non
     return record(bench, case, result, used, own(used["seconds"]) if own else used["seconds"])
 
 
-def measure(bench, url, workload, connections, stack=None, database_url=None):
+def measure(bench, url, workload, connections, stack=None, database_url=None, generator=None, drain=None):
     """One request must answer 2xx (and `stack`, a harness process serving `url`, be alive); then
     the warm-up, then the measured load and the CPU it took. With `database_url`, the result also
-    has the transactions Postgres ended in that database meanwhile (`pg_transactions`)."""
-    cfg = bench.config
+    has the transactions Postgres ended in that database meanwhile (`pg_transactions`). `generator`:
+    the load generator (default the run's). `drain`: a callable that waits until the work the load
+    left behind is done, (seconds waited, whether it was): called after the warm-up (unmeasured)
+    and after the load, whose CPU then runs until it returns (`drain_seconds`, `drained`)."""
+    cfg, generator = bench.config, generator or bench.loadgen
     if stack is not None and not stack.alive():
         raise RuntimeError(f"the stack exited during the run; see {bench.shown(stack.log_path)}")
     status, body = loadgen.one_request(url, workload)
     if not 200 <= status <= 299:
         raise RuntimeError(f"first request answered {status}: {body[:300]}")
     if cfg.warmup:
-        loadgen.run(bench.loadgen, url, workload, connections, cfg.warmup)
+        loadgen.run(generator, url, workload, connections, cfg.warmup)
+    if drain:
+        drain()
     labels = bench.cpu_labels()
     transactions = seed.transactions(database_url) if database_url else None
     before, started = cpu.snapshot(labels), time.monotonic()
-    result = loadgen.run(bench.loadgen, url, workload, connections, cfg.seconds)
+    result = loadgen.run(generator, url, workload, connections, cfg.seconds)
+    if drain:
+        result["drain_seconds"], result["drained"] = drain()
     used = cpu.usage(before, cpu.snapshot(labels), time.monotonic() - started, bench.report["machine"]["usable_cpus"])
     if transactions is not None:
         result["pg_transactions"] = seed.transactions(database_url) - transactions
@@ -94,8 +104,15 @@ def record(bench, case, result, used, cpu_seconds):
         value or 0 for label, value in case["cpu_ms_per_ok_request"].items() if label not in NOT_THE_SYSTEM), 2)
     if "pg_transactions" in result:
         case["pg_transactions_per_ok"] = round(result["pg_transactions"] / ok, 2) if ok else None
+    if "overloaded" in result:  # the Python load generator's
+        case["overloaded_share"] = round(result["overloaded"] / result["requests"], 3) if result["requests"] else None
+    apart = (f"  (2xx p99 {case['ok_p99_ms']:.2f} ms; 503 overloaded {100 * case['overloaded_share']:.0f}%)"
+             if result.get("non2xx") and case.get("overloaded_share") is not None else "")
+    drained = "" if "drained" not in result else (
+        f"  (its work done {result['drain_seconds']:.1f} s after the load)" if result["drained"] else
+        f"  [!] its work was not done {result['drain_seconds']:.0f} s after the load: CPU per order is low")
     print(f"  {case['name']:<58} {case['ok_rps']:>8.1f} req/s  p50 {case['p50_ms']:>7.2f}  "
-          f"p99 {case['p99_ms']:>8.2f} ms  errors {case['errors']}", flush=True)
+          f"p99 {case['p99_ms']:>8.2f} ms  errors {case['errors']}{apart}{drained}", flush=True)
     if case["steal"] is not None and case["steal"] > OTHER_LOAD_WARNING:
         print(f"    [!] the hypervisor ran someone else on {case['steal'] * 100:.0f}% of our CPU time (steal): "
               "this case's numbers are low", flush=True)
@@ -130,8 +147,10 @@ def _median(values):
 
 def _merged(key, value, rounds):
     """Field `key` (first round's `value`) of the median case: counts summed, numbers' medians."""
+    if key == "drained":
+        return all(r.get(key) for r in rounds)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if key in ("requests", "non2xx", "errors"):
+        if key in ("requests", "non2xx", "errors", "overloaded"):
             return sum(r[key] for r in rounds)
         return _median(r.get(key) for r in rounds)
     if key == "cpu_ms_per_ok_request":
@@ -281,19 +300,54 @@ def cluster_cases(bench):
         node.stop()
 
 
-def separate_cases(bench, configurations):
-    """POST at the main connections on a freshly started stack per round and configuration
-    (target, environment overrides): after unrecorded load, the rounds in the order A B C D D C B A
-    A B C D, so that neither the place after a restart nor drift over the minutes favours one; then
-    each configuration's median round."""
+def separate_cases(bench, configurations, rounds=None, measure_one=None):
+    """Cases on a freshly started stack per round and configuration (target, environment
+    overrides): after unrecorded load, the rounds in the order A B C D D C B A A B C D (`rounds`,
+    default BENCH_OBSERVABILITY_ROUNDS), so that neither the place after a restart nor drift over
+    the minutes favours one; then each configuration's median round at each count.
+    `measure_one(target, name)` runs one round's cases on the started stack (`name`: the target
+    and the round) and returns them; default: POST at the main connections."""
     m = bench.config.main_connections
-    rounds = {target: [] for target, _ in configurations}
+
+    def post_at_main(target, name):
+        return [run_case(bench, "post_order", name, m, url_key=OURS)]
+
+    measure_one = measure_one or post_at_main
     # Unrecorded load first, on the default stack: the first load after seeding pays for the
     # database settling (autovacuum, cold caches), up to a fifth of its req/s.
     loadgen.run(bench.loadgen, bench.urls[OURS], bench.workload("post_order"), m, bench.config.seconds)
-    order = [configurations if n % 2 == 0 else configurations[::-1] for n in range(bench.config.observability_rounds)]
+    rounds = rounds or bench.config.observability_rounds
+    order = [configurations if n % 2 == 0 else configurations[::-1] for n in range(rounds)]
+    measured, done = {}, {target: 0 for target, _ in configurations}  # {(target, connections): [cases]}
     for target, overrides in [pair for one_round in order for pair in one_round]:
         bench.restart_stack(**overrides)
-        rounds[target].append(run_case(bench, "post_order", f"{target} #{len(rounds[target]) + 1}", m, url_key=OURS))
-    for target, cases in rounds.items():
+        done[target] += 1
+        for case in measure_one(target, f"{target} #{done[target]}"):
+            measured.setdefault((target, case["connections"]), []).append(case)
+    for (target, _), cases in measured.items():
         bench.cases.append(median_case(target, cases))
+
+
+def overload_cases(bench):
+    """POST at BENCH_OVERLOAD_CONNECTIONS on the default stack, load shedding at its bound
+    (GATEWAY_MAX_IN_FLIGHT), and with it out of reach (today's behaviour: every request waits
+    for a thread), BENCH_OVERLOAD_ROUNDS rounds each. Always the Python load generator: it keeps
+    the 2xx answers' latency apart from the 503s' (wrk cannot). Then the default stack again."""
+    cfg = bench.config
+    if cfg.base_url:
+        bench.report["overload"] = "skipped: BENCH_BASE_URL"
+        return
+    bench.report["overload"] = {"connections": cfg.overload_connections, "rounds": cfg.overload_rounds,
+                                "on": {"GATEWAY_MAX_IN_FLIGHT": cfg.max_in_flight}, "off": SHEDDING_OFF,
+                                "loadgen": "python"}
+    print(f"\noverload: POST at {cfg.overload_connections} connections, shedding on (GATEWAY_MAX_IN_FLIGHT "
+          f"{cfg.max_in_flight} per gateway process) and off ({SHEDDING_OFF['GATEWAY_MAX_IN_FLIGHT']}); "
+          "Python load generator (latency of 2xx answers apart)", flush=True)
+
+    def at_overload(target, name):
+        case = new_case("post_order", name, cfg.overload_connections)
+        return [load_case(bench, case, bench.urls[OURS], bench.workload("post_order"), bench.processes["stack"],
+                          generator="python")]
+
+    separate_cases(bench, [(SHED_ON, {}), (SHED_OFF, SHEDDING_OFF)], cfg.overload_rounds, at_overload)
+    bench.restart_stack()

@@ -38,6 +38,12 @@ class Config:
     batching_connections: list
     batching_rounds: int
     batch_max: int | None
+    overload: bool
+    overload_connections: int
+    overload_rounds: int
+    max_in_flight: int
+    consumers: bool
+    consumers_rounds: int
     consumer_batch_max: int | None
     only: str
     observability_rounds: int
@@ -81,6 +87,13 @@ class Config:
             # run alike: the comparison is a control).
             batch_max=getattr(settings, "batch_max", None),
             consumer_batch_max=getattr(settings, "consumer_batch_max", None),
+            overload=env.get("BENCH_OVERLOAD", "1") != "0",
+            overload_connections=max(1, _int(env, "BENCH_OVERLOAD_CONNECTIONS", 512)),
+            overload_rounds=max(1, _int(env, "BENCH_OVERLOAD_ROUNDS", 2)),
+            # "shedding on" runs with this bound per gateway process (config.yml or the environment).
+            max_in_flight=settings.gateway_max_in_flight,
+            consumers=env.get("BENCH_CONSUMERS", "1") != "0",
+            consumers_rounds=max(1, _int(env, "BENCH_CONSUMERS_ROUNDS", 2)),
             only=env.get("BENCH_ONLY", ""),
             observability_rounds=max(1, _int(env, "BENCH_OBSERVABILITY_ROUNDS", 3)),
             side_by_side_control=env.get("BENCH_SIDE_BY_SIDE_CONTROL", "0") == "1",
@@ -110,5 +123,7 @@ class Config:
         """About how long the cases take (the bearer token must outlive them)."""
         cases = (len(self.connections) * 2 + 5 + (1 if self.scale else 0)
                  + (7 * self.observability_rounds + 3 if self.observability else 0) + (2 if self.cluster else 0)
-                 + (self.batching_cases() + 3 * self.batching_rounds if self.batching else 0))
+                 + (self.batching_cases() + 3 * self.batching_rounds if self.batching else 0)
+                 + (2 * self.overload_rounds + 1 if self.overload else 0)
+                 + (3 * self.consumers_rounds + 1 if self.consumers else 0))
         return cases * (self.seconds + self.warmup + 2)

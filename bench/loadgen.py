@@ -4,6 +4,12 @@ Both are closed-loop: every connection sends its next request as soon as
 the previous answer arrived, on keep-alive HTTP/1.1, for a fixed number of
 seconds. Both report the same numbers: completed requests, req/s, latency
 percentiles of completed requests, non-2xx answers by status, socket errors.
+The Python one also keeps the 2xx answers' latency apart (`ok_p50_ms`,
+`ok_p99_ms`, ...) and counts the 503 `overloaded` answers (`overloaded`):
+wrk's Lua `response()` hook sees an answer's status but not its latency, and
+its latency histogram is one for every answer, so wrk cannot. Its seconds
+run until its last answer: it waits for the requests in flight at the end
+(wrk drops them), which matters when answers take seconds (overload).
 
 A workload is one of three request shapes, each request drawn at random:
   post_order   POST /api/v1/orders  {"customer_id", "items": [distinct skus, quantity 1-3]}
@@ -30,6 +36,7 @@ API = "/api/v1"
 KINDS = ("post_order", "get_order", "list_orders")
 # A request slower than this is a socket error (timeout), not a latency sample.
 REQUEST_TIMEOUT_SECONDS = 30
+OVERLOADED = "503 overloaded"  # the Python generator's key for the gateway's load-shedding answers
 
 
 @dataclass
@@ -268,7 +275,7 @@ def _make_request(workload, rng):
 
 def _connection_loop(host, port, workload, start_at, end_at, seed, out):
     rng = random.Random(seed)
-    latencies, statuses, socket_errors, sample = [], {}, 0, ""
+    latencies, ok_latencies, statuses, socket_errors, sample = [], [], {}, 0, ""
     conn = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_SECONDS)
     delay = start_at - time.time()
     if delay > 0:
@@ -288,14 +295,17 @@ def _connection_loop(host, port, workload, start_at, end_at, seed, out):
             conn.close()
             continue
         latencies.append(time.perf_counter() - started)
-        if not 200 <= response.status <= 299:
-            statuses[str(response.status)] = statuses.get(str(response.status), 0) + 1
+        if 200 <= response.status <= 299:
+            ok_latencies.append(latencies[-1])
+        else:
+            key = OVERLOADED if response.status == 503 and b'"overloaded"' in text else str(response.status)
+            statuses[key] = statuses.get(key, 0) + 1
             if not sample:
                 sample = f"{response.status} {text[:200].decode('utf-8', 'replace')}"
         if response.will_close:
             conn.close()
     conn.close()
-    out.append((latencies, statuses, socket_errors, sample))
+    out.append((latencies, ok_latencies, statuses, socket_errors, sample))
 
 
 def _python_process(host, port, workload, connections, start_at, end_at, seed, queue):
@@ -311,15 +321,16 @@ def _python_process(host, port, workload, connections, start_at, end_at, seed, q
 
 
 def _merge(parts):
-    """One (latencies, statuses, socket errors, first error sample) from many."""
-    latencies, statuses, socket_errors, sample = [], {}, 0, ""
-    for lat, st, errors, smp in parts:
+    """One (latencies, 2xx latencies, statuses, socket errors, first error sample) from many."""
+    latencies, ok_latencies, statuses, socket_errors, sample = [], [], {}, 0, ""
+    for lat, ok_lat, st, errors, smp in parts:
         latencies.extend(lat)
+        ok_latencies.extend(ok_lat)
         for code, n in st.items():
             statuses[code] = statuses.get(code, 0) + n
         socket_errors += errors
         sample = sample or smp
-    return latencies, statuses, socket_errors, sample
+    return latencies, ok_latencies, statuses, socket_errors, sample
 
 
 def _run_python(base_url, workload, connections, seconds):
@@ -341,20 +352,30 @@ def _run_python(base_url, workload, connections, seconds):
     try:
         for _ in workers:
             results.append(queue.get(timeout=seconds + REQUEST_TIMEOUT_SECONDS + 60))
+        # Until the last answer: a request sent before the end is waited for (wrk drops it), and
+        # past a bound (512 connections at a few hundred req/s) that tail is seconds long.
+        duration = max(float(seconds), time.time() - start_at)
     finally:
         for worker in workers:
             worker.join(timeout=10)
             if worker.is_alive():
                 worker.kill()
-    latencies, statuses, socket_errors, sample = _merge(results)
-    latencies.sort()
-    ms = [value * 1000 for value in latencies]
-    return _summary(
-        requests=len(ms), duration=float(seconds),
+    latencies, ok_latencies, statuses, socket_errors, sample = _merge(results)
+    ms = sorted(value * 1000 for value in latencies)
+    ok_ms = sorted(value * 1000 for value in ok_latencies)
+    overloaded = statuses.pop(OVERLOADED, 0)
+    if overloaded:  # a 503 like any other in `statuses`; which of them were `overloaded`, apart
+        statuses["503"] = statuses.get("503", 0) + overloaded
+    result = _summary(
+        requests=len(ms), duration=duration,
         p50=_percentile(ms, 50), p90=_percentile(ms, 90), p99=_percentile(ms, 99),
         maximum=ms[-1] if ms else 0.0, mean=(sum(ms) / len(ms)) if ms else 0.0,
         non2xx=sum(statuses.values()), statuses=statuses, socket_errors=socket_errors,
         sample=sample, threads=processes)
+    result.update({f"ok_p{p}_ms": round(_percentile(ok_ms, p), 2) for p in (50, 90, 99)})
+    result["ok_max_ms"] = round(ok_ms[-1], 2) if ok_ms else 0.0
+    result["overloaded"] = overloaded
+    return result
 
 
 def _percentile(sorted_values, p):

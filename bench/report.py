@@ -13,9 +13,14 @@ from bench.targets import (
     METRICS_OFF,
     METRICS_ON,
     NAIVE,
+    NO_WEBHOOK,
+    ONE_WEBHOOK,
     OTHER_LOAD_WARNING,
     OURS,
     OURS_2X,
+    SHED_OFF,
+    SHED_ON,
+    SHEDDING_OFF,
     SIDE_BASELINE,
     SIDE_CONTROL,
     SIDE_METRICS,
@@ -23,6 +28,7 @@ from bench.targets import (
     SIDE_TRACING_ALL,
     TRACING_ALL,
     TRACING_ON,
+    WEBHOOK_RECEIVER,
 )
 
 WHOLE = "CPU per answer with Postgres and RabbitMQ"
@@ -39,7 +45,7 @@ def find_case(cases, kind, target, connections):
 def _specs(config):
     """(name, kind, a, b, connections, field, op, target) of every ratio a / b (with BENCH_BASELINE,
     of the only comparison that runs)."""
-    m, low = config.main_connections, min(config.connections)
+    m, low, o = config.main_connections, min(config.connections), config.overload_connections
     h = max(1, m // 2)
     both = f"{m // 2}+{m // 2}"
     post = "post_order"
@@ -82,6 +88,14 @@ def _specs(config):
         (f"POST@{m} CPU per answer floor/ours", post, FLOOR, OURS, m, "cpu_ms_per_ok_total", None, None),
         (f"GET by id@{m} CPU per answer floor/ours", "get_order", FLOOR, OURS, m, "cpu_ms_per_ok_total", None, None),
         *_batching_specs(config),
+        # Load shedding at its bound against (practically) none, at BENCH_OVERLOAD_CONNECTIONS: the
+        # 2xx answers only (the Python load generator keeps their latency apart).
+        (f"POST@{o} 2xx req/s shedding on/off", post, SHED_ON, SHED_OFF, o, "ok_rps", None, None),
+        (f"POST@{o} 2xx p99 shedding on/off", post, SHED_ON, SHED_OFF, o, "ok_p99_ms", None, None),
+        # The whole system's CPU per created order (Postgres and RabbitMQ included), its consumers'
+        # work done: with one webhook on order_created over without.
+        (f"POST@{m} CPU per order 1 webhook/none", post, ONE_WEBHOOK, NO_WEBHOOK, m, "cpu_ms_per_ok_total",
+         None, None),
     ]
 
 
@@ -108,11 +122,12 @@ def ratios(cases, config):
     entries = []
     for name, kind, a, b, conns, field, op, target in _specs(config):
         ca, cb = find_case(cases, kind, a, conns), find_case(cases, kind, b, conns)
-        value = round(ca[field] / cb[field], 3) if ca and cb and cb[field] else None
+        value = round(ca[field] / cb[field], 3) if ca and cb and ca.get(field) is not None and cb.get(field) else None
         entry = {"name": name, "value": value, "op": op, "target": target}
         if target is not None:
             entry["pass"] = None if value is None else (value >= target if op == ">=" else value <= target)
-        suspect = [c["name"] for c in (ca, cb) if c and c["errors"]]
+        # A shed answer (503 overloaded) is what a case past the bound measures, not a broken answer.
+        suspect = [c["name"] for c in (ca, cb) if c and c["errors"] - c.get("overloaded", 0)]
         if suspect:
             entry["errors_in"] = suspect
         entries.append(entry)
@@ -127,6 +142,8 @@ def print_report(bench, ratios):
     _print_cpu(bench)
     _print_off_the_path(bench)
     _print_batching(bench)
+    _print_overload(bench)
+    _print_consumers(bench)
     print("\nratios (this run):")
     for entry in ratios:
         value = "n/a" if entry["value"] is None else f"{entry['value']:.2f}"
@@ -247,6 +264,59 @@ def _print_batching(bench):
                                           for case in measured if case["connections"] == connections))
 
 
+def _print_overload(bench):
+    """Shedding on and off at the overload count: the 2xx answers' throughput and p99, the share
+    shed; and whether the default bound shed any answer of the default stack's other cases."""
+    cfg = bench.config
+    shed = [find_case(bench.cases, "post_order", target, cfg.overload_connections) for target in (SHED_ON, SHED_OFF)]
+    if any(shed):
+        print(f"\noverload, POST at {cfg.overload_connections} connections (Python load generator: wrk cannot "
+              f"keep the latency of 2xx answers apart), shedding on: GATEWAY_MAX_IN_FLIGHT {cfg.max_in_flight} "
+              f"per gateway process, off: {SHEDDING_OFF['GATEWAY_MAX_IN_FLIGHT']}:")
+        for case in filter(None, shed):
+            share = case.get("overloaded_share")
+            print(f"  {case['target']:<20} 2xx {case['ok_rps']:>8.1f} req/s, 2xx p99 {case['ok_p99_ms']:>8.2f} ms, "
+                  f"503 overloaded {'n/a' if share is None else f'{100 * share:.1f}%'} of the answers")
+    below = {}
+    for case in bench.cases:  # the default stack with the default bound, below the overload count
+        if (case["target"] in (OURS, BATCH_ON, METRICS_ON, NO_WEBHOOK) and case.get("requests")
+                and case["connections"] < cfg.overload_connections):
+            below.setdefault(case["connections"], []).append(case.get("statuses", {}).get("503", 0))
+    if below:
+        shed = [c for c, n in below.items() if c <= cfg.max_in_flight and sum(n)]
+        print(f"\n503 answers of the default stack (GATEWAY_MAX_IN_FLIGHT {cfg.max_in_flight} per gateway process: "
+              f"a load of up to {cfg.max_in_flight} connections is never shed) in its cases below "
+              f"{cfg.overload_connections} connections, by connections: "
+              + ", ".join(f"c{c} {sum(n)}" for c, n in sorted(below.items()))
+              + (f"  [!] shed at {', '.join(f'c{c}' for c in sorted(shed))} (or another 503)" if shed else ""))
+
+
+def _print_consumers(bench):
+    """webhook_service's and notification_service's CPU per created order without a webhook and
+    with one, counted until their work was done, and the whole system's; the p50 at one connection."""
+    m = bench.config.main_connections
+    measured = [find_case(bench.cases, "post_order", target, m) for target in (NO_WEBHOOK, ONE_WEBHOOK)]
+    if not any(measured):
+        return
+    print(f"\nconsumers, POST at {m} connections, CPU per created order (ms) until the consumers' work was done "
+          "(outboxes, queues, deliveries, notifications):")
+    for case in filter(None, measured):
+        per = case["cpu_ms_per_ok_request"]
+        print(f"  {case['target']:<18} webhook_service {per.get('webhook_service') or 0:.2f}, notification_service "
+              f"{per.get('notification_service') or 0:.2f}, the whole system {case['cpu_ms_per_ok_total']:.2f} "
+              f"(done {case.get('drain_seconds', 0):.1f} s after the load); the subscriber (not ours) "
+              f"{per.get(WEBHOOK_RECEIVER) or 0:.2f}")
+    rounds = [c for c in bench.cases if c["target"].startswith(ONE_WEBHOOK + " #") and "webhook_deliveries" in c]
+    if rounds:
+        print("  the webhook's deliveries since it was made, by status (all delivered if its CPU is true): "
+              + "; ".join(f"{c['target'].removeprefix(ONE_WEBHOOK).strip()} "
+                          + ", ".join(f"{status} {n}" for status, n in sorted(c["webhook_deliveries"].items()))
+                          for c in rounds))
+    one = find_case(bench.cases, "post_order", NO_WEBHOOK, 1)
+    if one:
+        print(f"  {NO_WEBHOOK} at 1 connection: p50 {one['p50_ms']:.2f} ms")
+
+
 # ---- the JSON file ---------------------------------------------------------------
 
 def write(bench, ratios, finished_at):
@@ -261,7 +331,9 @@ def write(bench, ratios, finished_at):
                      "soak_seconds": cfg.soak_seconds, "base_url": cfg.base_url,
                      "database": None if cfg.base_url else cfg.database,
                      "trace_ratio": cfg.trace_ratio, "baseline": cfg.baseline,
-                     "batching_connections": cfg.batching_connections, "batching_rounds": cfg.batching_rounds},
+                     "batching_connections": cfg.batching_connections, "batching_rounds": cfg.batching_rounds,
+                     "overload_connections": cfg.overload_connections, "overload_rounds": cfg.overload_rounds,
+                     "max_in_flight": cfg.max_in_flight, "consumers_rounds": cfg.consumers_rounds},
         "cases": bench.cases,
         "ratios": ratios,
         "problems": bench.problems,

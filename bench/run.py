@@ -19,7 +19,7 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import batching, cases, cpu, loadgen, machine, report, seed, side_by_side, soak
+from bench import batching, cases, consumers, cpu, loadgen, machine, report, seed, side_by_side, soak
 from bench.config import Config
 from bench.targets import (
     FLOOR,
@@ -188,7 +188,8 @@ class Bench:
         if cfg.only:
             {"observability": self.observability_cases, "cluster": lambda: cases.cluster_cases(self),
              "side-by-side": lambda: self.observability_cases(separate=False),
-             "batching": lambda: batching.batching_cases(self)}[cfg.only]()
+             "batching": lambda: batching.batching_cases(self), "overload": lambda: cases.overload_cases(self),
+             "consumers": lambda: consumers.consumers_cases(self)}[cfg.only]()
             return
         # First, while both databases are as seeded: batching off runs on a fresh second stack.
         if cfg.batching:
@@ -201,6 +202,10 @@ class Bench:
             self.observability_cases()
         if cfg.cluster:
             cases.cluster_cases(self)
+        if cfg.overload:
+            cases.overload_cases(self)
+        if cfg.consumers:
+            consumers.consumers_cases(self)
 
     def observability_cases(self, separate=True):
         """Metrics on and tracing off (the default), metrics off (METRICS_PORT=0), and tracing on,

@@ -43,6 +43,34 @@ def transactions(database_url):
     return int(row[0]) if row else None
 
 
+# Work the event consumers have yet to do, by where it waits in the database: events not yet
+# published (every service's outbox), deliveries and notifications due and not yet sent.
+BACKLOG = {
+    "webhook deliveries": "SELECT count(*) FROM webhooks.deliveries "
+                          "WHERE status = 'pending' AND next_attempt_at <= now()",
+    "notifications": "SELECT count(*) FROM notifications.notifications "
+                     "WHERE status = 'queued' AND next_attempt_at <= now()",
+}
+
+
+def backlog(database_url):
+    """{where: rows} of the work left in `database_url` (BACKLOG, and `<schema> outbox` for every
+    outbox table with events not yet published)."""
+    conn = harness.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT table_schema FROM information_schema.tables WHERE table_name = 'outbox'")
+            queries = {f"{schema} outbox": f'SELECT count(*) FROM "{schema}".outbox WHERE sent_at IS NULL'
+                       for (schema,) in cur.fetchall()}
+            left = {}
+            for where, sql in {**queries, **BACKLOG}.items():
+                cur.execute(sql)
+                left[where] = cur.fetchone()[0]
+    finally:
+        conn.close()
+    return left
+
+
 def server_version(database_url):
     return harness.query(database_url, "SHOW server_version")[0][0]
 

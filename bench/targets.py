@@ -18,10 +18,17 @@ BATCHING_OFF = {"BATCH_MAX": "1", "CONSUMER_BATCH_MAX": "1"}  # 1: every order a
 FLOOR_APP = "floor app"  # the floor's processes' label
 # On a 3-node RabbitMQ cluster of the bench's own, one and two instances of every service.
 CLUSTER_1, CLUSTER_2 = "ours, cluster, 1 each", "ours, cluster, 2 each"
+# POST at BENCH_OVERLOAD_CONNECTIONS, load shedding at its default bound and (practically) off.
+SHED_ON, SHED_OFF = "ours, shedding on", "ours, shedding off"
+SHEDDING_OFF = {"GATEWAY_MAX_IN_FLIGHT": "100000"}  # the setting's maximum: never reached, today's behaviour
+# What the event consumers cost per created order: the default stack, then with one webhook on order_created.
+NO_WEBHOOK, ONE_WEBHOOK = "ours, no webhook", "ours, 1 webhook"
+WEBHOOK_RECEIVER = "webhook receiver"  # where the webhook is delivered (tests/servers/webhook_receiver.py --discard)
 MAIL_SINK = "mail sink"  # the SMTP server notification_service sends to (scripts/mail_sink.py --discard)
 OTLP_RECEIVER = "otlp receiver"  # where the tracing cases export spans (tests/servers/otlp_receiver.py --discard)
-# CPU that is not the system under test: the load generator, other load, the mail relay, the trace receiver.
-NOT_THE_SYSTEM = {"load generator", "other", MAIL_SINK, OTLP_RECEIVER}
+# CPU that is not the system under test: the load generator, other load, the mail relay, the trace
+# receiver, the webhook's subscriber.
+NOT_THE_SYSTEM = {"load generator", "other", MAIL_SINK, OTLP_RECEIVER, WEBHOOK_RECEIVER}
 # The servers both stacks of a side-by-side case use, and all the CPU neither stack owns.
 SHARED_SERVERS = ("postgres", "rabbitmq")
 SHARED_LABELS = {*SHARED_SERVERS} | NOT_THE_SYSTEM

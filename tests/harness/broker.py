@@ -50,3 +50,12 @@ def queue_consumers(vhost, queue):
         if len(parts) == 2 and parts[0] == queue and parts[1].isdigit():
             return int(parts[1])
     return None
+
+
+def queue_messages(vhost):
+    """Messages in all the queues of `vhost`, ready or delivered and not yet acknowledged (None if unknown)."""
+    out = subprocess.run([_rabbitmqctl(), "-q", "list_queues", "-p", vhost, "messages"],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        return None
+    return sum(int(word) for word in out.stdout.split() if word.isdigit())

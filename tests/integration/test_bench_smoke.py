@@ -8,11 +8,17 @@ import subprocess
 import sys
 import uuid
 
+import pytest
+
 from tests import support
 
 CONNECTIONS = (1, 4)
 MAIN = 4
 BATCHING_CONNECTIONS = (1, MAIN, 2 * MAIN)  # as 1, 32 and 128 are by default
+# About 450 s on a 2-vCPU machine shared with other test runs; a SIGKILL at the timeout would leak.
+TIMEOUT_SECONDS = 900
+# Below the shedding bound (a tiny run's numbers are not numbers): that the cases run and report.
+OVERLOAD = 2 * MAIN
 RATIO_LINES = (
     f"ratio POST@{MAIN} req/s ours/floor",
     f"ratio POST@{MAIN} req/s ours/naive",
@@ -33,6 +39,9 @@ RATIO_LINES = (
     *(f"ratio POST@{c} {what} batching {pair}" for c in BATCHING_CONNECTIONS[1:]
       for what, pair in (("req/s", "on/off"), ("req/s", "on/floor"), ("p99", "on/off"),
                          ("CPU per answer", "on/off"), ("transactions per order", "on/off"))),
+    f"ratio POST@{OVERLOAD} 2xx req/s shedding on/off",
+    f"ratio POST@{OVERLOAD} 2xx p99 shedding on/off",
+    f"ratio POST@{MAIN} CPU per order 1 webhook/none",
 )
 
 
@@ -53,6 +62,9 @@ def _bench_env(database, results):
         "BENCH_OBSERVABILITY_ROUNDS": "1",
         "BENCH_BATCHING_CONNECTIONS": ",".join(map(str, BATCHING_CONNECTIONS)),
         "BENCH_BATCHING_ROUNDS": "1",
+        "BENCH_OVERLOAD_CONNECTIONS": str(OVERLOAD),
+        "BENCH_OVERLOAD_ROUNDS": "1",
+        "BENCH_CONSUMERS_ROUNDS": "1",
         "BENCH_SOAK_CONNECTIONS": "2",
         "BENCH_SOAK_INTERVAL": "1",
         "BENCH_DATABASE": database,
@@ -79,14 +91,32 @@ def _expected_cases():
     # Batching off and on at every count, the floor between them above one connection.
     expected |= {("post_order", target + suffix, c) for suffix in ("", " #1") for c in BATCHING_CONNECTIONS
                  for target in ("batching off", "batching on", *(("floor, interleaved",) if c > 1 else ()))}
+    # Load shedding at its bound and off; the consumers without a webhook (also at one connection) and with one.
+    expected |= {("post_order", f"ours, shedding {state}{suffix}", OVERLOAD) for suffix in ("", " #1")
+                 for state in ("on", "off")}
+    expected |= {("post_order", f"ours, {target}{suffix}", c) for suffix in ("", " #1")
+                 for target, counts in (("no webhook", (1, MAIN)), ("1 webhook", (MAIN,))) for c in counts}
     return expected
+
+
+def _bench(env, timeout=TIMEOUT_SECONDS):
+    """The bench run to its end; past `timeout` stopped with SIGTERM, on which it stops what it
+    started and drops its databases and vhosts (a SIGKILL would leave them behind), and failed."""
+    bench = subprocess.Popen([sys.executable, "-m", "bench.run"], cwd=support.ROOT, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        stdout, stderr = bench.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        bench.terminate()
+        stdout, stderr = bench.communicate(timeout=120)
+        pytest.fail(f"the bench took more than {timeout} s:\n{(stdout + stderr)[-4000:]}")
+    return subprocess.CompletedProcess(bench.args, bench.returncode, stdout, stderr)
 
 
 def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     database = f"orders_bench_smoke_{uuid.uuid4().hex[:8]}"
     results = tmp_path / "latest.json"
-    run = subprocess.run([sys.executable, "-m", "bench.run"], cwd=support.ROOT, env=_bench_env(database, results),
-                         capture_output=True, text=True, timeout=600)
+    run = _bench(_bench_env(database, results))
     output = run.stdout + run.stderr
     assert run.returncode == 0, output[-4000:]
 
@@ -106,6 +136,14 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     # Backends report transactions at most once a second: a 1-second case may see none, all of them not.
     assert sum(c["pg_transactions"] for c in batching) > 0, batching
     assert "Postgres transactions per order" in run.stdout
+    overload = [c for c in report["cases"] if c["target"].startswith("ours, shedding")]
+    assert all(c["ok_p99_ms"] > 0 and c["overloaded_share"] is not None for c in overload), overload
+    assert "overload, POST at" in run.stdout and "503 answers of the default stack" in run.stdout
+    consumers = [c for c in report["cases"] if c["target"].startswith(("ours, no webhook", "ours, 1 webhook"))]
+    assert all(c["drained"] and "webhook_service" in c["cpu_ms_per_ok_request"] for c in consumers), consumers
+    delivered = [c["webhook_deliveries"] for c in consumers if c["target"] == "ours, 1 webhook #1"]
+    assert len(delivered) == 1 and set(delivered[0]) == {"delivered"} and delivered[0]["delivered"] > 0, delivered
+    assert "consumers, POST at" in run.stdout
     for case in report["cases"]:
         assert "failed" not in case, case
         assert case["requests"] > 0 and case["ok_rps"] > 0, case
