@@ -4,7 +4,7 @@ from flask import jsonify
 
 from common.contract.errors import Forbidden, InvalidTransition, NotFound, ServiceUnavailable, UpstreamTimeout
 from common.contract.schemas.notifications import NotificationListQuery
-from gateway.calls import read, write
+from gateway.calls import GATEWAY_CALLER, read, write
 from gateway.http import filtered_page_args
 from gateway.routes.declare import API, routes
 
@@ -37,7 +37,8 @@ VAPID_PUBLIC_KEY = {"type": "object", "required": ["public_key"], "additionalPro
 @routes.get(f"{API}/push/vapid-public-key", tag="notifications", response=VAPID_PUBLIC_KEY, public=True,
             errors=(NotFound, ServiceUnavailable, UpstreamTimeout))
 def vapid_public_key():
-    key = read("notification_service", "push_public_key")["public_key"]
+    # No token here: the gateway asks as itself (every RPC carries a signed caller).
+    key = read("notification_service", "push_public_key", as_caller=GATEWAY_CALLER)["public_key"]
     if key is None:
         raise NotFound("Web Push is not configured (VAPID_PRIVATE_KEY).", {"setting": "VAPID_PRIVATE_KEY"})
     return jsonify({"public_key": key})
