@@ -51,16 +51,22 @@ def _wait_for(predicate, timeout=20):
     return predicate()
 
 
-@pytest.mark.parametrize("traced_stack", [{"gateway": {"BATCH_MAX": "1"}}], indirect=True)
-def test_one_trace_per_request_across_every_hop(traced_stack):
-    """An unbatched create (BATCH_MAX=1): each hop's worker span is the request's."""
-    stack, receiver = traced_stack
+def _create_in_a_trace(stack):
+    """One order created under a caller's sampled traceparent: (its trace id, the caller's span id)."""
     api = ApiClient(stack.base_url)
     customer, product = api.create_customer(), api.create_product(stock=5)
     trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
     response = api.post("/api/v1/orders", headers={"traceparent": f"00-{trace_id}-{caller_span}-01"}, json={
         "customer_id": customer["id"], "items": [{"sku": product["sku"], "quantity": 1}]})
     assert response.status_code == 201, response.text
+    return trace_id, caller_span
+
+
+@pytest.mark.parametrize("traced_stack", [{"gateway": {"BATCH_MAX": "1"}}], indirect=True)
+def test_one_trace_per_request_across_every_hop(traced_stack):
+    """An unbatched create (BATCH_MAX=1): each hop's worker span is the request's."""
+    stack, receiver = traced_stack
+    trace_id, caller_span = _create_in_a_trace(stack)
 
     complete = {}
 
@@ -114,12 +120,7 @@ def test_one_trace_per_request_across_every_hop(traced_stack):
 
 def test_a_batched_create_keeps_spans_of_its_own_in_each_service_linked_to_the_batch(traced_stack):
     stack, receiver = traced_stack
-    api = ApiClient(stack.base_url)
-    customer, product = api.create_customer(), api.create_product(stock=5)
-    trace_id, caller_span = secrets.token_hex(16), secrets.token_hex(8)
-    response = api.post("/api/v1/orders", headers={"traceparent": f"00-{trace_id}-{caller_span}-01"}, json={
-        "customer_id": customer["id"], "items": [{"sku": product["sku"], "quantity": 1}]})
-    assert response.status_code == 201, response.text
+    trace_id, caller_span = _create_in_a_trace(stack)
 
     def own(service, name):
         return [span for span in receiver.of_trace(trace_id) if (span.service, span.name) == (service, name)]
