@@ -236,10 +236,10 @@ class NotificationService(KeepsCustomerDirectory, ServiceBase):
             notification, error, now, settings.notify_retry_base_seconds, settings.notify_max_attempts))
             for notification, error in outcomes]
         with self.uow as tx:
-            recorded = [tx.store.record_attempt(notification, attempt, now) for notification, _, attempt in attempts]
-            for row, (_, _, attempt) in zip(recorded, attempts):
-                if row is not None and attempt.status != domain.QUEUED:
-                    tx.emit(f"notification_{attempt.status}", notification_schema.dump(row))
+            recorded = tx.store.record_attempts([(notification, attempt) for notification, _, attempt in attempts], now)
+            tx.emit_all([(f"notification_{attempt.status}", notification_schema.dump(row))
+                         for row, (_, _, attempt) in zip(recorded, attempts)
+                         if row is not None and attempt.status != domain.QUEUED])
         for row, (notification, error, attempt) in zip(recorded, attempts):
             self._after_record(notification, error, attempt, row, retries)
 

@@ -132,6 +132,20 @@ ON CONFLICT ON CONSTRAINT notifications_event_channel_recipient_key DO NOTHING
 RETURNING id
 """)
 
+# A batch's outcomes in one statement (a round trip per outcome was a fifth of the service's
+# CPU): each row changes only while the claim that sent it still holds it.
+_RECORD_ATTEMPTS = text(f"""
+UPDATE {SCHEMA}.notifications AS n
+SET status = v.status, attempts = v.attempts, last_error = v.last_error, next_attempt_at = v.next_attempt_at,
+    sent_at = v.sent_at, updated_at = :now, claim_token = NULL, claimed_until = NULL
+FROM unnest(CAST(:ids AS uuid[]), CAST(:tokens AS uuid[]), CAST(:statuses AS varchar[]), CAST(:attempts AS int[]),
+            CAST(:errors AS text[]), CAST(:next_attempts AS timestamptz[]), CAST(:sent AS timestamptz[]))
+     AS v(id, claim_token, status, attempts, last_error, next_attempt_at, sent_at)
+WHERE n.id = v.id AND n.claim_token = v.claim_token
+RETURNING n.*
+""")
+
+
 def _text_or_none(value):
     return str(value) if value else None
 
@@ -196,16 +210,27 @@ class NotificationStore(CustomerDirectory):
         """Apply a domain.Attempt (the outcome of one try) to a claimed notification and
         release the claim, if the claim `notification` carries still holds the row; the
         row as recorded, or None when another claim has taken it since (nothing changed)."""
-        if notification.claim_token is None:
+        return self.record_attempts([(notification, outcome)], now)[0]
+
+    def record_attempts(self, attempts, now):
+        """`record_attempt` for a batch of (notification, outcome) in one statement: the rows as
+        recorded, in the order given, None for each whose claim no longer holds."""
+        if any(notification.claim_token is None for notification, _ in attempts):
             raise ValueError("only a claimed notification has an outcome to record")
-        return self.session.scalars(
-            update(Notification)
-            .where(Notification.id == notification.id, Notification.claim_token == notification.claim_token)
-            .values(status=outcome.status, attempts=outcome.attempts, last_error=outcome.last_error,
-                    next_attempt_at=outcome.next_attempt_at, sent_at=outcome.sent_at, updated_at=now,
-                    claim_token=None, claimed_until=None)
-            .returning(Notification),
-            execution_options={"synchronize_session": False}).first()
+        if not attempts:
+            return []
+        recorded = self.session.scalars(select(Notification).from_statement(_RECORD_ATTEMPTS), {
+            "now": now,
+            "ids": [str(notification.id) for notification, _ in attempts],
+            "tokens": [str(notification.claim_token) for notification, _ in attempts],
+            "statuses": [outcome.status for _, outcome in attempts],
+            "attempts": [outcome.attempts for _, outcome in attempts],
+            "errors": [outcome.last_error for _, outcome in attempts],
+            "next_attempts": [outcome.next_attempt_at for _, outcome in attempts],
+            "sent": [outcome.sent_at for _, outcome in attempts],
+        }, execution_options={"populate_existing": True}).all()
+        by_id = {row.id: row for row in recorded}
+        return [by_id.get(notification.id) for notification, _ in attempts]
 
     def requeue(self, notification, now):
         """A failed notification queued again: attempts from 0, due now."""

@@ -66,9 +66,11 @@ class Outbox:
         # Built once: SQLAlchemy then reuses its compiled form for every event.
         self._insert = insert(model.__table__)
 
-    def add(self, session, row):
-        """Write `row` (see `row`) in the caller's transaction."""
-        session.connection().execute(self._insert, row)
+    def add(self, session, rows):
+        """Write `rows` (one dict, see `row`, or a list of them) in the caller's transaction;
+        a list goes in one multi-row INSERT."""
+        if rows:
+            session.connection().execute(self._insert, rows)
 
     @staticmethod
     def row(event_type, data, request_id=None, traceparent=None):

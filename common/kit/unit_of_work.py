@@ -89,6 +89,10 @@ class Transaction:
         consumer passes each incoming event's)."""
         self._outbox.add(self.session, self.event_row(event_type, data, request_id))
 
+    def emit_all(self, events):
+        """`emit` for many (event_type, data) at once: one INSERT for all of them."""
+        self._outbox.add(self.session, [self.event_row(event_type, data) for event_type, data in events])
+
     def event_row(self, event_type, data, request_id=None, traceparent=None):
         """The outbox row of an event, for a store method that writes it in one
         statement with the change itself (one round trip fewer). A batch gives each

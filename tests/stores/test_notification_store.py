@@ -183,6 +183,24 @@ def test_an_outcome_under_a_stale_claim_changes_nothing(stores):
     assert stored(stores, notification_id).status == "sent"
 
 
+def test_a_batch_of_outcomes_is_recorded_in_order_each_only_under_its_claim(stores):
+    taken_again = queue(stores, T0, "bob@example.com")
+    kept = queue(stores, T0 + timedelta(seconds=1), "ada@example.com")
+    claimed = {n.id: n for n in claim(stores, T0 + timedelta(seconds=1))}
+    [current] = claim(stores, T0 + timedelta(seconds=1) + LEASE, limit=1)  # the lease ran out: taken again
+    assert current.id == taken_again
+    at = T0 + LEASE + timedelta(seconds=2)
+    attempts = [(claimed[taken_again], domain.after_attempt(claimed[taken_again], None, at, 5, 8)),
+                (claimed[kept], domain.after_attempt(claimed[kept], ConnectionRefusedError(111, "refused"), at, 5, 8))]
+    with stores() as store:
+        stale, retried = store.record_attempts(attempts, at)
+    assert stale is None  # nothing changed
+    assert (retried.id, retried.status, retried.attempts, retried.claim_token) == (kept, "queued", 1, None)
+    assert stored(stores, taken_again).claim_token == current.claim_token
+    with stores() as store:
+        assert store.record_attempts([], at) == []
+
+
 def test_an_unclaimed_notification_has_no_outcome_to_record(stores):
     notification_id = queue(stores, T0)
     with pytest.raises(ValueError):

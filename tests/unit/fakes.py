@@ -62,6 +62,9 @@ class FakeTransaction:
     def emit(self, event_type, data, request_id=None):
         self.pending.append((event_type, data))
 
+    def emit_all(self, events):
+        self.pending.extend(events)
+
     def event_row(self, event_type, data, request_id=None, traceparent=None):
         self.pending.append((event_type, data))
         return Outbox.row(event_type, data, request_id, traceparent)
@@ -685,6 +688,11 @@ class InMemoryNotificationStore(InMemoryCustomerDirectory):
         row.updated_at = at
         row.claim_token = row.claimed_until = None
         return copy.copy(row)
+
+    def record_attempts(self, attempts, at):
+        if any(notification.claim_token is None for notification, _ in attempts):
+            raise ValueError("only a claimed notification has an outcome to record")
+        return [self.record_attempt(notification, outcome, at) for notification, outcome in attempts]
 
     def requeue(self, notification, at):
         notification.status, notification.attempts, notification.next_attempt_at = "queued", 0, at
