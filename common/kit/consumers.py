@@ -29,6 +29,7 @@ from sqlalchemy.types import DateTime
 
 from common.contract.errors import ServiceUnavailable
 from common.contract.settings import settings_of
+from common.kit.batch_publisher import corked
 from common.kit.rpc import BROKER_ERRORS, ResilientQueueConsumer
 from common.observability.metrics import EVENT_BATCH_SIZE, EVENT_RETRIES, EVENTS_DEAD_LETTERED
 
@@ -224,8 +225,10 @@ class BatchEventHandler(ReliableEventHandler):
             self.container.spawn_managed_thread(partial(self._one_at_a_time, batch, then),
                                                 identifier=f"{self.method_name}.one_at_a_time")
         else:
-            for _, message in batch:
-                self.handle_message_processed(message, result, exc_info)
+            # The batch's acks leave together, not a segment (and a broker wake-up) each.
+            with corked(_socket_of(batch[0][1])):
+                for _, message in batch:
+                    self.handle_message_processed(message, result, exc_info)
             then()
         return result, exc_info
 
@@ -254,6 +257,13 @@ batch_event_handler = BatchEventHandler.decorator
 
 def _nothing():
     pass
+
+
+def _socket_of(message):
+    """The socket `message` came on, or None once its connection is closed."""
+    connection = getattr(getattr(message, "channel", None), "connection", None)
+    transport = getattr(connection, "transport", None)
+    return getattr(transport, "sock", None)
 
 
 def _shared(headers):
