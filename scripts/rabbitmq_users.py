@@ -19,8 +19,10 @@ what each may touch is read off its service class, as nameko 2.14 names things:
   handler declares the source's exchange and its queue `evt-<source>-<event>--<service>.<method>`
   bound to it, with the dead-letter exchange `dead-letters`, its retry queue `<queue>.retry`
   (published to through the default exchange, `amq.default`, dead-lettering back through it)
-  and the `dead-letters` exchange and queue (common/kit/consumers.py). Quorum queues
-  (AMQP_QUORUM_QUEUES) need nothing more.
+  and the `dead-letters` exchange and queue (common/kit/consumers.py). webhook_service binds
+  and unbinds its handler queues itself while it runs (webhook_service/bindings.py): the same
+  permissions as the binding a handler declares. Quorum queues (AMQP_QUORUM_QUEUES) need
+  nothing more.
 
 RabbitMQ checks: declare = configure on the entity; bind = write on the queue, read on the
 exchange; publish = write on the exchange; consume = read on the queue; a queue with a

@@ -9,6 +9,11 @@ time per host, and records each outcome in a short unit of work applied only if 
 still holds the row. A subscriber that is slow or dead holds its own host's slots and
 nothing else: the other hosts' deliveries are claimed and sent meanwhile. A timer prunes what
 ended WEBHOOK_RETENTION_DAYS ago.
+
+Only the event types some webhook wants reach the service at all (bindings.py): a handler's queue
+is bound to its source's exchange before a webhook that wants its type commits, and unbound once
+none has wanted it for WEBHOOK_UNBIND_GRACE_SECONDS (at once after a delete), by a timer that also
+runs at start.
 """
 import collections
 import json
@@ -22,7 +27,7 @@ import eventlet
 from eventlet.queue import Empty, LightQueue
 
 from common.contract.caller import ADMIN, required
-from common.contract.errors import EXPECTED_ERRORS, NotFound
+from common.contract.errors import EXPECTED_ERRORS, NotFound, ServiceUnavailable
 from common.contract.events import WEBHOOK_EVENTS
 from common.contract.schemas.base import ListQuery, id_of_attempt, load_or_raise, uuid_or_none
 from common.contract.schemas.webhooks import (
@@ -33,13 +38,14 @@ from common.contract.schemas.webhooks import (
     WebhookSchema,
 )
 from common.kit.base import ServiceBase
-from common.kit.consumers import batch_event_handler
+from common.kit.consumers import unbound_batch_event_handler
 from common.kit.paging import Listing
 from common.kit.rpc import rpc
 from common.kit.sender import SenderWake, sender
 from common.kit.timers import every
 from common.kit.unit_of_work import UnitOfWork
 from webhook_service import domain, metrics, outbound, secret_box, storage
+from webhook_service.bindings import BINDING_ERRORS, EventBindings
 
 log = logging.getLogger(__name__)
 webhook_schema, delivery_schema = WebhookSchema(), DeliverySchema()
@@ -76,6 +82,7 @@ class WebhookService(ServiceBase):
 
     uow = UnitOfWork(storage.layout)
     wake_sender = SenderWake()
+    bindings = EventBindings()
 
     # -- the event path: record, never send (the handlers are made below the class) ---
 
@@ -106,7 +113,10 @@ class WebhookService(ServiceBase):
                 if made_before is not None:
                     return {**webhook_schema.dump(made_before),
                             "secret": secret_box.decrypt(key, made_before.secret_encrypted)}
+            if fields["enabled"]:
+                self._bind(tx, fields["event_types"])
             secret = domain.new_secret(secrets.token_bytes(domain.SECRET_BYTES))
+            # In force from after the binding: every event that occurs from then on is routed here.
             webhook = tx.store.insert_webhook(webhook_id, fields, target.host, secret_box.encrypt(key, secret), _now())
             return {**webhook_schema.dump(webhook), "secret": secret}
 
@@ -139,6 +149,10 @@ class WebhookService(ServiceBase):
             if "enabled" in changes and changes["enabled"] != webhook.enabled:
                 # Disabled by an admin (no reason to give), or enabled again: a fresh start.
                 changes.update(disabled_reason=None, failing_since=None)
+            added = _newly_wanted(webhook, changes)
+            if added:
+                self._bind(tx, added)
+            # In force from after the binding, as a new webhook (what it no longer wants is unbound later).
             return webhook_schema.dump(tx.store.update_webhook(webhook, changes, _now()))
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
@@ -146,7 +160,16 @@ class WebhookService(ServiceBase):
         """The webhook and its delivery log; nothing more is sent to it."""
         required(self.caller).require(ADMIN)
         with self.uow as tx:
-            tx.store.delete_webhook(_webhook(tx.store, webhook_id, lock=True))
+            webhook = _webhook(tx.store, webhook_id, lock=True)
+            event_types = list(webhook.event_types)
+            tx.store.delete_webhook(webhook)
+        # It wants nothing from now on (its versions went with it): its types unbound at once, unless
+        # another webhook wants them. Done, or not (the timer does it later: events meanwhile match
+        # nothing), the delete stands.
+        try:
+            self._reconcile_bindings(among=event_types)
+        except Exception as exc:
+            log.warning("webhook %s deleted; its event types will be unbound later: %r", webhook_id, exc)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def list_deliveries(self, webhook_id, filters=None, limit=20, cursor=None):
@@ -222,7 +245,41 @@ class WebhookService(ServiceBase):
             log.info("pruned %d webhook deliveries and events older than %s", deleted, before.isoformat())
         return deleted
 
+    # -- which events reach the service ----------------------------------------------------
+
+    @every("webhook_bindings_interval_seconds", eager=True)
+    def reconcile_bindings(self):
+        """At start and every WEBHOOK_BINDINGS_INTERVAL_SECONDS: the event types some webhook wants
+        routed to their queues, the others not (a binding lost, or left by an older version, is
+        put right); the types wanted (None: not this time, the next run tries again)."""
+        try:
+            return sorted(self._reconcile_bindings())
+        except (*BINDING_ERRORS, ServiceUnavailable) as exc:
+            log.warning("could not check which event types are routed here (next try in %g s): %r",
+                        self.settings.webhook_bindings_interval_seconds, exc)
+            return None
+
     # -- helpers (no entrypoints) -------------------------------------------------------------
+
+    def _bind(self, tx, event_types):
+        """Route `event_types` here before `tx` commits the webhook that wants them; the lock held
+        till then keeps any process from reading what is wanted, and unbinding, meanwhile."""
+        tx.store.lock_bindings()
+        try:
+            self.bindings.route(event_types)
+        except BINDING_ERRORS as exc:
+            log.warning("could not bind %s: %r", ", ".join(event_types), exc)
+            raise ServiceUnavailable("The broker is unavailable: the webhook's events could not be routed.",
+                                     {"broker": "unreachable"}) from None
+
+    def _reconcile_bindings(self, among=None):
+        """Bind the wanted event types (of `among`, default all) and unbind the others, under the lock."""
+        since = _now() - timedelta(seconds=self.settings.webhook_unbind_grace_seconds)
+        with self.uow as tx:
+            tx.store.lock_bindings()
+            wanted = tx.store.wanted_event_types(since)
+            self.bindings.apply(wanted, among)
+        return wanted
 
     def _claim(self, limit, in_flight):
         now = _now()
@@ -291,6 +348,15 @@ def _subscription(fields):
     return fields
 
 
+def _newly_wanted(webhook, changes):
+    """The event types the webhook wants after `changes` and did not before (all of them when it is enabled again)."""
+    enabled, event_types = changes.get("enabled", webhook.enabled), changes.get("event_types", webhook.event_types)
+    if not enabled:
+        return []
+    had = set(webhook.event_types) if webhook.enabled else set()
+    return [event_type for event_type in event_types if event_type not in had]
+
+
 def _webhook(store, webhook_id, lock=False):
     parsed = uuid_or_none(webhook_id)
     webhook = store.get_webhook(parsed, lock=lock) if parsed else None
@@ -300,14 +366,15 @@ def _webhook(store, webhook_id, lock=False):
 
 
 def _handler(source, event_type):
-    @batch_event_handler(source, event_type)
+    @unbound_batch_event_handler(source, event_type)
     def handle(self, envelopes):
         self._record_deliveries(event_type, envelopes)
     handle.__name__ = handle.__qualname__ = f"on_{event_type}"
     return handle
 
 
-# One batch handler per event a webhook can subscribe to (nameko finds them on the class).
+# One batch handler per event a webhook can subscribe to (nameko finds them on the class); each gets its
+# events only while bound (bindings.py).
 for _source, _event_types in WEBHOOK_EVENTS.items():
     for _event_type in _event_types:
         setattr(WebhookService, f"on_{_event_type}", _handler(_source, _event_type))

@@ -11,6 +11,9 @@
   one committed statement gives due rows a claim token and the time the claim lasts
   until; each outcome is recorded only while the row is under the claim that sent it.
 
+Which event types reach the service at all is decided here too (`wanted_event_types`, under
+`lock_bindings`; see bindings.py): those some webhook is, or was a moment ago, enabled for.
+
 Deliveries that ended (delivered or failed) and events no delivery needs any more are pruned
 WEBHOOK_RETENTION_DAYS after they last changed / arrived, in bounded batches (`prune_deliveries`,
 `prune_events`); a pending delivery, and so its event, is never pruned.
@@ -220,6 +223,20 @@ DELETE FROM {SCHEMA}.events WHERE event_id IN (
     FOR UPDATE SKIP LOCKED)
 """)
 
+# The event types some webhook wants, under any version of it in force at :since or later (the current
+# one, or one that a later version took over from after :since): an event that occurred while the
+# version was in force may still be on its way (in its emitter's outbox), and is to be delivered.
+_WANTED_EVENT_TYPES = text(f"""
+SELECT DISTINCT unnest(v.event_types) AS event_type
+FROM {SCHEMA}.webhook_versions v
+WHERE v.enabled AND NOT EXISTS (
+    SELECT FROM {SCHEMA}.webhook_versions later
+    WHERE later.webhook_id = v.webhook_id AND (later.valid_from, later.id) > (v.valid_from, v.id)
+      AND later.valid_from <= :since)
+""")
+# The advisory lock every decision to bind or unbind an event type's queue is taken under (see lock_bindings).
+_BINDINGS_LOCK = "webhooks.bindings"
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -254,6 +271,16 @@ class WebhookStore:
             "occurred_ats": [occurred_at for _, occurred_at, _ in events],
             "bodies": [body for _, _, body in events], "event_type": event_type, "now": now})
         return [row.id for row in result]
+
+    def lock_bindings(self):
+        """Serialize the decisions to bind or unbind event types' queues, till the end of the transaction:
+        a webhook that wants a type is committed before another process reads what is wanted, or after
+        that process is done unbinding."""
+        self.session.execute(select(func.pg_advisory_xact_lock(func.hashtextextended(_BINDINGS_LOCK, 0))))
+
+    def wanted_event_types(self, since):
+        """The event types some enabled webhook subscribes to now, or did at some moment from `since` on."""
+        return {row.event_type for row in self.session.execute(_WANTED_EVENT_TYPES, {"since": since})}
 
     # -- webhooks ----------------------------------------------------------------------------
 

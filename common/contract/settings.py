@@ -144,6 +144,8 @@ class Settings(BaseModel):
     # At least a day: an event's dedup must outlive every late copy of it (see _rules_between_settings).
     webhook_retention_days: float = Field(ge=1)
     webhook_prune_interval_seconds: PositiveSeconds
+    webhook_bindings_interval_seconds: PositiveSeconds
+    webhook_unbind_grace_seconds: float = Field(ge=0)
 
     @field_validator("log_level", "env", mode="before")
     @classmethod

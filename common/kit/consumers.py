@@ -9,6 +9,9 @@
   its retries) until it is back.
 - `batch_event_handler`: the same, for a handler that takes a list of
   envelopes and handles them in one transaction (see BatchEventHandler).
+- `unbound_batch_event_handler`: a batch handler whose queue is declared
+  without its binding to the source's exchange: the service binds and unbinds
+  it itself (`binding()`), e.g. only while someone wants its events.
 - `first_time` / `first_times`: record event ids in the consumer's
   `processed_events` table in the same transaction as the handler's effect,
   so a redelivered event has no second effect.
@@ -68,16 +71,22 @@ def retry_queue_name(queue_name):
 
 class ReliableEventHandler(EventHandler):
     queue_consumer = ResilientQueueConsumer()
+    # False: the queue is declared with no binding (kombu binds a queue only to a named exchange),
+    # so neither this setup nor the consumer's (re)declaring it on every reconnect adds one; the
+    # service binds it as `binding()` says, when it wants this handler's events.
+    binds_queue = True
 
     def setup(self):
         super().setup()
         settings = settings_of(self.container)
         quorum = settings.amqp_quorum_queues
         name = self.queue.name
+        self.source_exchange = self.queue.exchange
         # Rejected messages go to the dead-letter exchange, not away.
-        self.queue = Queue(name, exchange=self.queue.exchange, routing_key=self.queue.routing_key,
-                           durable=True, auto_delete=False,
-                           queue_arguments=replicated({"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}, quorum))
+        bound = {"exchange": self.source_exchange, "routing_key": self.queue.routing_key} if self.binds_queue else {}
+        self.queue = Queue(name, durable=True, auto_delete=False,
+                           queue_arguments=replicated({"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}, quorum),
+                           **bound)
         # Nobody consumes the retry queue: each message waits out its expiration,
         # then RabbitMQ dead-letters it straight back into the handler's queue.
         retry = Queue(retry_queue_name(name), durable=True, queue_arguments=replicated({
@@ -89,8 +98,17 @@ class ReliableEventHandler(EventHandler):
         self.retry_publisher = Publisher(amqp_uri)
         with Connection(amqp_uri) as connection:
             channel = connection.channel()
-            for entity in (dead_exchange, dead_queue, retry):
+            entities = [dead_exchange, dead_queue, retry]
+            if not self.binds_queue:
+                # The source's exchange and the queue too (the consumer declares the exchange only with a
+                # binding, and the queue once it starts): the service can bind it from now on.
+                entities += [self.source_exchange, self.queue]
+            for entity in entities:
                 entity.bind(channel).declare()
+
+    def binding(self):
+        """(queue, exchange, routing key): the binding that routes this handler's events to its queue."""
+        return self.queue.name, self.source_exchange.name, self.event_type
 
     def handle_message_processed(self, message, result=None, exc_info=None):
         if exc_info is None:
@@ -253,6 +271,16 @@ class BatchEventHandler(ReliableEventHandler):
 
 
 batch_event_handler = BatchEventHandler.decorator
+
+
+class UnboundBatchEventHandler(BatchEventHandler):
+    """A BatchEventHandler whose queue (durable, with its retries and dead letters as ever) gets
+    no event until the service binds it (`binding()`); its setup declares the queue and the
+    source's exchange, so the binding can be made from then on."""
+    binds_queue = False
+
+
+unbound_batch_event_handler = UnboundBatchEventHandler.decorator
 
 
 def _nothing():

@@ -59,3 +59,15 @@ def queue_messages(vhost):
     if out.returncode != 0:
         return None
     return sum(int(word) for word in out.stdout.split() if word.isdigit())
+
+
+def queue_bindings(vhost, queue):
+    """The (exchange, routing key) pairs `queue` is bound with in `vhost` (the default exchange's left out)."""
+    out = _run("list_bindings", "-p", vhost, "--no-table-headers", "source_name", "destination_name",
+               "destination_kind", "routing_key")
+    bindings = []
+    for line in out.splitlines():
+        source, destination, kind, routing_key = (line.split("\t") + [""] * 4)[:4]
+        if source and destination == queue and kind == "queue":
+            bindings.append((source, routing_key))
+    return sorted(bindings)

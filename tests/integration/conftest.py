@@ -12,6 +12,8 @@ from tests.servers.webhook_receiver import WebhookReceiver
 
 # The test stack disables a webhook whose every attempt failed for this long.
 WEBHOOK_DISABLE_AFTER_SECONDS = 8
+# ... and routes it an event type for this long after the last webhook that wanted it stopped wanting it.
+WEBHOOK_UNBIND_GRACE_SECONDS = 5
 
 
 @pytest.fixture(scope="session")
@@ -90,6 +92,9 @@ def stack_env(amqp_uri, database_url, smtp_port=None, sms_url=None, **overrides)
         "WEBHOOK_MAX_ATTEMPTS": "4",
         "WEBHOOK_DISABLE_AFTER_HOURS": str(WEBHOOK_DISABLE_AFTER_SECONDS / 3600),
         "WEBHOOK_SWEEP_INTERVAL_SECONDS": "1",
+        # An event type no webhook wants any more is unbound within seconds (tests/integration/test_webhook_bindings.py).
+        "WEBHOOK_BINDINGS_INTERVAL_SECONDS": "1",
+        "WEBHOOK_UNBIND_GRACE_SECONDS": str(WEBHOOK_UNBIND_GRACE_SECONDS),
         "STAFF_EMAILS": ",".join(support.STAFF_EMAILS),
         # SMS go to the test's provider (without one, to a port nobody listens on: they wait and retry).
         "SMS_API_URL": sms_url or f"http://127.0.0.1:{harness.free_port()}",

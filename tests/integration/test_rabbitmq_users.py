@@ -102,6 +102,19 @@ def test_the_gateway_user_can_only_call(users, own_users_stack):
     _refused(gateway, _publish("", "rpc-order_service"))
 
 
+def test_webhook_service_binds_and_unbinds_its_handler_queues_on_its_user(users, own_users_stack):
+    # What it does at start, on its timer, and when a webhook is created or deleted (webhook_service/bindings.py).
+    queue = "evt-order_service-order_created--webhook_service.on_order_created"
+    with Connection(users["webhook_service"]) as connection:
+        channel = connection.channel()
+        channel.queue_bind(queue=queue, exchange="order_service.events", routing_key="order_created")
+        channel.queue_unbind(queue=queue, exchange="order_service.events", routing_key="order_created")
+    # Not another service's queue to its events.
+    _refused(users["webhook_service"], lambda channel: channel.queue_bind(
+        queue="evt-order_service-order_created--customer_service.on_order_created", exchange="order_service.events",
+        routing_key="order_created"))
+
+
 def test_a_service_user_keeps_to_its_own(users, own_users_stack):
     # webhook_service calls no service, and consumes its own queues only.
     _refused(users["webhook_service"], _publish("nameko-rpc", "order_service.update_status"))

@@ -123,6 +123,24 @@ def test_the_webhook_as_it_was_when_the_event_occurred_decides(store):
     assert _record(store, occurred_at=T0 - timedelta(minutes=1)) == []  # before it existed
 
 
+def test_the_types_wanted_are_an_enabled_webhooks_and_what_one_wanted_since_the_moment_given(store):
+    store.lock_bindings()  # taken before reading what is wanted (a no-op alone)
+    hook = _webhook(store, ("order_created", "stock_low"))
+    _webhook(store, ("customer_created",), enabled=False)
+    gone = _webhook(store, ("invoice_issued",))
+    assert store.wanted_event_types(T0) == {"order_created", "stock_low", "invoice_issued"}
+    store.delete_webhook(gone)  # wants nothing from then on, not even for a moment before
+    store.update_webhook(hook, {"event_types": ["order_created"]}, T0 + timedelta(minutes=10))
+    # stock_low stops being wanted once its version was taken over from before the moment given.
+    assert store.wanted_event_types(T0 + timedelta(minutes=5)) == {"order_created", "stock_low"}
+    assert store.wanted_event_types(T0 + timedelta(minutes=10)) == {"order_created"}
+    store.update_webhook(hook, {"enabled": False}, T0 + timedelta(minutes=20))
+    assert store.wanted_event_types(T0 + timedelta(minutes=15)) == {"order_created"}
+    assert store.wanted_event_types(T0 + timedelta(minutes=20)) == set()
+    store.update_webhook(hook, {"enabled": True}, T0 + timedelta(minutes=30))
+    assert store.wanted_event_types(T0 + timedelta(hours=1)) == {"order_created"}
+
+
 def test_claims_take_at_most_per_host_counting_those_in_flight(store):
     slow, quick = _webhook(store, host="slow.example"), _webhook(store, host="quick.example")
     for _ in range(5):

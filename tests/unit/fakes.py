@@ -758,6 +758,19 @@ class InMemoryWebhookStore:
                 in_force[version["webhook_id"]] = version
         return in_force
 
+    def lock_bindings(self):
+        pass  # one process, one thread: nothing runs alongside
+
+    def wanted_event_types(self, since):
+        """Types of enabled versions no later version of their webhook took over from by `since`
+        (later: in (valid_from, order written), as `_in_force` has it)."""
+        versions = list(enumerate(self.tables["versions"]))
+        return {event_type for index, version in versions if version["enabled"]
+                and not any(later["webhook_id"] == version["webhook_id"] and later["valid_from"] <= since
+                            and (later["valid_from"], other) > (version["valid_from"], index)
+                            for other, later in versions)
+                for event_type in version["event_types"]}
+
     # -- webhooks
 
     def insert_webhook(self, webhook_id, fields, host, secret_encrypted, now):

@@ -1,5 +1,5 @@
-"""Webhook rules (webhook_service/domain.py), one attempt's HTTP (outbound.py) against a local server, and the
-prune timer on the in-memory store."""
+"""Webhook rules (webhook_service/domain.py), one attempt's HTTP (outbound.py) against a local server, and, on
+the in-memory store, the prune timer and when the service binds and unbinds what reaches it (bindings.py)."""
 import base64
 import json
 import subprocess
@@ -12,7 +12,8 @@ import pytest
 from nameko.testing.services import worker_factory
 from standardwebhooks import Webhook
 
-from common.contract.errors import InvalidTransition, ValidationFailed
+from common.contract.caller import ADMIN, Caller
+from common.contract.errors import InvalidTransition, ServiceUnavailable, ValidationFailed
 from tests.harness import ROOT
 from tests.servers.webhook_receiver import WebhookReceiver
 from tests.unit.fakes import SETTINGS, FakeUnitOfWork, InMemoryWebhookStore
@@ -229,3 +230,87 @@ def test_the_prune_timer_deletes_in_batches_what_ended_past_the_retention_and_ke
     [pending] = store.list_deliveries(hook.id, {}, 10)
     assert pending.status == "pending" and list(store.tables["events"]) == [pending.event_id]
     assert webhooks.prune() == 0
+
+
+# -- which event types reach the service (bindings.py), on the in-memory store --------------------
+
+class RecordedBindings:
+    """EventBindings' contract, recorded: each `route` with the moment it was done, each `apply`."""
+
+    def __init__(self, fail=None):
+        self.fail = fail
+        self.routed, self.applied = [], []
+
+    def route(self, event_types):
+        if self.fail is not None:
+            raise self.fail
+        self.routed.append((list(event_types), datetime.now(timezone.utc)))
+
+    def apply(self, wanted, among=None):
+        if self.fail is not None:
+            raise self.fail
+        self.applied.append((set(wanted), among))
+
+
+def _webhooks_service(store, bindings):
+    settings = SETTINGS.model_copy(update={"webhook_allow_hosts": ("127.0.0.1",)})
+    return worker_factory(service_module.WebhookService, uow=FakeUnitOfWork(store), settings=settings,
+                          bindings=bindings, caller=Caller("admin-1", ADMIN))
+
+
+def _create(webhooks, *event_types, **fields):
+    return webhooks.create_webhook({"url": "http://127.0.0.1:9/in", "event_types": list(event_types), **fields})
+
+
+def test_a_webhook_is_in_force_only_from_after_its_event_types_are_routed():
+    store, bindings = InMemoryWebhookStore(), RecordedBindings()
+    webhooks = _webhooks_service(store, bindings)
+    hook = _create(webhooks, "order_created", "stock_low")
+    [(routed, routed_at)] = bindings.routed
+    assert routed == ["order_created", "stock_low"] and store.tables["versions"][-1]["valid_from"] >= routed_at
+    off = _create(webhooks, "customer_created", enabled=False)
+    webhooks.update_webhook(off["id"], {"description": "later"})
+    webhooks.update_webhook(hook["id"], {"enabled": False})
+    assert len(bindings.routed) == 1  # nothing newly wanted
+    webhooks.update_webhook(off["id"], {"enabled": True})
+    webhooks.update_webhook(hook["id"], {"enabled": True, "event_types": ["stock_low", "invoice_issued"]})
+    webhooks.update_webhook(off["id"], {"event_types": ["customer_created", "order_created"]})
+    assert [types for types, _ in bindings.routed[1:]] == [
+        ["customer_created"], ["stock_low", "invoice_issued"], ["order_created"]]
+    assert store.tables["versions"][-1]["valid_from"] >= bindings.routed[-1][1]
+
+
+def test_a_webhook_whose_events_cannot_be_routed_is_neither_created_nor_enabled():
+    store = InMemoryWebhookStore()
+    off = _create(_webhooks_service(store, RecordedBindings()), "order_created", enabled=False)
+    webhooks = _webhooks_service(store, RecordedBindings(fail=ConnectionRefusedError("broker down")))
+    with pytest.raises(ServiceUnavailable):
+        _create(webhooks, "order_created")
+    with pytest.raises(ServiceUnavailable):
+        webhooks.update_webhook(off["id"], {"enabled": True})
+    assert [w.id for w in store.tables["webhooks"].values()] == [uuid.UUID(off["id"])]
+    assert store.get_webhook(uuid.UUID(off["id"])).enabled is False
+
+
+def test_a_deleted_webhooks_types_are_unbound_at_once_unless_another_wants_them():
+    store, bindings = InMemoryWebhookStore(), RecordedBindings()
+    webhooks = _webhooks_service(store, bindings)
+    gone = _create(webhooks, "order_created", "stock_low")
+    _create(webhooks, "stock_low")
+    webhooks.delete_webhook(gone["id"])
+    assert bindings.applied == [({"stock_low"}, ["order_created", "stock_low"])]
+    # The broker gone: the delete stands all the same (the timer unbinds later).
+    bindings.fail = ConnectionRefusedError("broker down")
+    webhooks.delete_webhook(_create(_webhooks_service(store, RecordedBindings()), "invoice_issued")["id"])
+    assert store.wanted_event_types(datetime.now(timezone.utc)) == {"stock_low"}
+
+
+def test_the_timer_binds_what_is_wanted_and_unbinds_the_rest():
+    store, bindings = InMemoryWebhookStore(), RecordedBindings()
+    webhooks = _webhooks_service(store, bindings)
+    assert webhooks.reconcile_bindings() == []
+    _create(webhooks, "stock_low", "order_created")
+    assert webhooks.reconcile_bindings() == ["order_created", "stock_low"]
+    assert bindings.applied == [(set(), None), ({"order_created", "stock_low"}, None)]
+    bindings.fail = ConnectionRefusedError("broker down")
+    assert webhooks.reconcile_bindings() is None  # the next run tries again
