@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 from common.contract.caller import ADMIN, SERVICE, required
 from common.contract.context import DEADLINE_KEY, REQUEST_ID_KEY
@@ -31,6 +32,7 @@ from common.contract.schemas.orders import (
 )
 from common.kit.base import ServiceBase
 from common.kit.consumers import reliable_event_handler
+from common.kit.db import MAX_PRUNING_SECONDS, prune_in_batches
 from common.kit.paging import Listing
 from common.kit.providers import ContextData
 from common.kit.rpc import ServiceRpcProxy, rpc
@@ -194,10 +196,16 @@ class OrderService(ServiceBase):
 
     @every("idempotency_prune_interval_seconds")
     def prune_attempts(self):
-        """Forget idempotency keys and failed attempts past their retention."""
+        """Forget idempotency keys and attempts past their retention, a bounded batch per
+        statement (see common/kit/db.py); how many."""
         cutoff = _now() - timedelta(hours=self.settings.idempotency_retention_hours)
-        with self.uow as tx:
-            tx.store.prune_attempts(cutoff)
+        stop_at = time.monotonic() + MAX_PRUNING_SECONDS
+
+        def delete_batch(kind):
+            with self.uow.single_statement() as store:
+                return store.prune_attempts(kind, cutoff)
+
+        return sum(prune_in_batches(partial(delete_batch, kind), stop_at) for kind in storage.ATTEMPT_RECORDS)
 
     @reliable_event_handler("customer_service", "customer_created")
     def on_customer_created(self, envelope):

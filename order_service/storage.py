@@ -29,6 +29,7 @@ from sqlalchemy.sql import func
 from sqlalchemy.types import DateTime
 
 from common.kit.consumers import processed_events_model
+from common.kit.db import bounded_delete
 from common.kit.outbox import outbox_model
 from common.kit.unit_of_work import StorageLayout
 from order_service import domain
@@ -359,11 +360,17 @@ class OrderStore:
         rows = self.session.execute(select(Order.id, Order.status).where(Order.id.in_(order_ids)))
         return {str(order_id): status for order_id, status in rows}
 
-    def prune_attempts(self, older_than):
-        """Forget idempotency keys and the attempts (failed, and changes made) older than `older_than`."""
-        self.session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < older_than))
-        self.session.execute(delete(FailedAttempt).where(FailedAttempt.failed_at < older_than))
-        self.session.execute(delete(ChangeAttempt).where(ChangeAttempt.changed_at < older_than))
+    def prune_attempts(self, kind, older_than):
+        """Delete up to PRUNE_BATCH of `kind` (ATTEMPT_RECORDS) older than `older_than`; how many."""
+        model, moment = ATTEMPT_RECORDS[kind]
+        return self.session.execute(bounded_delete(model, moment, older_than)).rowcount
+
+
+# What is forgotten IDEMPOTENCY_RETENTION_HOURS after it was made: idempotency keys and the
+# attempts (failed, and changes made).
+ATTEMPT_RECORDS = {"idempotency_keys": (IdempotencyKey, IdempotencyKey.created_at),
+                   "failed_attempts": (FailedAttempt, FailedAttempt.failed_at),
+                   "change_attempts": (ChangeAttempt, ChangeAttempt.changed_at)}
 
 
 layout = StorageLayout(base=OrdersBase, store=OrderStore, outbox=outbox_model(OrdersBase),

@@ -87,6 +87,7 @@ class Settings(BaseModel):
     outbox_relay_interval: PositiveSeconds
     outbox_gather_seconds: float = Field(ge=0, le=5)
     outbox_retention_hours: float = Field(gt=0)
+    event_dedup_retention_hours: float = Field(gt=0)
     event_max_retries: int = Field(ge=0, le=100)
     event_retry_base_seconds: PositiveSeconds
     consumer_batch_max: int = Field(ge=1, le=1000)
@@ -277,6 +278,11 @@ class Settings(BaseModel):
                 f"ORDER_CREATE_DEADLINE_SECONDS ({self.order_create_deadline_seconds:g}): the reconciler "
                 "would release the stock of orders still being created")
         retrying_seconds = self.event_retry_base_seconds * (2 ** self.event_max_retries - 1)
+        if self.event_dedup_retention_hours * 3600 <= retrying_seconds:
+            problems.append(
+                f"EVENT_DEDUP_RETENTION_HOURS ({self.event_dedup_retention_hours:g}) must exceed the "
+                f"{retrying_seconds:g} s an event can spend in retries (EVENT_MAX_RETRIES, EVENT_RETRY_BASE_SECONDS): "
+                "a late copy of an event whose record was pruned would take effect again")
         if self.webhook_retention_days * 86400 <= retrying_seconds:
             problems.append(
                 f"WEBHOOK_RETENTION_DAYS ({self.webhook_retention_days:g}) must exceed the {retrying_seconds:g} s "

@@ -19,20 +19,23 @@ import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
-from sqlalchemy import Index, Integer, String, delete, func, insert, select, text, update
+from sqlalchemy import Index, Integer, String, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
 from common.contract.context import REQUEST_ID_KEY
 from common.contract.events import make_envelope
+from common.kit.db import MAX_PRUNING_SECONDS, bounded_delete, prune_in_batches
 from common.observability.tracing import TRACEPARENT_KEY, current_traceparent
 
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_SECONDS = 3600
 BATCH_SIZE = 200
+
 MAX_BACKOFF_SECONDS = 60
 
 
@@ -89,8 +92,10 @@ class OutboxRelay:
     wrote events.
     """
 
-    def __init__(self, model, engine, publisher, interval, gather_seconds, retention_hours):
+    def __init__(self, model, engine, publisher, interval, gather_seconds, retention_hours, dedup=None):
+        """`dedup`: (a consumer's processed_events model, how long its records are kept: timedelta)."""
         self.model = model
+        self.dedup = dedup
         self.engine = engine
         self.publisher = publisher
         self.interval = interval
@@ -171,10 +176,22 @@ class OutboxRelay:
         return len(rows)
 
     def prune(self):
-        """Delete events sent longer ago than the retention."""
+        """Delete events sent longer ago than the retention and, for a consumer, the dedup records
+        of events handled longer ago than theirs, a bounded batch per transaction; the rows deleted."""
+        now = datetime.now(timezone.utc)
+        stop_at = time.monotonic() + MAX_PRUNING_SECONDS
+        doomed = [bounded_delete(self.model, self.model.sent_at, now - self.retention)]
+        if self.dedup is not None:
+            model, retention = self.dedup
+            doomed.append(bounded_delete(model, model.processed_at, now - retention))
+        deleted = sum(prune_in_batches(partial(self._run, statement), stop_at) for statement in doomed)
+        if deleted:
+            log.info("pruned %d sent events and dedup records past their retention", deleted)
+        return deleted
+
+    def _run(self, statement):
         with self.engine.begin() as connection:
-            connection.execute(delete(self.model).where(
-                self.model.sent_at < datetime.now(timezone.utc) - self.retention))
+            return connection.execute(statement).rowcount
 
 
 def _headers(row):

@@ -29,6 +29,7 @@ database engine and its outbox relay (see common/kit/outbox.py).
 """
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from nameko.extensions import DependencyProvider
@@ -199,7 +200,9 @@ class UnitOfWork(DependencyProvider):
             self.layout.outbox, relay_engine,
             ConfirmedBatchPublisher(settings.amqp_uri, exchange),
             interval=settings.outbox_relay_interval, gather_seconds=settings.outbox_gather_seconds,
-            retention_hours=settings.outbox_retention_hours)
+            retention_hours=settings.outbox_retention_hours,
+            dedup=None if self.layout.processed_events is None else (
+                self.layout.processed_events, timedelta(hours=settings.event_dedup_retention_hours)))
 
     def start(self):
         self.relay.start(self.container.spawn_managed_thread)

@@ -10,7 +10,7 @@ from common.contract.caller import Caller
 from common.contract.schemas.orders import OrderSchema
 from common.kit.outbox import Outbox
 from order_service import domain
-from order_service.storage import OrderStore
+from order_service.storage import ATTEMPT_RECORDS, OrderStore
 from tests.stores.conftest import BACKENDS, MEMORY
 from tests.unit.fakes import InMemoryOrderStore
 
@@ -217,7 +217,7 @@ def test_pruning_forgets_old_keys_and_attempts(store):
     store.claim_idempotency_key("new", "h", uuid.uuid4(), T0)
     store.record_failed_attempt(old_attempt, {"code": "x"}, T0 - timedelta(days=2))
     store.record_failed_attempt(new_attempt, {"code": "y"}, T0)
-    store.prune_attempts(T0 - timedelta(days=1))
+    assert [store.prune_attempts(kind, T0 - timedelta(days=1)) for kind in ATTEMPT_RECORDS] == [1, 1, 1]
     assert store.claim_idempotency_key("old", "h2", uuid.uuid4(), T0) is None  # free again
     assert store.claim_idempotency_key("new", "h2", uuid.uuid4(), T0).request_hash == "h"
     assert store.attempt_outcome(old_attempt) == (False, None, None)

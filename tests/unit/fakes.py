@@ -436,10 +436,12 @@ class InMemoryOrderStore:
         return {str(order_id): self.tables["orders"][order_id].status
                 for order_id in order_ids if order_id in self.tables["orders"]}
 
-    def prune_attempts(self, older_than):
-        self.tables["keys"] = {k: v for k, v in self.tables["keys"].items() if v.created_at >= older_than}
-        self.tables["failed"] = {k: v for k, v in self.tables["failed"].items() if v.failed_at >= older_than}
-        self.tables["changes"] = {k: v for k, v in self.tables["changes"].items() if v.changed_at >= older_than}
+    def prune_attempts(self, kind, older_than):
+        table, moment = {"idempotency_keys": ("keys", "created_at"), "failed_attempts": ("failed", "failed_at"),
+                         "change_attempts": ("changes", "changed_at")}[kind]
+        kept = {k: v for k, v in self.tables[table].items() if getattr(v, moment) >= older_than}
+        pruned, self.tables[table] = len(self.tables[table]) - len(kept), kept
+        return pruned
 
     def ping(self):
         pass
