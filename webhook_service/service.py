@@ -22,6 +22,7 @@ import random
 import secrets
 import time
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 import eventlet
 from eventlet.queue import Empty, LightQueue
@@ -37,8 +38,10 @@ from common.contract.schemas.webhooks import (
     WebhookPatch,
     WebhookSchema,
 )
+from common.kit import db
 from common.kit.base import ServiceBase
 from common.kit.consumers import unbound_batch_event_handler
+from common.kit.db import prune_in_batches
 from common.kit.paging import Listing
 from common.kit.rpc import rpc
 from common.kit.sender import SenderWake, sender
@@ -60,9 +63,6 @@ POLL_SECONDS = 0.2
 MAX_CLAIMING_SECONDS = 10
 # A claim's lease: one attempt's timeout (it bounds the whole attempt) plus this, for recording it.
 LEASE_MARGIN_SECONDS = 10
-# Pruning deletes at most this many rows per statement (each its own short transaction), and a run
-# stops starting batches after MAX_PRUNING_SECONDS: the next run goes on where it stopped.
-PRUNE_BATCH, MAX_PRUNING_SECONDS = 1000, 10
 
 
 def _now():
@@ -231,16 +231,12 @@ class WebhookService(ServiceBase):
     @every("webhook_prune_interval_seconds")
     def prune(self):
         """Delete deliveries that ended, then events no delivery refers to, WEBHOOK_RETENTION_DAYS
-        after they last changed / arrived, PRUNE_BATCH rows per statement; the rows deleted."""
+        after they last changed / arrived, a bounded batch per statement (common/kit/db.py); the rows deleted."""
         before = _now() - timedelta(days=self.settings.webhook_retention_days)
-        stop_at, deleted = time.monotonic() + MAX_PRUNING_SECONDS, 0
-        for table in ("deliveries", "events"):  # deliveries first: they free their events
-            while time.monotonic() < stop_at:
-                with self.uow.single_statement() as store:
-                    batch = getattr(store, f"prune_{table}")(before, PRUNE_BATCH)
-                deleted += batch
-                if batch < PRUNE_BATCH:
-                    break
+        stop_at = time.monotonic() + db.MAX_PRUNING_SECONDS
+        # Deliveries first: they free their events.
+        deleted = sum(prune_in_batches(partial(self._prune_batch, table, before), stop_at)
+                      for table in ("deliveries", "events"))
         if deleted:
             log.info("pruned %d webhook deliveries and events older than %s", deleted, before.isoformat())
         return deleted
@@ -260,6 +256,10 @@ class WebhookService(ServiceBase):
             return None
 
     # -- helpers (no entrypoints) -------------------------------------------------------------
+
+    def _prune_batch(self, table, before):
+        with self.uow.single_statement() as store:
+            return getattr(store, f"prune_{table}")(before, db.PRUNE_BATCH)
 
     def _bind(self, tx, event_types):
         """Route `event_types` here before `tx` commits the webhook that wants them; the lock held

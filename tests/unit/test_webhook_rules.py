@@ -14,6 +14,7 @@ from standardwebhooks import Webhook
 
 from common.contract.caller import ADMIN, Caller
 from common.contract.errors import InvalidTransition, ServiceUnavailable, ValidationFailed
+from common.kit import db
 from tests.harness import ROOT
 from tests.servers.webhook_receiver import WebhookReceiver
 from tests.unit.fakes import SETTINGS, FakeUnitOfWork, InMemoryWebhookStore
@@ -224,7 +225,7 @@ def test_the_prune_timer_deletes_in_batches_what_ended_past_the_retention_and_ke
     for claimed in store.claim_due(long_ago, long_ago + timedelta(seconds=30), 4, 10, {}):  # four delivered
         store.record_attempt(claimed, domain.after_attempt(claimed, domain.Outcome(200), long_ago, 10, 5, 0.5),
                              long_ago)
-    monkeypatch.setattr(service_module, "PRUNE_BATCH", 2)
+    monkeypatch.setattr(db, "PRUNE_BATCH", 2)
     webhooks = worker_factory(service_module.WebhookService, uow=FakeUnitOfWork(store), settings=SETTINGS)
     assert webhooks.prune() == 8  # four deliveries, then their four events, two per statement
     [pending] = store.list_deliveries(hook.id, {}, 10)
