@@ -184,12 +184,12 @@ class OutboxRelay:
         if self.dedup is not None:
             model, retention = self.dedup
             doomed.append(bounded_delete(model, model.processed_at, now - retention))
-        deleted = sum(prune_in_batches(partial(self._run, statement), stop_at) for statement in doomed)
+        deleted = sum(prune_in_batches(partial(self._delete, statement), stop_at) for statement in doomed)
         if deleted:
             log.info("pruned %d sent events and dedup records past their retention", deleted)
         return deleted
 
-    def _run(self, statement):
+    def _delete(self, statement):
         with self.engine.begin() as connection:
             return connection.execute(statement).rowcount
 
