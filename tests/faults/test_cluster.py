@@ -15,6 +15,7 @@ import requests
 
 from common.contract.services import BY_NAME
 from common.contract.services import SERVICES as REGISTRY
+from scripts import rabbitmq_users
 from scripts.rabbitmq_nodes import cluster_nodes, failover_uri, start_cluster
 from tests import support
 from tests.faults.conftest import create_load_through, stack_env
@@ -45,15 +46,25 @@ def cluster_stack(cluster, request):
     db_name, db_url = support.create_database()
     support.alembic(db_url, "upgrade", "head")
     # Ten service processes share Postgres's 100 connections: five workers each.
-    env = stack_env(_rotated(cluster, 0), db_url)
+    # Every process connects as its own user, as with `make run CLUSTER=1`; the test's own
+    # connections (the stack's default AMQP_URI) are the operator's.
+    secrets = rabbitmq_users.apply(lambda *args: cluster[0].ctl(*args).stdout)
+    env = stack_env(rabbitmq_users.with_user(_rotated(cluster, 0), rabbitmq_users.OPERATOR,
+                                             secrets[rabbitmq_users.OPERATOR]), db_url)
     env.update({"AMQP_QUORUM_QUEUES": "true", "MAX_WORKERS": "5"})
     stack = support.ProcessStack(env, support.OUTPUT / "faults" / request.node.name)
     stack.db_name = db_name
     procfile = set(stack.commands)
     second_metrics = support.free_metrics_base()
     for process in procfile & set(SERVICES):
-        stack.add(f"{process}_2", process, AMQP_URI=_rotated(cluster, 1), METRICS_PORT=second_metrics)
-    stack.add("gateway_2", "gateway", AMQP_URI=_rotated(cluster, 2), GATEWAY_PORT=support.free_port())
+        stack.add(f"{process}_2", process, METRICS_PORT=second_metrics)
+    stack.add("gateway_2", "gateway", GATEWAY_PORT=support.free_port())
+    for name in list(stack.commands):
+        user = rabbitmq_users.user_of(name)
+        if user is not None:
+            first_node = 0 if not name.endswith("_2") else (2 if name == "gateway_2" else 1)
+            uri = rabbitmq_users.with_user(_rotated(cluster, first_node), user, secrets[user])
+            stack.envs[name] = {**stack.envs.get(name, {}), "AMQP_URI": uri}
     stack.gateways = [stack.base_url, f"http://127.0.0.1:{stack.envs['gateway_2']['GATEWAY_PORT']}"]
     stack.metrics_bases = {"1": int(env["METRICS_PORT"]), "2": second_metrics}
     try:
@@ -90,6 +101,10 @@ def _report_split(name, stack, instances=INSTANCES):
     return handled
 
 
+def _connected_users(nodes):
+    return set(nodes[0].ctl("-q", "list_connections", "user", "--no-table-headers").stdout.split())
+
+
 def test_cluster_node_stop_under_load(cluster, cluster_stack):
     def stop_and_start_the_busiest_node():
         node = _busiest_node(cluster)
@@ -102,6 +117,10 @@ def test_cluster_node_stop_under_load(cluster, cluster_stack):
                         gateways=cluster_stack.gateways)
     handled = _report_split("node stop", cluster_stack)
     assert all(count > 0 for count in handled.values()), "one instance did all the work"
+    # Each process was on the broker as its own user, as with make run CLUSTER=1.
+    expected = {rabbitmq_users.user_of(name) for name in cluster_stack.commands} - {None}
+    missing = expected - _connected_users(cluster)
+    assert not missing, f"not connected as their own users: {missing}"
 
 
 def test_cluster_kill_9_one_order_service(cluster, cluster_stack):
