@@ -8,6 +8,7 @@ Deployment lacks probes, limits, its security settings or a NetworkPolicy, or wh
 secret could be read in the rendered output; they are tested on broken copies too.
 """
 import copy
+import json
 import os
 import re
 import shlex
@@ -23,6 +24,7 @@ from common.contract.services import GATEWAY, SERVICES, metrics_port
 from common.contract.settings import DEVELOPMENT_JWT_SECRET, Settings
 from common.kit.unit_of_work import POOL_SLACK
 from common.observability.metrics import LIVE_PATH, READY_PATH, probes_app
+from scripts import rabbitmq_k8s_users
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "ops" / "k8s"
@@ -38,6 +40,16 @@ SECRET_SETTINGS = {"JWT_SECRET", "CALLER_SIGNING_KEY", "WEBHOOK_SECRET_KEY", "DA
 OPERATOR_GROUPS = ("rabbitmq.com", "postgresql.cnpg.io", "monitoring.coreos.com")
 CONTAINER_SECURITY = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
 RELAY_POOL = 2  # the outbox relay's own pool (common/kit/unit_of_work.py), beside MAX_WORKERS + POOL_SLACK
+DEFINITIONS = ROOT / "ops" / "rabbitmq" / "definitions.json"
+RABBITMQ_USERS = K8S / "base" / "platform" / "rabbitmq-users.yaml"
+# The Messaging Topology Operator's CRDs (rabbitmq.com/v1beta1): the fields of each spec.
+TOPOLOGY_SPECS = {
+    "User": {"tags", "rabbitmqClusterReference", "importCredentialsSecret"},
+    "Permission": {"user", "userReference", "vhost", "permissions", "rabbitmqClusterReference"},
+    "TopicPermission": {"user", "userReference", "vhost", "permissions", "rabbitmqClusterReference"},
+}
+TOPOLOGY_PERMISSIONS = {"Permission": {"configure", "write", "read"}, "TopicPermission": {"exchange", "write", "read"}}
+USER_TAGS = {"management", "policymaker", "monitoring", "administrator"}
 
 
 def deployment_name(process):
@@ -445,6 +457,66 @@ def test_the_secrets_the_manifests_name_are_the_documented_ones(rendered):
                     ref = item.get("valueFrom", {}).get("secretKeyRef")
                     if ref and ref["name"] == APP_SECRET:
                         assert ref["key"] in documented, (obj["metadata"]["name"], ref["key"])
+
+
+# ---- the broker's users -------------------------------------------------------------
+
+def process_users():
+    """The processes' users in ops/rabbitmq/definitions.json (not the people's administrator)."""
+    definitions = json.loads(DEFINITIONS.read_text())
+    users = [user["name"] for user in definitions["users"] if rabbitmq_k8s_users.PEOPLE_TAG not in user["tags"]]
+    return definitions, users
+
+
+def test_the_committed_users_are_what_the_generator_makes_of_the_definitions():
+    expected = rabbitmq_k8s_users.render(json.loads(DEFINITIONS.read_text()))
+    assert RABBITMQ_USERS.read_text() == expected, \
+        f"run: python -m scripts.rabbitmq_k8s_users > {RABBITMQ_USERS.relative_to(ROOT)}"
+
+
+def test_every_process_of_the_definitions_has_a_user_and_its_permissions(rendered):
+    definitions, users = process_users()
+    assert users == [GATEWAY, *(service.name for service in SERVICES)]
+    for name, objects in rendered.items():
+        [cluster] = of_kind(objects, "RabbitmqCluster")
+        assert set(of_kind(objects, "User")) == {deployment_name(user) for user in users}, name
+        permissions = {(obj["kind"], obj["spec"]["userReference"]["name"], obj["spec"].get("permissions", {}).get(
+            "exchange")): obj for obj in objects if obj["kind"] in TOPOLOGY_PERMISSIONS}
+        for user in users:
+            for permission in [p for p in definitions["permissions"] if p["user"] == user]:
+                spec = permissions.pop(("Permission", deployment_name(user), None))["spec"]
+                assert spec["vhost"] == permission["vhost"], (name, user)
+                assert spec["permissions"] == {key: permission[key] for key in ("configure", "write", "read")}
+            for permission in [p for p in definitions["topic_permissions"] if p["user"] == user]:
+                spec = permissions.pop(("TopicPermission", deployment_name(user), permission["exchange"]))["spec"]
+                assert spec["vhost"] == permission["vhost"], (name, user)
+                assert spec["permissions"] == {key: permission[key] for key in ("exchange", "write", "read")}
+        assert permissions == {}, f"{name}: permissions of no process in the definitions: {list(permissions)}"
+        for obj in objects:
+            if obj["kind"] in TOPOLOGY_SPECS:
+                assert obj["spec"]["rabbitmqClusterReference"] == {"name": cluster}, (name, obj["metadata"])
+
+
+def test_the_topology_operators_objects_have_the_fields_of_its_crds(rendered):
+    for name, objects in rendered.items():
+        users = of_kind(objects, "User")
+        for obj in objects:
+            if obj["kind"] not in TOPOLOGY_SPECS:
+                continue
+            where, spec = (name, obj["kind"], obj["metadata"]["name"]), obj["spec"]
+            assert obj["apiVersion"] == "rabbitmq.com/v1beta1", where
+            assert set(spec) <= TOPOLOGY_SPECS[obj["kind"]], where
+            reference = spec["rabbitmqClusterReference"]
+            assert ("name" in reference) != ("connectionSecret" in reference), where
+            assert set(spec.get("tags", [])) <= USER_TAGS, where
+            if obj["kind"] in TOPOLOGY_PERMISSIONS:
+                assert ("user" in spec) != ("userReference" in spec), where
+                if "userReference" in spec:
+                    assert spec["userReference"]["name"] in users, where
+                assert spec["vhost"] and set(spec["permissions"]) <= TOPOLOGY_PERMISSIONS[obj["kind"]], where
+                for key, pattern in spec["permissions"].items():
+                    if key != "exchange":
+                        re.compile(pattern)
 
 
 # ---- the network ------------------------------------------------------------------
