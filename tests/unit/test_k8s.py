@@ -4,10 +4,13 @@ Every kustomization is rendered with `kubectl kustomize` (Kustomize built in); e
 built-in object is validated against the Kubernetes 1.33 schemas offline
 (kubernetes-validate); the operators' objects, whose CRD schemas cannot be fetched
 here, are checked for the fields they need. The policy checks below fail when a
-Deployment lacks probes, limits, its security settings or a NetworkPolicy, or when a
-secret could be read in the rendered output; they are tested on broken copies too.
+Deployment lacks probes, limits, its security settings or a NetworkPolicy, when a
+secret could be read in the rendered output, or when a process would not log in to
+RabbitMQ as its own user (made by the Messaging Topology Operator from
+ops/rabbitmq/definitions.json); they are tested on broken copies too.
 """
 import copy
+import json
 import os
 import re
 import shlex
@@ -23,6 +26,7 @@ from common.contract.services import GATEWAY, SERVICES, metrics_port
 from common.contract.settings import DEVELOPMENT_JWT_SECRET, Settings
 from common.kit.unit_of_work import POOL_SLACK
 from common.observability.metrics import LIVE_PATH, READY_PATH, probes_app
+from scripts import rabbitmq_k8s_users
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "ops" / "k8s"
@@ -38,6 +42,18 @@ SECRET_SETTINGS = {"JWT_SECRET", "CALLER_SIGNING_KEY", "WEBHOOK_SECRET_KEY", "DA
 OPERATOR_GROUPS = ("rabbitmq.com", "postgresql.cnpg.io", "monitoring.coreos.com")
 CONTAINER_SECURITY = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
 RELAY_POOL = 2  # the outbox relay's own pool (common/kit/unit_of_work.py), beside MAX_WORKERS + POOL_SLACK
+DEFINITIONS = ROOT / "ops" / "rabbitmq" / "definitions.json"
+RABBITMQ_USERS = K8S / "base" / "platform" / "rabbitmq-users.yaml"
+DEFAULT_USER_SECRET = "rabbitmq-default-user"  # the Cluster Operator's administrator: never a process's
+AMQP_CREDENTIALS = ("RABBITMQ_USERNAME", "RABBITMQ_PASSWORD", "AMQP_URI")
+# The Messaging Topology Operator's CRDs (rabbitmq.com/v1beta1): the fields of each spec.
+TOPOLOGY_SPECS = {
+    "User": {"tags", "rabbitmqClusterReference", "importCredentialsSecret"},
+    "Permission": {"user", "userReference", "vhost", "permissions", "rabbitmqClusterReference"},
+    "TopicPermission": {"user", "userReference", "vhost", "permissions", "rabbitmqClusterReference"},
+}
+TOPOLOGY_PERMISSIONS = {"Permission": {"configure", "write", "read"}, "TopicPermission": {"exchange", "write", "read"}}
+USER_TAGS = {"management", "policymaker", "monitoring", "administrator"}
 
 
 def deployment_name(process):
@@ -445,6 +461,141 @@ def test_the_secrets_the_manifests_name_are_the_documented_ones(rendered):
                     ref = item.get("valueFrom", {}).get("secretKeyRef")
                     if ref and ref["name"] == APP_SECRET:
                         assert ref["key"] in documented, (obj["metadata"]["name"], ref["key"])
+
+
+# ---- the broker's users -------------------------------------------------------------
+
+def process_users():
+    """The processes' users in ops/rabbitmq/definitions.json (not the people's administrator)."""
+    definitions = json.loads(DEFINITIONS.read_text())
+    users = [user["name"] for user in definitions["users"] if rabbitmq_k8s_users.PEOPLE_TAG not in user["tags"]]
+    return definitions, users
+
+
+def secret_names(container):
+    """The Secrets a container's environment is read from."""
+    refs = [item.get("valueFrom", {}).get("secretKeyRef", {}).get("name") for item in container.get("env", [])]
+    refs += [source.get("secretRef", {}).get("name") for source in container.get("envFrom", [])]
+    return set(refs) - {None}
+
+
+def amqp_credential_problems(objects):
+    """Where a process would not log in to RabbitMQ as its own user, one line each (empty: none)."""
+    problems = []
+    users = of_kind(objects, "User")
+    for obj in objects:
+        if obj["kind"] not in ("Deployment", "Job") or obj["metadata"]["name"] == "redis":
+            continue
+        name = obj["metadata"]["name"]
+        for container in containers(obj):
+            if DEFAULT_USER_SECRET in secret_names(container):
+                problems.append(f"{name}/{container['name']}: reads the default user's Secret")
+            env = env_of(container)
+            if obj["kind"] == "Job" or container["name"] != "app":
+                # the migration and the wait for it use the database only
+                problems += [f"{name}/{container['name']}: has {key}" for key in AMQP_CREDENTIALS if key in env]
+                continue
+            own = {"RABBITMQ_USERNAME": {"name": rabbitmq_k8s_users.credentials_secret(name), "key": "username"},
+                   "RABBITMQ_PASSWORD": {"name": rabbitmq_k8s_users.credentials_secret(name), "key": "password"}}
+            for key, ref in own.items():
+                if env.get(key, {}).get("valueFrom", {}).get("secretKeyRef") != ref:
+                    problems.append(f"{name}: {key} is not its own user's ({ref['name']} {ref['key']})")
+            uri = env.get("AMQP_URI", {}).get("value", "")
+            if not uri.startswith("amqp://$(RABBITMQ_USERNAME):$(RABBITMQ_PASSWORD)@"):
+                problems.append(f"{name}: AMQP_URI is not composed from its own user's credentials: {uri!r}")
+            if name not in users:
+                problems.append(f"{name}: no User {name}")
+    return problems
+
+
+def test_the_committed_users_are_what_the_generator_makes_of_the_definitions():
+    expected = rabbitmq_k8s_users.render(json.loads(DEFINITIONS.read_text()))
+    assert RABBITMQ_USERS.read_text() == expected, \
+        f"run: python -m scripts.rabbitmq_k8s_users > {RABBITMQ_USERS.relative_to(ROOT)}"
+
+
+def test_every_process_of_the_definitions_has_a_user_and_its_permissions(rendered):
+    definitions, users = process_users()
+    assert users == [GATEWAY, *(service.name for service in SERVICES)]
+    for name, objects in rendered.items():
+        [cluster] = of_kind(objects, "RabbitmqCluster")
+        assert set(of_kind(objects, "User")) == {deployment_name(user) for user in users}, name
+        permissions = {(obj["kind"], obj["spec"]["userReference"]["name"], obj["spec"].get("permissions", {}).get(
+            "exchange")): obj for obj in objects if obj["kind"] in TOPOLOGY_PERMISSIONS}
+        for user in users:
+            for permission in [p for p in definitions["permissions"] if p["user"] == user]:
+                spec = permissions.pop(("Permission", deployment_name(user), None))["spec"]
+                assert spec["vhost"] == permission["vhost"], (name, user)
+                assert spec["permissions"] == {key: permission[key] for key in ("configure", "write", "read")}
+            for permission in [p for p in definitions["topic_permissions"] if p["user"] == user]:
+                spec = permissions.pop(("TopicPermission", deployment_name(user), permission["exchange"]))["spec"]
+                assert spec["vhost"] == permission["vhost"], (name, user)
+                assert spec["permissions"] == {key: permission[key] for key in ("exchange", "write", "read")}
+        assert permissions == {}, f"{name}: permissions of no process in the definitions: {list(permissions)}"
+        for obj in objects:
+            if obj["kind"] in TOPOLOGY_SPECS:
+                assert obj["spec"]["rabbitmqClusterReference"] == {"name": cluster}, (name, obj["metadata"])
+
+
+def test_the_topology_operators_objects_have_the_fields_of_its_crds(rendered):
+    for name, objects in rendered.items():
+        users = of_kind(objects, "User")
+        for obj in objects:
+            if obj["kind"] not in TOPOLOGY_SPECS:
+                continue
+            where, spec = (name, obj["kind"], obj["metadata"]["name"]), obj["spec"]
+            assert obj["apiVersion"] == "rabbitmq.com/v1beta1", where
+            assert set(spec) <= TOPOLOGY_SPECS[obj["kind"]], where
+            reference = spec["rabbitmqClusterReference"]
+            assert ("name" in reference) != ("connectionSecret" in reference), where
+            assert set(spec.get("tags", [])) <= USER_TAGS, where
+            if obj["kind"] in TOPOLOGY_PERMISSIONS:
+                assert ("user" in spec) != ("userReference" in spec), where
+                if "userReference" in spec:
+                    assert spec["userReference"]["name"] in users, where
+                assert spec["vhost"] and set(spec["permissions"]) <= TOPOLOGY_PERMISSIONS[obj["kind"]], where
+                for key, pattern in spec["permissions"].items():
+                    if key != "exchange":
+                        re.compile(pattern)
+
+
+def test_every_process_logs_in_to_rabbitmq_as_its_own_user(rendered):
+    for name, objects in rendered.items():
+        assert amqp_credential_problems(objects) == [], name
+        # Besides the Secrets every process shares, each reads its own user's and no other's.
+        for deployment, obj in app_deployments(objects).items():
+            own = secret_names(app_container(obj)) - {APP_SECRET, "orders-db-app"}
+            assert own == {rabbitmq_k8s_users.credentials_secret(deployment)}, (name, deployment)
+
+
+def test_the_credential_check_fails_what_it_should(production):
+    def broken(change):
+        objects = copy.deepcopy(production)
+        change(of_kind(objects, "Deployment"), objects)
+        return amqp_credential_problems(objects)
+
+    def env(deployments, deployment, key):
+        return env_of(app_container(deployments[deployment]))[key]
+
+    def default_user(deployments, _):
+        env(deployments, "order-service", "RABBITMQ_PASSWORD")["valueFrom"]["secretKeyRef"]["name"] = DEFAULT_USER_SECRET
+    problems = broken(default_user)
+    assert any("default user" in p for p in problems) and any("RABBITMQ_PASSWORD is not its own" in p
+                                                               for p in problems), problems
+    assert any("RABBITMQ_USERNAME is not its own" in p for p in broken(
+        lambda d, _: env(d, GATEWAY, "RABBITMQ_USERNAME")["valueFrom"]["secretKeyRef"].update(
+            name="order-service-user-credentials")))
+    assert any("AMQP_URI" in p for p in broken(
+        lambda d, _: env(d, GATEWAY, "AMQP_URI").update(value="amqp://$(X):$(Y)@rabbitmq:5672/")))
+
+    def without_its_user(_, objects):
+        objects[:] = [obj for obj in objects if not (obj["kind"] == "User" and obj["metadata"]["name"] == GATEWAY)]
+    assert broken(without_its_user) == [f"{GATEWAY}: no User {GATEWAY}"]
+
+    def migration_with_amqp(_, objects):
+        [job] = of_kind(objects, "Job").values()
+        pod_spec(job)["containers"][0]["env"].append({"name": "AMQP_URI", "value": "amqp://$(A):$(B)@rabbitmq/"})
+    assert broken(migration_with_amqp) == ["migrate/migrate: has AMQP_URI"]
 
 
 # ---- the network ------------------------------------------------------------------
