@@ -17,7 +17,6 @@ answer to an allowed origin, errors included.
 """
 import logging
 import logging.config
-import re
 import time
 import uuid
 
@@ -36,6 +35,7 @@ from gateway.edge.api_keys import ApiKeyCache
 from gateway.edge.breakers import Breakers
 from gateway.edge.rate_limit import RateLimiter
 from gateway.errors import register_error_handlers
+from gateway.http import request_id
 from gateway.openapi import register_openapi
 from gateway.routes import API, routes
 from gateway.routes.declare import UNLIMITED_PATHS
@@ -44,7 +44,6 @@ from gateway.rpc_pool import RpcProxyPool
 access_log = logging.getLogger("gateway.access")
 
 MAX_BODY_BYTES = 64 * 1024
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 API_KEY_HEADER = "X-API-Key"
 CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "If-Match", API_KEY_HEADER,
@@ -110,8 +109,7 @@ def _assign_request_id():
     # When this request will have been answered: every RPC it makes carries it,
     # and no service commits its work after it (common/contract/context.py).
     g.deadline = time.time() + current_app.config["RPC_TIMEOUT"]
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+    g.request_id = request_id(request.headers.get("X-Request-ID", ""))
     set_request_id(g.request_id)
 
 
