@@ -6,18 +6,18 @@ rules of gateway/calls.py. The routes are in gateway/routes/, one module per
 resource; the OpenAPI document is built from their declarations
 (gateway/openapi/).
 
-Every request passes, in order: its id and deadline; load shedding (a
-request past GATEWAY_MAX_IN_FLIGHT is answered 503 overloaded at once); who
-is calling (a bearer token or an X-API-Key, verified, or nobody); the rate
-limit of that caller (or of the client address when nobody was verified);
-then, for a protected route, the refusal of an unverified caller. So a flood
-of bad credentials is limited too, and a token that fails verification never
-names whose counter it uses. CORS (Flask-Cors) adds its headers to every
-answer to an allowed origin, errors included.
+A request past GATEWAY_MAX_IN_FLIGHT never reaches the app: it is answered
+503 overloaded at once, in front of it (gateway/edge/refusal.py). Every
+other request passes, in order: its id and deadline; who is calling (a
+bearer token or an X-API-Key, verified, or nobody); the rate limit of that
+caller (or of the client address when nobody was verified); then, for a
+protected route, the refusal of an unverified caller. So a flood of bad
+credentials is limited too, and a token that fails verification never names
+whose counter it uses. CORS (Flask-Cors) adds its headers to every answer to
+an allowed origin, errors and refusals included.
 """
 import logging
 import logging.config
-import re
 import time
 import uuid
 
@@ -25,17 +25,18 @@ from flask import Flask, current_app, g, request
 from flask_cors import CORS
 
 from common.contract.caller import verify_token
-from common.contract.errors import Overloaded, RateLimited, Unauthenticated
+from common.contract.errors import RateLimited, Unauthenticated
 from common.contract.settings import load_settings
 from common.observability import tracing
 from common.observability.log import logging_config, set_request_id, set_service
 from gateway import calls, metrics, server_span
 from gateway.batching import CreateBatches
-from gateway.edge import shedding
+from gateway.edge import refusal
 from gateway.edge.api_keys import ApiKeyCache
 from gateway.edge.breakers import Breakers
 from gateway.edge.rate_limit import RateLimiter
 from gateway.errors import register_error_handlers
+from gateway.http import request_id
 from gateway.openapi import register_openapi
 from gateway.routes import API, routes
 from gateway.routes.declare import UNLIMITED_PATHS
@@ -44,7 +45,6 @@ from gateway.rpc_pool import RpcProxyPool
 access_log = logging.getLogger("gateway.access")
 
 MAX_BODY_BYTES = 64 * 1024
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 API_KEY_HEADER = "X-API-Key"
 CORS_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "If-Match", API_KEY_HEADER,
@@ -72,13 +72,12 @@ def create_app(settings=None, rpc_pool=None):
         app.extensions["create_batches"] = CreateBatches(app.extensions["rpc_pool"], settings.batch_max,
                                                          settings.batch_in_flight)
 
-    _configure_edge(app, settings)
+    cors_options = _configure_edge(app, settings)
 
     if tracing.configure_tracing("gateway", settings):
         server_span.instrument(app)  # first: the span holds every hook below
     register_error_handlers(app)
     app.before_request(_assign_request_id)
-    app.before_request(_shed)
     app.before_request(_identify)
     app.before_request(_limit)
     app.before_request(_require_caller)
@@ -87,12 +86,14 @@ def create_app(settings=None, rpc_pool=None):
     app.after_request(_log_request)
     routes.register(app)
     register_openapi(app, routes)  # the document GET /api/v1/openapi.json serves, and /docs
+    # Last, around everything: a shed request is answered before Flask sees it.
+    app.wsgi_app = refusal.refusing(app.wsgi_app, refusal.Refusal(app, settings.gateway_max_in_flight, cors_options))
     return app
 
 
 def _configure_edge(app, settings):
-    """API keys, rate limits, circuit breakers and CORS, from the settings (gateway/edge/)."""
-    app.config["MAX_IN_FLIGHT"] = settings.gateway_max_in_flight
+    """API keys, rate limits, circuit breakers and CORS, from the settings (gateway/edge/); the options
+    CORS was set up with (None: no CORS), which the answer to a shed request applies too."""
     app.extensions["api_keys"] = ApiKeyCache(
         settings.api_key_cache_seconds,
         lambda prefix, digest, caller: calls.read("customer_service", "verify_api_key", prefix, digest,
@@ -100,9 +101,12 @@ def _configure_edge(app, settings):
     app.extensions["rate_limiter"] = (RateLimiter(settings.rate_limit, settings.redis_url)
                                       if settings.rate_limit else None)
     app.extensions["breakers"] = Breakers(settings.breaker_failures, settings.breaker_reset_seconds)
-    if settings.cors_origins:
-        CORS(app, origins=list(settings.cors_origins), methods=CORS_METHODS, allow_headers=CORS_REQUEST_HEADERS,
-             expose_headers=CORS_EXPOSED_HEADERS, max_age=600)
+    if not settings.cors_origins:
+        return None
+    options = {"origins": list(settings.cors_origins), "methods": CORS_METHODS, "allow_headers": CORS_REQUEST_HEADERS,
+               "expose_headers": CORS_EXPOSED_HEADERS, "max_age": 600}
+    CORS(app, **options)
+    return options
 
 
 def _assign_request_id():
@@ -110,18 +114,8 @@ def _assign_request_id():
     # When this request will have been answered: every RPC it makes carries it,
     # and no service commits its work after it (common/contract/context.py).
     g.deadline = time.time() + current_app.config["RPC_TIMEOUT"]
-    incoming = request.headers.get("X-Request-ID", "")
-    g.request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+    g.request_id = request_id(request.headers.get("X-Request-ID", ""))
     set_request_id(g.request_id)
-
-
-def _shed():
-    """A request the worker sheds (gateway/edge/shedding.py) is answered at once, nothing done."""
-    if shedding.is_shedding():
-        metrics.count_shed()
-        raise Overloaded("The gateway is at capacity: try again shortly.", {
-            "max_in_flight": current_app.config["MAX_IN_FLIGHT"],
-            "retry_after_seconds": shedding.RETRY_AFTER_SECONDS})
 
 
 def _protected():

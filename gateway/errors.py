@@ -13,15 +13,19 @@ def error_response(status, code, message, details=None):
     return jsonify(error_body(code, message, details)), status
 
 
+def domain_error_response(exc):
+    """The answer to a DomainError (in an app context): its status and body, and the headers its status needs."""
+    response, status = error_response(exc.http_status, exc.code, exc.message, exc.details)
+    response.status_code = status
+    if exc.http_status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="api"'
+    if "retry_after_seconds" in exc.details:  # 429, and 503 overloaded or with an open circuit
+        response.headers["Retry-After"] = str(exc.details["retry_after_seconds"])
+    return response
+
+
 def register_error_handlers(app):
-    @app.errorhandler(DomainError)
-    def domain_error(exc):
-        response = error_response(exc.http_status, exc.code, exc.message, exc.details)
-        if exc.http_status == 401:
-            response[0].headers["WWW-Authenticate"] = 'Bearer realm="api"'
-        if "retry_after_seconds" in exc.details:  # 429, and 503 overloaded or with an open circuit
-            response[0].headers["Retry-After"] = str(exc.details["retry_after_seconds"])
-        return response
+    app.register_error_handler(DomainError, domain_error_response)
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(exc):

@@ -1,8 +1,19 @@
-"""HTTP helpers the routes share: paging arguments and filters, If-Match, and the answers with ETag or Location."""
+"""HTTP helpers the routes share: paging arguments and filters, If-Match, the answers with ETag or Location,
+and the request id every answer carries."""
+import re
+import uuid
+
 from flask import jsonify, request
 
 from common.contract.errors import VersionConflict
 from common.contract.schemas.base import ListQuery, schema_instance
+
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id(incoming):
+    """The id of a request whose X-Request-ID is `incoming` ("" when absent): that, if well-formed, else a new one."""
+    return incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
 
 
 def page_args(query):

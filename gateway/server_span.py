@@ -9,7 +9,8 @@ line are all inside it. Its attributes are the HTTP ones
 opentelemetry-instrumentation-flask sets that tell a request apart
 (http.method, http.route, http.target, http.scheme, net.peer.ip,
 http.user_agent, http.status_code); a 5xx answer or an unhandled error is an
-error status. /health and /metrics make no span.
+error status. /health and /metrics make no span, nor does a request shed past
+GATEWAY_MAX_IN_FLIGHT (answered in front of the app: gateway/edge/refusal.py).
 
 Written here rather than taken from that library: it wraps the WSGI app and
 collects a dozen environ attributes per request, about 0.35 ms of CPU a

@@ -6,9 +6,14 @@ and latency grows without limit while throughput stays flat. This worker
 counts the requests it has handed over and not yet finished (running or
 waiting for a thread); past the bound it hands a request to a small pool of
 its own instead, whose threads only answer 503 `overloaded` with Retry-After
-(the app sees `is_shedding()` and does nothing else), so a refusal never
-waits behind the queue it protects. The count lives on the worker's main
-loop, which alone submits requests and hears them finish: no lock.
+(gateway/edge/refusal.py, in front of the app, which never sees the
+request), so a refusal never waits behind the queue it protects. The count
+lives on the worker's main loop, which alone submits requests and hears them
+finish: no lock.
+
+gunicorn's master imports this module (gateway/gunicorn_conf.py) before it
+sets PROMETHEUS_MULTIPROC_DIR: it must not import prometheus_client, so the
+answer is in a module of its own.
 
 Subclasses gunicorn's ThreadWorker through its `enqueue_req` and
 `get_thread_pool` (tests/unit/test_adaptations.py pins them).
@@ -19,7 +24,7 @@ from concurrent import futures
 from gunicorn.workers.gthread import ThreadWorker
 
 SHED_THREAD_PREFIX = "gateway-shed"
-SHED_THREADS = 2  # answering 503 takes well under a millisecond
+SHED_THREADS = 2  # answering 503 takes a fraction of a millisecond
 RETRY_AFTER_SECONDS = 1
 
 

@@ -2,8 +2,13 @@
 caller, reset, refusals not counted, a 429 changing nothing, Redis stopped mid-run), CORS, and load
 shedding under a burst; each refusal in the contract's error shape."""
 import concurrent.futures
+import http.client
+import json
+import re
+import socket
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -181,8 +186,8 @@ def test_redis_stopped_mid_run_fails_open_then_limits_again(limited, redis_serve
 
 @pytest.fixture(scope="module")
 def narrow(stack):
-    """A gateway on the session stack that holds at most two requests at once."""
-    with support.Gateway({**stack.env, "GATEWAY_MAX_IN_FLIGHT": "2", "GATEWAY_THREADS": "4"},
+    """A gateway on the session stack that holds at most two requests at once; CORS for ORIGIN."""
+    with support.Gateway({**stack.env, "GATEWAY_MAX_IN_FLIGHT": "2", "GATEWAY_THREADS": "4", "CORS_ORIGINS": ORIGIN},
                          support.OUTPUT / "gateway-narrow.log") as gateway:
         yield gateway
 
@@ -224,6 +229,79 @@ def test_a_shed_order_leaves_its_idempotency_key_unused(api, narrow):
     for key in shed[:5]:
         again = api.post("/api/v1/orders", json=body, headers={"Idempotency-Key": key})
         assert again.status_code == 201, again.text
+
+
+def _assert_shed(response, data, request_id=None):
+    assert response.status == 503, data
+    error = json.loads(data)["error"]
+    assert (error["code"], error["details"]) == ("overloaded", {"max_in_flight": 2, "retry_after_seconds": 1})
+    assert response.getheader("Retry-After") == "1" and response.getheader("Content-Type") == "application/json"
+    assert response.getheader("Access-Control-Allow-Origin") == ORIGIN
+    exposed = {h.strip().lower() for h in response.getheader("Access-Control-Expose-Headers").split(",")}
+    assert {h.lower() for h in CORS_EXPOSED_HEADERS} <= exposed
+    if request_id is None:
+        assert re.fullmatch(r"[0-9a-f]{32}", response.getheader("X-Request-ID"))
+    else:
+        assert response.getheader("X-Request-ID") == request_id
+    assert not response.will_close
+
+
+def _fill_the_bound(host, port):
+    """Two connections each holding a request in flight (half-sent: the worker waits for the rest),
+    and a kept-alive connection whose first request was shed. Tried again when that request is not
+    shed: a connection that arrives while the gateway still finishes what the tests before left
+    (the connections they closed) is shed itself and holds nothing."""
+    for _ in range(10):
+        time.sleep(0.5)
+        holders = [socket.create_connection((host, port), timeout=30) for _ in range(2)]
+        for holder in holders:
+            holder.sendall(b"GET /health/live HTTP/1.1\r\nHost: test\r\n")
+        connection = http.client.HTTPConnection(host, port, timeout=5)
+        try:
+            connection.request("GET", "/health/live", headers={"Origin": ORIGIN})
+            response = connection.getresponse()
+            data = response.read()
+            if response.status == 503:
+                _assert_shed(response, data)
+                connection.sock.settimeout(30)
+                return holders, connection
+        except (OSError, http.client.HTTPException):
+            pass
+        for held in (*holders, connection):
+            held.close()
+    pytest.fail("two half-sent requests never filled GATEWAY_MAX_IN_FLIGHT")
+
+
+def test_a_shed_answer_has_every_header_and_keeps_its_connection(narrow):
+    """With the bound full, requests with a body on one kept-alive connection are shed with the
+    contract's answer (each body drained: the next request parses); once the requests in flight
+    are gone, the same connection is served by the app."""
+    holders, connection = _fill_the_bound(urlsplit(narrow.base_url).hostname, urlsplit(narrow.base_url).port)
+    first = connection.sock
+    body = json.dumps({"name": "Shed", "email": f"shed-{uuid.uuid4().hex[:10]}@example.com"})
+    headers = {**support.bearer("admin"), "Content-Type": "application/json", "Origin": ORIGIN}
+    try:
+        for request_id in ("shed-1", None):
+            connection.request("POST", "/api/v1/customers", body=body,
+                               headers={**headers, "X-Request-ID": request_id} if request_id else headers)
+            response = connection.getresponse()
+            _assert_shed(response, response.read(), request_id)
+            assert connection.sock is first, "the connection was closed"
+    finally:
+        for holder in holders:
+            holder.close()
+    deadline = time.monotonic() + 10
+    while True:  # the worker hears of the closed holders on its own loop: soon, not at once
+        connection.request("GET", "/health/live", headers={"Origin": ORIGIN})
+        response = connection.getresponse()
+        data = response.read()
+        assert connection.sock is first, "the connection was closed"
+        if response.status == 200 or time.monotonic() > deadline:
+            break
+        _assert_shed(response, data)
+    assert (response.status, json.loads(data)) == (200, {"status": "ok"})
+    assert response.getheader("Access-Control-Allow-Origin") == ORIGIN
+    connection.close()
 
 
 def _metric(text, name):

@@ -138,6 +138,17 @@ def test_gunicorn_writes_its_own_errors_through_util_write_error():
     assert "util.write_error(" in inspect.getsource(base.Worker.handle_error)
 
 
+def test_gunicorn_writes_access_lines_through_its_logger_s_access_only():
+    """gateway/gunicorn_conf.py's logger_class (NoAccessLines) turns them off by overriding it."""
+    from gunicorn import glogging
+    from gunicorn.workers import gthread
+
+    assert _parameters(glogging.Logger.access) == ["self", "resp", "req", "environ", "request_time"]
+    assert "self.log.access(resp, req, environ, request_time)" in inspect.getsource(
+        gthread.ThreadWorker.handle_request)
+    assert "self.atoms(resp, req, environ, request_time)" in inspect.getsource(glogging.Logger.access)
+
+
 def test_gunicorn_json_error_is_a_complete_response_in_the_contract_shape():
     raw = patches.json_error_response(414, "Request-URI Too Long", "Request Line is too large (5000 > 4094)")
     head, _, body = raw.partition(b"\r\n\r\n")

@@ -1,6 +1,8 @@
 """The edge's rules without processes: circuit breakers, the shedding worker's count, the API key cache,
 the settings they read, and the gunicorn internals the worker builds on."""
 import inspect
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +13,7 @@ from common.contract.settings import SettingsError, load_settings
 from gateway.edge import breakers, shedding
 from gateway.edge.api_keys import ApiKeyCache
 from gateway.rpc_pool import NoAnswer
+from tests import support
 
 
 class Clock:
@@ -116,6 +119,29 @@ def test_gunicorn_s_thread_worker_has_the_hooks_the_shedding_worker_overrides():
     assert "self.tpool = self.get_thread_pool()" in inspect.getsource(ThreadWorker.init_process)
     assert "self.enqueue_req(conn)" in inspect.getsource(ThreadWorker.finish_request)
     assert "self.method_queue.defer(self.finish_request, conn, fut)" in inspect.getsource(ThreadWorker.enqueue_req)
+
+
+def test_gunicorn_runs_the_app_on_the_request_s_thread_and_drains_what_it_left_unread():
+    """The refusal (gateway/edge/refusal.py) knows a shed request by its thread, and never reads a body."""
+    from gunicorn.workers.gthread import ThreadWorker
+
+    assert "self.handle_request(req, conn)" in inspect.getsource(ThreadWorker.handle)
+    assert "respiter = self.wsgi(environ, resp.start_response)" in inspect.getsource(ThreadWorker.handle_request)
+    assert "return self._keepalive_after(conn, self.handle_request(req, conn))" in inspect.getsource(
+        ThreadWorker.handle)
+    assert "conn.parser.finish_body(deadline=" in inspect.getsource(ThreadWorker._keepalive_after)
+
+
+def test_gunicorn_s_config_leaves_prometheus_client_to_the_workers():
+    """gateway/gunicorn_conf.py sets PROMETHEUS_MULTIPROC_DIR for the workers it forks: had a module it
+    imports (gateway/edge/shedding.py among them) imported prometheus-client first, each worker would
+    count for itself and GET /metrics show one worker's counts."""
+    script = ("import runpy, sys; conf = runpy.run_path('gateway/gunicorn_conf.py'); "
+              "loaded = sorted(name for name in sys.modules if name.startswith('prometheus_client')); "
+              "conf['on_exit'](None); print(loaded)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=support.ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_api_keys_are_asked_about_once_per_period_unknown_ones_too():
