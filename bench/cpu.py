@@ -4,7 +4,10 @@ A snapshot reads utime+stime of every process of interest, grouped by a
 label ("gateway", "order_service", "postgres", ...); the difference of two
 snapshots is CPU seconds per label. The machine's busy time (/proc/stat)
 minus everything labelled is "other": another load on the machine (a test
-run, a build) that makes the case's numbers less true. On a virtual machine
+run, a build) that makes the case's numbers less true. Interrupt and softirq
+time (the kernel delivering loopback packets, charged to no process) is
+labelled "kernel (irq)" instead: it grows with the messages and round trips
+of the system under test, so it is the case's own cost, not another load. On a virtual machine
 the hypervisor may also run someone else on our CPUs ("steal" in
 /proc/stat): that is counted apart, since no process here used that time.
 """
@@ -13,6 +16,7 @@ from pathlib import Path
 
 TICK = os.sysconf("SC_CLK_TCK")
 SHARED = {"postgres": "postgres", "beam.smp": "rabbitmq"}  # by process name: shared servers
+KERNEL = "kernel (irq)"
 
 
 def _stat(pid):
@@ -41,6 +45,12 @@ def steal_ticks():
     return _cpu_ticks()[7]
 
 
+def irq_ticks():
+    """Ticks spent in interrupts and softirqs, which /proc/<pid>/stat charges to no process."""
+    values = _cpu_ticks()
+    return values[5] + values[6]
+
+
 def snapshot(labelled_pids):
     """labelled_pids: {pid: label} of our own processes; shared servers are found by name."""
     ticks = {}
@@ -56,7 +66,7 @@ def snapshot(labelled_pids):
         if label:
             ticks[pid] = (label, used)
     times = os.times()
-    return {"pids": ticks, "machine": machine_busy_ticks(), "steal": steal_ticks(),
+    return {"pids": ticks, "machine": machine_busy_ticks(), "steal": steal_ticks(), "irq": irq_ticks(),
             "bench": times.user + times.system + times.children_user + times.children_system}
 
 
@@ -67,6 +77,7 @@ def usage(before, after, seconds, cpus):
         start = before["pids"].get(pid, (label, 0))[1]  # a process born during the case counts whole
         per_label[label] = per_label.get(label, 0) + max(0, used - start) / TICK
     per_label["load generator"] = max(0.0, after["bench"] - before["bench"])
+    per_label[KERNEL] = max(0, after["irq"] - before["irq"]) / TICK
     machine = max(0, after["machine"] - before["machine"]) / TICK
     per_label["other"] = max(0.0, machine - sum(per_label.values()))
     steal = max(0, after["steal"] - before["steal"]) / TICK

@@ -1,4 +1,5 @@
 """What the cases are called, and which CPU counts as the system's."""
+from bench.cpu import KERNEL
 
 OURS, FLOOR, NAIVE, OURS_2X = "ours", "floor", "naive", "ours, 2 order_service"
 # The observability cases, each on a restarted stack, back to back (cases.separate_cases).
@@ -29,8 +30,9 @@ OTLP_RECEIVER = "otlp receiver"  # where the tracing cases export spans (tests/s
 # CPU that is not the system under test: the load generator, other load, the mail relay, the trace
 # receiver, the webhook's subscriber.
 NOT_THE_SYSTEM = {"load generator", "other", MAIL_SINK, OTLP_RECEIVER, WEBHOOK_RECEIVER}
-# The servers both stacks of a side-by-side case use, and all the CPU neither stack owns.
-SHARED_SERVERS = ("postgres", "rabbitmq")
+# The servers both stacks of a side-by-side case use (the kernel's packet delivery serves them
+# all alike), and all the CPU neither stack owns.
+SHARED_SERVERS = ("postgres", "rabbitmq", KERNEL)
 SHARED_LABELS = {*SHARED_SERVERS} | NOT_THE_SYSTEM
 # Above this share of all CPUs busy with other processes, a case is flagged: the machine was not quiet.
 OTHER_LOAD_WARNING = 0.10
