@@ -49,12 +49,19 @@ from common.observability import metrics, tracing
 # No pool_pre_ping (a round trip per transaction): after a Postgres restart the
 # first transaction on a dead connection fails (503) and SQLAlchemy then
 # replaces every pooled connection made before the failure.
-# One connection per Nameko worker (MAX_WORKERS) and a little slack, plus two
-# for the relay: each service process holds at most MAX_WORKERS + 4, which all
-# instances together must fit into Postgres's max_connections (default 100).
+# Transactions: one connection per Nameko worker (MAX_WORKERS) and a little slack.
+# Single statements: a pool of their own, as many as there are workers kept: a
+# smaller pool that opened more under load closed them again at once, and starting a
+# Postgres backend for every few statements cost more CPU than the statements.
+# The relay: RELAY_POOL. See connections_per_process.
 POOL_SLACK = 2
-# Connections kept for single statements (event consumers, reads); more open under load.
-AUTOCOMMIT_POOL = 4
+RELAY_POOL = 2
+
+
+def connections_per_process(max_workers):
+    """The most Postgres connections one service process holds: what all instances together
+    must fit into the server's max_connections."""
+    return 2 * (max_workers + POOL_SLACK) + RELAY_POOL
 
 
 @dataclass(frozen=True)
@@ -188,12 +195,12 @@ class UnitOfWork(DependencyProvider):
         # Single statements on a pool of their own, in autocommit from connect: switching a pooled
         # connection to autocommit and back cost two more round trips per statement.
         self.autocommit_engine = tracing.instrument_engine(create_engine(
-            settings.database_url, isolation_level="AUTOCOMMIT", pool_size=AUTOCOMMIT_POOL,
-            max_overflow=settings.max_workers))
+            settings.database_url, isolation_level="AUTOCOMMIT", pool_size=settings.max_workers,
+            max_overflow=POOL_SLACK))
         self.autocommit_sessions = sessionmaker(bind=self.autocommit_engine, expire_on_commit=False)
         self.outbox = Outbox(self.layout.outbox)
         exchange = get_event_exchange(self.container.service_name, self.container.config)
-        relay_engine = create_engine(settings.database_url, pool_size=2, max_overflow=0)  # not traced: no request
+        relay_engine = create_engine(settings.database_url, pool_size=RELAY_POOL, max_overflow=0)  # not traced: no request
         metrics.watch_storage(self.container.service_name, settings.metrics_port, self.engine, relay_engine,
                               self.layout.outbox, self.layout.backlog)
         self.relay = OutboxRelay(

@@ -24,7 +24,7 @@ import yaml
 
 from common.contract.services import GATEWAY, SERVICES, metrics_port
 from common.contract.settings import DEVELOPMENT_JWT_SECRET, Settings
-from common.kit.unit_of_work import POOL_SLACK
+from common.kit.unit_of_work import connections_per_process
 from common.observability.metrics import LIVE_PATH, READY_PATH, probes_app
 from scripts import rabbitmq_k8s_users
 
@@ -41,7 +41,6 @@ SECRET_SETTINGS = {"JWT_SECRET", "CALLER_SIGNING_KEY", "WEBHOOK_SECRET_KEY", "DA
                    "SMS_AUTH_TOKEN", "VAPID_PRIVATE_KEY", "RABBITMQ_USERNAME", "RABBITMQ_PASSWORD"}
 OPERATOR_GROUPS = ("rabbitmq.com", "postgresql.cnpg.io", "monitoring.coreos.com")
 CONTAINER_SECURITY = {"runAsNonRoot": True, "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True}
-RELAY_POOL = 2  # the outbox relay's own pool (common/kit/unit_of_work.py), beside MAX_WORKERS + POOL_SLACK
 DEFINITIONS = ROOT / "ops" / "rabbitmq" / "definitions.json"
 RABBITMQ_USERS = K8S / "base" / "platform" / "rabbitmq-users.yaml"
 DEFAULT_USER_SECRET = "rabbitmq-default-user"  # the Cluster Operator's administrator: never a process's
@@ -684,12 +683,12 @@ def test_production_runs_two_or_more_of_every_process_spread_and_budgeted(produc
 
 
 def test_every_service_instance_fits_the_databases_connections(production):
-    """Each service process holds at most MAX_WORKERS + POOL_SLACK + the relay's pool; all of
-    them at the autoscalers' maximum must fit max_connections, with room for the migration,
-    the operator and a person with psql."""
+    """Each service process holds at most connections_per_process(MAX_WORKERS); all of them at
+    the autoscalers' maximum must fit max_connections, with room for the migration, the
+    operator and a person with psql."""
     autoscalers = {hpa["spec"]["scaleTargetRef"]["name"]: hpa for hpa in of_kind(
         production, "HorizontalPodAutoscaler").values()}
-    per_process = int(setting(production, "MAX_WORKERS")) + POOL_SLACK + RELAY_POOL
+    per_process = connections_per_process(int(setting(production, "MAX_WORKERS")))
     processes = sum(autoscalers[deployment_name(service.name)]["spec"]["maxReplicas"] for service in SERVICES)
     limit = int(of_kind(production, "Cluster")["orders-db"]["spec"]["postgresql"]["parameters"]["max_connections"])
     assert processes * per_process <= limit - 20
