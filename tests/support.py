@@ -44,6 +44,16 @@ STAFF_EMAILS = ("stock@shop.example", "Warehouse <warehouse@shop.example>")
 VAPID_SUBJECT = "mailto:push@shop.example"
 
 
+def wait_until(check, timeout=20, interval=0.2):
+    """Call `check` until it answers something truthy or `timeout` seconds pass; its last answer."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
 def vapid_key():
     """(path of the test stacks' VAPID private key, made once, its public key as front ends get it)."""
     from py_vapid import Vapid

@@ -7,15 +7,6 @@ import time
 from tests import support
 
 
-def _wait_until(check, timeout=20, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 def test_staff_hear_of_low_stock_once_per_crossing_naming_the_sku(api, smtp_server):
     customer = api.create_customer()
     product = api.create_product(stock=5, low_stock_threshold=3)
@@ -27,11 +18,11 @@ def test_staff_hear_of_low_stock_once_per_crossing_naming_the_sku(api, smtp_serv
     first = api.create_order(customer, (product, 2))  # 3 available: not below
     second = api.create_order(customer, (product, 1))  # 2: crosses
     api.create_order(customer, (product, 1))  # 1: still below, no second alert
-    assert _wait_until(lambda: len(alerts()) == 2)
+    assert support.wait_until(lambda: len(alerts()) == 2)
     for order in (first, second):  # back to 4 available, above the threshold
         assert api.set_status(order, "cancelled").status_code == 200
     api.create_order(customer, (product, 2))  # 2 again: a second crossing
-    assert _wait_until(lambda: len(alerts()) == 4)
+    assert support.wait_until(lambda: len(alerts()) == 4)
     time.sleep(2)  # nothing more arrives
     mails = alerts()
     assert len(mails) == 4
@@ -114,7 +105,7 @@ def _notifications(api, order_id, count, timeout=40):
     def settled():
         items = api.get("/api/v1/notifications", params={"order_id": order_id}).json()["items"]
         return items if len(items) >= count and all(n["status"] != "queued" for n in items) else None
-    return _wait_until(settled, timeout) or api.get("/api/v1/notifications", params={"order_id": order_id}).json()[
+    return support.wait_until(settled, timeout) or api.get("/api/v1/notifications", params={"order_id": order_id}).json()[
         "items"]
 
 
@@ -184,7 +175,7 @@ def test_a_subscription_the_push_service_says_is_gone_is_removed(api, push_servi
     order = api.create_order(customer, (api.create_product(), 1))
     [push] = [n for n in _notifications(api, order["id"], 2) if n["channel"] == "push"]
     assert (push["status"], push["attempts"]) == ("failed", 1) and push["last_error"].startswith("410")
-    assert _wait_until(lambda: api.get(f"/api/v1/customers/{customer['id']}").json()["push_subscriptions"] == [],
+    assert support.wait_until(lambda: api.get(f"/api/v1/customers/{customer['id']}").json()["push_subscriptions"] == [],
                        timeout=40)
 
 
@@ -224,7 +215,7 @@ def test_make_sms_lists_what_the_local_sink_kept(tmp_path):
                 return client.send(f"+1415555267{n}", f"Your order number {n} has shipped.")
             except requests.ConnectionError:
                 return None
-        assert _wait_until(lambda: sent(1), timeout=20).startswith("SM")
+        assert support.wait_until(lambda: sent(1), timeout=20).startswith("SM")
         assert sent(2).startswith("SM")
         client.settings.sms_from = ""
         try:

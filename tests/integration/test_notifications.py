@@ -37,20 +37,11 @@ def _notifications(api, **params):
     return response.json()["items"]
 
 
-def _wait_until(check, timeout=20, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 def _wait_for_status(api, order_id, status, timeout=20, kind=None):
     def matching():
         return [n for n in _notifications(api, order_id=order_id)
                 if n["status"] == status and (kind is None or n["kind"] == kind)]
-    found = _wait_until(matching, timeout)
+    found = support.wait_until(matching, timeout)
     assert found, f"no {status} notification for order {order_id}: {_notifications(api, order_id=order_id)}"
     return found[0]
 
@@ -136,7 +127,7 @@ def test_while_the_mail_server_is_down_it_retries_then_sends_exactly_once(api, s
         def retried():
             items = _notifications(api, order_id=order["id"])
             return items if items and items[0]["attempts"] >= 2 else None
-        [notification] = _wait_until(retried, timeout=20)
+        [notification] = support.wait_until(retried, timeout=20)
         assert notification["status"] == "queued"
         assert notification["last_error"].startswith("mail server unreachable")
         assert notification["next_attempt_at"] is not None
@@ -163,8 +154,8 @@ def test_the_backlog_by_channel_is_on_the_metrics_port(api, shop, smtp_server, s
     smtp_server.stop()
     try:
         order = api.create_order(customer, (product, 1))
-        _wait_until(lambda: [n for n in _notifications(api, order_id=order["id"]) if n["attempts"] >= 1])
-        backlog = _wait_until(lambda: (b := _backlog(stack))[("notifications_oldest_waiting_seconds", "email")] > 0
+        support.wait_until(lambda: [n for n in _notifications(api, order_id=order["id"]) if n["attempts"] >= 1])
+        backlog = support.wait_until(lambda: (b := _backlog(stack))[("notifications_oldest_waiting_seconds", "email")] > 0
                               and b)
         assert backlog[("notifications_waiting", "email")] >= 1
         # Every channel is reported, also one nothing waits on (0: what NotificationBacklog reads).
@@ -303,7 +294,7 @@ def test_make_mail_lists_what_the_local_sink_kept(tmp_path):
                 return True
             except OSError:
                 return False
-        assert _wait_until(listening, timeout=20), "the sink did not listen"
+        assert support.wait_until(listening, timeout=20), "the sink did not listen"
         for n in (1, 2):
             message = EmailMessage()
             message["From"], message["To"] = "shop@example.com", f"customer-{n}@example.com"

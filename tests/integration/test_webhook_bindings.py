@@ -22,15 +22,6 @@ WEBHOOKS = "/api/v1/webhooks"
 SOURCE = {event_type: source for source, types in WEBHOOK_EVENTS.items() for event_type in types}
 
 
-def _wait_until(check, timeout=20, interval=0.3):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
-
-
 def _queue(event_type):
     return f"evt-{SOURCE[event_type]}-{event_type}--webhook_service.on_{event_type}"
 
@@ -85,7 +76,7 @@ def test_an_event_type_reaches_webhook_service_only_while_a_webhook_wants_it(api
     amqp_uri = stack.env["AMQP_URI"]
     event_type = _unwanted_type(api)
     # No webhook wants it: its queue (declared, consumed) is bound to nothing, so the broker drops its events.
-    assert _wait_until(lambda: not _routed(amqp_uri, event_type), timeout=WEBHOOK_UNBIND_GRACE_SECONDS + 15)
+    assert support.wait_until(lambda: not _routed(amqp_uri, event_type), timeout=WEBHOOK_UNBIND_GRACE_SECONDS + 15)
     assert harness.queue_consumers(_vhost(amqp_uri), _queue(event_type)) == 1
 
     hook, path = _make_hook(api, webhook_receiver, event_type)
@@ -112,9 +103,9 @@ def test_a_type_stays_routed_for_the_grace_after_its_last_webhook_is_disabled(ap
         assert disabled.status_code == 200, disabled.text
         late = _publish(amqp_uri, event_type, occurred_at=occurred)  # ... and reaching the broker after that
         # Recorded for it (pending: a disabled webhook's deliveries wait for it to be enabled).
-        assert _wait_until(lambda: [d["event_id"] for d in api.get(f"{WEBHOOKS}/{hook['id']}/deliveries").json()
+        assert support.wait_until(lambda: [d["event_id"] for d in api.get(f"{WEBHOOKS}/{hook['id']}/deliveries").json()
                                     ["items"]] == [late["event_id"]])
-        assert _wait_until(lambda: not _routed(amqp_uri, event_type), timeout=WEBHOOK_UNBIND_GRACE_SECONDS + 15)
+        assert support.wait_until(lambda: not _routed(amqp_uri, event_type), timeout=WEBHOOK_UNBIND_GRACE_SECONDS + 15)
         # Enabled again: routed again by the time the PATCH answers, and its waiting delivery is sent.
         assert api.patch(f"{WEBHOOKS}/{hook['id']}", json={"enabled": True}).status_code == 200
         assert _routed(amqp_uri, event_type)
@@ -144,7 +135,7 @@ def lone_webhooks():
 def _start(processes):
     processes.start("webhooks")
     vhost, queue = _vhost(processes.env["AMQP_URI"]), _queue("order_created")
-    assert _wait_until(lambda: harness.queue_consumers(vhost, queue), timeout=90), "webhook_service did not start"
+    assert support.wait_until(lambda: harness.queue_consumers(vhost, queue), timeout=90), "webhook_service did not start"
 
 
 def _stop(processes):
@@ -163,7 +154,7 @@ def test_a_restart_binds_what_a_webhook_wants_and_unbinds_what_an_older_version_
     assert _routed(amqp_uri, "order_created") and _routed(amqp_uri, "stock_low")
 
     _start(lone_webhooks)
-    assert _wait_until(lambda: not (_routed(amqp_uri, "order_created") or _routed(amqp_uri, "stock_low")))
+    assert support.wait_until(lambda: not (_routed(amqp_uri, "order_created") or _routed(amqp_uri, "stock_low")))
     with support.rpc(lone_webhooks.env) as cluster:
         hook = cluster.webhook_service.create_webhook({"url": "http://127.0.0.1:9/in",
                                                        "event_types": ["order_created"]})
@@ -176,7 +167,7 @@ def test_a_restart_binds_what_a_webhook_wants_and_unbinds_what_an_older_version_
         connection.channel().queue_unbind(queue=_queue("order_created"), exchange="order_service.events",
                                           routing_key="order_created")
     _start(lone_webhooks)
-    assert _wait_until(lambda: _routed(amqp_uri, "order_created"))
+    assert support.wait_until(lambda: _routed(amqp_uri, "order_created"))
     assert not _routed(amqp_uri, "stock_low")
 
     with support.rpc(lone_webhooks.env) as cluster:

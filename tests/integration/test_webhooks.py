@@ -16,18 +16,10 @@ from kombu import Connection, Exchange
 from standardwebhooks import Webhook
 
 from common.contract.services import metrics_port
+from tests import support
 from tests.integration.conftest import WEBHOOK_DISABLE_AFTER_SECONDS
 
 WEBHOOKS = "/api/v1/webhooks"
-
-
-def _wait_until(check, timeout=20, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture
@@ -56,7 +48,7 @@ def _deliveries(api, webhook, **params):
 
 
 def _delivery_when(api, webhook, status, timeout=20):
-    found = _wait_until(lambda: [d for d in _deliveries(api, webhook) if d["status"] == status], timeout)
+    found = support.wait_until(lambda: [d for d in _deliveries(api, webhook) if d["status"] == status], timeout)
     assert found, f"no {status} delivery: {_deliveries(api, webhook)}"
     return found[0]
 
@@ -128,7 +120,7 @@ def test_failures_then_success_make_one_delivered_record_with_every_attempt(api,
     assert len({r.headers["webhook-id"] for r in attempts}) == 1 and len({r.body for r in attempts}) == 1
     for request in attempts:
         Webhook(webhook["secret"]).verify(request.body, dict(request.headers))
-    [delivery] = _wait_until(lambda: [d for d in _deliveries(api, webhook) if d["status"] == "delivered"])
+    [delivery] = support.wait_until(lambda: [d for d in _deliveries(api, webhook) if d["status"] == "delivered"])
     assert (delivery["attempts"], delivery["last_status_code"]) == (3, 200)
     assert len(_deliveries(api, webhook)) == 1
     time.sleep(1)
@@ -148,7 +140,7 @@ def test_out_of_attempts_is_failed_and_a_resend_keeps_the_record(api, hooks, web
     assert len(_deliveries(api, webhook)) == 1
     again = api.post(f"{WEBHOOKS}/{webhook['id']}/deliveries/{failed['id']}/retry")  # a delivered one too
     assert again.status_code == 202
-    assert _wait_until(lambda: _deliveries(api, webhook)[0]["attempts"] == 6)
+    assert support.wait_until(lambda: _deliveries(api, webhook)[0]["attempts"] == 6)
     assert len(webhook_receiver.wait_for(path, count=6)) == 6
 
 
@@ -162,7 +154,7 @@ def test_a_subscriber_that_hangs_past_the_timeout_does_not_hold_up_another(api, 
     api.create_customer()
     quick_requests = webhook_receiver.wait_for(quick_path, count=2, timeout=5)
     assert len(quick_requests) == 2 and quick_requests[-1].at - started < 1.5
-    pending = _wait_until(lambda: [d for d in _deliveries(api, hanging) if d["last_error"]], timeout=10)
+    pending = support.wait_until(lambda: [d for d in _deliveries(api, hanging) if d["last_error"]], timeout=10)
     assert pending and "no answer within 2 s" in pending[0]["last_error"]
     assert pending[0]["last_status_code"] is None
 
@@ -278,5 +270,5 @@ def test_webhook_service_reports_its_deliveries(api, hooks, webhook_receiver, st
     def reported():
         text = requests.get(url, timeout=5).text
         return text if 'webhook_deliveries_total{outcome="delivered"' in text else ""
-    text = _wait_until(reported, timeout=10)
+    text = support.wait_until(reported, timeout=10)
     assert "webhook_delivery_attempts_total" in text and "webhook_oldest_pending_seconds" in text
