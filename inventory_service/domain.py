@@ -1,6 +1,7 @@
 """Inventory rules: plain Python, no I/O."""
 import re
 import uuid
+from dataclasses import dataclass, replace
 
 from common.contract.errors import (
     InsufficientStock,
@@ -51,11 +52,6 @@ def check_all_known(plan, known_skus):
         raise UnknownSku("Unknown sku: " + ", ".join(unknown), {"skus": unknown})
 
 
-def first_not_taken(plan, taken_skus):
-    """The first sku of `plan` (sku order) that the reservation could not take, or None."""
-    return next((sku for sku, _ in plan if sku not in taken_skus), None)
-
-
 def shortage(plan, failed_sku, available_by_sku):
     """The InsufficientStock error: `failed_sku` first, then every other short sku."""
     requested = dict(plan)
@@ -69,6 +65,40 @@ def shortage(plan, failed_sku, available_by_sku):
         f"Not enough stock for {first['sku']}: {first['available']} available.",
         {**first, "items": short},
     )
+
+
+@dataclass(frozen=True)
+class Taken:
+    """A plan taken whole. lines: (product after, quantity), each at the product's price;
+    changed: (product after, available before, threshold before), as events need them."""
+    lines: list
+    changed: list
+
+
+def allocate(plans, products, at):
+    """Take each plan of `plans` in turn from `products` ({sku: product}, as locked), all of
+    it or none: per plan, a Taken, or the refusal (UnknownSku, InsufficientStock). A plan
+    sees the stock that the plans before it left, so no two plans can hold the same unit."""
+    current, outcomes = dict(products), []
+    for plan in plans:
+        try:
+            check_all_known(plan, current)
+        except UnknownSku as unknown:
+            outcomes.append(unknown)
+            continue
+        available = {sku: current[sku].available for sku, _ in plan}
+        short = next((sku for sku, quantity in plan if available[sku] < quantity), None)
+        if short is not None:
+            outcomes.append(shortage(plan, short, available))
+            continue
+        lines, changed = [], []
+        for sku, quantity in plan:
+            before = current[sku]
+            current[sku] = replace(before, reserved=before.reserved + quantity, updated_at=at)
+            lines.append((current[sku], quantity))
+            changed.append((current[sku], before.available, before.low_stock_threshold))
+        outcomes.append(Taken(lines, changed))
+    return outcomes
 
 
 def check_can_release(reservation):

@@ -8,7 +8,7 @@ its threshold or back from 0.
 
 stock_reservation_failed: a create refused for stock reserves nothing, so
 its event is the refusal's own record: reserve (a batch of one) and
-reserve_many undo the refused order's savepoint and write its outbox row in
+reserve_many give up the refused order's claim and write its outbox row in
 the batch's transaction, which commits, as the outbox row of the attempt
 (the order id: its event id is derived from it, so a second refusal of the
 same attempt writes nothing more), due only at the attempt's deadline (the
@@ -133,9 +133,9 @@ class InventoryService(ServiceBase):
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def reserve_many(self, reservations):
-        """reserve for each {order_id, items, request_id?, traceparent?} in one transaction, a
-        savepoint each, so one order's shortage or unknown sku fails that order alone; each
-        order's outcome, in order: {"reservation": view} or {"error": {...}, "kind": ...}."""
+        """reserve for each {order_id, items, request_id?, traceparent?} in one transaction, in
+        turn, so one order's shortage or unknown sku fails that order alone; each order's
+        outcome, in order: {"reservation": view} or {"error": {...}, "kind": ...}."""
         required(self.caller).require(ADMIN, SERVICE)
         traceparents = [wanted.get("traceparent") for wanted in reservations]
         with tracing.entry_spans("inventory_service.reserve", traceparents) as own:
@@ -143,52 +143,55 @@ class InventoryService(ServiceBase):
                                       for wanted, traceparent in zip(reservations, own)])
 
     def _reserve_all(self, reservations):
-        outcomes, plans = [None] * len(reservations), []
+        outcomes, planned, repeats = [None] * len(reservations), {}, []
         for position, wanted in enumerate(reservations):
             try:
-                plans.append((position, wanted, *domain.reservation_plan(wanted.get("order_id"), wanted.get("items"))))
+                order_uuid, plan = domain.reservation_plan(wanted.get("order_id"), wanted.get("items"))
             except DomainError as error:
                 outcomes[position] = to_outcome(error)
-        if plans:
+                continue
+            if order_uuid in planned:  # an order twice in a batch: its first entry's outcome
+                repeats.append((position, planned[order_uuid][0]))
+            else:
+                planned[order_uuid] = (position, wanted, plan)
+        if planned:
             with self.uow as tx:
-                if len(plans) > 1:
-                    tx.store.lock_products([sku for *_, plan in plans for sku, _ in plan])
-                for position, wanted, order_uuid, plan in plans:
-                    outcomes[position] = self._reserve_one(tx, wanted, order_uuid, plan)
+                self._reserve_planned(tx, planned, outcomes)
+        for position, first in repeats:
+            outcomes[position] = outcomes[first]
         return outcomes
 
-    def _reserve_one(self, tx, wanted, order_uuid, plan):
-        try:
-            with tx.savepoint():  # a shortage undoes this order's takes alone
-                return {"reservation": self._take(tx, wanted, order_uuid, plan)}
-        except _NotTaken as short:
-            try:
-                refusal = self._shortage(tx.store, plan, short.sku)
-            except DomainError as unknown_sku:
-                refusal = unknown_sku
-            log.warning("(expected) no reservation for order %s: %s", order_uuid, refusal,
-                        extra={"request_id": wanted.get("request_id")})
-            if isinstance(refusal, InsufficientStock):
-                self._record_refusal(tx, wanted, order_uuid, plan, refusal)
-            return to_outcome(refusal)
-
-    def _take(self, tx, wanted, order_uuid, plan):
-        taken = tx.store.claim_and_take_stock(order_uuid, plan)
-        if taken is None:
+    def _reserve_planned(self, tx, planned, outcomes):
+        """Claim and lock in one statement, take in Python (domain.allocate) and write it all
+        in one more: two round trips for a batch of any size."""
+        at = datetime.now(timezone.utc)
+        claimed, products = tx.store.claim_and_lock(
+            list(planned), [sku for _, _, plan in planned.values() for sku, _ in plan], at)
+        for order_uuid in planned.keys() - claimed:
             existing = tx.store.get_reservation(order_uuid)
-            return domain.reservation_view(existing, tx.store.reservation_items(order_uuid))
-        not_taken = domain.first_not_taken(plan, taken)
-        if not_taken is not None:
-            raise _NotTaken(not_taken)
-        lines = [(taken[sku], quantity) for sku, quantity in plan]
-        changed = [(product, product.available + quantity, product.low_stock_threshold)
-                   for product, quantity in lines]
-        view = domain.new_reservation_view(order_uuid, lines)
-        events = [self._stock_event("stock_reserved", view, changed), *self._stock_level_events(changed)]
-        tx.store.record_reservation(order_uuid, lines, [
-            tx.event_row(*event, request_id=wanted.get("request_id"), traceparent=wanted.get("traceparent"))
-            for event in events], refusal_event_id(order_uuid))
-        return view
+            outcomes[planned[order_uuid][0]] = {"reservation": domain.reservation_view(
+                existing, tx.store.reservation_items(order_uuid))}
+        new = [(order_uuid, *planned[order_uuid]) for order_uuid in planned if order_uuid in claimed]
+        taken, given_up, events = [], [], []
+        allocations = domain.allocate([plan for *_, plan in new], products, at)
+        for (order_uuid, position, wanted, plan), allocation in zip(new, allocations):
+            if isinstance(allocation, domain.Taken):
+                view = domain.new_reservation_view(order_uuid, allocation.lines)
+                taken.append((order_uuid, allocation.lines))
+                events += [tx.event_row(*event, request_id=wanted.get("request_id"),
+                                        traceparent=wanted.get("traceparent"))
+                           for event in [self._stock_event("stock_reserved", view, allocation.changed),
+                                         *self._stock_level_events(allocation.changed)]]
+                outcomes[position] = {"reservation": view}
+                continue
+            log.warning("(expected) no reservation for order %s: %s", order_uuid, allocation,
+                        extra={"request_id": wanted.get("request_id")})
+            given_up.append(order_uuid)
+            if isinstance(allocation, InsufficientStock):
+                events.append(self._refusal_row(tx, wanted, order_uuid, plan, allocation))
+            outcomes[position] = to_outcome(allocation)
+        tx.store.record_reservations(taken, given_up, events,
+                                     [refusal_event_id(order_uuid) for order_uuid, _ in taken], at)
 
     @rpc(expected_exceptions=EXPECTED_ERRORS)
     def replace_reservation(self, order_id, items):
@@ -277,15 +280,15 @@ class InventoryService(ServiceBase):
                 self._emit_stock_levels(tx, changed)
             return domain.reservation_view(reservation, items)
 
-    def _record_refusal(self, tx, wanted, order_uuid, plan, refusal):
-        """The attempt's stock_reservation_failed, due at its deadline, written with the batch
-        (whose transaction commits: only this order's savepoint was undone)."""
+    def _refusal_row(self, tx, wanted, order_uuid, plan, refusal):
+        """The outbox row of the attempt's stock_reservation_failed, due at its deadline,
+        written with the batch (whose transaction commits: this order's claim is given up)."""
         deadline = self.context_data.get(DEADLINE_KEY)
         due = (datetime.fromtimestamp(float(deadline), timezone.utc) if deadline is not None
                else datetime.now(timezone.utc) + timedelta(seconds=self.settings.order_create_deadline_seconds))
         row = tx.event_row("stock_reservation_failed", domain.refusal_event(order_uuid, plan, refusal),
                            request_id=wanted.get("request_id"), traceparent=wanted.get("traceparent"))
-        tx.store.record_refusal({**row, "event_id": refusal_event_id(order_uuid), "next_attempt_at": due})
+        return {**row, "event_id": refusal_event_id(order_uuid), "next_attempt_at": due}
 
     def _shortage(self, store, plan, failed_sku, already_held=None):
         """The error for a reservation that could not take `failed_sku` (raised: UnknownSku
@@ -332,11 +335,3 @@ class InventoryService(ServiceBase):
         if product is None:
             raise NotFound("No such product.", {"sku": str(sku)})
         return product
-
-
-class _NotTaken(Exception):
-    """A reservation could not take `sku` (too little stock, or no such product)."""
-
-    def __init__(self, sku):
-        super().__init__(sku)
-        self.sku = sku

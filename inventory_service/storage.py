@@ -123,60 +123,56 @@ _COMMIT_STOCK = (update(_products).where(_products.c.sku == _sku)
                          updated_at=_at).returning(*_products.c))
 
 _INSERT_RESERVATION_ITEMS = insert(ReservationItem.__table__)
-# A new reservation in one round trip: claim the order id (the primary key
-# decides between concurrent calls for one order), lock the wanted products in
-# sku order (the lock order every reservation shares, so none can deadlock;
-# byte order, as Python sorts the plan, whatever the database's collation),
-# and take each quantity only where that much is available. One row always
-# comes back: `claimed` says whether the order id was new, and each product
-# taken follows, as the UPDATE left it; a sku with too little stock (or none
-# such) is simply missing.
-_CLAIM_AND_TAKE = text(f"""
+# A batch's claims and locks in one round trip. Every new order id is claimed
+# (the primary key decides between concurrent calls for one order), then the
+# wanted products are locked in sku order (byte order, as Python sorts the
+# plan, whatever the database's collation). Every reserve takes its claims
+# (in order id order) before its locks (in sku order), so no two can
+# deadlock: the claim CTE gates the lock's scan, so it runs to the end first.
+# One row always comes back, each locked product on its own.
+_CLAIM_AND_LOCK = text(f"""
 WITH claim AS (
     INSERT INTO {SCHEMA}.reservations (order_id, status, created_at, updated_at, checked_at)
-    VALUES (CAST(:order_id AS uuid), 'reserved', :at, :at, :at)
+    SELECT id, 'reserved', :at, :at, :at FROM unnest(CAST(:order_ids AS uuid[])) AS id ORDER BY id
     ON CONFLICT (order_id) DO NOTHING
     RETURNING order_id
-), wanted AS (
-    SELECT want.sku, want.quantity
-    FROM unnest(CAST(:skus AS varchar[]), CAST(:quantities AS integer[])) AS want(sku, quantity)
-    WHERE EXISTS (SELECT FROM claim)
 ), locked AS MATERIALIZED (
-    SELECT product.sku FROM {SCHEMA}.products AS product JOIN wanted USING (sku)
-    ORDER BY product.sku COLLATE "C" FOR UPDATE OF product
-), taken AS (
-    UPDATE {SCHEMA}.products AS product
-    SET reserved = product.reserved + wanted.quantity, updated_at = :at
-    FROM wanted JOIN locked USING (sku)
-    WHERE product.sku = wanted.sku AND product.stock - product.reserved >= wanted.quantity
-    RETURNING product.*
+    SELECT product.* FROM {SCHEMA}.products AS product
+    WHERE product.sku = ANY(CAST(:skus AS varchar[])) AND (SELECT count(*) FROM claim) IS NOT NULL
+    ORDER BY product.sku COLLATE "C" FOR UPDATE
 )
-SELECT EXISTS (SELECT FROM claim) AS claimed, taken.*
-FROM (SELECT) AS always_one_row LEFT JOIN taken ON true
+SELECT (SELECT coalesce(array_agg(order_id), '{{}}') FROM claim) AS claimed, locked.*
+FROM (SELECT) AS always_one_row LEFT JOIN locked ON true
 """)
-_LOCK_PRODUCTS = text(f"""
-SELECT sku FROM {SCHEMA}.products WHERE sku = ANY(CAST(:skus AS varchar[]))
-ORDER BY sku COLLATE "C" FOR UPDATE
-""")
-# A new reservation's items and its events in one round trip, deleting the
-# unsent stock_reservation_failed of an earlier, refused run of the same
-# attempt (see inventory_service.service); one array per column, so the text
-# is the same for any number of items and events.
-_RECORD_RESERVATION = text(f"""
-WITH refusal_withdrawn AS (
-    DELETE FROM {SCHEMA}.outbox WHERE event_id = CAST(:refusal_event_id AS uuid) AND sent_at IS NULL
+# What a batch of reservations writes, in one round trip: the stock each
+# takes, their items, the claims of the orders refused given up, the events,
+# and the unsent stock_reservation_failed of earlier, refused runs of the
+# attempts now reserved deleted (see inventory_service.service). An event id
+# already written is left as it is: a refusal's is one per attempt. One array
+# per column, so the text is the same for any batch.
+_RECORD_RESERVATIONS = text(f"""
+WITH given_up AS (
+    DELETE FROM {SCHEMA}.reservations WHERE order_id = ANY(CAST(:given_up AS uuid[]))
+), refusals_withdrawn AS (
+    DELETE FROM {SCHEMA}.outbox WHERE event_id = ANY(CAST(:withdrawn AS uuid[])) AND sent_at IS NULL
+), taken AS (
+    UPDATE {SCHEMA}.products AS product SET reserved = product.reserved + take.quantity, updated_at = :at
+    FROM (SELECT sku, sum(quantity) AS quantity
+          FROM unnest(CAST(:skus AS varchar[]), CAST(:quantities AS integer[])) AS line(sku, quantity)
+          GROUP BY sku) AS take
+    WHERE product.sku = take.sku
 ), new_items AS (
     INSERT INTO {SCHEMA}.reservation_items (order_id, sku, quantity, unit_price, currency)
-    SELECT CAST(:order_id AS uuid), item.*
-    FROM unnest(CAST(:skus AS varchar[]), CAST(:quantities AS integer[]),
-                CAST(:unit_prices AS numeric[]), CAST(:currencies AS varchar[]))
-         AS item(sku, quantity, unit_price, currency)
+    SELECT * FROM unnest(CAST(:order_ids AS uuid[]), CAST(:skus AS varchar[]), CAST(:quantities AS integer[]),
+                         CAST(:unit_prices AS numeric[]), CAST(:currencies AS varchar[]))
 )
 INSERT INTO {SCHEMA}.outbox (event_id, event_type, payload, created_at, next_attempt_at, attempts, traceparent)
-SELECT event.event_id, event.event_type, event.payload, event.created_at, event.created_at, 0, event.traceparent
+SELECT event.event_id, event.event_type, event.payload, event.created_at, event.next_attempt_at, 0,
+       event.traceparent
 FROM unnest(CAST(:event_ids AS uuid[]), CAST(:event_types AS varchar[]), CAST(:payloads AS jsonb[]),
-            CAST(:event_times AS timestamptz[]), CAST(:traceparents AS varchar[]))
-     AS event(event_id, event_type, payload, created_at, traceparent)
+            CAST(:event_times AS timestamptz[]), CAST(:due AS timestamptz[]), CAST(:traceparents AS varchar[]))
+     AS event(event_id, event_type, payload, created_at, next_attempt_at, traceparent)
+ON CONFLICT (event_id) DO NOTHING
 """)
 
 
@@ -238,28 +234,16 @@ class InventoryStore:
         """Reserve `quantity` of `sku` if that many are available; the product after, or None."""
         return self._update_stock(_TAKE_STOCK, sku, quantity)
 
-    def lock_products(self, skus):
-        """Lock the rows of `skus` for this transaction, in the one order every reservation
-        takes them (byte order): a batch of reservations then holds all it needs before
-        its first one, so two batches over shared skus cannot deadlock."""
-        self.session.connection().execute(_LOCK_PRODUCTS, {"skus": sorted(set(skus))})
-
-    def claim_and_take_stock(self, order_id, plan):
-        """Claim `order_id` and reserve every (sku, quantity) of `plan` that is available.
-
-        None if a reservation for `order_id` already exists (nothing taken);
-        else {sku: the product as the UPDATE left it} for each sku taken: fewer
-        than `plan` when a sku is short or unknown (the caller rolls back).
-        """
-        rows = self.session.connection().execute(_CLAIM_AND_TAKE, {
-            "order_id": str(order_id), "at": _now(),
-            "skus": [sku for sku, _ in plan], "quantities": [quantity for _, quantity in plan],
-        }).all()
-        if not rows[0].claimed:
-            return None
-        return {row.sku: self._taken(ProductSnapshot(**{column: value for column, value in row._mapping.items()
-                                                        if column != "claimed"}))
-                for row in rows if row.sku is not None}
+    def claim_and_lock(self, order_ids, skus, at):
+        """Claim each of `order_ids` that has no reservation yet, then lock the products of
+        `skus` for this transaction: (the set of order ids claimed, {sku: the product as
+        locked}), a sku naming no product missing. What the lock read stays true until commit."""
+        rows = self.session.connection().execute(_CLAIM_AND_LOCK, {
+            "order_ids": [str(order_id) for order_id in order_ids], "skus": sorted(set(skus)), "at": at}).all()
+        products = {row.sku: ProductSnapshot(**{column: value for column, value in row._mapping.items()
+                                                if column != "claimed"})
+                    for row in rows if row.sku is not None}
+        return set(rows[0].claimed), products
 
     def _add_reservation_items(self, order_id, lines):
         """lines: (product, quantity), each at the product's price now."""
@@ -268,27 +252,30 @@ class InventoryStore:
              "unit_price": product.unit_price, "currency": product.currency}
             for product, quantity in lines])
 
-    def record_reservation(self, order_id, lines, event_rows, refusal_event_id):
-        """The items of a new reservation (lines: (product, quantity), each at the
-        product's price now) and its events (`Outbox.row`s), in one statement that also
-        deletes the event `refusal_event_id` if it is still unsent."""
-        self.session.connection().execute(_RECORD_RESERVATION, {
-            "order_id": str(order_id), "refusal_event_id": str(refusal_event_id),
-            "skus": [product.sku for product, _ in lines],
-            "quantities": [quantity for _, quantity in lines],
-            "unit_prices": [product.unit_price for product, _ in lines],
-            "currencies": [product.currency for product, _ in lines],
-            "event_ids": [str(row["event_id"]) for row in event_rows],
-            "event_types": [row["event_type"] for row in event_rows],
-            "payloads": [json.dumps(row["payload"]) for row in event_rows],
-            "event_times": [row["created_at"] for row in event_rows],
-            "traceparents": [row["traceparent"] for row in event_rows],
+    def record_reservations(self, reservations, given_up, events, withdrawn, at):
+        """In one statement: each reservation's (order_id, lines: (product, quantity), each at
+        the product's price now) items and the stock it takes; the claims of the `given_up`
+        order ids deleted; `events` (`Outbox.row`s) written unless their event id is there;
+        the unsent events whose ids are in `withdrawn` deleted."""
+        lines = [(order_id, product, quantity) for order_id, order_lines in reservations
+                 for product, quantity in order_lines]
+        self.session.connection().execute(_RECORD_RESERVATIONS, {
+            "at": at, "given_up": [str(order_id) for order_id in given_up],
+            "withdrawn": [str(event_id) for event_id in withdrawn],
+            "order_ids": [str(order_id) for order_id, _, _ in lines],
+            "skus": [product.sku for _, product, _ in lines],
+            "quantities": [quantity for _, _, quantity in lines],
+            "unit_prices": [product.unit_price for _, product, _ in lines],
+            "currencies": [product.currency for _, product, _ in lines],
+            "event_ids": [str(row["event_id"]) for row in events],
+            "event_types": [row["event_type"] for row in events],
+            "payloads": [json.dumps(row["payload"]) for row in events],
+            "event_times": [row["created_at"] for row in events],
+            "due": [row["next_attempt_at"] for row in events],
+            "traceparents": [row["traceparent"] for row in events],
         })
-
-    def record_refusal(self, row):
-        """Write the outbox row of a refused reservation (an `Outbox.row`), unless one with its event id exists."""
-        outbox = layout.outbox.__table__
-        self.session.execute(insert(outbox).values(**row).on_conflict_do_nothing(index_elements=["event_id"]))
+        for _, product, _ in lines:  # the last line of a sku leaves it as the statement did
+            self._taken(product)
 
     def get_reservation(self, order_id, lock=False):
         query = select(Reservation).where(Reservation.order_id == order_id)

@@ -108,10 +108,6 @@ class Transaction:
         self.emitted += 1
         return Outbox.row(event_type, data, request_id or self._request_id, traceparent)
 
-    def savepoint(self):
-        """`with tx.savepoint():` what the block wrote is undone alone if it raises (SAVEPOINT)."""
-        return self.session.begin_nested()
-
     def first_time(self, event_id, handler):
         """Record that `handler` handled `event_id`; False if it had before."""
         return first_time(self.session, self._layout.processed_events, event_id, handler)

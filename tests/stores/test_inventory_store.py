@@ -18,6 +18,7 @@ from common.contract.errors import AlreadyExists
 from common.kit.db import constraint_name
 from common.kit.outbox import Outbox
 from inventory_service import storage
+from inventory_service.domain import allocate
 from tests import support
 from tests.unit.fakes import FakeUnitOfWork, InMemoryInventoryStore
 
@@ -99,8 +100,21 @@ def skus(products):
     return [product.sku for product in products]
 
 
+NOW = datetime(2026, 12, 7, 8, 30, tzinfo=timezone.utc)
+
+
 class Refused(Exception):
     """Raised inside a transaction to roll it back."""
+
+
+def reserve(store, order_id, plan, events=(), withdrawn=()):
+    """Claim `order_id` and take `plan` whole, as a reserve does; the lines taken."""
+    at = datetime.now(timezone.utc)
+    claimed, products = store.claim_and_lock([order_id], [sku for sku, _ in plan], at)
+    assert claimed == {order_id}
+    [taken] = allocate([plan], products, at)
+    store.record_reservations([(order_id, taken.lines)], [], list(events), list(withdrawn), at)
+    return taken.lines
 
 
 def test_a_product_is_inserted_and_read_back(stores):
@@ -168,7 +182,7 @@ def test_a_product_read_before_shows_the_stock_taken_since(stores):
     add_products(stores, "A", "B", stock=5)
     with stores.transaction() as store:
         a, b = store.get_products(["A", "B"])
-        store.claim_and_take_stock(uuid4(), [("A", 1), ("B", 1)])
+        reserve(store, uuid4(), [("A", 1), ("B", 1)])
         store.take_stock("A", 2)
         store.give_back_stock("B", 1)
         assert (a.reserved, a.available, b.reserved) == (3, 2, 0)
@@ -202,29 +216,46 @@ def test_stock_never_goes_below_what_is_reserved(stores):
         assert store.give_back_stock("NOPE", 1) is None and store.commit_stock("NOPE", 1) is None
 
 
-def test_a_claim_takes_what_is_available_once_per_order(stores):
+def test_a_claim_is_made_once_per_order_and_locks_the_products_as_they_are(stores):
     add_products(stores, "A", "B", stock=2)
-    order_id = uuid4()
+    order_id, other = uuid4(), uuid4()
     with stores.transaction() as store:
-        taken = store.claim_and_take_stock(order_id, [("A", 1), ("B", 3), ("NOPE", 1)])
-        assert list(taken) == ["A"] and (taken["A"].reserved, taken["A"].available) == (1, 1)
+        claimed, products = store.claim_and_lock([order_id, other], ["B", "NOPE", "A", "B"], NOW)
+        assert claimed == {order_id, other} and sorted(products) == ["A", "B"]
+        assert (products["A"].stock, products["A"].reserved, products["A"].unit_price) == (2, 0, Decimal("2.50"))
         reservation = store.get_reservation(order_id)
-        assert (reservation.order_id, reservation.status) == (order_id, "reserved")
+        assert (reservation.order_id, reservation.status, reservation.checked_at) == (order_id, "reserved", NOW)
         assert store.reservation_items(order_id) == []
     with stores.transaction() as store:
-        assert store.claim_and_take_stock(order_id, [("A", 1)]) is None
-    assert units(stores, "A") == (2, 1) and units(stores, "B") == (2, 0)
+        assert store.claim_and_lock([order_id], [], NOW)[0] == set()  # no claim twice
+        assert store.claim_and_lock([], [], NOW) == (set(), {})
+    with stores.transaction() as store:
+        assert len(store.claim_and_lock([order_id, uuid4()], ["A"], NOW)[0]) == 1
+
+
+def test_a_batch_takes_its_stock_writes_its_items_and_gives_up_its_refused_claims(stores):
+    add_products(stores, "A", "B", stock=5)
+    kept, refused = uuid4(), uuid4()
+    with stores.transaction() as store:
+        claimed, products = store.claim_and_lock([kept, refused], ["A", "B"], NOW)
+        taken, refusal = allocate([[("A", 2), ("B", 1)], [("A", 9)]], products, NOW)
+        store.record_reservations([(kept, taken.lines)], [refused], [], [], NOW)
+    assert units(stores, "A") == (5, 2) and units(stores, "B") == (5, 1)
+    with stores.transaction() as store:
+        assert store.get_reservation(refused) is None and store.get_reservation(kept).status == "reserved"
+        assert store.get_product("A").updated_at == NOW
+        assert [(item.sku, item.quantity) for item in store.reservation_items(kept)] == [("A", 2), ("B", 1)]
 
 
 def test_a_rolled_back_claim_leaves_no_reservation(stores):
     add_products(stores, "A", stock=2)
     order_id = uuid4()
     with pytest.raises(Refused), stores.transaction() as store:
-        assert list(store.claim_and_take_stock(order_id, [("A", 2)])) == ["A"]
+        reserve(store, order_id, [("A", 2)])
         raise Refused
     with stores.transaction() as store:
         assert store.get_reservation(order_id, lock=True) is None
-        assert list(store.claim_and_take_stock(order_id, [("A", 2)])) == ["A"]
+        reserve(store, order_id, [("A", 2)])
     assert units(stores, "A") == (2, 2)
 
 
@@ -236,9 +267,7 @@ def test_a_reservation_keeps_its_items_at_the_prices_taken(stores):
     add_products(stores, "B", "A", "C")
     order_id = uuid4()
     with stores.transaction() as store:
-        taken = store.claim_and_take_stock(order_id, [("A", 2), ("B", 1)])
-        event = Outbox.row("stock_reserved", {"order_id": str(order_id)})
-        store.record_reservation(order_id, [(taken["B"], 1), (taken["A"], 2)], [event], uuid4())
+        reserve(store, order_id, [("A", 2), ("B", 1)], [Outbox.row("stock_reserved", {"order_id": str(order_id)})])
     with stores.transaction() as store:
         assert item_tuples(store.reservation_items(order_id)) == [
             (order_id, "A", 2, Decimal("2.50"), "EUR"), (order_id, "B", 1, Decimal("2.50"), "EUR")]
@@ -267,13 +296,11 @@ def test_a_refusal_is_kept_once_until_a_reservation_withdraws_it(stores):
     due = datetime(2030, 1, 1, tzinfo=timezone.utc)
     for event_id in (refused, refused, other):
         with stores.transaction() as store:
-            store.record_refusal({**Outbox.row("stock_reservation_failed", {"order_id": "x"}),
-                                  "event_id": event_id, "next_attempt_at": due})
+            store.record_reservations([], [], [{**Outbox.row("stock_reservation_failed", {"order_id": "x"}),
+                                                "event_id": event_id, "next_attempt_at": due}], [], NOW)
     assert unsent_refusals(stores) == {refused: due, other: due}
-    order_id = uuid4()
     with stores.transaction() as store:
-        taken = store.claim_and_take_stock(order_id, [("A", 1)])
-        store.record_reservation(order_id, [(taken["A"], 1)], [], refused)
+        reserve(store, uuid4(), [("A", 1)], withdrawn=[refused])
     assert unsent_refusals(stores) == {other: due}
 
 
@@ -281,7 +308,7 @@ def test_a_reservation_status_is_set_and_kept(stores):
     add_products(stores, "A")
     order_id = uuid4()
     with stores.transaction() as store:
-        store.claim_and_take_stock(order_id, [("A", 1)])
+        reserve(store, order_id, [("A", 1)])
     with stores.transaction() as store:
         reservation = store.get_reservation(order_id, lock=True)
         created = reservation.updated_at
@@ -297,7 +324,7 @@ def test_stale_reservations_are_the_held_ones_unchecked_since_oldest_first(store
     first, second, third, settled = uuid4(), uuid4(), uuid4(), uuid4()
     for order_id in (settled, first, second, third):
         with stores.transaction() as store:
-            store.claim_and_take_stock(order_id, [("A", 1)])
+            reserve(store, order_id, [("A", 1)])
     with stores.transaction() as store:
         store.set_reservation_status(store.get_reservation(settled, lock=True), "committed")
     later = datetime.now(timezone.utc) + timedelta(minutes=1)

@@ -69,15 +69,6 @@ class FakeTransaction:
         self.pending.append((event_type, data))
         return Outbox.row(event_type, data, request_id, traceparent)
 
-    @contextmanager
-    def savepoint(self):
-        tables, pending = copy.deepcopy(self.store.tables), list(self.pending)
-        try:
-            yield
-        except BaseException:
-            self.store.tables, self.pending = tables, pending
-            raise
-
     def first_time(self, event_id, handler):
         if event_id in self.store.tables["processed"]:
             return False
@@ -253,28 +244,27 @@ class InMemoryInventoryStore:
         return self._changed(sku, stock=-quantity, reserved=-quantity)
 
     # reservations
-    def lock_products(self, skus):
-        pass  # one process, one thread: nothing to wait for
+    def claim_and_lock(self, order_ids, skus, at):
+        claimed = {order_id for order_id in order_ids if order_id not in self.tables["reservations"]}
+        for order_id in claimed:
+            self.tables["reservations"][order_id] = SimpleNamespace(
+                order_id=order_id, status="reserved", created_at=at, updated_at=at, checked_at=at)
+        # one process, one thread: the lock has nothing to wait for
+        return claimed, {product.sku: copy.copy(product) for product in self.get_products(skus)}
 
-    def claim_and_take_stock(self, order_id, plan):
-        if order_id in self.tables["reservations"]:
-            return None
-        at = now()
-        self.tables["reservations"][order_id] = SimpleNamespace(
-            order_id=order_id, status="reserved", created_at=at, updated_at=at, checked_at=at)
-        taken = {}
-        for sku, quantity in plan:
-            product = self.take_stock(sku, quantity)
-            if product is not None:
-                taken[sku] = product
-        return taken
-
-    def record_reservation(self, order_id, lines, event_rows, refusal_event_id):
-        self.tables["refusals"].pop(refusal_event_id, None)
-        self._set_items(order_id, lines)
-
-    def record_refusal(self, row):
-        self.tables["refusals"].setdefault(row["event_id"], row)
+    def record_reservations(self, reservations, given_up, events, withdrawn, at):
+        for order_id, lines in reservations:
+            for product, quantity in lines:
+                self._changed(product.sku, reserved=quantity)
+                self.tables["products"][product.sku].updated_at = at
+            self._set_items(order_id, lines)
+        for order_id in given_up:
+            del self.tables["reservations"][order_id]
+        for event_id in withdrawn:
+            self.tables["refusals"].pop(event_id, None)
+        for row in events:
+            if row["event_type"] == "stock_reservation_failed":
+                self.tables["refusals"].setdefault(row["event_id"], row)
 
     def replace_reservation_items(self, order_id, new_items):
         self._set_items(order_id, new_items)

@@ -16,7 +16,7 @@ from common.contract.errors import (
 )
 from inventory_service import domain as inventory
 from order_service import domain as orders
-from tests.unit.fakes import FakeOrder
+from tests.unit.fakes import FakeOrder, FakeProduct
 
 ORDER_ID = str(uuid.uuid4())
 NOW = datetime(2026, 11, 21, tzinfo=timezone.utc)
@@ -48,11 +48,19 @@ def test_shortage_names_the_failing_sku_first_and_every_short_one():
     assert [item["sku"] for item in error.details["items"]] == ["C", "A"]
 
 
-def test_the_first_sku_not_taken_is_named_in_sku_order():
-    plan = [("A", 1), ("B", 1), ("C", 1)]
-    assert inventory.first_not_taken(plan, {"A", "C"}) == "B"
-    assert inventory.first_not_taken(plan, {"C"}) == "A"
-    assert inventory.first_not_taken(plan, {"A", "B", "C"}) is None
+def test_plans_are_taken_in_turn_each_whole_or_not_at_all():
+    products = {sku: FakeProduct(sku, sku, Decimal("1.00"), "EUR", stock, reserved=1, low_stock_threshold=2)
+                for sku, stock in (("A", 4), ("B", 3))}
+    first, short, unknown, last = inventory.allocate(
+        [[("A", 2), ("B", 1)], [("A", 2), ("B", 1)], [("A", 1), ("C", 1)], [("A", 1), ("B", 1)]], products, NOW)
+    assert [(product.sku, product.reserved, product.updated_at, quantity) for product, quantity in first.lines] == [
+        ("A", 3, NOW, 2), ("B", 2, NOW, 1)]
+    assert [(product.available, before, threshold) for product, before, threshold in first.changed] == [
+        (1, 3, 2), (1, 2, 2)]
+    assert isinstance(short, InsufficientStock) and short.details["sku"] == "A" and short.details["available"] == 1
+    assert isinstance(unknown, UnknownSku) and unknown.details == {"skus": ["C"]}
+    assert [(product.sku, product.reserved) for product, _ in last.lines] == [("A", 4), ("B", 3)]
+    assert (products["A"].reserved, products["B"].reserved) == (1, 1)  # what was locked, left as it was
 
 
 def test_lines_merge_per_sku():

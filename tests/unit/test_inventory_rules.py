@@ -63,6 +63,31 @@ def test_a_reservation_takes_all_or_nothing(inventory, store):
     assert inventory.uow.event_types() == ["stock_reservation_failed"]
 
 
+def test_a_batch_takes_its_orders_in_turn_and_fails_only_those_that_cannot_be_had(inventory, store):
+    store.add_product("A", stock=3)
+    store.add_product("B", stock=5)
+    held = order_id()
+    inventory.reserve(held, [{"sku": "B", "quantity": 1}])
+    first, short, unknown, fits = order_id(), order_id(), order_id(), order_id()
+    outcomes = inventory.reserve_many([
+        {"order_id": first, "items": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}]},
+        {"order_id": short, "items": [{"sku": "A", "quantity": 2}]},
+        {"order_id": held, "items": [{"sku": "A", "quantity": 1}]},
+        {"order_id": unknown, "items": [{"sku": "NOPE", "quantity": 1}]},
+        {"order_id": "not-a-uuid", "items": [{"sku": "A", "quantity": 1}]},
+        {"order_id": fits, "items": [{"sku": "A", "quantity": 1}]},
+        {"order_id": first, "items": [{"sku": "A", "quantity": 2}, {"sku": "B", "quantity": 1}]},
+    ])
+    assert [outcome.get("kind") or outcome["reservation"]["order_id"] for outcome in outcomes] == [
+        first, "InsufficientStock", held, "UnknownSku", "ValidationFailed", fits, first]
+    assert outcomes[1]["error"]["details"]["available"] == 1
+    assert [item["sku"] for item in outcomes[2]["reservation"]["items"]] == ["B"]  # the first reservation
+    assert outcomes[6] == outcomes[0]
+    assert units(store, "A") == (3, 3) and units(store, "B") == (5, 2)
+    assert set(store.tables["reservations"]) == {uuid.UUID(held), uuid.UUID(first), uuid.UUID(fits)}
+    assert inventory.uow.event_types().count("stock_reservation_failed") == 1
+
+
 def test_a_refusal_is_recorded_once_per_attempt_due_at_its_deadline_and_withdrawn_by_its_success(store):
     deadline = 1_900_000_000.0
     inventory = worker_factory(InventoryService, uow=FakeUnitOfWork(store), settings=SETTINGS,
