@@ -173,9 +173,7 @@ class Creation:
         self._find_customers([entry for entry in live if entry.pending and entry.customer is None])
         self._reserve([entry for entry in live if entry.pending])
         try:
-            for entry in live:
-                if entry.pending:
-                    self._insert(tx, entry)
+            self._insert([entry for entry in live if entry.pending], tx)
             self._settle_failures(store, live)
         except BaseException:
             # The batch rolls back: still under the attempt locks, give back what it reserved.
@@ -257,8 +255,24 @@ class Creation:
             {"order_id": str(entry.order_id), "items": entry.lines, "request_id": entry.request_id,
              "traceparent": entry.traceparent} for entry in entries])
 
-    def _insert(self, tx, entry):
-        """The entry's order, written in the batch's transaction, or its failure."""
+    def _insert(self, pending, tx):
+        """The entries' orders, written in the batch's transaction in one statement; an entry
+        that cannot be made (its reservation gone, a deadline passed) fails alone."""
+        made = [(entry, new) for entry in pending if (new := self._new_order(entry)) is not None]
+        for entry, (order_row, item_rows, order) in made:
+            if entry.key is not None:
+                tx.store.remember_response(entry.key, order)
+        if made:
+            tx.store.insert_new_orders([
+                (order_row, item_rows, entry.caller.sub,
+                 tx.event_row("order_created", order, request_id=entry.request_id, traceparent=entry.traceparent))
+                for entry, (order_row, item_rows, order) in made])
+        for entry, (_, _, order) in made:
+            entry.succeed(order)
+            entry.inserted = True
+
+    def _new_order(self, entry):
+        """(order row, item rows, order view) of the entry's order, or None: it failed."""
         try:
             domain.check_reservation_held(entry.reservation)
             order_row, item_rows = domain.new_order(entry.order_id, entry.customer, entry.lines, entry.reservation,
@@ -269,13 +283,8 @@ class Creation:
             check_deadline(entry.deadline, COMMIT_MARGIN_SECONDS + INSERT_MARGIN_SECONDS, "committing")
         except Exception as error:  # a bug in one entry fails that entry alone, as internal_error
             entry.fail(error)
-            return
-        if entry.key is not None:
-            tx.store.remember_response(entry.key, order)
-        event = tx.event_row("order_created", order, request_id=entry.request_id, traceparent=entry.traceparent)
-        tx.store.insert_new_order(order_row, item_rows, entry.caller.sub, event)
-        entry.succeed(order)
-        entry.inserted = True
+            return None
+        return order_row, item_rows, order
 
     def _settle_failures(self, store, live):
         """Before COMMIT, still under the attempt locks: failed entries give back their key

@@ -180,27 +180,42 @@ FROM (SELECT key FROM unnest(CAST(:keys AS text[])) AS key ORDER BY key) AS sort
 # The order, its items (one array per column, so the text is the same for any
 # number of items), its first history row and its event, in one round trip.
 # Foreign keys are checked at the end of the statement, when the order exists.
-_INSERT_NEW_ORDER = text(f"""
-WITH new_order AS (
+# A batch's new orders, their items, first status changes and order_created
+# events in one round trip; one array per column, so the text is the same for
+# any batch (items and events carry their order's id).
+_INSERT_NEW_ORDERS = text(f"""
+WITH new_orders AS (
     INSERT INTO {SCHEMA}.orders (id, customer_id, status, currency, total_amount, shipping_address,
                                  carrier, tracking_number, version, created_at, updated_at)
-    VALUES (:id, :customer_id, :status, :currency, :total_amount, :shipping_address,
-            :carrier, :tracking_number, :version, :created_at, :updated_at)
+    SELECT * FROM unnest(
+        CAST(:ids AS uuid[]), CAST(:customer_ids AS uuid[]), CAST(:statuses AS varchar[]),
+        CAST(:currencies AS varchar[]), CAST(:totals AS numeric[]), CAST(:addresses AS jsonb[]),
+        CAST(:carriers AS varchar[]), CAST(:tracking_numbers AS varchar[]), CAST(:versions AS integer[]),
+        CAST(:created AS timestamptz[]), CAST(:updated AS timestamptz[]))
 ), new_items AS (
     INSERT INTO {SCHEMA}.order_items (order_id, sku, quantity, unit_price, line_total)
-    SELECT CAST(:id AS uuid), item.*
-    FROM unnest(CAST(:skus AS varchar[]), CAST(:quantities AS integer[]),
-                CAST(:unit_prices AS numeric[]), CAST(:line_totals AS numeric[]))
-         AS item(sku, quantity, unit_price, line_total)
+    SELECT * FROM unnest(CAST(:item_order_ids AS uuid[]), CAST(:skus AS varchar[]),
+                         CAST(:quantities AS integer[]), CAST(:unit_prices AS numeric[]),
+                         CAST(:line_totals AS numeric[]))
 ), first_status AS (
     INSERT INTO {SCHEMA}.order_status_history (order_id, from_status, to_status, changed_at, changed_by)
-    VALUES (:id, NULL, :status, :created_at, :changed_by)
+    SELECT change.order_id, NULL, change.status, change.changed_at, change.changed_by
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS varchar[]), CAST(:created AS timestamptz[]),
+                CAST(:changed_by AS varchar[])) AS change(order_id, status, changed_at, changed_by)
 )
 INSERT INTO {SCHEMA}.outbox (event_id, event_type, payload, created_at, next_attempt_at, attempts, traceparent)
-VALUES (:event_id, :event_type, :payload, :event_created_at, :event_created_at, 0, :traceparent)
-""").bindparams(bindparam("id", type_=UUID(as_uuid=True)), bindparam("customer_id", type_=UUID(as_uuid=True)),
-                bindparam("shipping_address", type_=JSONB), bindparam("event_id", type_=UUID(as_uuid=True)),
-                bindparam("payload", type_=JSONB))
+SELECT event.event_id, event.event_type, event.payload, event.created_at, event.created_at, 0, event.traceparent
+FROM unnest(CAST(:event_ids AS uuid[]), CAST(:event_types AS varchar[]), CAST(:payloads AS jsonb[]),
+            CAST(:event_times AS timestamptz[]), CAST(:traceparents AS varchar[]))
+     AS event(event_id, event_type, payload, created_at, traceparent)
+""")
+
+
+# The arrays of _INSERT_NEW_ORDERS taken as they are from each order's and item's fields.
+_ORDER_ARRAYS = {"statuses": "status", "currencies": "currency", "totals": "total_amount", "carriers": "carrier",
+                 "tracking_numbers": "tracking_number", "versions": "version", "created": "created_at",
+                 "updated": "updated_at"}
+_ITEM_ARRAYS = {"skus": "sku", "quantities": "quantity", "unit_prices": "unit_price", "line_totals": "line_total"}
 
 
 # Reads build each order with its items in one round trip (a correlated
@@ -257,19 +272,27 @@ class OrderStore:
         self.session.execute(insert(ChangeAttempt).values(attempt_id=attempt_id, order_id=order_id, answer=answer,
                                                           changed_at=at))
 
-    def insert_new_order(self, order_fields, item_fields, changed_by, event_row):
-        """Insert a new order, its items, its first status change (by `changed_by`)
-        and its event (an `Outbox.row`), in one statement."""
-        self.session.connection().execute(_INSERT_NEW_ORDER, {
-            **order_fields,
-            "skus": [item["sku"] for item in item_fields],
-            "quantities": [item["quantity"] for item in item_fields],
-            "unit_prices": [item["unit_price"] for item in item_fields],
-            "line_totals": [item["line_total"] for item in item_fields],
-            "changed_by": changed_by,
-            "event_id": event_row["event_id"], "event_type": event_row["event_type"],
-            "payload": event_row["payload"], "event_created_at": event_row["created_at"],
-            "traceparent": event_row["traceparent"],
+    def insert_new_orders(self, new_orders):
+        """Insert new orders, each (order fields, item fields, changed_by: who made its first
+        status change, its event: an `Outbox.row`), with their items, first status changes and
+        events, in one statement."""
+        orders = [fields for fields, _, _, _ in new_orders]
+        items = [(fields["id"], item) for fields, item_fields, _, _ in new_orders for item in item_fields]
+        events = [event for _, _, _, event in new_orders]
+        self.session.connection().execute(_INSERT_NEW_ORDERS, {
+            **{name: [fields[column] for fields in orders] for name, column in _ORDER_ARRAYS.items()},
+            "ids": [str(fields["id"]) for fields in orders],
+            "customer_ids": [str(fields["customer_id"]) for fields in orders],
+            "addresses": [None if fields["shipping_address"] is None else json.dumps(fields["shipping_address"])
+                          for fields in orders],
+            "changed_by": [changed_by for _, _, changed_by, _ in new_orders],
+            "item_order_ids": [str(order_id) for order_id, _ in items],
+            **{name: [item[column] for _, item in items] for name, column in _ITEM_ARRAYS.items()},
+            "event_ids": [str(event["event_id"]) for event in events],
+            "event_types": [event["event_type"] for event in events],
+            "payloads": [json.dumps(event["payload"]) for event in events],
+            "event_times": [event["created_at"] for event in events],
+            "traceparents": [event["traceparent"] for event in events],
         })
 
     def lock_attempts(self, attempt_ids):

@@ -46,7 +46,7 @@ def insert(store, at=T0, customer_id=CUSTOMER_ID, lines=(("B", 1), ("A", 2)), by
         order_id, {"id": str(customer_id), "shipping_address": ADDRESS}, lines,
         reservation(("A", "29.99"), ("B", "0.10"), ("C", "5.00")), None, at)
     event = Outbox.row("order_created", OrderSchema().dump({**order_row, "items": item_rows}))
-    store.insert_new_order(order_row, item_rows, by, event)
+    store.insert_new_orders([(order_row, item_rows, by, event)])
     return order_id
 
 
@@ -68,6 +68,25 @@ def test_a_new_order_reads_back_with_its_items_and_first_status(store):
     assert [item.sku for item in order.items] == ["A", "B"]
     assert history(store, order_id) == [(None, "pending", "admin-1")]
     assert store.order_view(uuid.uuid4()) is None and store.get_order(uuid.uuid4()) is None
+
+
+def test_orders_made_together_keep_their_own_items_status_and_address(store):
+    made = []
+    for lines, address, by in ((("A", 1),), None, "admin-1"), ((("C", 2), ("B", 1)), {"city": "Paris"}, "customer:9"):
+        order_id = uuid.uuid4()
+        order_row, item_rows = domain.new_order(
+            order_id, {"id": str(CUSTOMER_ID), "shipping_address": address},
+            domain.merge_lines([{"sku": sku, "quantity": quantity} for sku, quantity in lines]),
+            reservation(("A", "29.99"), ("B", "0.10"), ("C", "5.00")), None, T0)
+        made.append((order_row, item_rows, by, Outbox.row("order_created", {"order_id": str(order_id)})))
+    store.insert_new_orders(made)
+    first, second = (store.order_view(order_row["id"]) for order_row, *_ in made)
+    assert [(item["sku"], item["quantity"]) for item in first["items"]] == [("A", 1)]
+    assert [(item["sku"], item["quantity"]) for item in second["items"]] == [("B", 1), ("C", 2)]
+    assert (first["shipping_address"], second["shipping_address"]) == (None, {"city": "Paris"})
+    assert (first["total_amount"], second["total_amount"]) == (Decimal("29.99"), Decimal("10.10"))
+    assert [history(store, order_row["id"]) for order_row, *_ in made] == [
+        [(None, "pending", "admin-1")], [(None, "pending", "customer:9")]]
 
 
 def context(store, order_id, customer_id=CUSTOMER_ID):

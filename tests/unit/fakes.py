@@ -325,7 +325,7 @@ class InMemoryOrderStore:
         self.tables = {"orders": {}, "keys": {}, "customers": {}, "processed": set(), "failed": {},
                        "changes": {}}
         self.seen = []
-        self.fail_on_insert = None  # an exception insert_new_order raises (a failed persist)
+        self.fail_on_insert = None  # an exception insert_new_orders raises (a failed persist)
         self.fail_on_record = None  # an exception record_failed_attempt raises (the database went away)
         self.on_lock = None  # called on lock_attempts: another run of the attempt, between two of ours
 
@@ -358,16 +358,17 @@ class InMemoryOrderStore:
         if self.on_lock is not None and attempt_ids:
             self.on_lock()
 
-    def insert_new_order(self, order_fields, item_fields, changed_by, event_row):
+    def insert_new_orders(self, new_orders):
         if self.fail_on_insert is not None:
             raise self.fail_on_insert
-        if order_fields["id"] in self.tables["orders"]:
-            raise IntegrityError("INSERT INTO orders.orders", None, Exception("orders_pkey"))
-        order = FakeOrder(item_fields, **order_fields)
-        order.status_changes.add(order.status_change_type(
-            order_id=order.id, from_status=None, to_status=order.status, changed_at=order.created_at,
-            changed_by=changed_by))
-        self.tables["orders"][order.id] = order
+        for order_fields, item_fields, changed_by, _ in new_orders:
+            if order_fields["id"] in self.tables["orders"]:
+                raise IntegrityError("INSERT INTO orders.orders", None, Exception("orders_pkey"))
+            order = FakeOrder(item_fields, **order_fields)
+            order.status_changes.add(order.status_change_type(
+                order_id=order.id, from_status=None, to_status=order.status, changed_at=order.created_at,
+                changed_by=changed_by))
+            self.tables["orders"][order.id] = order
 
     def get_order(self, order_id, lock=False):
         order = self.tables["orders"].get(order_id)
