@@ -14,15 +14,22 @@ class Pool:
     """Answers create_orders after `seconds`, each entry with its attempt id; records each batch."""
 
     def __init__(self, seconds=0.05, error=None):
-        self.seconds, self.error, self.batches = seconds, error, []
+        self.seconds, self.error, self.batches, self.threads = seconds, error, [], []
         self._lock = threading.Lock()
+        self.at_once = self.most_at_once = 0
 
     def call(self, service, method, args, context_data, deadline, redrive):
         (entries,) = args
         with self._lock:
             self.batches.append((service, method, [entry["attempt_id"] for entry in entries], context_data,
                                  deadline, redrive))
+            self.threads.append(threading.current_thread())
+        with self._lock:
+            self.at_once += 1
+            self.most_at_once = max(self.most_at_once, self.at_once)
         time.sleep(self.seconds)
+        with self._lock:
+            self.at_once -= 1
         if self.error is not None:
             raise self.error
         return [{"order": {"id": entry["attempt_id"]}} for entry in entries]
@@ -39,6 +46,7 @@ def test_one_create_at_a_time_is_a_batch_of_one_and_waits_for_nothing():
     for attempt in ("a", "b", "c"):
         assert batches.create(entry(attempt)) == {"order": {"id": attempt}}
     assert [ids for _, _, ids, *_ in pool.batches] == [["a"], ["b"], ["c"]]
+    assert pool.threads == [threading.current_thread()] * 3  # sent by the request's own thread: no hand-over
     service, method, _, context, _, redrive = pool.batches[0]
     assert (service, method, redrive) == ("order_service", "create_orders", True)
     assert context["caller"] == BATCH_CALLER and context["request_id"] == "r-a"
@@ -52,6 +60,7 @@ def test_creates_that_arrive_while_batches_are_in_flight_form_the_next_ones():
     assert outcomes == [{"order": {"id": str(i)}} for i in range(20)]
     sizes = [len(ids) for _, _, ids, *_ in pool.batches]
     assert sum(sizes) == 20 and max(sizes) <= 8 and len(sizes) < 20
+    assert pool.most_at_once == 1  # a lone create counts as the batch in flight
     assert sorted(i for _, _, ids, *_ in pool.batches for i in ids) == sorted(str(i) for i in range(20))
 
 
