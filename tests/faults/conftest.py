@@ -182,15 +182,6 @@ def seed(stack, stock=100_000):
     return customer, product
 
 
-def wait_until(predicate, timeout, interval=0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 def counts(stack, customer, product):
     """(orders in the database, orders counted by the order_created consumer,
     units reserved, units that live (pending or processing) orders hold) for the
@@ -295,7 +286,7 @@ def create_load_through(name, stack, fault, gateways=None):
     stream.stop()
     recovered = first_201_after(stack, probe_customer, product, ended)
     unsettled, reads = settle_named(stack, stream.answers)
-    wait_until(settled(stack, customer, product), timeout=60)
+    support.wait_until(settled(stack, customer, product), timeout=60)
 
     answers = stream.answers
     statuses = stream.statuses()

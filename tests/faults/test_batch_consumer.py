@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from common.contract import services
 from scripts import dead_letters
 from tests import support
-from tests.faults.conftest import seed, wait_until
+from tests.faults.conftest import seed
+from tests.support import wait_until
 
 QUEUE = "evt-order_service-order_created--customer_service.on_order_created"
 

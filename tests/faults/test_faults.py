@@ -17,7 +17,8 @@ from kombu import Connection, Exchange
 
 from scripts.rabbitmq_nodes import Node, new_cookie
 from tests import support
-from tests.faults.conftest import RPC_TIMEOUT, call, counts, create_load_through, seed, settled, wait_until
+from tests.faults.conftest import RPC_TIMEOUT, call, counts, create_load_through, seed, settled
+from tests.support import wait_until
 
 
 def test_broker_restart_during_creates(fault_stack):

@@ -15,8 +15,8 @@ import requests
 from standardwebhooks import Webhook
 
 from tests import support
-from tests.faults.conftest import wait_until
 from tests.servers.webhook_receiver import WebhookReceiver
+from tests.support import wait_until
 
 
 def test_kill_9_webhook_service_mid_stream_loses_no_delivery(make_fault_stack):
