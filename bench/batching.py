@@ -14,8 +14,9 @@ A round is a block of every count per target, in the order off, on, floor, then 
 round decides. Each block starts its target afresh with nothing else of the bench's up.
 """
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
-from bench import cases, loadgen, side_by_side
+from bench import cases, consumers, loadgen, side_by_side
 from bench.targets import (
     BATCH_FLOOR,
     BATCH_OFF,
@@ -42,6 +43,7 @@ class Drive:
     process: str | None  # the bench process serving it (bench.processes), checked before each case
     database_url: str
     owner: str  # FIRST, SECOND or FLOOR
+    vhost: str | None = None  # a stack's: its consumers' work is waited for before the cases
 
 
 def batching_cases(bench):
@@ -90,8 +92,8 @@ def _drives(bench):
                                       name=SECOND_STACK))
     post = bench.workload("post_order")
     return {BATCH_OFF: Drive(f"http://127.0.0.1:{second_env['GATEWAY_PORT']}", workload, SECOND_STACK,
-                             second_env["DATABASE_URL"], SECOND),
-            BATCH_ON: Drive(bench.urls[OURS], post, "stack", bench.database_url, FIRST),
+                             second_env["DATABASE_URL"], SECOND, unquote(urlsplit(second_env["AMQP_URI"]).path[1:])),
+            BATCH_ON: Drive(bench.urls[OURS], post, "stack", bench.database_url, FIRST, bench.vhost),
             BATCH_FLOOR: Drive(None, post, None, bench.database_url, FLOOR)}
 
 
@@ -103,6 +105,8 @@ def _block(bench, drives, target, number, measured):
     # Unrecorded load after the start: new processes and Postgres backends (connections, caches)
     # cost the first seconds, and the first load after seeding pays for the database settling.
     loadgen.run(bench.loadgen, drive.url, drive.workload, cfg.main_connections, cfg.seconds)
+    if drive.vhost:  # else the emails of that load would be sent during, and charged to, the cases
+        consumers.drain(bench, database_url=drive.database_url, vhost=drive.vhost)
     for connections in (c for c in cfg.batching_connections if target != BATCH_FLOOR or c > 1):
         case = cases.new_case("post_order", f"{target} #{number}", connections)
         stack = bench.processes[drive.process] if drive.process else None

@@ -96,17 +96,20 @@ def _unsubscribe(bench, webhook_id):
     _api(bench, "DELETE", f"/webhooks/{webhook_id}")
 
 
-def drain(bench, timeout=DRAIN_TIMEOUT_SECONDS):
-    """Wait until the stack's consumers have done all the work the load left them: nothing in the
-    database's backlog (seed.backlog), then no message in the vhost's queues (asked only then:
-    rabbitmqctl takes seconds), and still nothing in the database (a message handled meanwhile may
-    have left some). (seconds waited, whether it was all done)."""
+def drain(bench, timeout=DRAIN_TIMEOUT_SECONDS, database_url=None, vhost=None):
+    """Wait until the stack's consumers (the default stack's, or those of `database_url` and `vhost`)
+    have done all the work the load left them: nothing in the database's backlog (seed.backlog),
+    then no message in the vhost's queues (asked only then: rabbitmqctl takes seconds), and still
+    nothing in the database (a message handled meanwhile may have left some). (seconds waited,
+    whether it was all done)."""
+    database_url, vhost = database_url or bench.database_url, vhost or bench.vhost
+
     def idle():
-        return not any(seed.backlog(bench.database_url).values())
+        return not any(seed.backlog(database_url).values())
 
     started = time.monotonic()
     while time.monotonic() - started < timeout:
-        if idle() and harness.queue_messages(bench.vhost) == 0 and idle():
+        if idle() and harness.queue_messages(vhost) == 0 and idle():
             return round(time.monotonic() - started, 1), True
         time.sleep(POLL_SECONDS)
     return round(time.monotonic() - started, 1), False
