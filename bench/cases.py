@@ -4,6 +4,7 @@ Each function takes the run (bench.run.Bench: its settings, processes, seed and 
 its cases to it. A case that fails is recorded and the run goes on: the other cases still tell
 something, but the run's exit status says it is broken.
 """
+import dataclasses
 import statistics
 import sys
 import time
@@ -21,6 +22,7 @@ from bench.targets import (
     OURS_2X,
     SHED_OFF,
     SHED_ON,
+    SHED_WAIT,
     SHEDDING_OFF,
 )
 from common.contract.services import BY_NAME, SERVICES
@@ -150,7 +152,7 @@ def _merged(key, value, rounds):
     if key == "drained":
         return all(r.get(key) for r in rounds)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if key in ("requests", "non2xx", "errors", "overloaded"):
+        if key in ("requests", "non2xx", "errors", "overloaded", "retry_waits"):
             return sum(r[key] for r in rounds)
         return _median(r.get(key) for r in rounds)
     if key == "cpu_ms_per_ok_request":
@@ -331,23 +333,31 @@ def separate_cases(bench, configurations, rounds=None, measure_one=None):
 def overload_cases(bench):
     """POST at BENCH_OVERLOAD_CONNECTIONS on the default stack, load shedding at its bound
     (GATEWAY_MAX_IN_FLIGHT), and with it out of reach (today's behaviour: every request waits
-    for a thread), BENCH_OVERLOAD_ROUNDS rounds each. Always the Python load generator: it keeps
-    the 2xx answers' latency apart from the 503s' (wrk cannot). Then the default stack again."""
+    for a thread), by clients that send again at once; and at the bound by clients that wait out
+    Retry-After (loadgen's `honour_retry_after`), as a well-kept client does. BENCH_OVERLOAD_ROUNDS
+    rounds each. Always the Python load generator: it keeps the 2xx answers' latency apart from
+    the 503s' (wrk cannot), and only it waits. Then the default stack again."""
     cfg = bench.config
     if cfg.base_url:
         bench.report["overload"] = "skipped: BENCH_BASE_URL"
         return
     bench.report["overload"] = {"connections": cfg.overload_connections, "rounds": cfg.overload_rounds,
                                 "on": {"GATEWAY_MAX_IN_FLIGHT": cfg.max_in_flight}, "off": SHEDDING_OFF,
+                                "honoured": {"GATEWAY_MAX_IN_FLIGHT": cfg.max_in_flight,
+                                             "clients": "wait Retry-After plus up to as much again"},
                                 "loadgen": "python"}
     print(f"\noverload: POST at {cfg.overload_connections} connections, shedding on (GATEWAY_MAX_IN_FLIGHT "
-          f"{cfg.max_in_flight} per gateway process) and off ({SHEDDING_OFF['GATEWAY_MAX_IN_FLIGHT']}); "
+          f"{cfg.max_in_flight} per gateway process) and off ({SHEDDING_OFF['GATEWAY_MAX_IN_FLIGHT']}) by clients "
+          "that send again at once, and on by clients that honour Retry-After; "
           "Python load generator (latency of 2xx answers apart)", flush=True)
 
     def at_overload(target, name):
         case = new_case("post_order", name, cfg.overload_connections)
-        return [load_case(bench, case, bench.urls[OURS], bench.workload("post_order"), bench.processes["stack"],
-                          generator="python")]
+        # Each target's own clients, the warm-up's too: a stack warmed by clients that never wait
+        # would start its measured seconds with a backlog the waiting ones did not make.
+        workload = dataclasses.replace(bench.workload("post_order"), honour_retry_after=target == SHED_WAIT)
+        return [load_case(bench, case, bench.urls[OURS], workload, bench.processes["stack"], generator="python")]
 
-    separate_cases(bench, [(SHED_ON, {}), (SHED_OFF, SHEDDING_OFF)], cfg.overload_rounds, at_overload)
+    separate_cases(bench, [(SHED_ON, {}), (SHED_OFF, SHEDDING_OFF), (SHED_WAIT, {})], cfg.overload_rounds,
+                   at_overload)
     bench.restart_stack()

@@ -124,6 +124,6 @@ class Config:
         cases = (len(self.connections) * 2 + 5 + (1 if self.scale else 0)
                  + (7 * self.observability_rounds + 3 if self.observability else 0) + (2 if self.cluster else 0)
                  + (self.batching_cases() + 3 * self.batching_rounds if self.batching else 0)
-                 + (2 * self.overload_rounds + 1 if self.overload else 0)
+                 + (3 * self.overload_rounds + 1 if self.overload else 0)
                  + (3 * self.consumers_rounds + 1 if self.consumers else 0))
         return cases * (self.seconds + self.warmup + 2)

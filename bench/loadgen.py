@@ -11,12 +11,23 @@ its latency histogram is one for every answer, so wrk cannot. Its seconds
 run until its last answer: it waits for the requests in flight at the end
 (wrk drops them), which matters when answers take seconds (overload).
 
+With `Workload.honour_retry_after` (the Python generator only), a connection
+answered 429 or 503 with `Retry-After` waits before its next request, as a
+well-kept client does (`retry_wait`): the seconds the header names, plus a
+random share of as much again, so refused clients do not all come back in
+the same instant. A wait is idle time, not a request: it is in no latency,
+and a wait that would end past the measured seconds ends the connection's
+load instead (it would only stretch the seconds that req/s divides by).
+The result then also counts the waits (`retry_waits`) and their seconds
+(`waited_seconds`).
+
 A workload is one of three request shapes, each request drawn at random:
   post_order   POST /api/v1/orders  {"customer_id", "items": [distinct skus, quantity 1-3]}
   get_order    GET  /api/v1/orders/{one of the seeded ids}
   list_orders  GET  /api/v1/orders?customer_id={one of the seeded customers}
 Every request carries `Authorization: Bearer <token>`.
 """
+import email.utils
 import http.client
 import json
 import math
@@ -37,6 +48,9 @@ KINDS = ("post_order", "get_order", "list_orders")
 # A request slower than this is a socket error (timeout), not a latency sample.
 REQUEST_TIMEOUT_SECONDS = 30
 OVERLOADED = "503 overloaded"  # the Python generator's key for the gateway's load-shedding answers
+# The answers whose Retry-After a client honouring it waits out (RFC 9110 gives it meaning on 3xx
+# too; the gateway sends it on these two: rate limited, overloaded or a service's circuit open).
+RETRY_AFTER_STATUSES = (429, 503)
 
 
 @dataclass
@@ -47,6 +61,8 @@ class Workload:
     skus: list = field(default_factory=list)
     order_ids: list = field(default_factory=list)
     items_per_order: int = 2
+    # Wait out Retry-After before a connection's next request (the Python generator only).
+    honour_retry_after: bool = False
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -229,6 +245,8 @@ def _lua_script(workload):
 
 
 def _run_wrk(base_url, workload, connections, seconds):
+    if workload.honour_retry_after:  # its Lua would have to, and nothing here needs it
+        raise ValueError("wrk does not honour Retry-After: use the Python load generator")
     seconds = max(1, int(math.ceil(seconds)))
     threads = max(1, min(connections, cpu_count()))
     with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
@@ -273,9 +291,38 @@ def _make_request(workload, rng):
     return "GET", f"{API}/orders?customer_id={rng.choice(workload.customers)}", None
 
 
+def retry_after_seconds(value, now=None):
+    """The seconds a Retry-After header value asks for (delta-seconds, or an HTTP-date after
+    `now`, a POSIX time), or None when it asks for none that can be read."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None or when.tzinfo is None:  # RFC 9110's IMF-fixdate is always GMT
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def retry_wait(status, retry_after, rng=random):
+    """How long a client honouring Retry-After waits after an answer (`status`, the header's
+    value or None) before its next request: 0 when the answer asks for no wait. Never less
+    than asked ("may be sent again after Retry-After", docs/api.md), plus up to as much again
+    at random: clients refused in the same instant come back spread over a window as wide."""
+    if status not in RETRY_AFTER_STATUSES:
+        return 0.0
+    seconds = retry_after_seconds(retry_after)
+    if not seconds:
+        return 0.0
+    return seconds + rng.uniform(0, seconds)
+
+
 def _connection_loop(host, port, workload, start_at, end_at, seed, out):
     rng = random.Random(seed)
     latencies, ok_latencies, statuses, socket_errors, sample = [], [], {}, 0, ""
+    waits, waited = 0, 0.0
     conn = http.client.HTTPConnection(host, port, timeout=REQUEST_TIMEOUT_SECONDS)
     delay = start_at - time.time()
     if delay > 0:
@@ -304,8 +351,15 @@ def _connection_loop(host, port, workload, start_at, end_at, seed, out):
                 sample = f"{response.status} {text[:200].decode('utf-8', 'replace')}"
         if response.will_close:
             conn.close()
+        wait = retry_wait(response.status, response.getheader("Retry-After"), rng) \
+            if workload.honour_retry_after else 0.0
+        if wait:  # after the answer's latency was taken, before the next request's clock starts
+            if time.perf_counter() + wait >= clock_end:
+                break  # its next request would start past the end: it has none
+            time.sleep(wait)
+            waits, waited = waits + 1, waited + wait
     conn.close()
-    out.append((latencies, ok_latencies, statuses, socket_errors, sample))
+    out.append((latencies, ok_latencies, statuses, socket_errors, sample, waits, waited))
 
 
 def _python_process(host, port, workload, connections, start_at, end_at, seed, queue):
@@ -321,16 +375,18 @@ def _python_process(host, port, workload, connections, start_at, end_at, seed, q
 
 
 def _merge(parts):
-    """One (latencies, 2xx latencies, statuses, socket errors, first error sample) from many."""
-    latencies, ok_latencies, statuses, socket_errors, sample = [], [], {}, 0, ""
-    for lat, ok_lat, st, errors, smp in parts:
+    """One (latencies, 2xx latencies, statuses, socket errors, first error sample, Retry-After
+    waits, seconds waited) from many."""
+    latencies, ok_latencies, statuses, socket_errors, sample, waits, waited = [], [], {}, 0, "", 0, 0.0
+    for lat, ok_lat, st, errors, smp, n_waits, seconds in parts:
         latencies.extend(lat)
         ok_latencies.extend(ok_lat)
         for code, n in st.items():
             statuses[code] = statuses.get(code, 0) + n
         socket_errors += errors
         sample = sample or smp
-    return latencies, ok_latencies, statuses, socket_errors, sample
+        waits, waited = waits + n_waits, waited + seconds
+    return latencies, ok_latencies, statuses, socket_errors, sample, waits, waited
 
 
 def _run_python(base_url, workload, connections, seconds):
@@ -360,7 +416,7 @@ def _run_python(base_url, workload, connections, seconds):
             worker.join(timeout=10)
             if worker.is_alive():
                 worker.kill()
-    latencies, ok_latencies, statuses, socket_errors, sample = _merge(results)
+    latencies, ok_latencies, statuses, socket_errors, sample, waits, waited = _merge(results)
     ms = sorted(value * 1000 for value in latencies)
     ok_ms = sorted(value * 1000 for value in ok_latencies)
     overloaded = statuses.pop(OVERLOADED, 0)
@@ -375,6 +431,8 @@ def _run_python(base_url, workload, connections, seconds):
     result.update({f"ok_p{p}_ms": round(_percentile(ok_ms, p), 2) for p in (50, 90, 99)})
     result["ok_max_ms"] = round(ok_ms[-1], 2) if ok_ms else 0.0
     result["overloaded"] = overloaded
+    if workload.honour_retry_after:
+        result["retry_waits"], result["waited_seconds"] = waits, round(waited, 1)
     return result
 
 

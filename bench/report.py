@@ -20,6 +20,7 @@ from bench.targets import (
     OURS_2X,
     SHED_OFF,
     SHED_ON,
+    SHED_WAIT,
     SHEDDING_OFF,
     SIDE_BASELINE,
     SIDE_CONTROL,
@@ -89,9 +90,14 @@ def _specs(config):
         (f"GET by id@{m} CPU per answer floor/ours", "get_order", FLOOR, OURS, m, "cpu_ms_per_ok_total", None, None),
         *_batching_specs(config),
         # Load shedding at its bound against (practically) none, at BENCH_OVERLOAD_CONNECTIONS: the
-        # 2xx answers only (the Python load generator keeps their latency apart).
+        # 2xx answers only (the Python load generator keeps their latency apart). Then at the bound
+        # with clients that wait out Retry-After, against none with clients that send again at once.
         (f"POST@{o} 2xx req/s shedding on/off", post, SHED_ON, SHED_OFF, o, "ok_rps", None, None),
         (f"POST@{o} 2xx p99 shedding on/off", post, SHED_ON, SHED_OFF, o, "ok_p99_ms", None, None),
+        (f"POST@{o} 2xx req/s shedding on, Retry-After honoured/off", post, SHED_WAIT, SHED_OFF, o, "ok_rps",
+         None, None),
+        (f"POST@{o} 2xx p99 shedding on, Retry-After honoured/off", post, SHED_WAIT, SHED_OFF, o, "ok_p99_ms",
+         None, None),
         # The whole system's CPU per created order (Postgres and RabbitMQ included), its consumers'
         # work done: with one webhook on order_created over without.
         (f"POST@{m} CPU per order 1 webhook/none", post, ONE_WEBHOOK, NO_WEBHOOK, m, "cpu_ms_per_ok_total",
@@ -265,18 +271,19 @@ def _print_batching(bench):
 
 
 def _print_overload(bench):
-    """Shedding on and off at the overload count: the 2xx answers' throughput and p99, the share
-    shed; and whether the default bound shed any answer of the default stack's other cases."""
+    """Shedding on and off at the overload count, and on with clients honouring Retry-After: the
+    2xx answers' throughput, p50 and p99, the answers shed; and whether the default bound shed
+    any answer of the default stack's other cases."""
     cfg = bench.config
-    shed = [find_case(bench.cases, "post_order", target, cfg.overload_connections) for target in (SHED_ON, SHED_OFF)]
+    shed = [find_case(bench.cases, "post_order", target, cfg.overload_connections)
+            for target in (SHED_ON, SHED_OFF, SHED_WAIT)]
     if any(shed):
         print(f"\noverload, POST at {cfg.overload_connections} connections (Python load generator: wrk cannot "
               f"keep the latency of 2xx answers apart), shedding on: GATEWAY_MAX_IN_FLIGHT {cfg.max_in_flight} "
-              f"per gateway process, off: {SHEDDING_OFF['GATEWAY_MAX_IN_FLIGHT']}:")
+              f"per gateway process, off: {SHEDDING_OFF['GATEWAY_MAX_IN_FLIGHT']}; clients send again at once, "
+              "or honour Retry-After (wait what it says plus up to as much again; waits are in no latency):")
         for case in filter(None, shed):
-            share = case.get("overloaded_share")
-            print(f"  {case['target']:<20} 2xx {case['ok_rps']:>8.1f} req/s, 2xx p99 {case['ok_p99_ms']:>8.2f} ms, "
-                  f"503 overloaded {'n/a' if share is None else f'{100 * share:.1f}%'} of the answers")
+            print(f"  {case['target']:<40} {_overload_line(case)}")
     below = {}
     for case in bench.cases:  # the default stack with the default bound, below the overload count
         if (case["target"] in (OURS, BATCH_ON, METRICS_ON, NO_WEBHOOK) and case.get("requests")
@@ -289,6 +296,17 @@ def _print_overload(bench):
               f"{cfg.overload_connections} connections, by connections: "
               + ", ".join(f"c{c} {sum(n)}" for c, n in sorted(below.items()))
               + (f"  [!] shed at {', '.join(f'c{c}' for c in sorted(shed))} (or another 503)" if shed else ""))
+
+
+def _overload_line(case):
+    """A case's 2xx req/s, 2xx p50 and p99, 503 overloaded (count, share), and its clients' waits."""
+    share, count = case.get("overloaded_share"), case.get("overloaded", 0)
+    line = (f"2xx {case['ok_rps']:>8.1f} req/s, 2xx p50 {case['ok_p50_ms']:>8.2f} ms, p99 {case['ok_p99_ms']:>8.2f} ms, "
+            f"503 overloaded {count} ({'n/a' if share is None else f'{100 * share:.1f}%'} of the answers)")
+    if "retry_waits" in case and case.get("seconds"):  # how much of the connections' time went to waiting
+        idle = case["waited_seconds"] / (case["connections"] * case["seconds"])
+        line += f", {case['retry_waits']} waits ({100 * idle:.0f}% of the connections' time)"
+    return line
 
 
 def _print_consumers(bench):

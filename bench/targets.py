@@ -19,8 +19,10 @@ BATCHING_OFF = {"BATCH_MAX": "1", "CONSUMER_BATCH_MAX": "1"}  # 1: every order a
 FLOOR_APP = "floor app"  # the floor's processes' label
 # On a 3-node RabbitMQ cluster of the bench's own, one and two instances of every service.
 CLUSTER_1, CLUSTER_2 = "ours, cluster, 1 each", "ours, cluster, 2 each"
-# POST at BENCH_OVERLOAD_CONNECTIONS, load shedding at its default bound and (practically) off.
+# POST at BENCH_OVERLOAD_CONNECTIONS, load shedding at its default bound and (practically) off, by
+# clients that send again at once; and at its bound by clients that wait out Retry-After.
 SHED_ON, SHED_OFF = "ours, shedding on", "ours, shedding off"
+SHED_WAIT = "ours, shedding on, Retry-After honoured"
 SHEDDING_OFF = {"GATEWAY_MAX_IN_FLIGHT": "100000"}  # the setting's maximum: never reached, today's behaviour
 # What the event consumers cost per created order: the default stack, then with one webhook on order_created.
 NO_WEBHOOK, ONE_WEBHOOK = "ours, no webhook", "ours, 1 webhook"

@@ -41,6 +41,8 @@ RATIO_LINES = (
                          ("CPU per answer", "on/off"), ("transactions per order", "on/off"))),
     f"ratio POST@{OVERLOAD} 2xx req/s shedding on/off",
     f"ratio POST@{OVERLOAD} 2xx p99 shedding on/off",
+    f"ratio POST@{OVERLOAD} 2xx req/s shedding on, Retry-After honoured/off",
+    f"ratio POST@{OVERLOAD} 2xx p99 shedding on, Retry-After honoured/off",
     f"ratio POST@{MAIN} CPU per order 1 webhook/none",
 )
 
@@ -91,9 +93,10 @@ def _expected_cases():
     # Batching off and on at every count, the floor between them above one connection.
     expected |= {("post_order", target + suffix, c) for suffix in ("", " #1") for c in BATCHING_CONNECTIONS
                  for target in ("batching off", "batching on", *(("floor, interleaved",) if c > 1 else ()))}
-    # Load shedding at its bound and off; the consumers without a webhook (also at one connection) and with one.
+    # Load shedding at its bound and off, and at its bound with clients honouring Retry-After; the
+    # consumers without a webhook (also at one connection) and with one.
     expected |= {("post_order", f"ours, shedding {state}{suffix}", OVERLOAD) for suffix in ("", " #1")
-                 for state in ("on", "off")}
+                 for state in ("on", "off", "on, Retry-After honoured")}
     expected |= {("post_order", f"ours, {target}{suffix}", c) for suffix in ("", " #1")
                  for target, counts in (("no webhook", (1, MAIN)), ("1 webhook", (MAIN,))) for c in counts}
     return expected
@@ -138,6 +141,8 @@ def test_bench_runs_every_case_and_writes_the_results(tmp_path):
     assert "Postgres transactions per order" in run.stdout
     overload = [c for c in report["cases"] if c["target"].startswith("ours, shedding")]
     assert all(c["ok_p99_ms"] > 0 and c["overloaded_share"] is not None for c in overload), overload
+    assert all(("retry_waits" in c) == c["target"].startswith("ours, shedding on, Retry-After honoured")
+               for c in overload), overload
     assert "overload, POST at" in run.stdout and "503 answers of the default stack" in run.stdout
     consumers = [c for c in report["cases"] if c["target"].startswith(("ours, no webhook", "ours, 1 webhook"))]
     assert all(c["drained"] and "webhook_service" in c["cpu_ms_per_ok_request"] for c in consumers), consumers
