@@ -34,7 +34,7 @@ def is_shedding():
 
 
 class SheddingThreadWorker(ThreadWorker):
-    max_in_flight = 128  # set from GATEWAY_MAX_IN_FLIGHT by gateway/gunicorn_conf.py
+    max_in_flight = 192  # set from GATEWAY_MAX_IN_FLIGHT by gateway/gunicorn_conf.py
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

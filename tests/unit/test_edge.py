@@ -204,7 +204,7 @@ def test_bad_edge_settings_are_refused_naming_the_variable(environ, named):
 
 def test_edge_settings_defaults_and_lists():
     settings = load_settings({})
-    assert settings.rate_limit is None and settings.cors_origins == () and settings.gateway_max_in_flight == 128
+    assert settings.rate_limit is None and settings.cors_origins == () and settings.gateway_max_in_flight == 192
     settings = load_settings({"CORS_ORIGINS": " https://shop.example/, http://localhost:3000 ",
                               "RATE_LIMIT": "10 per second", "REDIS_URL": "redis://127.0.0.1:6379/0"})
     assert settings.cors_origins == ("https://shop.example", "http://localhost:3000")
