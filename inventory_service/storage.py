@@ -5,7 +5,6 @@ Stock safety lives in SQL: a reservation is a conditional UPDATE
 transaction, and CHECK constraints refuse any row with reserved > stock.
 Whatever the concurrency, no two orders can hold the same unit.
 """
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,7 +34,7 @@ from sqlalchemy.types import DateTime
 
 from common.contract.errors import AlreadyExists
 from common.kit.db import constraint_name
-from common.kit.outbox import outbox_model
+from common.kit.outbox import Outbox, outbox_model
 from common.kit.unit_of_work import StorageLayout
 from inventory_service.domain import ProductRules
 
@@ -267,12 +266,7 @@ class InventoryStore:
             "quantities": [quantity for _, _, quantity in lines],
             "unit_prices": [product.unit_price for _, product, _ in lines],
             "currencies": [product.currency for _, product, _ in lines],
-            "event_ids": [str(row["event_id"]) for row in events],
-            "event_types": [row["event_type"] for row in events],
-            "payloads": [json.dumps(row["payload"]) for row in events],
-            "event_times": [row["created_at"] for row in events],
-            "due": [row["next_attempt_at"] for row in events],
-            "traceparents": [row["traceparent"] for row in events],
+            **Outbox.arrays(events),
         })
         for _, product, _ in lines:  # the last line of a sku leaves it as the statement did
             self._taken(product)

@@ -30,7 +30,7 @@ from sqlalchemy.types import DateTime
 
 from common.kit.consumers import processed_events_model
 from common.kit.db import bounded_delete
-from common.kit.outbox import outbox_model
+from common.kit.outbox import Outbox, outbox_model
 from common.kit.unit_of_work import StorageLayout
 from order_service import domain
 
@@ -177,12 +177,10 @@ SELECT count(pg_advisory_xact_lock(hashtextextended(key, 0)))
 FROM (SELECT key FROM unnest(CAST(:keys AS text[])) AS key ORDER BY key) AS sorted
 """)
 
-# The order, its items (one array per column, so the text is the same for any
-# number of items), its first history row and its event, in one round trip.
-# Foreign keys are checked at the end of the statement, when the order exists.
 # A batch's new orders, their items, first status changes and order_created
 # events in one round trip; one array per column, so the text is the same for
-# any batch (items and events carry their order's id).
+# any batch (items and events carry their order's id). Foreign keys are
+# checked at the end of the statement, when the orders exist.
 _INSERT_NEW_ORDERS = text(f"""
 WITH new_orders AS (
     INSERT INTO {SCHEMA}.orders (id, customer_id, status, currency, total_amount, shipping_address,
@@ -204,10 +202,11 @@ WITH new_orders AS (
                 CAST(:changed_by AS varchar[])) AS change(order_id, status, changed_at, changed_by)
 )
 INSERT INTO {SCHEMA}.outbox (event_id, event_type, payload, created_at, next_attempt_at, attempts, traceparent)
-SELECT event.event_id, event.event_type, event.payload, event.created_at, event.created_at, 0, event.traceparent
+SELECT event.event_id, event.event_type, event.payload, event.created_at, event.next_attempt_at, 0,
+       event.traceparent
 FROM unnest(CAST(:event_ids AS uuid[]), CAST(:event_types AS varchar[]), CAST(:payloads AS jsonb[]),
-            CAST(:event_times AS timestamptz[]), CAST(:traceparents AS varchar[]))
-     AS event(event_id, event_type, payload, created_at, traceparent)
+            CAST(:event_times AS timestamptz[]), CAST(:due AS timestamptz[]), CAST(:traceparents AS varchar[]))
+     AS event(event_id, event_type, payload, created_at, next_attempt_at, traceparent)
 """)
 
 
@@ -278,7 +277,6 @@ class OrderStore:
         events, in one statement."""
         orders = [fields for fields, _, _, _ in new_orders]
         items = [(fields["id"], item) for fields, item_fields, _, _ in new_orders for item in item_fields]
-        events = [event for _, _, _, event in new_orders]
         self.session.connection().execute(_INSERT_NEW_ORDERS, {
             **{name: [fields[column] for fields in orders] for name, column in _ORDER_ARRAYS.items()},
             "ids": [str(fields["id"]) for fields in orders],
@@ -288,11 +286,7 @@ class OrderStore:
             "changed_by": [changed_by for _, _, changed_by, _ in new_orders],
             "item_order_ids": [str(order_id) for order_id, _ in items],
             **{name: [item[column] for _, item in items] for name, column in _ITEM_ARRAYS.items()},
-            "event_ids": [str(event["event_id"]) for event in events],
-            "event_types": [event["event_type"] for event in events],
-            "payloads": [json.dumps(event["payload"]) for event in events],
-            "event_times": [event["created_at"] for event in events],
-            "traceparents": [event["traceparent"] for event in events],
+            **Outbox.arrays([event for _, _, _, event in new_orders]),
         })
 
     def lock_attempts(self, attempt_ids):

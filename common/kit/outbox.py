@@ -14,6 +14,7 @@ publish and mark resends): consumers deduplicate by `event_id`.
 Publishing off the request path keeps an order's reply from waiting on the
 broker's confirm, and batching marks many rows sent in one UPDATE.
 """
+import json
 import logging
 import threading
 import time
@@ -74,6 +75,17 @@ class Outbox:
         a list goes in one multi-row INSERT."""
         if rows:
             session.connection().execute(self._insert, rows)
+
+    @staticmethod
+    def arrays(rows):
+        """`rows` (see `row`) as one array per column, the parameters of a statement that
+        writes them with `unnest` (its text the same for any number of events)."""
+        return {"event_ids": [str(row["event_id"]) for row in rows],
+                "event_types": [row["event_type"] for row in rows],
+                "payloads": [json.dumps(row["payload"]) for row in rows],
+                "event_times": [row["created_at"] for row in rows],
+                "due": [row["next_attempt_at"] for row in rows],
+                "traceparents": [row["traceparent"] for row in rows]}
 
     @staticmethod
     def row(event_type, data, request_id=None, traceparent=None):
